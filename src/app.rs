@@ -1,0 +1,136 @@
+//! The application: shared state, the router, and the server loop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+use crate::auth::rate_limit::IpRateLimiter;
+use crate::auth::{self, Auth};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::ops::{health, openapi::ApiDoc, telemetry};
+use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
+
+/// Largest body the auth routes read.
+pub const AUTH_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    pub control: Arc<ControlDb>,
+    pub users: Arc<UserDatabases>,
+    pub auth: Arc<Auth>,
+    pub register_limiter: Arc<IpRateLimiter>,
+}
+
+impl AppState {
+    /// Opens storage and prepares the keys. Fails on a store that cannot be
+    /// opened, never on a client's doing.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let backend = match config.database_backend {
+            crate::config::BackendKind::Local => Backend::local(&config.data_dir),
+        };
+        let control = ControlDb::open(&backend).await?;
+        let secret = match &config.jwt_secret {
+            Some(secret) => secret.clone(),
+            None => auth::secret::load_or_create(&config.data_dir)?,
+        };
+        Ok(Self {
+            clock,
+            control: Arc::new(control),
+            users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),
+            auth: Arc::new(Auth::new(secret.expose())),
+            register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
+            config: Arc::new(config),
+        })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut app = Router::new()
+        .route("/health", get(health::health))
+        .merge(auth::router(&state).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)));
+    if state.config.is_development() {
+        app = app.merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+    }
+    app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(telemetry::request_span)
+                .on_request(())
+                .on_response(telemetry::log_response)
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            ApiError::internal("a handler panicked").into_response()
+        }))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::client(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Used where a response is built from a handler-less path.
+#[allow(dead_code)]
+fn _response_type(_: Response) {}

@@ -1,0 +1,65 @@
+//! `UserAuth`: the extractor every authenticated handler takes, so none can
+//! forget to check the token or the device behind it.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use uuid::Uuid;
+
+use super::tokens::TokenType;
+use super::{sessions, user_db_for_token};
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::store::UserDb;
+
+/// An authenticated device of a user, with that user's database.
+pub struct UserAuth {
+    pub user_id: Uuid,
+    pub device_id: Uuid,
+    pub db: Arc<UserDb>,
+}
+
+impl FromRequestParts<AppState> for UserAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(parts)?;
+        let now = state.clock.now();
+        let claims = state.auth.keys().verify(token, TokenType::Access, now)?;
+        let db = user_db_for_token(state, claims.sub).await?;
+        state.auth.require_active(&db, claims.did).await?;
+
+        let span = tracing::Span::current();
+        span.record("user_id", tracing::field::display(claims.sub));
+        span.record("device_id", tracing::field::display(claims.did));
+        if state.auth.statuses().touch_due(claims.sub, claims.did) {
+            let (db, device) = (db.clone(), claims.did);
+            tokio::spawn(async move {
+                let touched = match db.read().await {
+                    Ok(conn) => sessions::touch(&conn, device, now).await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = touched {
+                    tracing::warn!(error = %err, "could not record last_seen_at");
+                }
+            });
+        }
+        Ok(UserAuth { user_id: claims.sub, device_id: claims.did, db })
+    }
+}
+
+fn bearer_token(parts: &Parts) -> ApiResult<&str> {
+    let Some(value) = parts.headers.get(AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "missing_token",
+            "this endpoint needs an `Authorization: Bearer <access_token>` header",
+        ));
+    };
+    let value = value.to_str().unwrap_or_default();
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
+        _ => Err(ApiError::unauthorized("invalid_token", "the Authorization header is not `Bearer <access_token>`")),
+    }
+}

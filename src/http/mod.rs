@@ -1,0 +1,10 @@
+//! HTTP plumbing shared by every area: extractors whose rejections speak the
+//! JSON error shape, and the client address behind trusted proxies.
+
+pub mod client_ip;
+pub mod json;
+pub mod path;
+
+pub use client_ip::ClientIp;
+pub use json::ApiJson;
+pub use path::ApiPath;

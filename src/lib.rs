@@ -1,0 +1,16 @@
+//! Echolia Sync: a zero-knowledge, event-sourced sync backend.
+//!
+//! Layout follows the architecture: `store` (databases and backends),
+//! `events` (the log and its hash chain), `projection` (pure read-model
+//! folds), `auth`, `ops`, and `http` plumbing shared by the areas.
+
+pub mod app;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod ops;
+pub mod projection;
+pub mod store;

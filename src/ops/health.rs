@@ -1,0 +1,37 @@
+//! `GET /health`: the service is up and its control database answers.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Serialize;
+
+use crate::app::AppState;
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` when the database does not answer.
+    pub status: &'static str,
+    pub version: &'static str,
+    /// `ok` or `unavailable`.
+    pub database: &'static str,
+}
+
+/// Liveness and database reachability.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "Up, database reachable", body = Health),
+        (status = 503, description = "The control database does not answer", body = Health),
+    ))]
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let version = env!("CARGO_PKG_VERSION");
+    match state.control.ping().await {
+        Ok(()) => (StatusCode::OK, Json(Health { status: "ok", version, database: "ok" })),
+        Err(err) => {
+            tracing::error!(error = %err, "health check: control database unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(Health { status: "unavailable", version, database: "unavailable" }),
+            )
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Operations: health, request tracing and logs, the OpenAPI document.
+
+pub mod health;
+pub mod openapi;
+pub mod telemetry;

@@ -1,0 +1,50 @@
+//! Logs and request tracing. A request's span carries its id, method, route
+//! template and (once authenticated) user and device ids; its end is logged
+//! with status and latency. Bodies, query strings, tokens and keys are never
+//! recorded.
+
+use std::time::Duration;
+
+use axum::extract::MatchedPath;
+use axum::http::{Request, Response};
+use tracing::Span;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber; `RUST_LOG` filters (default `info`).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let installed = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+    // Tests and embedders may have installed one already; theirs stays.
+    let _ = installed;
+}
+
+/// The span of one request.
+pub fn request_span<B>(req: &Request<B>) -> Span {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route,
+        request_id,
+        user_id = tracing::field::Empty,
+        device_id = tracing::field::Empty,
+    )
+}
+
+/// The line that closes a request.
+pub fn log_response<B>(res: &Response<B>, latency: Duration, _span: &Span) {
+    let status = res.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    if res.status().is_server_error() {
+        tracing::error!(status, latency_ms, "request failed");
+    } else {
+        tracing::info!(status, latency_ms, "request done");
+    }
+}

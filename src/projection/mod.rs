@@ -1,0 +1,6 @@
+//! Read models: pure folds of the event log. Storage code applies what the
+//! projectors return, in the same transaction as the append (and replay uses
+//! the same functions).
+
+pub mod devices;
+pub mod version;

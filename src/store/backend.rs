@@ -1,0 +1,114 @@
+//! Where databases live. `local` keeps libSQL files under `DATA_DIR`; the
+//! remote backends (sqld namespaces, Turso databases) join this enum later,
+//! behind the same three operations.
+
+use std::path::{Path, PathBuf};
+
+use libsql::{Builder, Database, OpenFlags};
+use uuid::Uuid;
+
+use super::{connect, StoreError, StoreResult};
+
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Local(LocalBackend),
+}
+
+impl Backend {
+    pub fn local(data_dir: impl Into<PathBuf>) -> Self {
+        Self::Local(LocalBackend { data_dir: data_dir.into() })
+    }
+
+    /// Opens (creating when needed) the control database.
+    pub async fn open_control(&self) -> StoreResult<Database> {
+        match self {
+            Self::Local(local) => local.open_control().await,
+        }
+    }
+
+    /// Opens a user's database; `create` decides whether a missing one is
+    /// made (registration) or reported as [`StoreError::UserNotFound`].
+    pub async fn open_user(&self, user_id: Uuid, create: bool) -> StoreResult<Database> {
+        match self {
+            Self::Local(local) => local.open_user(user_id, create).await,
+        }
+    }
+
+    /// Removes a user's database for good.
+    pub async fn delete_user(&self, user_id: Uuid) -> StoreResult<()> {
+        match self {
+            Self::Local(local) => local.delete_user(user_id).await,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    data_dir: PathBuf,
+}
+
+impl LocalBackend {
+    fn users_dir(&self) -> PathBuf {
+        self.data_dir.join("users")
+    }
+
+    /// The file of one user. The id is a parsed UUID, so nothing a client
+    /// typed can reach the path.
+    fn user_path(&self, user_id: Uuid) -> PathBuf {
+        self.users_dir().join(format!("{}.db", user_id.as_hyphenated()))
+    }
+
+    async fn open_control(&self) -> StoreResult<Database> {
+        create_dir(&self.users_dir()).await?;
+        open_file(&self.data_dir.join("control.db"), OpenFlags::default()).await
+    }
+
+    async fn open_user(&self, user_id: Uuid, create: bool) -> StoreResult<Database> {
+        let path = self.user_path(user_id);
+        let flags = if create {
+            create_dir(&self.users_dir()).await?;
+            OpenFlags::default()
+        } else {
+            // Without CREATE, SQLite refuses a missing file instead of making one.
+            if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                return Err(StoreError::UserNotFound(user_id));
+            }
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        };
+        open_file(&path, flags).await
+    }
+
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<()> {
+        let path = self.user_path(user_id);
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            match tokio::fs::remove_file(&file).await {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(StoreError::io(format!("removing {}", file.display()), err)),
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn create_dir(dir: &Path) -> StoreResult<()> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|err| StoreError::io(format!("creating {}", dir.display()), err))
+}
+
+async fn open_file(path: &Path, flags: OpenFlags) -> StoreResult<Database> {
+    let db = Builder::new_local(path).flags(flags).build().await?;
+    // WAL is a property of the file: set once, it stays.
+    let conn = connect(&db).await?;
+    let mut rows = conn.query("PRAGMA journal_mode = WAL", ()).await?;
+    let mode: String = match rows.next().await? {
+        Some(row) => row.get(0)?,
+        None => String::new(),
+    };
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!("{}: journal_mode is `{mode}`, not wal", path.display())));
+    }
+    Ok(db)
+}

@@ -1,0 +1,74 @@
+//! Storage: the control database, one libSQL database per user, the backends
+//! that hold them, and the migrations that shape them.
+
+pub mod backend;
+pub mod control;
+pub mod migrations;
+pub mod user_db;
+pub mod users;
+
+pub use backend::Backend;
+pub use control::ControlDb;
+pub use user_db::{UserDb, WriteTx};
+pub use users::UserDatabases;
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+/// How long a connection waits for another writer's lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite's primary result code for a locked database.
+const SQLITE_BUSY: i32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database busy: {0}")]
+    Busy(String),
+    #[error("database error: {0}")]
+    Database(libsql::Error),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("user database {0} does not exist")]
+    UserNotFound(Uuid),
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+}
+
+impl From<libsql::Error> for StoreError {
+    fn from(err: libsql::Error) -> Self {
+        match err {
+            libsql::Error::SqliteFailure(code, message) if code & 0xff == SQLITE_BUSY => Self::Busy(message),
+            other => Self::Database(other),
+        }
+    }
+}
+
+impl StoreError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Opens a fresh connection for one unit of work, with the settings every
+/// connection needs (they are per connection in SQLite).
+pub async fn connect(db: &libsql::Database) -> StoreResult<libsql::Connection> {
+    let conn = db.connect()?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Acknowledged means durable: fsync the WAL on every commit.
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;").await?;
+    Ok(conn)
+}
+
+/// Reads the first row of a query, if any.
+pub async fn query_opt(
+    conn: &libsql::Connection,
+    sql: &str,
+    params: impl libsql::params::IntoParams,
+) -> StoreResult<Option<libsql::Row>> {
+    let mut rows = conn.query(sql, params).await?;
+    Ok(rows.next().await?)
+}

@@ -1,0 +1,107 @@
+//! `UserDatabases`: every per-user database handle, opened lazily and kept in
+//! a bounded LRU. An evicted handle closes once its last user drops it; the
+//! next request reopens it transparently.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lru::LruCache;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use super::{Backend, StoreResult, UserDb};
+
+type Slot = Arc<OnceCell<Arc<UserDb>>>;
+
+pub struct UserDatabases {
+    backend: Backend,
+    open: Mutex<LruCache<Uuid, Slot>>,
+}
+
+impl UserDatabases {
+    pub fn new(backend: Backend, max_open: NonZeroUsize) -> Self {
+        Self { backend, open: Mutex::new(LruCache::new(max_open)) }
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The database of an existing user; [`StoreError::UserNotFound`] when
+    /// there is none. Concurrent callers share one open.
+    pub async fn get(&self, user_id: Uuid) -> StoreResult<Arc<UserDb>> {
+        let slot = self.lock().get_or_insert(user_id, || Arc::new(OnceCell::new())).clone();
+        let opened = slot
+            .get_or_try_init(|| async { UserDb::open(&self.backend, user_id, false).await.map(Arc::new) })
+            .await
+            .cloned();
+        if opened.is_err() {
+            // Do not let a failed open hold a place in the cache.
+            let mut open = self.lock();
+            if open.peek(&user_id).is_some_and(|current| Arc::ptr_eq(current, &slot)) {
+                open.pop(&user_id);
+            }
+        }
+        opened
+    }
+
+    /// Makes the database of a new user.
+    pub async fn create(&self, user_id: Uuid) -> StoreResult<Arc<UserDb>> {
+        let db = Arc::new(UserDb::open(&self.backend, user_id, true).await?);
+        let slot = Arc::new(OnceCell::new_with(Some(db.clone())));
+        self.lock().put(user_id, slot);
+        Ok(db)
+    }
+
+    /// Closes (from the cache's side) and deletes a user's database.
+    pub async fn delete(&self, user_id: Uuid) -> StoreResult<()> {
+        self.lock().pop(&user_id);
+        self.backend.delete_user(user_id).await
+    }
+
+    /// How many user databases the cache holds open.
+    pub fn open_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LruCache<Uuid, Slot>> {
+        // The cache holds no invariant a panic could break halfway.
+        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl std::fmt::Debug for UserDatabases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserDatabases").field("backend", &self.backend).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[tokio::test]
+    async fn evicted_databases_reopen_and_missing_ones_are_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let dbs = UserDatabases::new(Backend::local(dir.path()), NonZeroUsize::new(2).unwrap());
+        let users: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        for user in &users {
+            let db = dbs.create(*user).await.unwrap();
+            db.read().await.unwrap().execute("INSERT INTO schema_migrations VALUES ('marker', 'x')", ()).await.unwrap();
+        }
+        assert_eq!(dbs.open_count(), 2);
+        for user in &users {
+            let db = dbs.get(*user).await.unwrap();
+            let conn = db.read().await.unwrap();
+            let mut rows = conn.query("SELECT count(*) FROM schema_migrations WHERE name = 'marker'", ()).await.unwrap();
+            let count: u64 = rows.next().await.unwrap().unwrap().get(0).unwrap();
+            assert_eq!(count, 1, "data survives eviction and reopening");
+            assert!(dbs.open_count() <= 2);
+        }
+        let stranger = Uuid::new_v4();
+        assert!(matches!(dbs.get(stranger).await, Err(StoreError::UserNotFound(id)) if id == stranger));
+        assert!(!dir.path().join(format!("users/{stranger}.db")).exists());
+        assert!(dbs.open_count() <= 1, "a failed open keeps no place in the cache");
+    }
+}
