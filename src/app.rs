@@ -78,9 +78,7 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(CatchPanicLayer::custom(|_panic| {
-            ApiError::internal("a handler panicked").into_response()
-        }))
+        .layer(CatchPanicLayer::custom(|_panic| ApiError::internal("a handler panicked").into_response()))
         .with_state(state)
 }
 

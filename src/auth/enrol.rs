@@ -192,5 +192,8 @@ pub fn key_envelope(text: &str) -> ApiResult<Vec<u8>> {
 }
 
 fn envelope_too_large() -> ApiError {
-    ApiError::too_large("key_envelope_too_large", format!("key_envelope must be at most {MAX_KEY_ENVELOPE_BYTES} bytes"))
+    ApiError::too_large(
+        "key_envelope_too_large",
+        format!("key_envelope must be at most {MAX_KEY_ENVELOPE_BYTES} bytes"),
+    )
 }

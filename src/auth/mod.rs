@@ -99,7 +99,9 @@ impl Auth {
     pub async fn require_active(&self, db: &UserDb, device: Uuid) -> ApiResult<()> {
         match self.device_status(db, device).await? {
             Some(DeviceStatus::Active) => Ok(()),
-            Some(DeviceStatus::Revoked) => Err(ApiError::unauthorized("device_revoked", "this device has been revoked")),
+            Some(DeviceStatus::Revoked) => {
+                Err(ApiError::unauthorized("device_revoked", "this device has been revoked"))
+            }
             Some(DeviceStatus::TokensRevoked) => Err(ApiError::unauthorized(
                 "token_revoked",
                 "every token of this device was revoked after a refresh token was reused; pair the device again",

@@ -12,8 +12,7 @@ use crate::store::{StoreError, StoreResult};
 const FILE_NAME: &str = "jwt_secret";
 
 pub fn load_or_create(data_dir: &Path) -> StoreResult<Secret> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(|err| StoreError::io(format!("creating {}", data_dir.display()), err))?;
+    std::fs::create_dir_all(data_dir).map_err(|err| StoreError::io(format!("creating {}", data_dir.display()), err))?;
     let path = data_dir.join(FILE_NAME);
     let mut bytes = [0u8; 48];
     rand::rng().fill_bytes(&mut bytes);

@@ -93,9 +93,7 @@ impl TokenKeys {
     /// Checks signature, algorithm (HS256 only: `none` and others are refused),
     /// type and expiry.
     pub fn verify(&self, token: &str, expected: TokenType, now: DateTime<Utc>) -> Result<Claims, TokenError> {
-        let claims = decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| TokenError::Invalid)?
-            .claims;
+        let claims = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| TokenError::Invalid)?.claims;
         if claims.typ != expected {
             return Err(TokenError::WrongType);
         }

@@ -32,9 +32,7 @@ impl DeviceType {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Desktop, Self::Mobile, Self::Tablet, Self::Web, Self::Cli]
-            .into_iter()
-            .find(|t| t.as_str() == text)
+        [Self::Desktop, Self::Mobile, Self::Tablet, Self::Web, Self::Cli].into_iter().find(|t| t.as_str() == text)
     }
 }
 

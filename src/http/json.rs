@@ -54,24 +54,20 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Parses JSON, telling syntax errors (400) from shape errors (422, with the
-/// path of the field at fault).
+/// path of the field at fault). Syntax is checked first, on its own, because
+/// serde_json reports some shape errors (an array where an enum belongs) as
+/// syntax errors when both are checked in one pass.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data if path == "." => {
-                ApiError::unprocessable("validation_failed", inner.to_string())
-            }
-            serde_json::error::Category::Data => ApiError::invalid_field(&path, inner),
-            _ => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {inner}")),
-        }
-    })?;
-    deserializer
-        .end()
+    let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|err| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {err}")))?;
-    Ok(value)
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        if path == "." {
+            ApiError::unprocessable("validation_failed", err.into_inner().to_string())
+        } else {
+            ApiError::invalid_field(&path, err.into_inner())
+        }
+    })
 }
 
 #[cfg(test)]
@@ -110,6 +106,9 @@ mod tests {
         assert!(message.starts_with("name: "), "{message}");
         let (_, message) = status_and_message(r#"{"name": "a", "inner": {"count": "x"}}"#);
         assert!(message.starts_with("inner.count: "), "{message}");
+        let (status, message) = status_and_message(r#"{"name": ["a"]}"#);
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(message.starts_with("name: "), "{message}");
     }
 
     #[test]

@@ -28,10 +28,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         Ok(()) => (StatusCode::OK, Json(Health { status: "ok", version, database: "ok" })),
         Err(err) => {
             tracing::error!(error = %err, "health check: control database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(Health { status: "unavailable", version, database: "unavailable" }),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", version, database: "unavailable" }))
         }
     }
 }

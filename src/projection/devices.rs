@@ -128,7 +128,8 @@ fn decode(row: &Row) -> StoreResult<DeviceRow> {
     let time = |text: String, what: &str| parse_rfc3339(&text).ok_or_else(|| corrupt(what));
     let device_type: String = row.get(2)?;
     let capabilities: String = row.get(5)?;
-    let serde_json::Value::Object(capabilities) = serde_json::from_str(&capabilities).map_err(|_| corrupt("capabilities"))?
+    let serde_json::Value::Object(capabilities) =
+        serde_json::from_str(&capabilities).map_err(|_| corrupt("capabilities"))?
     else {
         return Err(corrupt("capabilities"));
     };

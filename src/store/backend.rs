@@ -93,9 +93,7 @@ impl LocalBackend {
 }
 
 async fn create_dir(dir: &Path) -> StoreResult<()> {
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|err| StoreError::io(format!("creating {}", dir.display()), err))
+    tokio::fs::create_dir_all(dir).await.map_err(|err| StoreError::io(format!("creating {}", dir.display()), err))
 }
 
 async fn open_file(path: &Path, flags: OpenFlags) -> StoreResult<Database> {

@@ -94,7 +94,8 @@ mod tests {
         for user in &users {
             let db = dbs.get(*user).await.unwrap();
             let conn = db.read().await.unwrap();
-            let mut rows = conn.query("SELECT count(*) FROM schema_migrations WHERE name = 'marker'", ()).await.unwrap();
+            let mut rows =
+                conn.query("SELECT count(*) FROM schema_migrations WHERE name = 'marker'", ()).await.unwrap();
             let count: u64 = rows.next().await.unwrap().unwrap().get(0).unwrap();
             assert_eq!(count, 1, "data survives eviction and reopening");
             assert!(dbs.open_count() <= 2);

@@ -1,0 +1,115 @@
+//! The shipped binary itself: configuration from the environment, JSON logs
+//! that never carry secrets, and a graceful stop on SIGTERM.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::device_body;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn echolia(data_dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_echolia"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATA_DIR", data_dir)
+        .current_dir(data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+async fn wait_for_health(client: &reqwest::Client, base: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(resp) = client.get(format!("{base}/health")).send().await {
+            if resp.status() == StatusCode::OK {
+                return;
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the server exited early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server did not answer /health within 30 s");
+}
+
+fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("the server did not stop within 20 s of SIGTERM");
+}
+
+#[tokio::test]
+async fn the_binary_serves_logs_json_without_secrets_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child =
+        echolia(dir.path()).env("BIND_ADDR", format!("127.0.0.1:{port}")).env("LOG_FORMAT", "json").spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_for_health(&client, &base, &mut child).await;
+
+    let resp =
+        client.post(format!("{base}/auth/register")).json(&device_body("Laptop", "desktop")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let session: Value = resp.json().await.unwrap();
+    let access = session["access_token"].as_str().unwrap().to_owned();
+    let refresh = session["refresh_token"].as_str().unwrap().to_owned();
+    let resp = client.get(format!("{base}/auth/devices")).bearer_auth(&access).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = client
+        .post(format!("{base}/auth/refresh"))
+        .json(&serde_json::json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let exit = wait_for_exit(&mut child);
+    assert!(exit.success(), "graceful stop exits 0, got {exit:?}");
+
+    let mut logs = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut logs).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 4, "{logs}");
+    for line in &lines {
+        let parsed: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+        assert!(parsed.get("level").is_some(), "{line}");
+    }
+    assert!(logs.contains("/auth/register"), "requests are traced by route");
+    assert!(logs.contains("\"status\":201"), "with their status");
+    let jwt_secret = std::fs::read_to_string(dir.path().join("jwt_secret")).unwrap();
+    for secret in [access.as_str(), refresh.as_str(), "BEGIN PUBLIC KEY", jwt_secret.trim()] {
+        assert!(!logs.contains(secret), "a secret or key reached the logs");
+    }
+}
+
+#[test]
+fn bad_configuration_stops_the_binary_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = echolia(dir.path()).env("ENVIRONMENT", "production").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("JWT_SECRET"), "{stderr}");
+
+    let output = echolia(dir.path()).env("BIND_ADDR", "somewhere").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("BIND_ADDR"));
+}

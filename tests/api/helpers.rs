@@ -1,0 +1,237 @@
+//! A real server on a random port with a temporary `DATA_DIR`, and a client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use echolia::app::{self, AppState};
+use echolia::clock::ManualClock;
+use echolia::config::Config;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// The secret tests sign forged tokens with.
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub dir: Arc<TempDir>,
+    pub clock: Arc<ManualClock>,
+    pub state: AppState,
+    vars: Vec<(String, String)>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+/// What registration or pairing hands a device.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: Uuid,
+    pub device_id: Uuid,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl Session {
+    pub fn from_json(body: &Value) -> Self {
+        let id = |name: &str| Uuid::parse_str(body[name].as_str().unwrap()).unwrap();
+        assert_eq!(body["token_type"], "bearer");
+        assert_eq!(body["expires_in"], 3600);
+        Session {
+            user_id: id("user_id"),
+            device_id: id("device_id"),
+            access_token: body["access_token"].as_str().unwrap().to_owned(),
+            refresh_token: body["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Starts a server; `vars` override the test defaults.
+pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    start(dir, vars, Arc::new(ManualClock::new(Utc::now()))).await
+}
+
+async fn start(dir: Arc<TempDir>, overrides: Vec<(String, String)>, clock: Arc<ManualClock>) -> TestApp {
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("DATA_DIR".into(), dir.path().display().to_string()),
+        ("JWT_SECRET".into(), JWT_SECRET.into()),
+        ("REGISTER_RATE_LIMIT".into(), "100000".into()),
+    ]);
+    for (key, value) in &overrides {
+        env.insert(key.clone(), value.clone());
+    }
+    env.retain(|_, value| !value.is_empty());
+    let config = Config::from_lookup(|name| env.get(name).cloned()).unwrap();
+    let state = AppState::build(config, clock.clone()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server_state = state.clone();
+    let server = tokio::spawn(async move {
+        app::serve(listener, server_state, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        dir,
+        clock,
+        state,
+        vars: overrides,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn user_db_path(&self, user: Uuid) -> PathBuf {
+        self.data_dir().join("users").join(format!("{user}.db"))
+    }
+
+    /// Stops the server gracefully and starts a new one on the same data.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        let (dir, vars, clock) = (self.dir.clone(), std::mem::take(&mut self.vars), self.clock.clone());
+        drop(self);
+        start(dir, vars, clock).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        let mut req = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.client.delete(self.url(path)).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn register(&self) -> Session {
+        self.register_body(&device_body("Desktop", "desktop")).await
+    }
+
+    pub async fn register_body(&self, body: &Value) -> Session {
+        let resp = self.post("/auth/register", None, body).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        Session::from_json(&resp.json().await.unwrap())
+    }
+
+    pub async fn pair(&self, by: &Session, name: &str) -> Session {
+        let resp = self.post("/auth/pair-device", Some(&by.access_token), &device_body(name, "mobile")).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let session = Session::from_json(&resp.json().await.unwrap());
+        assert_eq!(session.user_id, by.user_id);
+        session
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post("/auth/refresh", None, &json!({ "refresh_token": refresh_token })).await
+    }
+
+    /// The devices a session sees.
+    pub async fn devices(&self, session: &Session) -> Vec<Value> {
+        let resp = self.get("/auth/devices", &session.access_token).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        body["devices"].as_array().unwrap().clone()
+    }
+
+    /// Opens a user's database file directly, as an operator would.
+    pub async fn open_user_db(&self, user: Uuid) -> libsql::Connection {
+        let db = libsql::Builder::new_local(self.user_db_path(user)).build().await.unwrap();
+        db.connect().unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn device_body(name: &str, device_type: &str) -> Value {
+    json!({
+        "device_name": name,
+        "device_type": device_type,
+        "platform": "macos",
+        "public_key": "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VuAyEA9s8rR1vC2dWnC0cYpZ1x3u3pYgk0E0cPq9Gm7oTt1Ws=\n-----END PUBLIC KEY-----",
+        "capabilities": {"local_embeddings": true}
+    })
+}
+
+/// Asserts an error response: its status, the JSON error shape and its code.
+/// Returns the message.
+pub async fn assert_error(resp: Response, status: StatusCode, code: &str) -> String {
+    assert_eq!(resp.status(), status, "status for expected `{code}`");
+    let content_type = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(content_type.as_deref(), Some("application/json"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"].as_str().expect("a message").to_owned();
+    assert!(!message.is_empty());
+    assert_eq!(body.as_object().unwrap().len(), 1, "only `error` at the top: {body}");
+    message
+}
+
+/// Signs arbitrary claims with the test secret (HS256).
+pub fn sign(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Files under `DATA_DIR/users`.
+pub fn user_db_files(app: &TestApp) -> Vec<PathBuf> {
+    let dir = app.data_dir().join("users");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "db")).collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
