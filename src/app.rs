@@ -22,6 +22,10 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::ops::{health, openapi::ApiDoc, telemetry};
 use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
+use crate::sync::{
+    self,
+    notify::{Notifier, Shutdown},
+};
 
 /// Largest body the auth routes read.
 pub const AUTH_BODY_LIMIT: usize = 1024 * 1024;
@@ -35,6 +39,8 @@ pub struct AppState {
     pub users: Arc<UserDatabases>,
     pub auth: Arc<Auth>,
     pub register_limiter: Arc<IpRateLimiter>,
+    pub notifier: Arc<Notifier>,
+    pub shutdown: Arc<Shutdown>,
 }
 
 impl AppState {
@@ -55,6 +61,8 @@ impl AppState {
             users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),
             auth: Arc::new(Auth::new(secret.expose())),
             register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
+            notifier: Arc::default(),
+            shutdown: Arc::default(),
             config: Arc::new(config),
         })
     }
@@ -63,7 +71,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/health", get(health::health))
-        .merge(auth::router(&state).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)));
+        .merge(auth::router(&state).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
+        .merge(sync::router());
     if state.config.is_development() {
         app = app.merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
     }
@@ -90,14 +99,21 @@ async fn method_not_allowed() -> ApiError {
     ApiError::client(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
 }
 
-/// Serves until `shutdown` resolves, then finishes the requests in flight.
+/// Serves until `shutdown` resolves, then answers waiting long-polls and
+/// finishes the requests in flight.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stopping = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.trigger();
+        })
+        .await
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

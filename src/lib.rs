@@ -14,3 +14,4 @@ pub mod http;
 pub mod ops;
 pub mod projection;
 pub mod store;
+pub mod sync;

@@ -4,7 +4,7 @@
 //! raced past the lock (another process) fails instead of forking the chain.
 
 use chrono::{DateTime, Utc};
-use libsql::Connection;
+use libsql::{Connection, Statement};
 use uuid::Uuid;
 
 use super::hash::{canonical_bytes, link, GENESIS};
@@ -34,9 +34,18 @@ pub async fn read_head(conn: &Connection) -> StoreResult<Head> {
     Ok(Head { seq, hash })
 }
 
+const INSERT: &str = "INSERT INTO events (seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, \
+                      payload, client_time, received_at, hash) \
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+
+/// The insert statement [`append`] uses; prepare once per transaction.
+pub async fn prepare_insert(conn: &Connection) -> StoreResult<Statement> {
+    Ok(conn.prepare(INSERT).await?)
+}
+
 /// Appends one event after `head` and moves `head` forward.
 pub async fn append(
-    conn: &Connection,
+    insert: &Statement,
     head: &mut Head,
     device_id: Uuid,
     received_at: DateTime<Utc>,
@@ -45,10 +54,9 @@ pub async fn append(
     let seq = head.seq + 1;
     let received_text = rfc3339(received_at);
     let hash = link(&head.hash, &canonical_bytes(seq, device_id, &received_text, &event));
-    conn.execute(
-        "INSERT INTO events (seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, payload, \
-         client_time, received_at, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        libsql::params![
+    insert.reset();
+    insert
+        .execute(libsql::params![
             seq,
             event.event_id.to_string(),
             device_id.to_string(),
@@ -57,13 +65,13 @@ pub async fn append(
             event.parent_id.map(|id| id.to_string()),
             event.op.as_str(),
             event.version.to_json(),
-            event.payload.clone(),
+            event.payload.as_deref().map(libsql::Value::from),
             rfc3339(event.client_time),
             received_text,
             hash.to_vec(),
-        ],
-    )
-    .await?;
+        ])
+        .await?;
+    insert.reset();
     *head = Head { seq, hash };
     Ok(StoredEvent { seq, device_id, received_at, hash, event })
 }

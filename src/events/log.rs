@@ -23,6 +23,12 @@ pub async fn read_after(conn: &Connection, since: u64, limit: u64) -> StoreResul
     Ok(events)
 }
 
+/// The event at `seq`, if any.
+pub async fn read_one(conn: &Connection, seq: u64) -> StoreResult<Option<StoredEvent>> {
+    let mut rows = conn.query(&format!("SELECT {COLUMNS} FROM events WHERE seq = ?1"), [seq]).await?;
+    rows.next().await?.map(|row| decode(&row)).transpose()
+}
+
 fn decode(row: &Row) -> StoreResult<StoredEvent> {
     let seq: u64 = row.get(0)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));

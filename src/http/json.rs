@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -54,20 +54,29 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Parses JSON, telling syntax errors (400) from shape errors (422, with the
-/// path of the field at fault). Syntax is checked first, on its own, because
-/// serde_json reports some shape errors (an array where an enum belongs) as
-/// syntax errors when both are checked in one pass.
+/// path of the field at fault). serde_json reports some shape errors (an
+/// array where an enum belongs) as syntax errors, so a failed parse of a
+/// document that is valid JSON counts as a shape error.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|err| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {err}")))?;
-    serde_path_to_error::deserialize(value).map_err(|err| {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
-        if path == "." {
-            ApiError::unprocessable("validation_failed", err.into_inner().to_string())
-        } else {
-            ApiError::invalid_field(&path, err.into_inner())
+        let inner = err.into_inner();
+        if !inner.is_data() && serde_json::from_slice::<IgnoredAny>(body).is_err() {
+            return malformed(inner);
         }
-    })
+        if path == "." {
+            ApiError::unprocessable("validation_failed", inner.to_string())
+        } else {
+            ApiError::invalid_field(&path, inner)
+        }
+    })?;
+    deserializer.end().map_err(malformed)?;
+    Ok(value)
+}
+
+fn malformed(err: serde_json::Error) -> ApiError {
+    ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {err}"))
 }
 
 #[cfg(test)]

@@ -2,9 +2,12 @@
 //! JSON error shape, and the client address behind trusted proxies.
 
 pub mod client_ip;
+pub mod codec;
 pub mod json;
 pub mod path;
+pub mod query;
 
 pub use client_ip::ClientIp;
 pub use json::ApiJson;
 pub use path::ApiPath;
+pub use query::QueryParams;

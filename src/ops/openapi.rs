@@ -47,11 +47,16 @@ stays listed (not revoked) and must be paired again.\n\
         crate::auth::devices::list,
         crate::auth::devices::update_current,
         crate::auth::devices::revoke,
+        crate::sync::push::push,
+        crate::sync::pull::pull,
+        crate::sync::log::events,
+        crate::sync::status::status,
     ),
     components(schemas(ErrorResponse, ErrorDetail)),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Registration, devices, tokens"),
+        (name = "sync", description = "Push event batches, pull changes since a cursor (JSON or MessagePack)"),
         (name = "operations", description = "Health"),
     )
 )]

@@ -2,5 +2,7 @@
 //! projectors return, in the same transaction as the append (and replay uses
 //! the same functions).
 
+pub mod aggregate;
 pub mod devices;
 pub mod version;
+pub mod views;

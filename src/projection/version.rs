@@ -2,13 +2,36 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
 
 /// A version vector. Ordered by device id, so its JSON form is canonical.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Keys are always UUID strings, in MessagePack too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(transparent)]
 pub struct VersionVector(BTreeMap<Uuid, u64>);
+
+/// How two version vectors relate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Causality {
+    Equal,
+    /// The left side happened before the right (strictly dominated by it).
+    Before,
+    /// The left side strictly dominates the right.
+    After,
+    Concurrent,
+}
+
+impl Serialize for VersionVector {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (device, counter) in &self.0 {
+            map.serialize_entry(&device.hyphenated(), counter)?;
+        }
+        map.end()
+    }
+}
 
 impl VersionVector {
     pub fn single(device: Uuid, counter: u64) -> Self {
@@ -31,9 +54,41 @@ impl VersionVector {
         self.0.iter()
     }
 
+    /// Compares causally: counters missing on one side count as 0.
+    pub fn compare(&self, other: &Self) -> Causality {
+        let (mut less, mut greater) = (false, false);
+        for device in self.0.keys().chain(other.0.keys()) {
+            match self.get(device).cmp(&other.get(device)) {
+                std::cmp::Ordering::Less => less = true,
+                std::cmp::Ordering::Greater => greater = true,
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+        match (less, greater) {
+            (false, false) => Causality::Equal,
+            (true, false) => Causality::Before,
+            (false, true) => Causality::After,
+            (true, true) => Causality::Concurrent,
+        }
+    }
+
+    /// True when `self` strictly dominates `other`: every counter at least as
+    /// high, and the vectors differ.
+    pub fn dominates(&self, other: &Self) -> bool {
+        self.compare(other) == Causality::After
+    }
+
+    /// Raises every counter to the maximum of both sides.
+    pub fn merge(&mut self, other: &Self) {
+        for (device, counter) in &other.0 {
+            let mine = self.0.entry(*device).or_insert(0);
+            *mine = (*mine).max(*counter);
+        }
+    }
+
     /// The canonical text stored in the log.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.0).unwrap_or_else(|_| unreachable!("a map of uuids to integers always serializes"))
+        serde_json::to_string(self).unwrap_or_else(|_| unreachable!("a map of uuids to integers always serializes"))
     }
 
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
@@ -50,6 +105,61 @@ impl FromIterator<(Uuid, u64)> for VersionVector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn vector() -> impl Strategy<Value = VersionVector> {
+        // Few devices, small counters: plenty of equal, ordered and concurrent pairs.
+        prop::collection::btree_map((0u8..4).prop_map(|n| Uuid::from_bytes([n; 16])), 0u64..4, 0..4)
+            .prop_map(|map| map.into_iter().filter(|(_, c)| *c > 0).collect())
+    }
+
+    proptest! {
+        #[test]
+        fn compare_is_antisymmetric(a in vector(), b in vector()) {
+            let expected = match a.compare(&b) {
+                Causality::Equal => Causality::Equal,
+                Causality::Before => Causality::After,
+                Causality::After => Causality::Before,
+                Causality::Concurrent => Causality::Concurrent,
+            };
+            prop_assert_eq!(b.compare(&a), expected);
+            prop_assert_eq!(a.compare(&b) == Causality::Equal, a == b);
+        }
+
+        #[test]
+        fn dominance_is_transitive(a in vector(), b in vector(), c in vector()) {
+            if a.dominates(&b) && b.dominates(&c) {
+                prop_assert!(a.dominates(&c));
+            }
+        }
+
+        #[test]
+        fn merge_is_the_least_upper_bound(a in vector(), b in vector()) {
+            let mut merged = a.clone();
+            merged.merge(&b);
+            prop_assert!(matches!(merged.compare(&a), Causality::After | Causality::Equal));
+            prop_assert!(matches!(merged.compare(&b), Causality::After | Causality::Equal));
+            let mut other_way = b.clone();
+            other_way.merge(&a);
+            prop_assert_eq!(&merged, &other_way);
+            for (device, counter) in merged.iter() {
+                prop_assert_eq!(*counter, a.get(device).max(b.get(device)));
+            }
+        }
+    }
+
+    #[test]
+    fn missing_counters_count_as_zero() {
+        let (a, b) = (Uuid::from_bytes([1; 16]), Uuid::from_bytes([2; 16]));
+        let one: VersionVector = [(a, 1)].into_iter().collect();
+        let both: VersionVector = [(a, 1), (b, 1)].into_iter().collect();
+        let other: VersionVector = [(b, 2)].into_iter().collect();
+        assert_eq!(both.compare(&one), Causality::After);
+        assert_eq!(one.compare(&both), Causality::Before);
+        assert_eq!(one.compare(&other), Causality::Concurrent);
+        assert!(both.dominates(&one));
+        assert!(!one.dominates(&one));
+    }
 
     #[test]
     fn json_is_canonical_and_round_trips() {

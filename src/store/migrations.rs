@@ -31,6 +31,10 @@ pub const USER: &[Migration] = &[
     migration!("schema/user/0001_events.sql"),
     migration!("schema/user/0002_auth.sql"),
     migration!("projections/devices.sql"),
+    migration!("projections/entries.sql"),
+    migration!("projections/memories.sql"),
+    migration!("projections/tags.sql"),
+    migration!("projections/embeddings.sql"),
 ];
 
 /// Applies every migration of `set` not yet recorded. Safe to run from

@@ -4,12 +4,12 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use libsql::{Connection, Database, Transaction, TransactionBehavior};
+use libsql::{Connection, Database, Statement, Transaction, TransactionBehavior};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use super::{connect, migrations, Backend, StoreResult};
-use crate::events::append::{append, read_head, Head};
+use crate::events::append::{append, prepare_insert, read_head, Head};
 use crate::events::{NewEvent, StoredEvent};
 
 pub struct UserDb {
@@ -45,14 +45,16 @@ impl UserDb {
         let conn = connect(&self.db).await?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await?;
         let head = read_head(&tx).await?;
-        Ok(WriteTx { tx, head, _guard: guard })
+        Ok(WriteTx { insert: None, tx, head, _guard: guard })
     }
 }
 
 /// An open write transaction. Dropping it without [`WriteTx::commit`] rolls
 /// everything back, so an error anywhere leaves the database as it was.
 pub struct WriteTx {
-    // Field order matters: the transaction ends before the lock is released.
+    // Field order matters: statements are finalized before the transaction
+    // ends, and the transaction ends before the lock is released.
+    insert: Option<Statement>,
     tx: Transaction,
     head: Head,
     _guard: OwnedMutexGuard<()>,
@@ -67,14 +69,19 @@ impl WriteTx {
         received_at: DateTime<Utc>,
         event: NewEvent,
     ) -> StoreResult<StoredEvent> {
-        append(&self.tx, &mut self.head, device_id, received_at, event).await
+        if self.insert.is_none() {
+            self.insert = Some(prepare_insert(&self.tx).await?);
+        }
+        let insert = self.insert.as_ref().unwrap_or_else(|| unreachable!("prepared above"));
+        append(insert, &mut self.head, device_id, received_at, event).await
     }
 
     pub fn head(&self) -> Head {
         self.head
     }
 
-    pub async fn commit(self) -> StoreResult<()> {
+    pub async fn commit(mut self) -> StoreResult<()> {
+        self.insert = None;
         self.tx.commit().await?;
         Ok(())
     }

@@ -1,0 +1,143 @@
+//! The tables of the client read models (`entries`, `memories`, `tags`,
+//! `embeddings`): one row per aggregate, as [`AggregateRow`].
+
+use libsql::{Connection, Row, Statement};
+use uuid::Uuid;
+
+use super::aggregate::{AggregateRow, Head};
+use super::version::VersionVector;
+use crate::events::Kind;
+use crate::store::{StoreError, StoreResult};
+
+/// The kinds devices push and pull, in a fixed order.
+pub const CLIENT_KINDS: [Kind; 4] = [Kind::Entry, Kind::Memory, Kind::Tag, Kind::Embedding];
+
+/// The view table of a client kind (`None` for `device`, whose view differs).
+pub fn table(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Entry => Some("entries"),
+        Kind::Memory => Some("memories"),
+        Kind::Tag => Some("tags"),
+        Kind::Embedding => Some("embeddings"),
+        Kind::Device => None,
+    }
+}
+
+fn client_table(kind: Kind) -> StoreResult<&'static str> {
+    table(kind).ok_or_else(|| StoreError::Corrupt(format!("`{}` has no aggregate view", kind.as_str())))
+}
+
+fn index(kind: Kind) -> usize {
+    CLIENT_KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+/// Prepared load and save statements for every view, reused across a batch
+/// (each is reset before use: libsql reuses bound values otherwise).
+pub struct ViewStatements {
+    load: Vec<Statement>,
+    save: Vec<Statement>,
+}
+
+impl ViewStatements {
+    pub async fn prepare(conn: &Connection) -> StoreResult<Self> {
+        let (mut load, mut save) = (Vec::new(), Vec::new());
+        for kind in CLIENT_KINDS {
+            let table = client_table(kind)?;
+            load.push(
+                conn.prepare(&format!(
+                    "SELECT id, parent_id, heads, version, deleted, conflict, updated_seq FROM {table} WHERE id = ?1"
+                ))
+                .await?,
+            );
+            save.push(
+                conn.prepare(&format!(
+                    "INSERT INTO {table} (id, parent_id, heads, version, deleted, conflict, updated_seq) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET \
+                     parent_id = excluded.parent_id, heads = excluded.heads, version = excluded.version, \
+                     deleted = excluded.deleted, conflict = excluded.conflict, updated_seq = excluded.updated_seq"
+                ))
+                .await?,
+            );
+        }
+        Ok(Self { load, save })
+    }
+
+    pub async fn load(&self, kind: Kind, id: Uuid) -> StoreResult<Option<AggregateRow>> {
+        let stmt = &self.load[index(kind)];
+        stmt.reset();
+        let mut rows = stmt.query([id.to_string()]).await?;
+        let row = rows.next().await?.map(|row| decode(kind, &row, 0)).transpose();
+        stmt.reset();
+        row
+    }
+
+    pub async fn save(&self, row: &AggregateRow) -> StoreResult<()> {
+        let heads = serde_json::to_string(&row.heads).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let stmt = &self.save[index(row.kind)];
+        stmt.reset();
+        stmt.execute(libsql::params![
+            row.id.to_string(),
+            row.parent_id.map(|id| id.to_string()),
+            heads,
+            row.version.to_json(),
+            i64::from(row.deleted),
+            i64::from(row.conflict),
+            row.updated_seq,
+        ])
+        .await?;
+        stmt.reset();
+        Ok(())
+    }
+}
+
+/// Up to `limit` aggregates of `kinds` changed after `since`, in order of
+/// their latest change.
+pub async fn changed_since(
+    conn: &Connection,
+    since: u64,
+    limit: u64,
+    kinds: &[Kind],
+) -> StoreResult<Vec<AggregateRow>> {
+    let mut arms = Vec::new();
+    for kind in kinds {
+        let table = client_table(*kind)?;
+        arms.push(format!(
+            "SELECT * FROM (SELECT '{kind}', id, parent_id, heads, version, deleted, conflict, updated_seq \
+             FROM {table} WHERE updated_seq > ?1 ORDER BY updated_seq LIMIT ?2)",
+            kind = kind.as_str()
+        ));
+    }
+    if arms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!("{} ORDER BY 8 LIMIT ?2", arms.join(" UNION ALL "));
+    let mut rows = conn.query(&sql, (since, limit)).await?;
+    let mut changes = Vec::new();
+    while let Some(row) = rows.next().await? {
+        let kind: String = row.get(0)?;
+        let kind = Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("view kind `{kind}`")))?;
+        changes.push(decode(kind, &row, 1)?);
+    }
+    Ok(changes)
+}
+
+/// Decodes the columns `id, parent_id, heads, version, deleted, conflict,
+/// updated_seq` starting at `at`.
+fn decode(kind: Kind, row: &Row, at: i32) -> StoreResult<AggregateRow> {
+    let id: String = row.get(at)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("{} {id}: {what}", kind.as_str()));
+    let parent: Option<String> = row.get(at + 1)?;
+    let heads: String = row.get(at + 2)?;
+    let version: String = row.get(at + 3)?;
+    let heads: Vec<Head> = serde_json::from_str(&heads).map_err(|_| corrupt("heads"))?;
+    Ok(AggregateRow {
+        kind,
+        id: Uuid::parse_str(&id).map_err(|_| corrupt("id"))?,
+        parent_id: parent.map(|p| Uuid::parse_str(&p).map_err(|_| corrupt("parent_id"))).transpose()?,
+        heads,
+        version: VersionVector::from_json(&version).map_err(|_| corrupt("version"))?,
+        deleted: row.get::<i64>(at + 4)? != 0,
+        conflict: row.get::<i64>(at + 5)? != 0,
+        updated_seq: row.get(at + 6)?,
+    })
+}

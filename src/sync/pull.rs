@@ -1,0 +1,160 @@
+//! `GET /sync/pull`: what changed since a cursor, answered from the views,
+//! with an optional long-poll woken by the user's next push.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use libsql::Connection;
+
+use super::wire::{Change, HeadView, HexHash, PullResponse};
+use crate::app::AppState;
+use crate::auth::UserAuth;
+use crate::error::{ApiError, ApiResult};
+use crate::events::append::{read_head, Head};
+use crate::events::Kind;
+use crate::http::codec::Accepts;
+use crate::http::QueryParams;
+use crate::ops::openapi::ErrorResponse;
+use crate::projection::views::{self, CLIENT_KINDS};
+use crate::store::{StoreResult, UserDb};
+
+pub const MAX_LIMIT: u64 = 1000;
+pub const DEFAULT_LIMIT: u64 = 500;
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// A parsed pull request.
+#[derive(Debug, Clone)]
+pub struct PullQuery {
+    pub since: u64,
+    pub limit: u64,
+    pub kinds: Vec<Kind>,
+    pub wait: Duration,
+}
+
+impl PullQuery {
+    fn parse(params: &QueryParams) -> ApiResult<Self> {
+        Ok(PullQuery {
+            since: params.number("since", 0, 0..=u64::MAX)?,
+            limit: params.number("limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?,
+            kinds: parse_kinds(params.raw("kinds"))?,
+            wait: Duration::from_secs(params.number("wait", 0, 0..=MAX_WAIT_SECS)?),
+        })
+    }
+}
+
+fn parse_kinds(raw: Option<&str>) -> ApiResult<Vec<Kind>> {
+    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else { return Ok(CLIENT_KINDS.to_vec()) };
+    let mut kinds = Vec::new();
+    for name in raw.split(',').map(str::trim) {
+        let kind = Kind::parse(name).filter(|k| CLIENT_KINDS.contains(k)).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("kinds: `{name}` is not one of entry, memory, tag, embedding"),
+            )
+        })?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(kinds)
+}
+
+/// Changes since a cursor.
+#[utoipa::path(get, path = "/sync/pull", tag = "sync", security(("bearer" = [])),
+    params(
+        ("since" = Option<u64>, Query, description = "Cursor from the last pull (default 0: current state)"),
+        ("limit" = Option<u64>, Query, description = "1–1000, default 500"),
+        ("kinds" = Option<String>, Query, description = "Comma list of entry, memory, tag, embedding (default all)"),
+        ("wait" = Option<u64>, Query, description = "0–60 s: hold the request until something changes"),
+    ),
+    responses(
+        (status = 200, description = "Each aggregate changed after `since` once, in order of its latest change", content((PullResponse = "application/json"), (PullResponse = "application/msgpack"))),
+        (status = 400, description = "A bad query parameter (named in the message)", body = ErrorResponse),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorResponse),
+        (status = 409, description = "`cursor_ahead`: `since` is beyond the log head; resync from 0", body = ErrorResponse),
+    ))]
+#[tracing::instrument(skip_all)]
+pub async fn pull(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Accepts(format): Accepts,
+    params: QueryParams,
+) -> ApiResult<Response> {
+    let query = PullQuery::parse(&params)?;
+    // Subscribe before the first read, so a push between the read and the
+    // wait is not missed.
+    let mut pushes = state.notifier.subscribe(auth.user_id);
+    let deadline = tokio::time::Instant::now() + query.wait;
+    loop {
+        let page = read_page(&auth.db, &query).await?;
+        if !page.changes.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(format.respond(StatusCode::OK, &page));
+        }
+        tokio::select! {
+            woke = pushes.changed() => if woke.is_err() { return Ok(format.respond(StatusCode::OK, &page)) },
+            () = tokio::time::sleep_until(deadline) => return Ok(format.respond(StatusCode::OK, &page)),
+            () = state.shutdown.wait() => return Ok(format.respond(StatusCode::OK, &page)),
+        }
+    }
+}
+
+/// One page, read from one snapshot of the database.
+pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<PullResponse> {
+    let conn = db.read().await?;
+    let snapshot = conn.transaction().await?;
+    let head = read_head(&snapshot).await?;
+    if query.since > head.seq {
+        return Err(cursor_ahead(query.since, head));
+    }
+    let mut rows = views::changed_since(&snapshot, query.since, query.limit + 1, &query.kinds).await?;
+    let has_more = rows.len() as u64 > query.limit;
+    rows.truncate(query.limit as usize);
+    let cursor = match rows.last() {
+        Some(last) if has_more => last.updated_seq,
+        _ => head.seq,
+    };
+    let payload = snapshot.prepare("SELECT payload FROM events WHERE seq = ?1").await?;
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut heads = Vec::with_capacity(row.heads.len());
+        for head in row.heads {
+            let bytes = payload_of(&payload, head.seq).await?;
+            heads.push(HeadView::new(head, bytes));
+        }
+        changes.push(Change {
+            kind: row.kind,
+            id: row.id.hyphenated(),
+            parent_id: row.parent_id.map(uuid::Uuid::hyphenated),
+            deleted: row.deleted,
+            conflict: row.conflict,
+            version: row.version,
+            heads,
+        });
+    }
+    drop(payload);
+    snapshot.commit().await?;
+    Ok(PullResponse { changes, cursor, has_more, head_hash: HexHash(head.hash) })
+}
+
+async fn payload_of(stmt: &libsql::Statement, seq: u64) -> StoreResult<Option<Vec<u8>>> {
+    stmt.reset();
+    let mut rows = stmt.query([seq]).await?;
+    let payload = match rows.next().await? {
+        Some(row) => row.get(0)?,
+        None => None,
+    };
+    drop(rows);
+    stmt.reset();
+    Ok(payload)
+}
+
+pub fn cursor_ahead(since: u64, head: Head) -> ApiError {
+    ApiError::conflict("cursor_ahead", format!("since={since} is beyond the log head {}; resync from 0", head.seq))
+}
+
+/// The head, for handlers that only need it.
+pub async fn head_of(conn: &Connection) -> StoreResult<Head> {
+    read_head(conn).await
+}

@@ -1,0 +1,194 @@
+//! `POST /sync/push`: a batch validated in full, then appended with the view
+//! rows it changes in one transaction. All or nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, SubsecRound, Utc};
+use libsql::Statement;
+use uuid::Uuid;
+
+use super::wire::{ClientEvent, HexHash, PushRequest, PushResponse, PushResult, PushStatus};
+use crate::app::AppState;
+use crate::auth::UserAuth;
+use crate::error::{ApiError, ApiResult};
+use crate::events::{log, Kind, NewEvent, Op};
+use crate::http::codec::{Accepts, SyncBody};
+use crate::ops::openapi::ErrorResponse;
+use crate::projection::aggregate::{self, AggregateRow, Outcome};
+use crate::projection::views::ViewStatements;
+use crate::store::{StoreError, StoreResult, WriteTx};
+
+pub const MAX_BATCH_EVENTS: usize = 1000;
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+pub const MAX_VERSION_KEYS: usize = 1024;
+
+/// Push a batch of events.
+#[utoipa::path(post, path = "/sync/push", tag = "sync", security(("bearer" = [])),
+    request_body(content((PushRequest = "application/json"), (PushRequest = "application/msgpack"))),
+    responses(
+        (status = 200, description = "Every event appended, or recognised as a duplicate", content((PushResponse = "application/json"), (PushResponse = "application/msgpack"))),
+        (status = 400, description = "Body that does not decode", body = ErrorResponse),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorResponse),
+        (status = 409, description = "`event_id_reused`: an event_id already in the log with other content; nothing appended", body = ErrorResponse),
+        (status = 413, description = "`batch_too_large`: over 1,000 events or 16 MiB", body = ErrorResponse),
+        (status = 415, description = "Neither JSON nor MessagePack", body = ErrorResponse),
+        (status = 422, description = "An invalid event; the message names `events[i].field`; nothing appended", body = ErrorResponse),
+    ))]
+#[tracing::instrument(skip_all, fields(events))]
+pub async fn push(
+    State(state): State<AppState>,
+    auth: UserAuth,
+    Accepts(format): Accepts,
+    SyncBody(req): SyncBody<PushRequest>,
+) -> ApiResult<Response> {
+    tracing::Span::current().record("events", req.events.len());
+    let events = validate(auth.device_id, req.events)?;
+    let now = state.clock.now();
+
+    let mut tx = auth.db.begin_write().await?;
+    let results = apply_batch(&mut tx, auth.device_id, now, events).await?;
+    let head = tx.head();
+    tx.commit().await?;
+    state.notifier.notify(auth.user_id, head.seq);
+
+    let body = PushResponse { cursor: head.seq, head_hash: HexHash(head.hash), results };
+    Ok(format.respond(StatusCode::OK, &body))
+}
+
+/// Checks every event before anything is written; the first bad one is a
+/// 422 naming `events[i].field`.
+pub fn validate(device: Uuid, events: Vec<ClientEvent>) -> ApiResult<Vec<NewEvent>> {
+    if events.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::too_large(
+            "batch_too_large",
+            format!("a batch holds at most {MAX_BATCH_EVENTS} events, this one {}", events.len()),
+        ));
+    }
+    events.into_iter().enumerate().map(|(index, event)| validate_event(device, index, event)).collect()
+}
+
+fn validate_event(device: Uuid, index: usize, event: ClientEvent) -> ApiResult<NewEvent> {
+    let field = |name: &str| format!("events[{index}].{name}");
+    if event.kind == Kind::Device {
+        return Err(ApiError::invalid_field(&field("kind"), "`device` events are written by the server only"));
+    }
+    if matches!(event.kind, Kind::Tag | Kind::Embedding) && event.parent_id.is_none() {
+        return Err(ApiError::invalid_field(
+            &field("parent_id"),
+            format!("is required for `{}` events (the entry it belongs to)", event.kind.as_str()),
+        ));
+    }
+    match (event.op, &event.payload) {
+        (Op::Put, None) => return Err(ApiError::invalid_field(&field("payload"), "is required for `put`")),
+        (Op::Delete, Some(_)) => return Err(ApiError::invalid_field(&field("payload"), "must be absent for `delete`")),
+        (_, Some(payload)) if payload.0.len() > MAX_PAYLOAD_BYTES => {
+            return Err(ApiError::invalid_field(&field("payload"), format!("is over {MAX_PAYLOAD_BYTES} bytes")))
+        }
+        _ => {}
+    }
+    if event.version.len() > MAX_VERSION_KEYS {
+        return Err(ApiError::invalid_field(&field("version"), format!("has over {MAX_VERSION_KEYS} devices")));
+    }
+    if event.version.iter().any(|(_, counter)| *counter == 0) {
+        return Err(ApiError::invalid_field(&field("version"), "counters must be at least 1"));
+    }
+    if event.version.get(&device) == 0 {
+        return Err(ApiError::invalid_field(&field("version"), format!("must hold the pushing device {device}")));
+    }
+    Ok(NewEvent {
+        event_id: event.event_id,
+        kind: event.kind,
+        aggregate_id: event.aggregate_id,
+        parent_id: event.parent_id,
+        op: event.op,
+        version: event.version,
+        payload: event.payload.map(|p| p.0),
+        // The log keeps microseconds: truncate now, so a retry compares equal.
+        client_time: event.client_time.trunc_subsecs(6),
+    })
+}
+
+/// Why a batch was refused after validation.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("events[{index}]: event_id {event_id} is already in the log with other content")]
+    EventIdReused { index: usize, event_id: Uuid },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<BatchError> for ApiError {
+    fn from(err: BatchError) -> Self {
+        match err {
+            BatchError::EventIdReused { .. } => ApiError::conflict("event_id_reused", err.to_string()),
+            BatchError::Store(err) => err.into(),
+        }
+    }
+}
+
+/// Appends a validated batch and folds it into the views, inside `tx`.
+/// View rows touched several times are written once, at the end.
+pub async fn apply_batch(
+    tx: &mut WriteTx,
+    device: Uuid,
+    now: DateTime<Utc>,
+    events: Vec<NewEvent>,
+) -> Result<Vec<PushResult>, BatchError> {
+    let find = tx.prepare("SELECT seq FROM events WHERE event_id = ?1").await.map_err(StoreError::from)?;
+    let views = ViewStatements::prepare(tx).await?;
+    let mut rows: HashMap<(Kind, Uuid), AggregateRow> = HashMap::new();
+    let mut dirty: HashSet<(Kind, Uuid)> = HashSet::new();
+    let mut results = Vec::with_capacity(events.len());
+
+    for (index, event) in events.into_iter().enumerate() {
+        if let Some(seq) = seq_of(&find, event.event_id).await? {
+            let original = log::read_one(tx, seq).await?;
+            if original.is_some_and(|o| o.device_id == device && o.event == event) {
+                results.push(PushResult { event_id: event.event_id.hyphenated(), seq, status: PushStatus::Duplicate });
+                continue;
+            }
+            return Err(BatchError::EventIdReused { index, event_id: event.event_id });
+        }
+
+        let key = (event.kind, event.aggregate_id);
+        let stored = tx.append(device, now, event).await?;
+        let current = match rows.remove(&key) {
+            Some(row) => Some(row),
+            None => views.load(key.0, key.1).await?,
+        };
+        let (row, outcome) = aggregate::apply(current, &stored);
+        if outcome != Outcome::Stale {
+            dirty.insert(key);
+        }
+        rows.insert(key, row);
+        let status = match outcome {
+            Outcome::Applied => PushStatus::Applied,
+            Outcome::Conflict => PushStatus::Conflict,
+            Outcome::Stale => PushStatus::Stale,
+        };
+        results.push(PushResult { event_id: stored.event.event_id.hyphenated(), seq: stored.seq, status });
+    }
+    for key in &dirty {
+        if let Some(row) = rows.get(key) {
+            views.save(row).await?;
+        }
+    }
+    Ok(results)
+}
+
+/// The seq of an event already in the log, by its id.
+async fn seq_of(find: &Statement, event_id: Uuid) -> StoreResult<Option<u64>> {
+    find.reset();
+    let mut rows = find.query([event_id.to_string()]).await?;
+    let seq = match rows.next().await? {
+        Some(row) => Some(row.get(0)?),
+        None => None,
+    };
+    drop(rows);
+    find.reset();
+    Ok(seq)
+}

@@ -1,0 +1,254 @@
+//! The shapes of the sync endpoints, the same in JSON and MessagePack.
+//! Ids are UUID strings in both; payloads are base64 strings in JSON and
+//! `bin` in MessagePack; hashes are lowercase hex strings in both.
+
+use std::fmt;
+
+use base64::display::Base64Display;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::fmt::Hyphenated;
+use uuid::Uuid;
+
+use crate::events::{Kind, Op, StoredEvent};
+use crate::projection::aggregate::Head;
+use crate::projection::version::VersionVector;
+
+/// Opaque bytes: base64 (standard, padded) in JSON, `bin` in MessagePack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload(pub Vec<u8>);
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(&Base64Display::new(&self.0, &STANDARD))
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PayloadVisitor;
+
+        impl Visitor<'_> for PayloadVisitor {
+            type Value = Payload;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a standard base64 string (JSON) or bin (MessagePack)")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Payload, E> {
+                STANDARD.decode(text).map(Payload).map_err(|_| E::custom("is not standard base64 with padding"))
+            }
+
+            fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Payload, E> {
+                Ok(Payload(bytes.to_vec()))
+            }
+
+            fn visit_byte_buf<E: de::Error>(self, bytes: Vec<u8>) -> Result<Payload, E> {
+                Ok(Payload(bytes))
+            }
+        }
+
+        deserializer.deserialize_any(PayloadVisitor)
+    }
+}
+
+/// A SHA-256 hash as lowercase hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HexHash(pub [u8; 32]);
+
+impl Serialize for HexHash {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode(self.0))
+    }
+}
+
+/// One event as a device pushes it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ClientEvent {
+    /// Client-generated; the idempotency key.
+    pub event_id: Uuid,
+    /// `entry`, `memory`, `tag` or `embedding`.
+    pub kind: Kind,
+    pub aggregate_id: Uuid,
+    /// Required for `tag` and `embedding`: the entry it belongs to.
+    #[serde(default)]
+    pub parent_id: Option<Uuid>,
+    pub op: Op,
+    /// Device id → counter; must hold the caller's device with a counter ≥ 1.
+    #[schema(value_type = Object, example = json!({"6f1c…": 3}))]
+    pub version: VersionVector,
+    /// Ciphertext (base64 in JSON), required for `put`, absent for `delete`, at most 1 MiB.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Byte)]
+    pub payload: Option<Payload>,
+    pub client_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct PushRequest {
+    /// At most 1,000 events.
+    pub events: Vec<ClientEvent>,
+}
+
+/// What the push did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PushStatus {
+    /// Appended; now the only head of its aggregate.
+    Applied,
+    /// Appended; a head beside others (a conflict to resolve).
+    Conflict,
+    /// Appended to the log, but dominated: not in the view.
+    Stale,
+    /// This event_id was already in the log: nothing appended, the original seq returned.
+    Duplicate,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PushResult {
+    #[schema(value_type = String, format = Uuid)]
+    pub event_id: Hyphenated,
+    pub seq: u64,
+    pub status: PushStatus,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PushResponse {
+    /// The log head after the push.
+    pub cursor: u64,
+    #[schema(value_type = String, example = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")]
+    pub head_hash: HexHash,
+    pub results: Vec<PushResult>,
+}
+
+/// A head of an aggregate, with its payload.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HeadView {
+    #[schema(value_type = String, format = Uuid)]
+    pub event_id: Hyphenated,
+    #[schema(value_type = String, format = Uuid)]
+    pub device_id: Hyphenated,
+    pub seq: u64,
+    pub op: Op,
+    #[schema(value_type = Object)]
+    pub version: VersionVector,
+    #[schema(value_type = Option<String>, format = Byte)]
+    pub payload: Option<Payload>,
+    pub client_time: DateTime<Utc>,
+}
+
+impl HeadView {
+    pub fn new(head: Head, payload: Option<Vec<u8>>) -> Self {
+        HeadView {
+            event_id: head.event_id.hyphenated(),
+            device_id: head.device_id.hyphenated(),
+            seq: head.seq,
+            op: head.op,
+            version: head.version,
+            payload: payload.map(Payload),
+            client_time: head.client_time,
+        }
+    }
+}
+
+/// One aggregate changed since the cursor, as it stands now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Change {
+    pub kind: Kind,
+    #[schema(value_type = String, format = Uuid)]
+    pub id: Hyphenated,
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub parent_id: Option<Hyphenated>,
+    pub deleted: bool,
+    pub conflict: bool,
+    /// The merge of the heads' version vectors.
+    #[schema(value_type = Object)]
+    pub version: VersionVector,
+    pub heads: Vec<HeadView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PullResponse {
+    pub changes: Vec<Change>,
+    /// Send it as `since` next time; the log head when `has_more` is false.
+    pub cursor: u64,
+    pub has_more: bool,
+    #[schema(value_type = String)]
+    pub head_hash: HexHash,
+}
+
+/// One event of the raw log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LogEvent {
+    pub seq: u64,
+    #[schema(value_type = String, format = Uuid)]
+    pub event_id: Hyphenated,
+    #[schema(value_type = String, format = Uuid)]
+    pub device_id: Hyphenated,
+    pub kind: Kind,
+    #[schema(value_type = String, format = Uuid)]
+    pub aggregate_id: Hyphenated,
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub parent_id: Option<Hyphenated>,
+    pub op: Op,
+    #[schema(value_type = Object)]
+    pub version: VersionVector,
+    #[schema(value_type = Option<String>, format = Byte)]
+    pub payload: Option<Payload>,
+    pub client_time: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    /// SHA-256(previous hash ‖ canonical bytes of this event), hex.
+    #[schema(value_type = String)]
+    pub hash: HexHash,
+}
+
+impl From<StoredEvent> for LogEvent {
+    fn from(stored: StoredEvent) -> Self {
+        let event = stored.event;
+        LogEvent {
+            seq: stored.seq,
+            event_id: event.event_id.hyphenated(),
+            device_id: stored.device_id.hyphenated(),
+            kind: event.kind,
+            aggregate_id: event.aggregate_id.hyphenated(),
+            parent_id: event.parent_id.map(Uuid::hyphenated),
+            op: event.op,
+            version: event.version,
+            payload: event.payload.map(Payload),
+            client_time: event.client_time,
+            received_at: stored.received_at,
+            hash: HexHash(stored.hash),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventsResponse {
+    pub events: Vec<LogEvent>,
+    pub cursor: u64,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StatusResponse {
+    /// The log head (seq of the newest event).
+    pub cursor: u64,
+    #[schema(value_type = String)]
+    pub head_hash: HexHash,
+    /// Events in the log (device events included).
+    pub events: u64,
+    /// Live (not deleted) aggregates of each kind.
+    pub entries: u64,
+    pub memories: u64,
+    pub tags: u64,
+    pub embeddings: u64,
+    /// Aggregates with more than one head, all kinds.
+    pub conflicts: u64,
+}
