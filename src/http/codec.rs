@@ -119,7 +119,9 @@ where
 /// Parses MessagePack: 400 when it does not decode, 422 (with the field's
 /// path) when it decodes but has the wrong shape.
 pub fn parse_msgpack<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = rmp_serde::Deserializer::from_read_ref(body);
+    // Human-readable, so ids and times are read from the strings clients send
+    // (the default expects UUIDs as 16-byte arrays); payloads accept `bin`.
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(body).with_human_readable();
     serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();

@@ -190,8 +190,12 @@ mod tests {
         views
     }
 
-    /// A view with the arrival order (seq) taken out: what must not depend on it.
-    fn content(views: &Views) -> Vec<(Uuid, Vec<Uuid>, VersionVector, bool, bool, Option<Uuid>)> {
+    /// A row with the arrival order (seq) taken out: id, head event ids,
+    /// version, deleted, conflict, parent.
+    type Content = (Uuid, Vec<Uuid>, VersionVector, bool, bool, Option<Uuid>);
+
+    /// The views with what must not depend on arrival order.
+    fn content(views: &Views) -> Vec<Content> {
         views
             .values()
             .map(|row| {

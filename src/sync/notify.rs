@@ -66,7 +66,7 @@ mod tests {
         let notifier = Notifier::default();
         let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
         let mut waiting = notifier.subscribe(alice);
-        let mut other = notifier.subscribe(bob);
+        let other = notifier.subscribe(bob);
         notifier.notify(alice, 7);
         waiting.changed().await.unwrap();
         assert_eq!(*waiting.borrow(), 7);

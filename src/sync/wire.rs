@@ -252,3 +252,69 @@ pub struct StatusResponse {
     /// Aggregates with more than one head, all kinds.
     pub conflicts: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::codec::parse_msgpack;
+
+    #[derive(Serialize)]
+    struct Outgoing<'a> {
+        event_id: &'a str,
+        kind: &'a str,
+        aggregate_id: &'a str,
+        op: &'a str,
+        version: std::collections::BTreeMap<&'a str, u64>,
+        payload: Payload,
+        client_time: &'a str,
+    }
+
+    #[test]
+    fn a_messagepack_event_decodes_with_string_ids_and_bin_payload() {
+        let id = "6f1c2a9e-3b4d-4c5e-8f70-112233445566";
+        let bytes = rmp_serde::to_vec_named(&Outgoing {
+            event_id: id,
+            kind: "entry",
+            aggregate_id: id,
+            op: "put",
+            version: [(id, 1)].into_iter().collect(),
+            payload: Payload(vec![0, 1, 2, 255]),
+            client_time: "2026-11-29T10:00:00Z",
+        })
+        .unwrap();
+        let event: ClientEvent = match parse_msgpack(&bytes) {
+            Ok(event) => event,
+            Err(err) => panic!("{err:?}"),
+        };
+        assert_eq!(event.event_id.to_string(), id);
+        assert_eq!(event.kind, Kind::Entry);
+        assert_eq!(event.payload, Some(Payload(vec![0, 1, 2, 255])));
+    }
+
+    #[test]
+    fn payloads_are_base64_in_json_and_bin_in_messagepack() {
+        let payload = Payload(vec![0xde, 0xad]);
+        assert_eq!(serde_json::to_string(&payload).unwrap(), "\"3q0=\"");
+        assert_eq!(rmp_serde::to_vec(&payload).unwrap(), vec![0xc4, 2, 0xde, 0xad]);
+        let ids = LogEvent::from(StoredEvent {
+            seq: 1,
+            device_id: Uuid::nil(),
+            received_at: chrono::Utc::now(),
+            hash: [0xab; 32],
+            event: crate::events::NewEvent {
+                event_id: Uuid::nil(),
+                kind: Kind::Entry,
+                aggregate_id: Uuid::nil(),
+                parent_id: None,
+                op: Op::Delete,
+                version: VersionVector::single(Uuid::nil(), 1),
+                payload: None,
+                client_time: chrono::Utc::now(),
+            },
+        });
+        let packed = rmp_serde::to_vec_named(&ids).unwrap();
+        let nil = Uuid::nil().to_string();
+        assert!(packed.windows(nil.len()).any(|w| w == nil.as_bytes()), "UUIDs are strings in MessagePack");
+        assert!(packed.windows(64).any(|w| w == "ab".repeat(32).as_bytes()), "hashes are hex");
+    }
+}

@@ -235,3 +235,46 @@ pub fn user_db_files(app: &TestApp) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// A client event as JSON: `version` as (device, counter) pairs, payload raw bytes.
+pub fn event(kind: &str, aggregate: Uuid, op: &str, version: &[(Uuid, u64)], payload: Option<&[u8]>) -> Value {
+    use base64::Engine;
+    let version: serde_json::Map<String, Value> = version.iter().map(|(d, c)| (d.to_string(), json!(c))).collect();
+    let mut event = json!({
+        "event_id": Uuid::new_v4(),
+        "kind": kind,
+        "aggregate_id": aggregate,
+        "op": op,
+        "version": version,
+        "client_time": "2026-11-29T10:00:00Z",
+    });
+    if let Some(payload) = payload {
+        event["payload"] = json!(base64::engine::general_purpose::STANDARD.encode(payload));
+    }
+    event
+}
+
+impl TestApp {
+    pub async fn push(&self, session: &Session, events: &[Value]) -> Response {
+        self.post("/sync/push", Some(&session.access_token), &json!({ "events": events })).await
+    }
+
+    /// Pushes and expects 200; returns the body.
+    pub async fn push_ok(&self, session: &Session, events: &[Value]) -> Value {
+        let resp = self.push(session, events).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json().await.unwrap()
+    }
+
+    pub async fn pull(&self, session: &Session, query: &str) -> Value {
+        let resp = self.get(&format!("/sync/pull?{query}"), &session.access_token).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json().await.unwrap()
+    }
+
+    pub async fn event_count(&self, user: Uuid) -> u64 {
+        let conn = self.open_user_db(user).await;
+        let mut rows = conn.query("SELECT count(*) FROM events", ()).await.unwrap();
+        rows.next().await.unwrap().unwrap().get(0).unwrap()
+    }
+}

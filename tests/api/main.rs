@@ -6,3 +6,6 @@ mod bad_input;
 mod binary;
 mod helpers;
 mod storage;
+mod sync_bad_input;
+mod sync_codecs;
+mod sync_flow;
