@@ -36,7 +36,24 @@ Readings of the contract made by this implementation:\n\
 - `DELETE /auth/device/{id}` is idempotent: revoking an already revoked device answers 204 again.\n\
 - After a reused refresh token, the device's remaining tokens answer 401 `token_revoked`; the device \
 stays listed (not revoked) and must be paired again.\n\
-- Access tokens of a revoked device answer 401 `device_revoked`, so do its refresh tokens.",
+- Access tokens of a revoked device answer 401 `device_revoked`, so do its refresh tokens.\n\
+\n\
+Sync (`/sync/*` speak JSON and MessagePack: `Content-Type: application/msgpack` in, \
+`Accept: application/msgpack` out, same field names; responses are gzip/zstd-compressed when \
+`Accept-Encoding` allows):\n\
+- Ids are UUID strings in MessagePack too; payloads are base64 in JSON and `bin` in MessagePack; \
+hashes (`hash`, `head_hash`) are lowercase hex strings in both.\n\
+- `hash = SHA-256(prev_hash ‖ canonical bytes)`, `prev_hash` of seq 1 = 32 zero bytes; the canonical \
+layout is documented in `src/events/hash.rs`. The log also holds the server's own `device` events \
+(registered, paired, updated, revoked), whose payload is JSON written by the server.\n\
+- Two different events with equal version vectors are concurrent: both stay heads (a conflict). \
+`deleted` is true when every head is a delete, so an edit beside a delete keeps the aggregate alive \
+until a client resolves it. `parent_id` of a change is the first parent among its heads (ordered by event_id).\n\
+- A pull from 0 returns every aggregate's current state once, tombstones (`deleted: true`) included; \
+`device` is not a pullable kind (devices are listed by `GET /auth/devices`).\n\
+- A duplicate is the same `event_id` with the same content from the same device; from another device \
+it is `event_id_reused` (409). `client_time` is kept to the microsecond.\n\
+- `GET /sync/status` also counts `embeddings`; counts are of live (not deleted) aggregates.",
         license(name = "AGPL-3.0-only"),
     ),
     paths(

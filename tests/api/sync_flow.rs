@@ -368,3 +368,18 @@ async fn the_hash_chain_of_the_log_links_to_head_hash() {
     assert_eq!(seq, status["cursor"].as_u64().unwrap());
     assert_eq!(hex::encode(hash), status["head_hash"].as_str().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_answers_waiting_long_polls() {
+    let mut app = spawn_app().await;
+    let a = app.register().await;
+    let head = app.pull(&a, "since=0").await["cursor"].as_u64().unwrap();
+    let waiting = app.client.get(app.url(&format!("/sync/pull?since={head}&wait=60"))).bearer_auth(&a.access_token).send();
+    let waiter = tokio::spawn(waiting);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    app.stop().await;
+    let resp = waiter.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(5), "the stop did not wait for the long-poll to run out");
+}
