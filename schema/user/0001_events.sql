@@ -16,8 +16,9 @@ CREATE TABLE events (
     hash         BLOB    NOT NULL CHECK (length(hash) = 32)
 ) STRICT;
 
+-- Audit reads a device's history. (No index by aggregate: views answer
+-- per-aggregate questions, and every index costs each append a random page.)
 CREATE INDEX events_by_device ON events (device_id, seq);
-CREATE INDEX events_by_aggregate ON events (kind, aggregate_id, seq);
 
 CREATE TRIGGER events_are_immutable BEFORE UPDATE ON events
 BEGIN

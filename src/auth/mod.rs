@@ -87,7 +87,7 @@ impl Auth {
         if let Some(status) = self.statuses.get(user, device) {
             return Ok(Some(status));
         }
-        let status = status::load(&db.read().await?, device).await?;
+        let status = status::load(&*db.read().await?, device).await?;
         if let Some(status) = status {
             self.statuses.remember(user, device, status);
         }

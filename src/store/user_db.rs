@@ -1,7 +1,7 @@
 //! One user's database: a handle to read from, and the single write path.
 
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as SyncMutex};
 
 use chrono::{DateTime, Utc};
 use libsql::{Connection, Database, Statement, Transaction, TransactionBehavior};
@@ -19,33 +19,44 @@ pub struct UserDb {
     /// rather than on SQLite's lock. `BEGIN IMMEDIATE` still arbitrates
     /// between processes.
     write_lock: Arc<Mutex<()>>,
+    /// Idle connections, reused so page caches stay warm between requests.
+    idle: Arc<SyncMutex<Vec<Connection>>>,
 }
+
+/// Idle connections kept per open user database.
+const IDLE_CONNECTIONS: usize = 4;
 
 impl UserDb {
     /// Opens (or with `create`, makes) the database and brings its schema up to date.
     pub async fn open(backend: &Backend, user_id: Uuid, create: bool) -> StoreResult<Self> {
         let db = backend.open_user(user_id, create).await?;
         migrations::apply(&connect(&db).await?, migrations::USER).await?;
-        Ok(Self { user_id, db, write_lock: Arc::new(Mutex::new(())) })
+        Ok(Self { user_id, db, write_lock: Arc::new(Mutex::new(())), idle: Arc::default() })
     }
 
     pub fn user_id(&self) -> Uuid {
         self.user_id
     }
 
-    /// A connection for reads (one unit of work; never shared between requests).
-    pub async fn read(&self) -> StoreResult<Connection> {
-        connect(&self.db).await
+    /// A connection for one unit of work (never shared between requests);
+    /// it goes back to the idle pool when dropped outside a transaction.
+    pub async fn read(&self) -> StoreResult<PooledConn> {
+        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => connect(&self.db).await?,
+        };
+        Ok(PooledConn { conn: Some(conn), idle: self.idle.clone() })
     }
 
     /// Starts the one write transaction of this user: takes the user's lock,
     /// then `BEGIN IMMEDIATE`, then reads the log head.
     pub async fn begin_write(&self) -> StoreResult<WriteTx> {
         let guard = self.write_lock.clone().lock_owned().await;
-        let conn = connect(&self.db).await?;
+        let conn = self.read().await?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await?;
         let head = read_head(&tx).await?;
-        Ok(WriteTx { insert: None, tx, head, _guard: guard })
+        Ok(WriteTx { insert: None, tx, head, _conn: conn, _guard: guard })
     }
 }
 
@@ -57,6 +68,7 @@ pub struct WriteTx {
     insert: Option<Statement>,
     tx: Transaction,
     head: Head,
+    _conn: PooledConn,
     _guard: OwnedMutexGuard<()>,
 }
 
@@ -92,5 +104,32 @@ impl Deref for WriteTx {
 
     fn deref(&self) -> &Connection {
         &self.tx
+    }
+}
+
+/// A connection on loan from a [`UserDb`]'s idle pool.
+pub struct PooledConn {
+    conn: Option<Connection>,
+    idle: Arc<SyncMutex<Vec<Connection>>>,
+}
+
+impl Deref for PooledConn {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        // Only a connection with no transaction left open may serve someone else.
+        if conn.is_autocommit() {
+            let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if idle.len() < IDLE_CONNECTIONS {
+                idle.push(conn);
+            }
+        }
     }
 }
