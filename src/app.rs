@@ -20,12 +20,14 @@ use crate::auth::{self, Auth};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::ops::metrics::Metrics;
 use crate::ops::{health, openapi::ApiDoc, telemetry};
 use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
 use crate::sync::{
     self,
     notify::{Notifier, Shutdown},
 };
+use crate::{account, audit};
 
 /// Largest body the auth routes read.
 pub const AUTH_BODY_LIMIT: usize = 1024 * 1024;
@@ -39,7 +41,12 @@ pub struct AppState {
     pub users: Arc<UserDatabases>,
     pub auth: Arc<Auth>,
     pub register_limiter: Arc<IpRateLimiter>,
+    pub claim_limiter: Arc<IpRateLimiter>,
+    /// Wakes long-polls of a user when it pushes.
     pub notifier: Arc<Notifier>,
+    /// Wakes the new device waiting on a pairing when it is decided.
+    pub pairing_updates: Arc<Notifier>,
+    pub metrics: Arc<Metrics>,
     pub shutdown: Arc<Shutdown>,
 }
 
@@ -61,7 +68,10 @@ impl AppState {
             users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),
             auth: Arc::new(Auth::new(secret.expose())),
             register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
+            claim_limiter: Arc::new(IpRateLimiter::per_minute(config.pairing_claim_rate_limit)),
             notifier: Arc::default(),
+            pairing_updates: Arc::default(),
+            metrics: Arc::default(),
             shutdown: Arc::default(),
             config: Arc::new(config),
         })
@@ -72,6 +82,7 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/health", get(health::health))
         .merge(auth::router(&state).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
+        .merge(audit::router().merge(account::router()).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
         .merge(sync::router());
     if state.config.is_development() {
         app = app.merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));

@@ -25,6 +25,8 @@ pub struct Config {
     pub database_backend: BackendKind,
     /// Registrations allowed per client IP per minute.
     pub register_rate_limit: NonZeroU32,
+    /// Pairing-code claims allowed per client IP per minute.
+    pub pairing_claim_rate_limit: NonZeroU32,
     /// Upper bound on user databases held open at once (LRU).
     pub max_open_databases: NonZeroUsize,
 }
@@ -142,6 +144,7 @@ impl Config {
             log_format,
             database_backend,
             register_rate_limit: parse_or("REGISTER_RATE_LIMIT", get("REGISTER_RATE_LIMIT"), "10")?,
+            pairing_claim_rate_limit: parse_or("PAIRING_CLAIM_RATE_LIMIT", get("PAIRING_CLAIM_RATE_LIMIT"), "10")?,
             max_open_databases: parse_or("MAX_OPEN_DATABASES", get("MAX_OPEN_DATABASES"), "1000")?,
         })
     }
@@ -195,6 +198,7 @@ mod tests {
         assert!(config.jwt_secret.is_none());
         assert_eq!(config.log_format, LogFormat::Pretty);
         assert_eq!(config.register_rate_limit.get(), 10);
+        assert_eq!(config.pairing_claim_rate_limit.get(), 10);
         assert_eq!(config.max_open_databases.get(), 1000);
     }
 
@@ -221,6 +225,7 @@ mod tests {
             ("DATABASE_BACKEND", "sqld"),
             ("TRUSTED_PROXIES", "10.0.0.0/8, bogus"),
             ("REGISTER_RATE_LIMIT", "0"),
+            ("PAIRING_CLAIM_RATE_LIMIT", "many"),
             ("MAX_OPEN_DATABASES", "-1"),
         ] {
             let err = load(&[(name, value)]).unwrap_err();

@@ -4,7 +4,9 @@
 //! `events` (the log and its hash chain), `projection` (pure read-model
 //! folds), `auth`, `ops`, and `http` plumbing shared by the areas.
 
+pub mod account;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;

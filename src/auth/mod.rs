@@ -5,6 +5,7 @@ pub mod devices;
 pub mod enrol;
 pub mod extractor;
 pub mod keys;
+pub mod pairing;
 pub mod rate_limit;
 pub mod refresh;
 pub mod secret;
@@ -130,6 +131,18 @@ pub fn router(state: &AppState) -> Router<AppState> {
                 .route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_registrations)),
         )
         .route("/auth/pair-device", post(enrol::pair_device))
+        .route("/auth/pairing", post(pairing::start))
+        .route(
+            "/auth/pairing/claim",
+            post(pairing::claim)
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_claims)),
+        )
+        .route("/auth/pairing/{pairing_id}", get(pairing::show))
+        .route("/auth/pairing/{pairing_id}/approve", post(pairing::approve))
+        .route("/auth/pairing/{pairing_id}/reject", post(pairing::reject))
+        .route("/auth/pairing/{pairing_id}/result", get(pairing::result))
+        .route("/auth/keys", get(keys::show))
+        .route("/auth/keys/rotate", post(keys::rotate))
         .route("/auth/refresh", post(refresh::refresh))
         .route("/auth/devices", get(devices::list))
         .route("/auth/devices/current", patch(devices::update_current))

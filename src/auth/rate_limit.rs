@@ -46,10 +46,20 @@ pub async fn limit_registrations(
     req: Request,
     next: Next,
 ) -> Response {
-    match state.register_limiter.check(ip) {
+    enforce(&state, &state.register_limiter, ip, req, next).await
+}
+
+/// Middleware for `POST /auth/pairing/claim`: every guess at a code counts.
+pub async fn limit_claims(State(state): State<AppState>, ClientIp(ip): ClientIp, req: Request, next: Next) -> Response {
+    enforce(&state, &state.claim_limiter, ip, req, next).await
+}
+
+async fn enforce(state: &AppState, limiter: &IpRateLimiter, ip: IpAddr, req: Request, next: Next) -> Response {
+    match limiter.check(ip) {
         Ok(()) => next.run(req).await,
         Err(err) => {
-            tracing::info!("registration rate limited");
+            state.metrics.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("rate limited");
             err.into_response()
         }
     }

@@ -63,6 +63,8 @@ pub enum DeviceAction {
     },
     /// The device lost access (by the event's `device_id`).
     Revoked,
+    /// The event's device sealed a new user key to every active device.
+    KeysRotated { key_epoch: u64 },
 }
 
 impl DeviceAction {

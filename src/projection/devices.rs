@@ -70,6 +70,7 @@ pub fn apply(current: Option<DeviceRow>, stored: &StoredEvent) -> StoreResult<Op
             }
             bump(row)
         }
+        (Some(row), DeviceAction::KeysRotated { .. }) if !row.is_revoked() => bump(row),
         (Some(mut row), DeviceAction::Revoked) if !row.is_revoked() => {
             row.revoked_at = Some(stored.received_at);
             row.revoked_by = Some(stored.device_id);

@@ -34,6 +34,13 @@ impl Backend {
         }
     }
 
+    /// Bytes a user's database takes (with its WAL).
+    pub async fn user_storage_bytes(&self, user_id: Uuid) -> StoreResult<u64> {
+        match self {
+            Self::Local(local) => Ok(local.storage_bytes(user_id).await),
+        }
+    }
+
     /// Removes a user's database for good.
     pub async fn delete_user(&self, user_id: Uuid) -> StoreResult<()> {
         match self {
@@ -78,10 +85,23 @@ impl LocalBackend {
         open_file(&path, flags).await
     }
 
-    async fn delete_user(&self, user_id: Uuid) -> StoreResult<()> {
+    /// The database file and its companions.
+    fn user_files(&self, user_id: Uuid) -> [PathBuf; 3] {
         let path = self.user_path(user_id);
-        for suffix in ["", "-wal", "-shm"] {
-            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        ["", "-wal", "-shm"].map(|suffix| PathBuf::from(format!("{}{suffix}", path.display())))
+    }
+
+    async fn storage_bytes(&self, user_id: Uuid) -> u64 {
+        let [db, wal, _] = self.user_files(user_id);
+        let mut total = 0;
+        for file in [db, wal] {
+            total += tokio::fs::metadata(&file).await.map_or(0, |meta| meta.len());
+        }
+        total
+    }
+
+    async fn delete_user(&self, user_id: Uuid) -> StoreResult<()> {
+        for file in self.user_files(user_id) {
             match tokio::fs::remove_file(&file).await {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

@@ -24,7 +24,8 @@ macro_rules! migration {
 
 /// The control database: users directory (pairing sessions, entitlements and
 /// webhook dedupe join it in later migrations).
-pub const CONTROL: &[Migration] = &[migration!("schema/control/0001_users.sql")];
+pub const CONTROL: &[Migration] =
+    &[migration!("schema/control/0001_users.sql"), migration!("schema/control/0002_pairings.sql")];
 
 /// Every user database: the event log, auth state, then the read models.
 pub const USER: &[Migration] = &[

@@ -1,6 +1,7 @@
 //! One user's database: a handle to read from, and the single write path.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 
 use chrono::{DateTime, Utc};
@@ -8,7 +9,7 @@ use libsql::{Connection, Database, Statement, Transaction, TransactionBehavior};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
-use super::{connect, migrations, Backend, StoreResult};
+use super::{connect, migrations, Backend, StoreError, StoreResult};
 use crate::events::append::{append, prepare_insert, read_head, Head};
 use crate::events::{NewEvent, StoredEvent};
 
@@ -21,6 +22,8 @@ pub struct UserDb {
     write_lock: Arc<Mutex<()>>,
     /// Idle connections, reused so page caches stay warm between requests.
     idle: Arc<SyncMutex<Vec<Connection>>>,
+    /// Set when the account is deleted: no new unit of work may start.
+    deleted: AtomicBool,
 }
 
 /// Idle connections kept per open user database.
@@ -31,16 +34,31 @@ impl UserDb {
     pub async fn open(backend: &Backend, user_id: Uuid, create: bool) -> StoreResult<Self> {
         let db = backend.open_user(user_id, create).await?;
         migrations::apply(&connect(&db).await?, migrations::USER).await?;
-        Ok(Self { user_id, db, write_lock: Arc::new(Mutex::new(())), idle: Arc::default() })
+        Ok(Self {
+            user_id,
+            db,
+            write_lock: Arc::new(Mutex::new(())),
+            idle: Arc::default(),
+            deleted: AtomicBool::new(false),
+        })
     }
 
     pub fn user_id(&self) -> Uuid {
         self.user_id
     }
 
+    /// The account is gone: refuse every unit of work from now on.
+    pub fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+
     /// A connection for one unit of work (never shared between requests);
     /// it goes back to the idle pool when dropped outside a transaction.
     pub async fn read(&self) -> StoreResult<PooledConn> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(StoreError::UserNotFound(self.user_id));
+        }
         let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,

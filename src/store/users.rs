@@ -45,17 +45,24 @@ impl UserDatabases {
         opened
     }
 
-    /// Makes the database of a new user.
+    /// Makes the database of a new user. The handle kept is reopened without
+    /// the create flag, so no later connection can ever recreate a deleted file.
     pub async fn create(&self, user_id: Uuid) -> StoreResult<Arc<UserDb>> {
-        let db = Arc::new(UserDb::open(&self.backend, user_id, true).await?);
+        drop(UserDb::open(&self.backend, user_id, true).await?);
+        let db = Arc::new(UserDb::open(&self.backend, user_id, false).await?);
         let slot = Arc::new(OnceCell::new_with(Some(db.clone())));
         self.lock().put(user_id, slot);
         Ok(db)
     }
 
-    /// Closes (from the cache's side) and deletes a user's database.
+    /// Closes (from the cache's side) and deletes a user's database. Handles
+    /// still held by requests in flight refuse new work from then on.
     pub async fn delete(&self, user_id: Uuid) -> StoreResult<()> {
-        self.lock().pop(&user_id);
+        if let Some(slot) = self.lock().pop(&user_id) {
+            if let Some(db) = slot.get() {
+                db.mark_deleted();
+            }
+        }
         self.backend.delete_user(user_id).await
     }
 

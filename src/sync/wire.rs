@@ -229,6 +229,13 @@ impl From<StoredEvent> for LogEvent {
     }
 }
 
+/// Appends one event as a line of NDJSON (the export format: a [`LogEvent`] per line).
+pub fn write_ndjson(out: &mut Vec<u8>, event: StoredEvent) -> serde_json::Result<()> {
+    serde_json::to_writer(&mut *out, &LogEvent::from(event))?;
+    out.push(b'\n');
+    Ok(())
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventsResponse {
     pub events: Vec<LogEvent>,

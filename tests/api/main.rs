@@ -5,6 +5,8 @@ mod auth_flow;
 mod bad_input;
 mod binary;
 mod helpers;
+mod keys_audit_account;
+mod pairing;
 mod storage;
 mod sync_bad_input;
 mod sync_codecs;
