@@ -53,7 +53,20 @@ until a client resolves it. `parent_id` of a change is the first parent among it
 `device` is not a pullable kind (devices are listed by `GET /auth/devices`).\n\
 - A duplicate is the same `event_id` with the same content from the same device; from another device \
 it is `event_id_reused` (409). `client_time` is kept to the microsecond.\n\
-- `GET /sync/status` also counts `embeddings`; counts are of live (not deleted) aggregates.",
+- `GET /sync/status` also counts `embeddings`; counts are of live (not deleted) aggregates.\n\
+\n\
+Pairing, keys and account:\n\
+- A claim with a wrong, used or expired code is 404 `pairing_not_found` (and counted); the claim may \
+also carry optional `capabilities`. Approving creates the device at once (a `paired` event by the \
+approver) and gives the new device 10 more minutes to collect the result; tokens are minted at \
+collection, so no raw token is ever stored. A second collection is 404 `pairing_collected`; a missing \
+or foreign `X-Claim-Token` is 403 `invalid_claim_token`; a rejected pairing is 403 `pairing_rejected`; \
+an expired one is 404 `pairing_expired`. Approving an unclaimed pairing is 409 `pairing_not_claimed`; \
+approving or rejecting a decided one is 409 `pairing_already_decided` (rejecting twice is 204).\n\
+- The key epoch starts at 1. `GET /auth/keys` answers `key_envelope: null` for a device that holds the \
+user key itself (the first device, before any rotation).\n\
+- `GET /account/export` streams the log up to its head at the time of the request; `devices` in \
+`GET /account` counts devices not revoked; `tier` is `free` until subscriptions exist.",
         license(name = "AGPL-3.0-only"),
     ),
     paths(
