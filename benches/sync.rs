@@ -143,6 +143,34 @@ fn push(c: &mut Criterion) {
         )
     });
     group.finish();
+
+    // Several users at once: each has its own database file and writer, so
+    // their commits proceed side by side.
+    const USERS: usize = 8;
+    let users: Vec<Fixture> =
+        runtime.block_on(async { futures_util::future::join_all((0..USERS).map(|_| fixture())).await });
+    let mut group = c.benchmark_group("push");
+    group.throughput(Throughput::Elements((USERS * BATCH) as u64));
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("8 users at once, a batch of 100 entries each, 512-byte payloads, JSON", |b| {
+        b.to_async(&runtime).iter_batched(
+            || {
+                users
+                    .iter()
+                    .map(|fx| json_request("POST", "/sync/push", Some(&fx.token), &push_body(fx.device)))
+                    .collect::<Vec<_>>()
+            },
+            |requests| {
+                let sends = users.iter().zip(requests).map(|(fx, req)| {
+                    let app = fx.app.clone();
+                    tokio::spawn(async move { send(&app, req).await })
+                });
+                futures_util::future::join_all(sends)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
 }
 
 /// Pages through the whole account from 0, 1000 changes a request.

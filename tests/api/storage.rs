@@ -151,7 +151,7 @@ async fn health_checks_the_database() {
 async fn docs_are_served_in_development_only() {
     let app = spawn_app().await;
     let spec: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    for path in [
+    let paths = [
         "/health",
         "/auth/register",
         "/auth/pair-device",
@@ -159,7 +159,23 @@ async fn docs_are_served_in_development_only() {
         "/auth/devices",
         "/auth/devices/current",
         "/auth/device/{device_id}",
-    ] {
+        "/auth/pairing",
+        "/auth/pairing/claim",
+        "/auth/pairing/{pairing_id}",
+        "/auth/pairing/{pairing_id}/approve",
+        "/auth/pairing/{pairing_id}/reject",
+        "/auth/pairing/{pairing_id}/result",
+        "/auth/keys",
+        "/auth/keys/rotate",
+        "/audit/devices/{device_id}/history",
+        "/account",
+        "/account/export",
+        "/sync/push",
+        "/sync/pull",
+        "/sync/events",
+        "/sync/status",
+    ];
+    for path in paths {
         assert!(spec["paths"].get(path).is_some(), "{path} is documented");
     }
     let page = app.client.get(app.url("/docs/")).send().await.unwrap();
