@@ -138,6 +138,8 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Busy(detail) => Self::Unavailable(detail),
+            // The account was deleted while this request was in flight.
+            StoreError::UserNotFound(_) => Self::unauthorized("invalid_token", "this account no longer exists"),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -12,7 +12,7 @@ use super::tokens::TokenType;
 use super::{sessions, user_db_for_token};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::store::UserDb;
+use crate::store::{StoreError, UserDb};
 
 /// An authenticated device of a user, with that user's database.
 pub struct UserAuth {
@@ -41,8 +41,9 @@ impl FromRequestParts<AppState> for UserAuth {
                     Ok(conn) => sessions::touch(&conn, device, now).await,
                     Err(err) => Err(err),
                 };
-                if let Err(err) = touched {
-                    tracing::warn!(error = %err, "could not record last_seen_at");
+                match touched {
+                    Ok(()) | Err(StoreError::UserNotFound(_)) => {}
+                    Err(err) => tracing::warn!(error = %err, "could not record last_seen_at"),
                 }
             });
         }
