@@ -90,7 +90,8 @@ async fn fixture() -> Fixture {
     let body = json!({"device_name": "bench", "device_type": "cli", "platform": "linux", "public_key": "k"});
     let resp = app.clone().oneshot(json_request("POST", "/auth/register", None, &body)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
-    let session: Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()).unwrap();
+    let session: Value =
+        serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()).unwrap();
     Fixture {
         _dir: dir,
         app,
@@ -187,7 +188,8 @@ fn pull(c: &mut Criterion) {
     group.throughput(Throughput::Elements(PULL_ENTRIES as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
-    for (name, accept) in [("60,000 entries, JSON", "application/json"), ("60,000 entries, MessagePack", "application/msgpack")]
+    for (name, accept) in
+        [("60,000 entries, JSON", "application/json"), ("60,000 entries, MessagePack", "application/msgpack")]
     {
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {

@@ -374,7 +374,8 @@ async fn a_graceful_stop_answers_waiting_long_polls() {
     let mut app = spawn_app().await;
     let a = app.register().await;
     let head = app.pull(&a, "since=0").await["cursor"].as_u64().unwrap();
-    let waiting = app.client.get(app.url(&format!("/sync/pull?since={head}&wait=60"))).bearer_auth(&a.access_token).send();
+    let waiting =
+        app.client.get(app.url(&format!("/sync/pull?since={head}&wait=60"))).bearer_auth(&a.access_token).send();
     let waiter = tokio::spawn(waiting);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
