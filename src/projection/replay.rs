@@ -45,7 +45,7 @@ use crate::store::{query_opt, StoreError, StoreResult, UserDb};
 pub const PAGE: u64 = 10_000;
 
 /// Told how many events have been folded so far.
-pub type OnProgress = dyn Fn(u64) + Send + Sync;
+pub type OnProgress<'a> = dyn Fn(u64) + Send + Sync + 'a;
 
 /// One read model: its table, the kind of events it folds, its key column
 /// (also the first of its columns) and its stored columns.
@@ -401,7 +401,7 @@ fn key_of(values: &[Value]) -> String {
 /// Replays every view of `db` in memory, from one read snapshot, and compares
 /// the result with the stored views. Writes nothing, takes no lock: safe
 /// while the server runs.
-pub async fn check(db: &UserDb, progress: &OnProgress) -> StoreResult<CheckReport> {
+pub async fn check(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<CheckReport> {
     let conn = db.read().await?;
     let snapshot = conn.transaction().await?;
     let head = read_head(&snapshot).await?.seq;
@@ -492,7 +492,7 @@ pub struct RebuildReport {
 }
 
 /// Rebuilds every view of `db` from its log and swaps the result in.
-pub async fn rebuild(db: &UserDb, progress: &OnProgress) -> StoreResult<RebuildReport> {
+pub async fn rebuild(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<RebuildReport> {
     let shadow = build_shadow(db, progress).await?;
     swap(db, shadow).await
 }
@@ -500,7 +500,7 @@ pub async fn rebuild(db: &UserDb, progress: &OnProgress) -> StoreResult<RebuildR
 /// Creates fresh shadow tables and fills them from the log up to the current
 /// head, in short write transactions (the server's writers get their turn
 /// between them).
-pub async fn build_shadow(db: &UserDb, progress: &OnProgress) -> StoreResult<Shadow> {
+pub async fn build_shadow(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<Shadow> {
     let tx = db.begin_write().await?;
     for view in VIEWS {
         // Leftovers of a rebuild that stopped halfway.
@@ -555,7 +555,7 @@ async fn insert_rows(db: &UserDb, view: View, rows: &mut Vec<Vec<Value>>) -> Sto
 /// In one write transaction: swaps the shadows in for the live views (their
 /// indexes recreated under their own names), folds the events appended since
 /// the shadows' head with the push path's storage code, and commits. The old
-/// tables are dropped afterwards, each in its own short transaction.
+/// tables are dropped afterwards, outside the swap.
 pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
     let tx = db.begin_write().await?;
     for view in VIEWS {
@@ -572,11 +572,11 @@ pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
     let tail = fold_tail(&tx, shadow.upto).await?;
     let head = tx.head().seq;
     tx.commit().await?;
+    let tx = db.begin_write().await?;
     for view in VIEWS {
-        let tx = db.begin_write().await?;
         tx.execute(&format!("DROP TABLE IF EXISTS {}", view.retired()), ()).await?;
-        tx.commit().await?;
     }
+    tx.commit().await?;
     Ok(RebuildReport { head, events: shadow.events + tail, tail, rows: shadow.rows })
 }
 
