@@ -39,7 +39,7 @@ use super::views::{self, ViewStatements};
 use crate::events::append::read_head;
 use crate::events::log::{read_after, read_by_aggregate};
 use crate::events::{Kind, StoredEvent};
-use crate::store::{query_opt, StoreError, StoreResult, UserDb};
+use crate::store::{migrations, query_opt, StoreError, StoreResult, UserDb};
 
 /// Events (or view rows) read or written per query or transaction.
 pub const PAGE: u64 = 10_000;
@@ -559,13 +559,19 @@ async fn insert_rows(db: &UserDb, view: View, rows: &mut Vec<Vec<Value>>) -> Sto
 pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
     let tx = db.begin_write().await?;
     for view in VIEWS {
-        let indexes = index_sqls(&tx, view.table).await?;
-        for (name, _) in &indexes {
-            tx.execute(&format!("DROP INDEX \"{name}\""), ()).await?;
-        }
-        tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.table, view.retired()), ()).await?;
+        let live = query_opt(&tx, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [view.table]);
+        let indexes: Vec<String> = if live.await?.is_some() {
+            let indexes = index_sqls(&tx, view.table).await?;
+            for (name, _) in &indexes {
+                tx.execute(&format!("DROP INDEX \"{name}\""), ()).await?;
+            }
+            tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.table, view.retired()), ()).await?;
+            indexes.into_iter().map(|(_, sql)| sql).collect()
+        } else {
+            embedded(view.table)?.into_iter().filter(|statement| statement.starts_with("CREATE INDEX")).collect()
+        };
         tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.shadow(), view.table), ()).await?;
-        for (_, sql) in &indexes {
+        for sql in &indexes {
             tx.execute(sql, ()).await?;
         }
     }
@@ -611,11 +617,27 @@ async fn fold_tail(conn: &Connection, upto: u64) -> StoreResult<u64> {
     }
 }
 
+/// The `CREATE TABLE` of a view: the live one, or when the table was dropped
+/// (the log is the truth; views may be thrown away), its projection file's.
 async fn table_sql(conn: &Connection, table: &str) -> StoreResult<String> {
-    let row = query_opt(conn, "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1", [table])
-        .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("the view table `{table}` does not exist")))?;
-    Ok(row.get(0)?)
+    match query_opt(conn, "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1", [table]).await? {
+        Some(row) => Ok(row.get(0)?),
+        None => embedded(table)?
+            .into_iter()
+            .find(|statement| statement.starts_with("CREATE TABLE"))
+            .ok_or_else(|| StoreError::Corrupt(format!("projections/{table}.sql creates no table"))),
+    }
+}
+
+/// The statements of a view's embedded projection file, comments removed.
+fn embedded(table: &str) -> StoreResult<Vec<String>> {
+    let name = format!("projections/{table}.sql");
+    let file = migrations::USER
+        .iter()
+        .find(|migration| migration.name == name)
+        .ok_or_else(|| StoreError::Corrupt(format!("no embedded {name}")))?;
+    let code: Vec<&str> = file.sql.lines().map(|line| line.split("--").next().unwrap_or_default()).collect();
+    Ok(code.join("\n").split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
 }
 
 /// The explicit indexes of a table: (name, CREATE statement).
@@ -818,6 +840,20 @@ mod tests {
         assert_eq!(report.replayed, live);
         rebuild(&fx.db, &|_| {}).await.unwrap();
         assert_eq!(checksum(&conn).await.unwrap(), live);
+    }
+
+    #[tokio::test]
+    async fn dropped_view_tables_come_back_with_their_schema() {
+        let fx = fixture(200).await;
+        let conn = fx.db.read().await.unwrap();
+        let (live, names) = (checksum(&conn).await.unwrap(), schema(&conn).await);
+        for view in VIEWS {
+            conn.execute(&format!("DROP TABLE {}", view.table), ()).await.unwrap();
+        }
+        let rebuilt = rebuild(&fx.db, &|_| {}).await.unwrap();
+        assert_eq!(rebuilt.events, rebuilt.head);
+        assert_eq!(checksum(&conn).await.unwrap(), live);
+        assert_eq!(schema(&conn).await, names);
     }
 
     #[tokio::test]

@@ -4,7 +4,10 @@
 mod auth_flow;
 mod bad_input;
 mod binary;
+mod cli;
+mod crash;
 mod helpers;
+mod replay;
 mod storage;
 mod sync_bad_input;
 mod sync_codecs;
