@@ -168,7 +168,7 @@ async fn measure(events: u64, keep: Option<&str>) {
     // The control directory names the user, so `echolia replay --all` finds it too.
     let control = echolia::store::ControlDb::open(&backend).await.unwrap();
     control.insert_user(user, Utc::now()).await.unwrap();
-    let db = UserDb::open(&backend, user, true).await.unwrap();
+    let db = std::sync::Arc::new(UserDb::open(&backend, user, true).await.unwrap());
 
     let started = Instant::now();
     generate(&db, events).await;

@@ -182,7 +182,7 @@ pub struct Done {
 async fn run_job(
     job: Job,
     user: Uuid,
-    db: &UserDb,
+    db: &Arc<UserDb>,
     progress: &crate::projection::replay::OnProgress<'_>,
 ) -> StoreResult<Done> {
     match job {

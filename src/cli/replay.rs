@@ -2,6 +2,7 @@
 //! log and swapped in, or (with `--check`) rebuilt in memory and compared.
 //! The work is [`crate::projection::replay`]; this formats its reports.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -10,7 +11,7 @@ use super::{per_second, Done};
 use crate::projection::replay::{self, OnProgress};
 use crate::store::{StoreResult, UserDb};
 
-pub async fn rebuild_one(user: Uuid, db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<Done> {
+pub async fn rebuild_one(user: Uuid, db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<Done> {
     let started = Instant::now();
     let report = replay::rebuild(db, progress).await?;
     let secs = started.elapsed().as_secs_f64();

@@ -24,43 +24,45 @@ pub async fn read_after(conn: &Connection, since: u64, limit: u64) -> StoreResul
     Ok(events)
 }
 
-/// Events of one `kind` grouped by aggregate: ordered by `(aggregate_id, seq)`,
-/// strictly after the position `after`, with `seq <= upto`, at most `limit`.
-/// It walks the `events_by_aggregate` index, so replay folds one aggregate at
-/// a time and writes each view row once, in key order, whatever the log size.
-pub async fn read_by_aggregate(
-    conn: &Connection,
-    kind: Kind,
-    after: Option<(Uuid, u64)>,
-    upto: u64,
-    limit: u64,
-) -> StoreResult<Vec<StoredEvent>> {
-    let mut rows = match after {
-        None => {
-            conn.query(
-                &format!(
-                    "SELECT {COLUMNS} FROM events WHERE kind = ?1 AND seq <= ?2 ORDER BY aggregate_id, seq LIMIT ?3"
-                ),
-                (kind.as_str(), upto, limit),
-            )
-            .await?
+/// Every event with `seq <= upto`, ordered by `(kind, aggregate_id, seq)`,
+/// streamed row by row: each aggregate's events arrive together and in log
+/// order, so replay folds one aggregate at a time and writes each view row
+/// once, in key order.
+///
+/// `NOT INDEXED` makes SQLite read the log once, sequentially, and sort it
+/// (in memory bounded by the connection's `cache_size`, spilling to
+/// temporary files) instead of walking `events_by_aggregate` with one random
+/// table lookup per event. Payloads are read for `device` events only: the
+/// other projectors never look at them, and they are most of the bytes.
+pub async fn stream_by_aggregate(conn: &Connection, upto: u64) -> StoreResult<EventStream> {
+    let rows = conn
+        .query(
+            "SELECT seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, \
+             CASE WHEN kind = 'device' THEN payload END, client_time, received_at, hash \
+             FROM events NOT INDEXED WHERE seq <= ?1 ORDER BY kind, aggregate_id, seq",
+            [upto],
+        )
+        .await?;
+    Ok(EventStream { rows, done: false })
+}
+
+/// Events of a running query, decoded one at a time.
+pub struct EventStream {
+    rows: libsql::Rows,
+    /// SQLite runs a finished statement again from the start if stepped
+    /// once more: after the end, stay at the end.
+    done: bool,
+}
+
+impl EventStream {
+    pub async fn next(&mut self) -> StoreResult<Option<StoredEvent>> {
+        if self.done {
+            return Ok(None);
         }
-        Some((aggregate, seq)) => {
-            conn.query(
-                &format!(
-                    "SELECT {COLUMNS} FROM events WHERE kind = ?1 AND seq <= ?2 AND (aggregate_id, seq) > (?3, ?4) \
-                     ORDER BY aggregate_id, seq LIMIT ?5"
-                ),
-                (kind.as_str(), upto, aggregate.to_string(), seq, limit),
-            )
-            .await?
-        }
-    };
-    let mut events = Vec::new();
-    while let Some(row) = rows.next().await? {
-        events.push(decode(&row)?);
+        let row = self.rows.next().await?;
+        self.done = row.is_none();
+        row.map(|row| decode(&row)).transpose()
     }
-    Ok(events)
 }
 
 /// Like [`read_after`], but a row that does not decode comes back as its

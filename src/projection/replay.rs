@@ -28,6 +28,7 @@
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 
 use libsql::{Connection, Value};
 use sha2::{Digest, Sha256};
@@ -37,7 +38,7 @@ use super::aggregate::{self, AggregateRow, Outcome};
 use super::devices::{self, DeviceRow};
 use super::views::{self, ViewStatements};
 use crate::events::append::read_head;
-use crate::events::log::{read_after, read_by_aggregate};
+use crate::events::log::{read_after, stream_by_aggregate, EventStream};
 use crate::events::{Kind, StoredEvent};
 use crate::store::{migrations, query_opt, StoreError, StoreResult, UserDb};
 
@@ -57,13 +58,14 @@ pub struct View {
     pub columns: &'static str,
 }
 
-/// Every view, in the fixed order of the checksum.
+/// Every view, in the fixed order of the checksum, which is also the text
+/// order of their kinds (the order the sorted log comes in).
 pub const VIEWS: [View; 5] = [
     View { table: "devices", kind: Kind::Device, key: "device_id", columns: devices::COLUMNS },
+    View { table: "embeddings", kind: Kind::Embedding, key: "id", columns: views::COLUMNS },
     View { table: "entries", kind: Kind::Entry, key: "id", columns: views::COLUMNS },
     View { table: "memories", kind: Kind::Memory, key: "id", columns: views::COLUMNS },
     View { table: "tags", kind: Kind::Tag, key: "id", columns: views::COLUMNS },
-    View { table: "embeddings", kind: Kind::Embedding, key: "id", columns: views::COLUMNS },
 ];
 
 impl View {
@@ -96,6 +98,10 @@ impl Folded {
     }
 }
 
+fn values_of(row: Option<Folded>) -> StoreResult<Option<Vec<Value>>> {
+    row.map(|row| row.values()).transpose()
+}
+
 /// Folds one event into the row of its aggregate, with the live projectors.
 fn fold(current: Option<Folded>, stored: &StoredEvent) -> StoreResult<Option<Folded>> {
     if stored.event.kind == Kind::Device {
@@ -113,60 +119,70 @@ fn fold(current: Option<Folded>, stored: &StoredEvent) -> StoreResult<Option<Fol
     }
 }
 
-/// The rows replay makes for one view, in key order, folded from the log up
-/// to `upto` a page at a time.
-struct FoldedRows<'c> {
-    conn: &'c Connection,
-    view: View,
-    upto: u64,
-    /// The last (aggregate, seq) read: where the next page starts.
-    after: Option<(Uuid, u64)>,
-    /// The aggregate being folded, and its row so far.
-    current: Option<(Uuid, Option<Folded>)>,
-    ready: VecDeque<Vec<Value>>,
-    exhausted: bool,
-    /// Events folded so far.
+/// The log sorted by kind, then aggregate, then seq, shared by the views in
+/// turn (their order is the kinds' order): each takes the events of its kind
+/// and leaves the first event of the next kind for the next view.
+struct Source {
+    stream: EventStream,
+    peeked: Option<StoredEvent>,
+    /// Events handed out so far.
     events: u64,
 }
 
-impl<'c> FoldedRows<'c> {
-    fn new(conn: &'c Connection, view: View, upto: u64) -> Self {
-        Self { conn, view, upto, after: None, current: None, ready: VecDeque::new(), exhausted: false, events: 0 }
+impl Source {
+    async fn open(conn: &Connection, upto: u64) -> StoreResult<Self> {
+        Ok(Self { stream: stream_by_aggregate(conn, upto).await?, peeked: None, events: 0 })
     }
 
-    async fn next(&mut self) -> StoreResult<Option<Vec<Value>>> {
-        loop {
-            if let Some(values) = self.ready.pop_front() {
-                return Ok(Some(values));
+    /// The next event if it is of `kind`.
+    async fn next_of(&mut self, kind: Kind) -> StoreResult<Option<StoredEvent>> {
+        let next = match self.peeked.take() {
+            Some(stored) => Some(stored),
+            None => self.stream.next().await?,
+        };
+        match next {
+            Some(stored) if stored.event.kind == kind => {
+                self.events += 1;
+                Ok(Some(stored))
             }
-            if self.exhausted {
-                return match self.current.take() {
-                    Some((_, Some(row))) => Ok(Some(row.values()?)),
-                    _ => Ok(None),
-                };
+            Some(stored) if stored.event.kind.as_str() < kind.as_str() => {
+                Err(StoreError::Corrupt(format!("seq {}: the log did not come sorted by kind", stored.seq)))
             }
-            self.fill().await?;
+            other => {
+                self.peeked = other;
+                Ok(None)
+            }
         }
     }
+}
 
-    async fn fill(&mut self) -> StoreResult<()> {
-        let page = read_by_aggregate(self.conn, self.view.kind, self.after, self.upto, PAGE).await?;
-        self.exhausted = (page.len() as u64) < PAGE;
-        for stored in page {
+/// The rows replay makes for one view, in key order: the events of its kind
+/// folded one aggregate at a time.
+struct FoldedRows {
+    kind: Kind,
+    /// The aggregate being folded, and its row so far.
+    current: Option<(Uuid, Option<Folded>)>,
+}
+
+impl FoldedRows {
+    fn new(view: View) -> Self {
+        Self { kind: view.kind, current: None }
+    }
+
+    async fn next(&mut self, source: &mut Source) -> StoreResult<Option<Folded>> {
+        while let Some(stored) = source.next_of(self.kind).await? {
             let id = stored.event.aggregate_id;
-            self.after = Some((id, stored.seq));
-            self.events += 1;
-            let current = match self.current.take() {
-                Some((current_id, row)) if current_id == id => row,
-                Some((_, Some(done))) => {
-                    self.ready.push_back(done.values()?);
-                    None
-                }
-                _ => None,
+            let (row, done) = match self.current.take() {
+                Some((current, row)) if current == id => (fold(row, &stored)?, None),
+                Some((_, done)) => (fold(None, &stored)?, done),
+                None => (fold(None, &stored)?, None),
             };
-            self.current = Some((id, fold(current, &stored)?));
+            self.current = Some((id, row));
+            if done.is_some() {
+                return Ok(done);
+            }
         }
-        Ok(())
+        Ok(self.current.take().and_then(|(_, row)| row))
     }
 }
 
@@ -402,23 +418,24 @@ fn key_of(values: &[Value]) -> String {
 /// the result with the stored views. Writes nothing, takes no lock: safe
 /// while the server runs.
 pub async fn check(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<CheckReport> {
-    let conn = db.read().await?;
+    let conn = reader(db).await?;
     let snapshot = conn.transaction().await?;
     let head = read_head(&snapshot).await?.seq;
+    let mut source = Source::open(&snapshot, head).await?;
     let (mut stored_hash, mut replayed_hash) = (ViewHasher::default(), ViewHasher::default());
     let mut report =
         CheckReport { head, events: 0, rows: 0, differences: 0, first: None, stored: [0; 32], replayed: [0; 32] };
     for view in VIEWS {
         stored_hash.table(view.table);
         replayed_hash.table(view.table);
-        let mut replayed = FoldedRows::new(&snapshot, view, head);
+        let mut replayed = FoldedRows::new(view);
         let mut stored = StoredRows::new(&snapshot, view);
-        let (mut ours, mut theirs) = (replayed.next().await?, stored.next().await?);
+        let (mut ours, mut theirs) = (values_of(replayed.next(&mut source).await?)?, stored.next().await?);
         let mut reported = 0;
         loop {
-            if replayed.events >= reported + PAGE {
-                reported = replayed.events;
-                progress(report.events + reported);
+            if source.events >= reported + PAGE {
+                reported = source.events;
+                progress(reported);
             }
             let order = match (&ours, &theirs) {
                 (None, None) => break,
@@ -431,7 +448,7 @@ pub async fn check(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<CheckR
                     let row = ours.take().unwrap_or_default();
                     replayed_hash.row(&row);
                     report.rows += 1;
-                    ours = replayed.next().await?;
+                    ours = values_of(replayed.next(&mut source).await?)?;
                     Some((key_of(&row), DifferenceKind::Missing))
                 }
                 Ordering::Greater => {
@@ -452,7 +469,7 @@ pub async fn check(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<CheckR
                         .map(|(column, (x, y))| ColumnDifference { column, stored: y.clone(), replayed: x.clone() })
                         .collect();
                     let differs = !columns.is_empty() || a.len() != b.len();
-                    (ours, theirs) = (replayed.next().await?, stored.next().await?);
+                    (ours, theirs) = (values_of(replayed.next(&mut source).await?)?, stored.next().await?);
                     differs.then(|| (key_of(&a), DifferenceKind::Columns(columns)))
                 }
             };
@@ -461,9 +478,10 @@ pub async fn check(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<CheckR
                 report.first.get_or_insert(Difference { table: view.table, key, kind });
             }
         }
-        report.events += replayed.events;
-        progress(report.events);
     }
+    report.events = source.events;
+    progress(report.events);
+    drop(source);
     snapshot.commit().await?;
     report.stored = stored_hash.finish();
     report.replayed = replayed_hash.finish();
@@ -492,16 +510,24 @@ pub struct RebuildReport {
 }
 
 /// Rebuilds every view of `db` from its log and swaps the result in.
-pub async fn rebuild(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<RebuildReport> {
+pub async fn rebuild(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<RebuildReport> {
     let shadow = build_shadow(db, progress).await?;
     swap(db, shadow).await
 }
 
+/// Rows for a shadow table, from the folding side to the writing side
+/// (which also encodes them: both sides get a share of the work).
+type Batch = (View, Vec<Folded>);
+
 /// Creates fresh shadow tables and fills them from the log up to the current
-/// head, in short write transactions (the server's writers get their turn
-/// between them).
-pub async fn build_shadow(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<Shadow> {
-    let tx = db.begin_write().await?;
+/// head. Folding (SQLite's sort of the log, decoding, the projectors) and
+/// writing run side by side, on two threads of a multi-threaded runtime,
+/// with at most two batches between them. The shadows are written in short
+/// transactions: the server's writers get their turn between them.
+pub async fn build_shadow(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<Shadow> {
+    let writer = db.read().await?;
+    writer.execute(&format!("PRAGMA cache_size = -{CACHE_KIB}"), ()).await?;
+    let tx = db.begin_write_on(&writer).await?;
     for view in VIEWS {
         // Leftovers of a rebuild that stopped halfway.
         tx.execute(&format!("DROP TABLE IF EXISTS {}", view.shadow()), ()).await?;
@@ -511,40 +537,81 @@ pub async fn build_shadow(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult
     }
     tx.commit().await?;
 
-    let reader = db.read().await?;
-    let upto = read_head(&reader).await?.seq;
-    let mut shadow = Shadow { upto, events: 0, rows: 0 };
-    for view in VIEWS {
-        let mut folded = FoldedRows::new(&reader, view, upto);
-        let mut batch = Vec::with_capacity(PAGE as usize);
-        loop {
-            let next = folded.next().await?;
-            let end = next.is_none();
-            batch.extend(next);
-            if batch.len() as u64 >= PAGE || (end && !batch.is_empty()) {
-                shadow.rows += insert_rows(db, view, &mut batch).await?;
-                progress(shadow.events + folded.events);
+    let (batches, mut to_write) = tokio::sync::mpsc::channel::<Batch>(2);
+    let writing = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut rows = 0;
+            while let Some((view, batch)) = to_write.recv().await {
+                rows += insert_rows(&db, &writer, view, batch).await?;
             }
-            if end {
-                break;
-            }
+            StoreResult::Ok(rows)
         }
-        shadow.events += folded.events;
-        progress(shadow.events);
-    }
-    Ok(shadow)
+    });
+    let folded = fold_into(db, &batches, progress).await;
+    drop(batches);
+    let written = writing.await.map_err(|err| StoreError::Corrupt(format!("the shadow writer stopped: {err}")))?;
+    let (upto, events) = folded?;
+    Ok(Shadow { upto, events, rows: written? })
 }
 
-/// Writes rows into a view's shadow in one transaction.
-async fn insert_rows(db: &UserDb, view: View, rows: &mut Vec<Vec<Value>>) -> StoreResult<u64> {
+/// The folding side of [`build_shadow`]: every view's rows, in batches.
+async fn fold_into(
+    db: &UserDb,
+    batches: &tokio::sync::mpsc::Sender<Batch>,
+    progress: &OnProgress<'_>,
+) -> StoreResult<(u64, u64)> {
+    let reader = reader(db).await?;
+    let snapshot = reader.transaction().await?;
+    let upto = read_head(&snapshot).await?.seq;
+    let mut source = Source::open(&snapshot, upto).await?;
+    let stopped = || StoreError::Corrupt("the shadow writer stopped".into());
+    for view in VIEWS {
+        let mut folded = FoldedRows::new(view);
+        let mut batch = Vec::with_capacity(PAGE as usize);
+        while let Some(row) = folded.next(&mut source).await? {
+            batch.push(row);
+            if batch.len() as u64 >= PAGE {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(PAGE as usize));
+                batches.send((view, full)).await.map_err(|_| stopped())?;
+                progress(source.events);
+            }
+        }
+        if !batch.is_empty() {
+            batches.send((view, batch)).await.map_err(|_| stopped())?;
+        }
+    }
+    let events = source.events;
+    progress(events);
+    drop(source);
+    snapshot.commit().await?;
+    Ok((upto, events))
+}
+
+/// Page cache (and so sort memory) of the connections replay reads and
+/// writes with: bounded, so memory stays flat in log size, but larger than
+/// the default 2 MiB so the sort of the log runs in a few passes.
+const CACHE_KIB: u32 = 32 * 1024;
+
+/// A read connection for replay's scan; SQLite may sort with a helper thread.
+async fn reader(db: &UserDb) -> StoreResult<Connection> {
+    let conn = db.read().await?;
+    conn.execute(&format!("PRAGMA cache_size = -{CACHE_KIB}"), ()).await?;
+    drop(conn.query("PRAGMA threads = 1", ()).await?);
+    Ok(conn)
+}
+
+/// Writes rows into a view's shadow in one transaction, encoding them here
+/// (on the writing side) with the encoding `save` uses.
+async fn insert_rows(db: &UserDb, conn: &Connection, view: View, rows: Vec<Folded>) -> StoreResult<u64> {
     let placeholders: Vec<String> = (1..=view.column_names().count()).map(|i| format!("?{i}")).collect();
     let sql = format!("INSERT INTO {} ({}) VALUES ({})", view.shadow(), view.columns, placeholders.join(", "));
-    let tx = db.begin_write().await?;
+    let tx = db.begin_write_on(conn).await?;
     let insert = tx.prepare(&sql).await?;
     let count = rows.len() as u64;
-    for values in rows.drain(..) {
+    for row in rows {
         insert.reset();
-        insert.execute(values).await?;
+        insert.execute(row.values()?).await?;
     }
     insert.reset();
     drop(insert);
@@ -688,7 +755,7 @@ mod tests {
 
     struct Fixture {
         _dir: TempDir,
-        db: UserDb,
+        db: Arc<UserDb>,
         devices: Vec<Uuid>,
         aggregates: Vec<(Kind, Uuid, Option<Uuid>)>,
         rng: StdRng,
@@ -723,7 +790,7 @@ mod tests {
     /// A user with three devices (one renamed) and `events` random pushes.
     async fn fixture(events: usize) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let db = UserDb::open(&Backend::local(dir.path()), Uuid::new_v4(), true).await.unwrap();
+        let db = Arc::new(UserDb::open(&Backend::local(dir.path()), Uuid::new_v4(), true).await.unwrap());
         let devices: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
         device_event(&db, devices[0], devices[0], DeviceAction::Registered(profile("a"))).await;
         device_event(&db, devices[0], devices[1], DeviceAction::Paired(profile("b"))).await;

@@ -41,8 +41,14 @@ impl UserDb {
     /// Starts the one write transaction of this user: takes the user's lock,
     /// then `BEGIN IMMEDIATE`, then reads the log head.
     pub async fn begin_write(&self) -> StoreResult<WriteTx> {
+        self.begin_write_on(&connect(&self.db).await?).await
+    }
+
+    /// [`UserDb::begin_write`] on a connection of this database the caller
+    /// keeps (from [`UserDb::read`]), for a long job of many transactions
+    /// (replay) whose page cache should outlive each of them.
+    pub async fn begin_write_on(&self, conn: &Connection) -> StoreResult<WriteTx> {
         let guard = self.write_lock.clone().lock_owned().await;
-        let conn = connect(&self.db).await?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await?;
         let head = read_head(&tx).await?;
         Ok(WriteTx { insert: None, tx, head, _guard: guard })
