@@ -2,16 +2,21 @@
 //! push path uses ([`aggregate::apply`], [`devices::apply`]), or checked
 //! against the stored views.
 //!
-//! The log is read through the `events_by_aggregate` index, one kind at a
-//! time, ordered by `(aggregate_id, seq)`. Each aggregate's events thus arrive
-//! together and in log order, which is all a projector needs (a row depends
-//! only on its own aggregate's events, and the fold is order-independent
-//! anyway), so each row is folded in memory and written once, already in key
-//! order. Memory holds one page of events and one row, whatever the log size.
+//! The log is read in one sequential scan that SQLite sorts by `(kind,
+//! aggregate_id, seq)`, in memory bounded by the connection's cache and
+//! spilling to temporary files (walking the `events_by_aggregate` index
+//! instead costs a random table read per event). Each aggregate's events thus
+//! arrive together and in log order, which is all a projector needs (a row
+//! depends only on its own aggregate's events, and the fold is
+//! order-independent anyway), so each row is folded in memory and written
+//! once, already in key order, and the views come one after the other in the
+//! order of their kinds. Memory holds the sort's bounded buffers and one row,
+//! whatever the log size.
 //!
 //! **Rebuild** fills shadow tables (`<view>_replay`: the live schema under
-//! another name) in short write transactions, up to the head seen at the
-//! start, so the server's writers are never held up for long. Then one write
+//! another name, or the projection file's when a view table was dropped) in
+//! short write transactions, up to the head seen at the start, so the
+//! server's writers are never held up for long. Then one write
 //! transaction (the user's lock and `BEGIN IMMEDIATE`) swaps the shadows in,
 //! folds the events appended meanwhile with the push path's own storage code,
 //! and commits: a reader sees the old views or the new ones, never a mix.
@@ -551,8 +556,10 @@ pub async fn build_shadow(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreR
     let folded = fold_into(db, &batches, progress).await;
     drop(batches);
     let written = writing.await.map_err(|err| StoreError::Corrupt(format!("the shadow writer stopped: {err}")))?;
+    // A failed writer makes the folding side fail too, with less to say: its error goes first.
+    let rows = written?;
     let (upto, events) = folded?;
-    Ok(Shadow { upto, events, rows: written? })
+    Ok(Shadow { upto, events, rows })
 }
 
 /// The folding side of [`build_shadow`]: every view's rows, in batches.
