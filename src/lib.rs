@@ -2,12 +2,14 @@
 //!
 //! Layout follows the architecture: `store` (databases and backends),
 //! `events` (the log and its hash chain), `projection` (pure read-model
-//! folds), `auth`, `ops`, and `http` plumbing shared by the areas.
+//! folds), `auth`, `ops`, `cli` (the operator commands), and `http`
+//! plumbing shared by the areas.
 
 pub mod account;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;

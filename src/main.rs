@@ -1,12 +1,19 @@
-//! `echolia`: the server (and, as they arrive, the operator commands).
+//! `echolia`: the server, and the operator commands that work on its data.
+//! This file only parses arguments and maps results to the exit status:
+//! 0 success, 1 a difference or a broken chain (or a failure), 2 usage.
 
+use std::io::BufWriter;
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
 
 use echolia::app::{self, AppState};
-use echolia::clock::SystemClock;
+use echolia::cli::{self, audit::AuditArgs, CliError, Job, Outcome, Storage, Target};
+use echolia::clock::{parse_rfc3339, SystemClock};
 use echolia::config::Config;
 use echolia::ops::telemetry;
 
@@ -21,6 +28,95 @@ struct Cli {
 enum Command {
     /// Start the API server (the default).
     Serve,
+    #[command(flatten)]
+    Operate(Operation),
+}
+
+/// The operator commands: same configuration as the server, safe while it runs.
+#[derive(Debug, Subcommand)]
+enum Operation {
+    /// Rebuild every view of a user from its log and swap them in atomically (safe while the server runs).
+    Replay {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Rebuild in memory and compare with the stored views instead; exit 1 on any difference.
+        #[arg(long)]
+        check: bool,
+        /// Users worked on at once with --all.
+        #[arg(long, value_name = "N", default_value_t = default_jobs())]
+        jobs: NonZeroUsize,
+    },
+    /// Recompute the hash chain and seq continuity of a user's log; exit 1 naming the first broken seq.
+    Verify {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Users worked on at once with --all.
+        #[arg(long, value_name = "N", default_value_t = default_jobs())]
+        jobs: NonZeroUsize,
+    },
+    /// A user's device history: time, device, action, aggregate, result.
+    Audit {
+        /// The user, by id.
+        #[arg(long, value_name = "ID", value_parser = parse_id)]
+        user: Uuid,
+        /// Only what this device did.
+        #[arg(long, value_name = "ID", value_parser = parse_id)]
+        device: Option<Uuid>,
+        /// Only events received at or after this time (RFC 3339, or a date: midnight UTC).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A user's whole log as NDJSON on stdout, oldest first (as GET /account/export).
+    Export {
+        /// The user, by id.
+        #[arg(long, value_name = "ID", value_parser = parse_id)]
+        user: Uuid,
+    },
+    /// Apply pending migrations to the control database and every user database.
+    Migrate,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct TargetArgs {
+    /// One user, by id.
+    #[arg(long, value_name = "ID", value_parser = parse_id)]
+    user: Option<Uuid>,
+    /// Every user of the control database.
+    #[arg(long)]
+    all: bool,
+}
+
+impl TargetArgs {
+    fn target(&self) -> Target {
+        match self.user {
+            Some(user) => Target::User(user),
+            None => Target::All,
+        }
+    }
+}
+
+fn default_jobs() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Ids are parsed before they reach a path.
+fn parse_id(text: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(text).map_err(|_| "not an id: expected a UUID such as 6f1c2a9e-3b4d-4c5e-8f70-112233445566".into())
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Some(time) = parse_rfc3339(text) {
+        return Ok(time);
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|date| date.and_hms_opt(0, 0, 0))
+        .map(|time| time.and_utc())
+        .ok_or_else(|| "expected an RFC 3339 time (2026-11-29T10:00:00Z) or a date (2026-11-29)".into())
 }
 
 fn main() -> ExitCode {
@@ -32,7 +128,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format);
+    let command = cli.command.unwrap_or(Command::Serve);
+    match command {
+        Command::Serve => telemetry::init(config.log_format),
+        Command::Operate(_) => cli::init_logs(config.log_format),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -40,8 +140,37 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Serve => runtime.block_on(serve(config)),
+        Command::Operate(operation) => match runtime.block_on(operate(config, operation)) {
+            Ok(Outcome::Success) => ExitCode::SUCCESS,
+            Ok(Outcome::Found) => ExitCode::from(1),
+            Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("echolia: {err}");
+                ExitCode::from(err.exit_code())
+            }
+        },
+    }
+}
+
+async fn operate(config: Config, operation: Operation) -> Result<Outcome, CliError> {
+    let storage = Storage::open(&config)?;
+    match operation {
+        Operation::Replay { target, check, jobs } => {
+            let job = if check { Job::Check } else { Job::Replay };
+            cli::run_users(&storage, target.target(), jobs.get(), job).await
+        }
+        Operation::Verify { target, jobs } => cli::run_users(&storage, target.target(), jobs.get(), Job::Verify).await,
+        Operation::Audit { user, device, since, json } => {
+            let mut out = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+            cli::audit::run(&storage, &AuditArgs { user, device, since, json }, &mut out).await
+        }
+        Operation::Export { user } => {
+            let mut out = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+            cli::export::run(&storage, user, &mut out).await
+        }
+        Operation::Migrate => cli::migrate::run(&storage).await,
     }
 }
 

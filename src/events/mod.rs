@@ -4,6 +4,7 @@ pub mod append;
 pub mod device;
 pub mod hash;
 pub mod log;
+pub mod verify;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

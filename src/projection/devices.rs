@@ -2,7 +2,7 @@
 //! that store it.
 
 use chrono::{DateTime, Utc};
-use libsql::{Connection, Row};
+use libsql::{Connection, Row, Value};
 use uuid::Uuid;
 
 use crate::clock::{parse_rfc3339, rfc3339};
@@ -80,7 +80,8 @@ pub fn apply(current: Option<DeviceRow>, stored: &StoredEvent) -> StoreResult<Op
     })
 }
 
-const COLUMNS: &str = "device_id, device_name, device_type, platform, public_key, capabilities, created_at, \
+/// The stored columns of the `devices` view, in the order of [`values`].
+pub const COLUMNS: &str = "device_id, device_name, device_type, platform, public_key, capabilities, created_at, \
                        paired_by, revoked_at, revoked_by, version, updated_seq";
 
 pub async fn load(conn: &Connection, device_id: Uuid) -> StoreResult<Option<DeviceRow>> {
@@ -103,23 +104,31 @@ pub async fn save(conn: &Connection, row: &DeviceRow) -> StoreResult<()> {
         &format!(
             "INSERT OR REPLACE INTO devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ),
-        libsql::params![
-            row.device_id.to_string(),
-            row.profile.device_name.clone(),
-            row.profile.device_type.as_str(),
-            row.profile.platform.clone(),
-            row.profile.public_key.clone(),
-            serde_json::Value::Object(row.profile.capabilities.clone()).to_string(),
-            rfc3339(row.created_at),
-            row.paired_by.map(|id| id.to_string()),
-            row.revoked_at.map(rfc3339),
-            row.revoked_by.map(|id| id.to_string()),
-            row.version,
-            row.updated_seq,
-        ],
+        values(row)?,
     )
     .await?;
     Ok(())
+}
+
+/// The column values a row is stored as, in the order of [`COLUMNS`]; `save`
+/// writes exactly these, and replay compares and hashes them.
+pub fn values(row: &DeviceRow) -> StoreResult<Vec<Value>> {
+    let text = |s: &str| Value::Text(s.to_owned());
+    let uuid = |id: Option<Uuid>| id.map_or(Value::Null, |id| Value::Text(id.to_string()));
+    Ok(vec![
+        Value::Text(row.device_id.to_string()),
+        text(&row.profile.device_name),
+        text(row.profile.device_type.as_str()),
+        text(&row.profile.platform),
+        text(&row.profile.public_key),
+        Value::Text(serde_json::Value::Object(row.profile.capabilities.clone()).to_string()),
+        Value::Text(rfc3339(row.created_at)),
+        uuid(row.paired_by),
+        row.revoked_at.map_or(Value::Null, |at| Value::Text(rfc3339(at))),
+        uuid(row.revoked_by),
+        Value::try_from(row.version)?,
+        Value::try_from(row.updated_seq)?,
+    ])
 }
 
 fn decode(row: &Row) -> StoreResult<DeviceRow> {

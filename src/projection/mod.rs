@@ -4,5 +4,6 @@
 
 pub mod aggregate;
 pub mod devices;
+pub mod replay;
 pub mod version;
 pub mod views;

@@ -1,7 +1,7 @@
 //! The tables of the client read models (`entries`, `memories`, `tags`,
 //! `embeddings`): one row per aggregate, as [`AggregateRow`].
 
-use libsql::{Connection, Row, Statement};
+use libsql::{Connection, Row, Statement, Value};
 use uuid::Uuid;
 
 use super::aggregate::{AggregateRow, Head};
@@ -43,15 +43,10 @@ impl ViewStatements {
         let (mut load, mut save) = (Vec::new(), Vec::new());
         for kind in CLIENT_KINDS {
             let table = client_table(kind)?;
-            load.push(
-                conn.prepare(&format!(
-                    "SELECT id, parent_id, heads, version, deleted, conflict, updated_seq FROM {table} WHERE id = ?1"
-                ))
-                .await?,
-            );
+            load.push(conn.prepare(&format!("SELECT {COLUMNS} FROM {table} WHERE id = ?1")).await?);
             save.push(
                 conn.prepare(&format!(
-                    "INSERT INTO {table} (id, parent_id, heads, version, deleted, conflict, updated_seq) \
+                    "INSERT INTO {table} ({COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET \
                      parent_id = excluded.parent_id, heads = excluded.heads, version = excluded.version, \
                      deleted = excluded.deleted, conflict = excluded.conflict, updated_seq = excluded.updated_seq"
@@ -72,22 +67,32 @@ impl ViewStatements {
     }
 
     pub async fn save(&self, row: &AggregateRow) -> StoreResult<()> {
-        let heads = serde_json::to_string(&row.heads).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let values = values(row)?;
         let stmt = &self.save[index(row.kind)];
         stmt.reset();
-        stmt.execute(libsql::params![
-            row.id.to_string(),
-            row.parent_id.map(|id| id.to_string()),
-            heads,
-            row.version.to_json(),
-            i64::from(row.deleted),
-            i64::from(row.conflict),
-            row.updated_seq,
-        ])
-        .await?;
+        stmt.execute(values).await?;
         stmt.reset();
         Ok(())
     }
+}
+
+/// The stored columns of every aggregate view, in the order of [`values`].
+pub const COLUMNS: &str = "id, parent_id, heads, version, deleted, conflict, updated_seq";
+
+/// The column values a row is stored as, in the order of [`COLUMNS`]. `save`
+/// writes exactly these, so replay can compare and hash rows without a
+/// second encoding that could drift from the live one.
+pub fn values(row: &AggregateRow) -> StoreResult<Vec<Value>> {
+    let heads = serde_json::to_string(&row.heads).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    Ok(vec![
+        Value::Text(row.id.to_string()),
+        row.parent_id.map_or(Value::Null, |id| Value::Text(id.to_string())),
+        Value::Text(heads),
+        Value::Text(row.version.to_json()),
+        Value::Integer(i64::from(row.deleted)),
+        Value::Integer(i64::from(row.conflict)),
+        Value::try_from(row.updated_seq)?,
+    ])
 }
 
 /// Up to `limit` aggregates of `kinds` changed after `since`, in order of

@@ -55,6 +55,16 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
+    /// `DATA_DIR`: the operator commands check it exists before opening anything.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The control database file.
+    pub fn control_path(&self) -> PathBuf {
+        self.data_dir.join("control.db")
+    }
+
     fn users_dir(&self) -> PathBuf {
         self.data_dir.join("users")
     }
@@ -67,7 +77,7 @@ impl LocalBackend {
 
     async fn open_control(&self) -> StoreResult<Database> {
         create_dir(&self.users_dir()).await?;
-        open_file(&self.data_dir.join("control.db"), OpenFlags::default()).await
+        open_file(&self.control_path(), OpenFlags::default()).await
     }
 
     async fn open_user(&self, user_id: Uuid, create: bool) -> StoreResult<Database> {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use libsql::{Connection, Database};
 use uuid::Uuid;
 
-use super::{connect, migrations, query_opt, Backend, StoreResult};
+use super::{connect, migrations, query_opt, Backend, StoreError, StoreResult};
 use crate::clock::rfc3339;
 
 pub struct ControlDb {
@@ -38,5 +38,20 @@ impl ControlDb {
             )
             .await?;
         Ok(())
+    }
+
+    /// Every user in the directory, in id order.
+    pub async fn user_ids(&self) -> StoreResult<Vec<Uuid>> {
+        let conn = self.conn().await?;
+        let mut rows = conn.query("SELECT user_id FROM users ORDER BY user_id", ()).await?;
+        let mut users = Vec::new();
+        while let Some(row) = rows.next().await? {
+            let text: String = row.get(0)?;
+            users.push(
+                Uuid::parse_str(&text)
+                    .map_err(|_| StoreError::Corrupt(format!("users directory: `{text}` is not a UUID")))?,
+            );
+        }
+        Ok(users)
     }
 }

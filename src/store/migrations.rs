@@ -38,16 +38,17 @@ pub const USER: &[Migration] = &[
     migration!("projections/embeddings.sql"),
 ];
 
-/// Applies every migration of `set` not yet recorded. Safe to run from
-/// several processes at once: each file is applied inside `BEGIN IMMEDIATE`
-/// after checking again that nobody else applied it.
-pub async fn apply(conn: &Connection, set: &[Migration]) -> StoreResult<usize> {
+/// Applies every migration of `set` not yet recorded, and names those it
+/// applied (`echolia migrate` reports them). Safe to run from several
+/// processes at once: each file is applied inside `BEGIN IMMEDIATE` after
+/// checking again that nobody else applied it.
+pub async fn apply(conn: &Connection, set: &[Migration]) -> StoreResult<Vec<&'static str>> {
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL) STRICT",
         (),
     )
     .await?;
-    let mut applied = 0;
+    let mut applied = Vec::new();
     for migration in set {
         if is_applied(conn, migration.name).await? {
             continue;
@@ -63,7 +64,7 @@ pub async fn apply(conn: &Connection, set: &[Migration]) -> StoreResult<usize> {
         )
         .await?;
         tx.commit().await?;
-        applied += 1;
+        applied.push(migration.name);
     }
     Ok(applied)
 }

@@ -70,11 +70,20 @@ impl UserDb {
     /// Starts the one write transaction of this user: takes the user's lock,
     /// then `BEGIN IMMEDIATE`, then reads the log head.
     pub async fn begin_write(&self) -> StoreResult<WriteTx> {
-        let guard = self.write_lock.clone().lock_owned().await;
         let conn = self.read().await?;
+        let mut tx = self.begin_write_on(&conn).await?;
+        tx._conn = Some(conn);
+        Ok(tx)
+    }
+
+    /// [`UserDb::begin_write`] on a connection of this database the caller
+    /// keeps (from [`UserDb::read`]), for a long job of many transactions
+    /// (replay) whose page cache should outlive each of them.
+    pub async fn begin_write_on(&self, conn: &Connection) -> StoreResult<WriteTx> {
+        let guard = self.write_lock.clone().lock_owned().await;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await?;
         let head = read_head(&tx).await?;
-        Ok(WriteTx { insert: None, tx, head, _conn: conn, _guard: guard })
+        Ok(WriteTx { insert: None, tx, head, _conn: None, _guard: guard })
     }
 }
 
@@ -86,7 +95,8 @@ pub struct WriteTx {
     insert: Option<Statement>,
     tx: Transaction,
     head: Head,
-    _conn: PooledConn,
+    /// The pooled connection under `tx`, returned to the pool after it.
+    _conn: Option<PooledConn>,
     _guard: OwnedMutexGuard<()>,
 }
 

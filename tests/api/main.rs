@@ -4,9 +4,12 @@
 mod auth_flow;
 mod bad_input;
 mod binary;
+mod cli;
+mod crash;
 mod helpers;
 mod keys_audit_account;
 mod pairing;
+mod replay;
 mod storage;
 mod sync_bad_input;
 mod sync_codecs;

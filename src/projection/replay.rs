@@ -1,0 +1,1001 @@
+//! Replay: every view of a user rebuilt from its log with the projectors the
+//! push path uses ([`aggregate::apply`], [`devices::apply`]), or checked
+//! against the stored views.
+//!
+//! The log is read in one sequential scan that SQLite sorts by `(kind,
+//! aggregate_id, seq)`, in memory bounded by the connection's cache and
+//! spilling to temporary files (walking the `events_by_aggregate` index
+//! instead costs a random table read per event). Each aggregate's events thus
+//! arrive together and in log order, which is all a projector needs (a row
+//! depends only on its own aggregate's events, and the fold is
+//! order-independent anyway), so each row is folded in memory and written
+//! once, already in key order, and the views come one after the other in the
+//! order of their kinds. Memory holds the sort's bounded buffers and one row,
+//! whatever the log size.
+//!
+//! **Rebuild** fills shadow tables (`<view>_replay`: the live schema under
+//! another name, or the projection file's when a view table was dropped) in
+//! short write transactions, up to the head seen at the start, so the
+//! server's writers are never held up for long. Then one write
+//! transaction (the user's lock and `BEGIN IMMEDIATE`) swaps the shadows in,
+//! folds the events appended meanwhile with the push path's own storage code,
+//! and commits: a reader sees the old views or the new ones, never a mix.
+//! Run one rebuild of a user at a time (a second one would drop the first's
+//! shadows and make its swap fail, harmlessly).
+//!
+//! **Check** folds the same way inside one read snapshot and merges the result
+//! with the stored views in key order, naming the first difference; both sides
+//! get a checksum: SHA-256 over every row, by table then key.
+//!
+//! These run long on a big log and libSQL local calls block their thread:
+//! they are for the operator commands, never for a request handler.
+
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use libsql::{Connection, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::aggregate::{self, AggregateRow, Outcome};
+use super::devices::{self, DeviceRow};
+use super::views::{self, ViewStatements};
+use crate::events::append::read_head;
+use crate::events::log::{read_after, stream_by_aggregate, EventStream};
+use crate::events::{Kind, StoredEvent};
+use crate::store::{migrations, query_opt, PooledConn, StoreError, StoreResult, UserDb};
+
+/// Events (or view rows) read or written per query or transaction.
+pub const PAGE: u64 = 10_000;
+
+/// Told how many events have been folded so far.
+pub type OnProgress<'a> = dyn Fn(u64) + Send + Sync + 'a;
+
+/// One read model: its table, the kind of events it folds, its key column
+/// (also the first of its columns) and its stored columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    pub table: &'static str,
+    pub kind: Kind,
+    pub key: &'static str,
+    pub columns: &'static str,
+}
+
+/// Every view, in the fixed order of the checksum, which is also the text
+/// order of their kinds (the order the sorted log comes in).
+pub const VIEWS: [View; 5] = [
+    View { table: "devices", kind: Kind::Device, key: "device_id", columns: devices::COLUMNS },
+    View { table: "embeddings", kind: Kind::Embedding, key: "id", columns: views::COLUMNS },
+    View { table: "entries", kind: Kind::Entry, key: "id", columns: views::COLUMNS },
+    View { table: "memories", kind: Kind::Memory, key: "id", columns: views::COLUMNS },
+    View { table: "tags", kind: Kind::Tag, key: "id", columns: views::COLUMNS },
+];
+
+impl View {
+    fn shadow(&self) -> String {
+        format!("{}_replay", self.table)
+    }
+
+    /// Where the live table goes during the swap, dropped right after.
+    fn retired(&self) -> String {
+        format!("{}_old", self.table)
+    }
+
+    fn column_names(&self) -> impl Iterator<Item = &'static str> {
+        self.columns.split(',').map(str::trim)
+    }
+}
+
+/// A row as a projector returns it.
+enum Folded {
+    Aggregate(AggregateRow),
+    Device(DeviceRow),
+}
+
+impl Folded {
+    fn values(&self) -> StoreResult<Vec<Value>> {
+        match self {
+            Self::Aggregate(row) => views::values(row),
+            Self::Device(row) => devices::values(row),
+        }
+    }
+}
+
+fn values_of(row: Option<Folded>) -> StoreResult<Option<Vec<Value>>> {
+    row.map(|row| row.values()).transpose()
+}
+
+/// Folds one event into the row of its aggregate, with the live projectors.
+fn fold(current: Option<Folded>, stored: &StoredEvent) -> StoreResult<Option<Folded>> {
+    if stored.event.kind == Kind::Device {
+        let current = match current {
+            Some(Folded::Device(row)) => Some(row),
+            _ => None,
+        };
+        Ok(devices::apply(current, stored)?.map(Folded::Device))
+    } else {
+        let current = match current {
+            Some(Folded::Aggregate(row)) => Some(row),
+            _ => None,
+        };
+        Ok(Some(Folded::Aggregate(aggregate::apply(current, stored).0)))
+    }
+}
+
+/// The log sorted by kind, then aggregate, then seq, shared by the views in
+/// turn (their order is the kinds' order): each takes the events of its kind
+/// and leaves the first event of the next kind for the next view.
+struct Source {
+    stream: EventStream,
+    peeked: Option<StoredEvent>,
+    /// Events handed out so far.
+    events: u64,
+}
+
+impl Source {
+    async fn open(conn: &Connection, upto: u64) -> StoreResult<Self> {
+        Ok(Self { stream: stream_by_aggregate(conn, upto).await?, peeked: None, events: 0 })
+    }
+
+    /// The next event if it is of `kind`.
+    async fn next_of(&mut self, kind: Kind) -> StoreResult<Option<StoredEvent>> {
+        let next = match self.peeked.take() {
+            Some(stored) => Some(stored),
+            None => self.stream.next().await?,
+        };
+        match next {
+            Some(stored) if stored.event.kind == kind => {
+                self.events += 1;
+                Ok(Some(stored))
+            }
+            Some(stored) if stored.event.kind.as_str() < kind.as_str() => {
+                Err(StoreError::Corrupt(format!("seq {}: the log did not come sorted by kind", stored.seq)))
+            }
+            other => {
+                self.peeked = other;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The rows replay makes for one view, in key order: the events of its kind
+/// folded one aggregate at a time.
+struct FoldedRows {
+    kind: Kind,
+    /// The aggregate being folded, and its row so far.
+    current: Option<(Uuid, Option<Folded>)>,
+}
+
+impl FoldedRows {
+    fn new(view: View) -> Self {
+        Self { kind: view.kind, current: None }
+    }
+
+    async fn next(&mut self, source: &mut Source) -> StoreResult<Option<Folded>> {
+        while let Some(stored) = source.next_of(self.kind).await? {
+            let id = stored.event.aggregate_id;
+            let (row, done) = match self.current.take() {
+                Some((current, row)) if current == id => (fold(row, &stored)?, None),
+                Some((_, done)) => (fold(None, &stored)?, done),
+                None => (fold(None, &stored)?, None),
+            };
+            self.current = Some((id, row));
+            if done.is_some() {
+                return Ok(done);
+            }
+        }
+        Ok(self.current.take().and_then(|(_, row)| row))
+    }
+}
+
+/// The stored rows of one view, in key order, a page at a time.
+struct StoredRows<'c> {
+    conn: &'c Connection,
+    view: View,
+    after: Option<Value>,
+    buffer: VecDeque<Vec<Value>>,
+    exhausted: bool,
+}
+
+impl<'c> StoredRows<'c> {
+    fn new(conn: &'c Connection, view: View) -> Self {
+        Self { conn, view, after: None, buffer: VecDeque::new(), exhausted: false }
+    }
+
+    async fn next(&mut self) -> StoreResult<Option<Vec<Value>>> {
+        loop {
+            if let Some(values) = self.buffer.pop_front() {
+                return Ok(Some(values));
+            }
+            if self.exhausted {
+                return Ok(None);
+            }
+            let View { table, key, columns, .. } = self.view;
+            let mut rows = match self.after.clone() {
+                None => {
+                    self.conn.query(&format!("SELECT {columns} FROM {table} ORDER BY {key} LIMIT ?1"), [PAGE]).await?
+                }
+                Some(after) => {
+                    let sql = format!("SELECT {columns} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2");
+                    self.conn.query(&sql, (after, PAGE)).await?
+                }
+            };
+            let mut read = 0;
+            while let Some(row) = rows.next().await? {
+                let values = (0..row.column_count()).map(|i| row.get_value(i)).collect::<Result<Vec<_>, _>>()?;
+                self.after = values.first().cloned();
+                self.buffer.push_back(values);
+                read += 1;
+            }
+            self.exhausted = read < PAGE;
+        }
+    }
+}
+
+/// SHA-256 over view rows, each value tagged with its type and length, so
+/// no two different sets of rows hash alike by concatenation.
+#[derive(Default)]
+pub struct ViewHasher(Sha256);
+
+impl ViewHasher {
+    pub fn table(&mut self, table: &str) {
+        self.0.update([0xff]);
+        self.bytes(table.as_bytes());
+    }
+
+    pub fn row(&mut self, values: &[Value]) {
+        self.0.update([0xfe]);
+        for value in values {
+            match value {
+                Value::Null => self.0.update([0]),
+                Value::Integer(n) => {
+                    self.0.update([1]);
+                    self.0.update(n.to_be_bytes());
+                }
+                Value::Real(x) => {
+                    self.0.update([2]);
+                    self.0.update(x.to_bits().to_be_bytes());
+                }
+                Value::Text(text) => {
+                    self.0.update([3]);
+                    self.bytes(text.as_bytes());
+                }
+                Value::Blob(blob) => {
+                    self.0.update([4]);
+                    self.bytes(blob);
+                }
+            }
+        }
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0.update((bytes.len() as u64).to_be_bytes());
+        self.0.update(bytes);
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
+    }
+}
+
+/// The checksum of the stored views: every row of every view, by table then
+/// key, read in one snapshot. `conn` must not be inside a transaction.
+pub async fn checksum(conn: &Connection) -> StoreResult<[u8; 32]> {
+    let snapshot = conn.transaction().await?;
+    let mut hasher = ViewHasher::default();
+    for view in VIEWS {
+        hasher.table(view.table);
+        let mut rows = StoredRows::new(&snapshot, view);
+        while let Some(values) = rows.next().await? {
+            hasher.row(&values);
+        }
+    }
+    snapshot.commit().await?;
+    Ok(hasher.finish())
+}
+
+/// How a stored view differs from its replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Difference {
+    pub table: &'static str,
+    pub key: String,
+    pub kind: DifferenceKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DifferenceKind {
+    /// Replay makes this row; the stored view lacks it.
+    Missing,
+    /// The stored view has this row; replay does not make it.
+    Unexpected,
+    /// Both have the row; these columns differ.
+    Columns(Vec<ColumnDifference>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnDifference {
+    pub column: &'static str,
+    pub stored: Value,
+    pub replayed: Value,
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Difference { table, key, kind } = self;
+        match kind {
+            DifferenceKind::Missing => write!(f, "{table} {key}: missing from the stored view (replay makes it)"),
+            DifferenceKind::Unexpected => write!(f, "{table} {key}: in the stored view, but replay does not make it"),
+            DifferenceKind::Columns(columns) => {
+                write!(f, "{table} {key}:")?;
+                for (i, diff) in columns.iter().enumerate() {
+                    let sep = if i == 0 { " " } else { "; " };
+                    write!(f, "{sep}{}: stored ", diff.column)?;
+                    // Keys are never printed, public ones included.
+                    if diff.column == "public_key" {
+                        f.write_str("(not shown), replayed (not shown)")?;
+                    } else {
+                        write!(f, "{}, replayed {}", Shown(&diff.stored), Shown(&diff.replayed))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A stored value as a person reads it (long text cut short).
+struct Shown<'a>(&'a Value);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MAX: usize = 160;
+        match self.0 {
+            Value::Null => f.write_str("NULL"),
+            Value::Integer(n) => write!(f, "{n}"),
+            Value::Real(x) => write!(f, "{x}"),
+            Value::Text(text) if text.chars().count() > MAX => {
+                write!(f, "`{}…`", text.chars().take(MAX).collect::<String>())
+            }
+            Value::Text(text) => write!(f, "`{text}`"),
+            Value::Blob(blob) => write!(f, "<{} bytes>", blob.len()),
+        }
+    }
+}
+
+/// What a check found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckReport {
+    /// The log head of the snapshot checked.
+    pub head: u64,
+    /// Events folded.
+    pub events: u64,
+    /// Rows replay made.
+    pub rows: u64,
+    /// Rows that differ (missing, unexpected or changed).
+    pub differences: u64,
+    pub first: Option<Difference>,
+    /// Checksum of the stored views.
+    pub stored: [u8; 32],
+    /// Checksum of the views replay makes.
+    pub replayed: [u8; 32],
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.differences == 0
+    }
+}
+
+/// SQLite's order of values of one column (NULL, numbers, text, blobs; text
+/// by bytes, which is the BINARY collation of the keys).
+fn sql_order(a: &Value, b: &Value) -> Ordering {
+    fn rank(value: &Value) -> u8 {
+        match value {
+            Value::Null => 0,
+            Value::Integer(_) | Value::Real(_) => 1,
+            Value::Text(_) => 2,
+            Value::Blob(_) => 3,
+        }
+    }
+    match (a, b) {
+        (Value::Integer(x), Value::Integer(y)) => x.cmp(y),
+        (Value::Integer(x), Value::Real(y)) => (*x as f64).total_cmp(y),
+        (Value::Real(x), Value::Integer(y)) => x.total_cmp(&(*y as f64)),
+        (Value::Real(x), Value::Real(y)) => x.total_cmp(y),
+        (Value::Text(x), Value::Text(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Value::Blob(x), Value::Blob(y)) => x.cmp(y),
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
+fn key_of(values: &[Value]) -> String {
+    match values.first() {
+        Some(Value::Text(text)) => text.clone(),
+        Some(other) => Shown(other).to_string(),
+        None => String::new(),
+    }
+}
+
+/// Replays every view of `db` in memory, from one read snapshot, and compares
+/// the result with the stored views. Writes nothing, takes no lock: safe
+/// while the server runs.
+pub async fn check(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<CheckReport> {
+    let conn = reader(db).await?;
+    let snapshot = conn.transaction().await?;
+    let head = read_head(&snapshot).await?.seq;
+    let mut source = Source::open(&snapshot, head).await?;
+    let (mut stored_hash, mut replayed_hash) = (ViewHasher::default(), ViewHasher::default());
+    let mut report =
+        CheckReport { head, events: 0, rows: 0, differences: 0, first: None, stored: [0; 32], replayed: [0; 32] };
+    for view in VIEWS {
+        stored_hash.table(view.table);
+        replayed_hash.table(view.table);
+        let mut replayed = FoldedRows::new(view);
+        let mut stored = StoredRows::new(&snapshot, view);
+        let (mut ours, mut theirs) = (values_of(replayed.next(&mut source).await?)?, stored.next().await?);
+        let mut reported = 0;
+        loop {
+            if source.events >= reported + PAGE {
+                reported = source.events;
+                progress(reported);
+            }
+            let order = match (&ours, &theirs) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(a), Some(b)) => sql_order(&a[0], &b[0]),
+            };
+            let difference = match order {
+                Ordering::Less => {
+                    let row = ours.take().unwrap_or_default();
+                    replayed_hash.row(&row);
+                    report.rows += 1;
+                    ours = values_of(replayed.next(&mut source).await?)?;
+                    Some((key_of(&row), DifferenceKind::Missing))
+                }
+                Ordering::Greater => {
+                    let row = theirs.take().unwrap_or_default();
+                    stored_hash.row(&row);
+                    theirs = stored.next().await?;
+                    Some((key_of(&row), DifferenceKind::Unexpected))
+                }
+                Ordering::Equal => {
+                    let (a, b) = (ours.take().unwrap_or_default(), theirs.take().unwrap_or_default());
+                    replayed_hash.row(&a);
+                    stored_hash.row(&b);
+                    report.rows += 1;
+                    let columns: Vec<ColumnDifference> = view
+                        .column_names()
+                        .zip(a.iter().zip(b.iter()))
+                        .filter(|(_, (x, y))| x != y)
+                        .map(|(column, (x, y))| ColumnDifference { column, stored: y.clone(), replayed: x.clone() })
+                        .collect();
+                    let differs = !columns.is_empty() || a.len() != b.len();
+                    (ours, theirs) = (values_of(replayed.next(&mut source).await?)?, stored.next().await?);
+                    differs.then(|| (key_of(&a), DifferenceKind::Columns(columns)))
+                }
+            };
+            if let Some((key, kind)) = difference {
+                report.differences += 1;
+                report.first.get_or_insert(Difference { table: view.table, key, kind });
+            }
+        }
+    }
+    report.events = source.events;
+    progress(report.events);
+    drop(source);
+    snapshot.commit().await?;
+    report.stored = stored_hash.finish();
+    report.replayed = replayed_hash.finish();
+    Ok(report)
+}
+
+/// Shadow tables filled from the log up to `upto`, waiting for [`swap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shadow {
+    pub upto: u64,
+    pub events: u64,
+    pub rows: u64,
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// The log head when the new views went live.
+    pub head: u64,
+    /// Events folded in all.
+    pub events: u64,
+    /// Of those, events appended during the rebuild, folded at the swap.
+    pub tail: u64,
+    /// View rows written to the shadows.
+    pub rows: u64,
+}
+
+/// Rebuilds every view of `db` from its log and swaps the result in.
+pub async fn rebuild(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<RebuildReport> {
+    let shadow = build_shadow(db, progress).await?;
+    swap(db, shadow).await
+}
+
+/// Rows for a shadow table, from the folding side to the writing side
+/// (which also encodes them: both sides get a share of the work).
+type Batch = (View, Vec<Folded>);
+
+/// Creates fresh shadow tables and fills them from the log up to the current
+/// head. Folding (SQLite's sort of the log, decoding, the projectors) and
+/// writing run side by side, on two threads of a multi-threaded runtime,
+/// with at most two batches between them. The shadows are written in short
+/// transactions: the server's writers get their turn between them.
+pub async fn build_shadow(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<Shadow> {
+    let writer = db.read().await?;
+    writer.execute(&format!("PRAGMA cache_size = -{CACHE_KIB}"), ()).await?;
+    let tx = db.begin_write_on(&writer).await?;
+    for view in VIEWS {
+        // Leftovers of a rebuild that stopped halfway.
+        tx.execute(&format!("DROP TABLE IF EXISTS {}", view.shadow()), ()).await?;
+        tx.execute(&format!("DROP TABLE IF EXISTS {}", view.retired()), ()).await?;
+        let live = table_sql(&tx, view.table).await?;
+        tx.execute(&shadow_sql(view.table, &live)?, ()).await?;
+    }
+    tx.commit().await?;
+
+    let (batches, mut to_write) = tokio::sync::mpsc::channel::<Batch>(2);
+    let writing = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut rows = 0;
+            while let Some((view, batch)) = to_write.recv().await {
+                rows += insert_rows(&db, &writer, view, batch).await?;
+            }
+            StoreResult::Ok(rows)
+        }
+    });
+    let folded = fold_into(db, &batches, progress).await;
+    drop(batches);
+    let written = writing.await.map_err(|err| StoreError::Corrupt(format!("the shadow writer stopped: {err}")))?;
+    // A failed writer makes the folding side fail too, with less to say: its error goes first.
+    let rows = written?;
+    let (upto, events) = folded?;
+    Ok(Shadow { upto, events, rows })
+}
+
+/// The folding side of [`build_shadow`]: every view's rows, in batches.
+async fn fold_into(
+    db: &UserDb,
+    batches: &tokio::sync::mpsc::Sender<Batch>,
+    progress: &OnProgress<'_>,
+) -> StoreResult<(u64, u64)> {
+    let reader = reader(db).await?;
+    let snapshot = reader.transaction().await?;
+    let upto = read_head(&snapshot).await?.seq;
+    let mut source = Source::open(&snapshot, upto).await?;
+    let stopped = || StoreError::Corrupt("the shadow writer stopped".into());
+    for view in VIEWS {
+        let mut folded = FoldedRows::new(view);
+        let mut batch = Vec::with_capacity(PAGE as usize);
+        while let Some(row) = folded.next(&mut source).await? {
+            batch.push(row);
+            if batch.len() as u64 >= PAGE {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(PAGE as usize));
+                batches.send((view, full)).await.map_err(|_| stopped())?;
+                progress(source.events);
+            }
+        }
+        if !batch.is_empty() {
+            batches.send((view, batch)).await.map_err(|_| stopped())?;
+        }
+    }
+    let events = source.events;
+    progress(events);
+    drop(source);
+    snapshot.commit().await?;
+    Ok((upto, events))
+}
+
+/// Page cache (and so sort memory) of the connections replay reads and
+/// writes with: bounded, so memory stays flat in log size, but larger than
+/// the default 2 MiB so the sort of the log runs in a few passes.
+const CACHE_KIB: u32 = 32 * 1024;
+
+/// A read connection for replay's scan; SQLite may sort with a helper thread.
+async fn reader(db: &UserDb) -> StoreResult<PooledConn> {
+    let conn = db.read().await?;
+    conn.execute(&format!("PRAGMA cache_size = -{CACHE_KIB}"), ()).await?;
+    drop(conn.query("PRAGMA threads = 1", ()).await?);
+    Ok(conn)
+}
+
+/// Writes rows into a view's shadow in one transaction, encoding them here
+/// (on the writing side) with the encoding `save` uses.
+async fn insert_rows(db: &UserDb, conn: &Connection, view: View, rows: Vec<Folded>) -> StoreResult<u64> {
+    let placeholders: Vec<String> = (1..=view.column_names().count()).map(|i| format!("?{i}")).collect();
+    let sql = format!("INSERT INTO {} ({}) VALUES ({})", view.shadow(), view.columns, placeholders.join(", "));
+    let tx = db.begin_write_on(conn).await?;
+    let insert = tx.prepare(&sql).await?;
+    let count = rows.len() as u64;
+    for row in rows {
+        insert.reset();
+        insert.execute(row.values()?).await?;
+    }
+    insert.reset();
+    drop(insert);
+    tx.commit().await?;
+    Ok(count)
+}
+
+/// In one write transaction: swaps the shadows in for the live views (their
+/// indexes recreated under their own names), folds the events appended since
+/// the shadows' head with the push path's storage code, and commits. The old
+/// tables are dropped afterwards, outside the swap.
+pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
+    let tx = db.begin_write().await?;
+    for view in VIEWS {
+        let live = query_opt(&tx, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [view.table]);
+        let indexes: Vec<String> = if live.await?.is_some() {
+            let indexes = index_sqls(&tx, view.table).await?;
+            for (name, _) in &indexes {
+                tx.execute(&format!("DROP INDEX \"{name}\""), ()).await?;
+            }
+            tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.table, view.retired()), ()).await?;
+            indexes.into_iter().map(|(_, sql)| sql).collect()
+        } else {
+            embedded(view.table)?.into_iter().filter(|statement| statement.starts_with("CREATE INDEX")).collect()
+        };
+        tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.shadow(), view.table), ()).await?;
+        for sql in &indexes {
+            tx.execute(sql, ()).await?;
+        }
+    }
+    let tail = fold_tail(&tx, shadow.upto).await?;
+    let head = tx.head().seq;
+    tx.commit().await?;
+    let tx = db.begin_write().await?;
+    for view in VIEWS {
+        tx.execute(&format!("DROP TABLE IF EXISTS {}", view.retired()), ()).await?;
+    }
+    tx.commit().await?;
+    Ok(RebuildReport { head, events: shadow.events + tail, tail, rows: shadow.rows })
+}
+
+/// Folds the events after `upto` into the (new) live views exactly as the
+/// write paths do: load the row, apply the projector, save what changed.
+async fn fold_tail(conn: &Connection, upto: u64) -> StoreResult<u64> {
+    let views = ViewStatements::prepare(conn).await?;
+    let (mut since, mut folded) = (upto, 0);
+    loop {
+        let page = read_after(conn, since, PAGE).await?;
+        let Some(last) = page.last() else { return Ok(folded) };
+        since = last.seq;
+        for stored in &page {
+            folded += 1;
+            let id = stored.event.aggregate_id;
+            match stored.event.kind {
+                Kind::Device => {
+                    let current = devices::load(conn, id).await?;
+                    if let Some(row) = devices::apply(current, stored)? {
+                        devices::save(conn, &row).await?;
+                    }
+                }
+                kind => {
+                    let current = views.load(kind, id).await?;
+                    let (row, outcome) = aggregate::apply(current, stored);
+                    if outcome != Outcome::Stale {
+                        views.save(&row).await?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `CREATE TABLE` of a view: the live one, or when the table was dropped
+/// (the log is the truth; views may be thrown away), its projection file's.
+async fn table_sql(conn: &Connection, table: &str) -> StoreResult<String> {
+    match query_opt(conn, "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1", [table]).await? {
+        Some(row) => Ok(row.get(0)?),
+        None => embedded(table)?
+            .into_iter()
+            .find(|statement| statement.starts_with("CREATE TABLE"))
+            .ok_or_else(|| StoreError::Corrupt(format!("projections/{table}.sql creates no table"))),
+    }
+}
+
+/// The statements of a view's embedded projection file, comments removed.
+fn embedded(table: &str) -> StoreResult<Vec<String>> {
+    let name = format!("projections/{table}.sql");
+    let file = migrations::USER
+        .iter()
+        .find(|migration| migration.name == name)
+        .ok_or_else(|| StoreError::Corrupt(format!("no embedded {name}")))?;
+    let code: Vec<&str> = file.sql.lines().map(|line| line.split("--").next().unwrap_or_default()).collect();
+    Ok(code.join("\n").split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+}
+
+/// The explicit indexes of a table: (name, CREATE statement).
+async fn index_sqls(conn: &Connection, table: &str) -> StoreResult<Vec<(String, String)>> {
+    let mut rows = conn
+        .query(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL \
+             ORDER BY name",
+            [table],
+        )
+        .await?;
+    let mut indexes = Vec::new();
+    while let Some(row) = rows.next().await? {
+        indexes.push((row.get(0)?, row.get(1)?));
+    }
+    Ok(indexes)
+}
+
+/// The live table's `CREATE TABLE` with the shadow's name. The name may be
+/// quoted: SQLite writes it so after a rename (a previous replay).
+fn shadow_sql(table: &str, live: &str) -> StoreResult<String> {
+    let unexpected = || StoreError::Corrupt(format!("cannot derive a shadow of `{table}` from its schema"));
+    let rest = live.strip_prefix("CREATE TABLE").ok_or_else(unexpected)?.trim_start();
+    let rest = rest
+        .strip_prefix(&format!("\"{table}\""))
+        .or_else(|| rest.strip_prefix(table))
+        .filter(|rest| rest.starts_with(|c: char| c == '(' || c.is_whitespace()))
+        .ok_or_else(unexpected)?;
+    Ok(format!("CREATE TABLE {table}_replay {}", rest.trim_start()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use chrono::{DateTime, TimeZone, Utc};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::auth::devices::record;
+    use crate::events::device::{DeviceAction, DeviceProfile, DeviceType};
+    use crate::events::{NewEvent, Op};
+    use crate::projection::version::VersionVector;
+    use crate::store::Backend;
+    use crate::sync::push::apply_batch;
+
+    struct Fixture {
+        _dir: TempDir,
+        db: Arc<UserDb>,
+        devices: Vec<Uuid>,
+        aggregates: Vec<(Kind, Uuid, Option<Uuid>)>,
+        rng: StdRng,
+    }
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 29, 10, 0, 0).unwrap()
+    }
+
+    fn profile(name: &str) -> DeviceProfile {
+        DeviceProfile {
+            device_name: name.into(),
+            device_type: DeviceType::Desktop,
+            platform: "linux".into(),
+            public_key: format!("key of {name}"),
+            capabilities: serde_json::Map::new(),
+        }
+    }
+
+    async fn device_event(db: &UserDb, actor: Uuid, device: Uuid, action: DeviceAction) {
+        let mut tx = db.begin_write().await.unwrap();
+        record(&mut tx, actor, device, action, Utc::now()).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn push(db: &UserDb, device: Uuid, events: Vec<NewEvent>) {
+        let mut tx = db.begin_write().await.unwrap();
+        apply_batch(&mut tx, device, Utc::now(), events).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// A user with three devices (one renamed) and `events` random pushes.
+    async fn fixture(events: usize) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(UserDb::open(&Backend::local(dir.path()), Uuid::new_v4(), true).await.unwrap());
+        let devices: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        device_event(&db, devices[0], devices[0], DeviceAction::Registered(profile("a"))).await;
+        device_event(&db, devices[0], devices[1], DeviceAction::Paired(profile("b"))).await;
+        device_event(&db, devices[1], devices[2], DeviceAction::Paired(profile("c"))).await;
+        let renamed = DeviceAction::Updated { device_name: Some("b2".into()), capabilities: None };
+        device_event(&db, devices[1], devices[1], renamed).await;
+        let entries: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        let mut aggregates: Vec<(Kind, Uuid, Option<Uuid>)> = entries.iter().map(|e| (Kind::Entry, *e, None)).collect();
+        aggregates.extend((0..3).map(|_| (Kind::Memory, Uuid::new_v4(), None)));
+        aggregates.extend((0..2).map(|i| (Kind::Tag, Uuid::new_v4(), Some(entries[i]))));
+        aggregates.extend((0..2).map(|i| (Kind::Embedding, Uuid::new_v4(), Some(entries[i]))));
+        let mut fx = Fixture { _dir: dir, db, devices, aggregates, rng: StdRng::seed_from_u64(5) };
+        fx.random_pushes(events).await;
+        fx
+    }
+
+    impl Fixture {
+        /// Pushes from random devices with partial knowledge of each other:
+        /// edits, conflicts, merges, deletes, stale events and retried batches.
+        async fn random_pushes(&mut self, events: usize) {
+            let mut known: HashMap<(usize, usize), VersionVector> = HashMap::new();
+            let mut pushed = 0;
+            while pushed < events {
+                let d = self.rng.random_range(0..self.devices.len());
+                let device = self.devices[d];
+                let size = self.rng.random_range(1..=6);
+                let mut batch = Vec::new();
+                for _ in 0..size {
+                    let a = self.rng.random_range(0..self.aggregates.len());
+                    let (kind, id, parent) = self.aggregates[a];
+                    if self.rng.random_bool(0.3) {
+                        // Learn what the others did (a pull).
+                        let everyone: Vec<VersionVector> =
+                            (0..self.devices.len()).filter_map(|o| known.get(&(o, a)).cloned()).collect();
+                        let mine = known.entry((d, a)).or_default();
+                        everyone.iter().for_each(|v| mine.merge(v));
+                    }
+                    let mine = known.entry((d, a)).or_default();
+                    let stale = self.rng.random_bool(0.05) && mine.get(&device) > 1;
+                    let version = if stale {
+                        VersionVector::single(device, 1)
+                    } else {
+                        let next = mine.get(&device) + 1;
+                        mine.merge(&VersionVector::single(device, next));
+                        mine.clone()
+                    };
+                    let delete = self.rng.random_bool(0.15);
+                    batch.push(NewEvent {
+                        event_id: Uuid::new_v4(),
+                        kind,
+                        aggregate_id: id,
+                        parent_id: parent,
+                        op: if delete { Op::Delete } else { Op::Put },
+                        version,
+                        payload: (!delete).then(|| vec![self.rng.random(); 16]),
+                        client_time: at(),
+                    });
+                }
+                pushed += batch.len();
+                push(&self.db, device, batch.clone()).await;
+                if self.rng.random_bool(0.1) {
+                    push(&self.db, device, batch).await; // a retry: all duplicates
+                }
+            }
+        }
+    }
+
+    async fn clean_check(db: &UserDb) -> CheckReport {
+        let report = check(db, &|_| {}).await.unwrap();
+        assert!(report.is_clean(), "{:?}", report.first);
+        assert_eq!(report.stored, report.replayed);
+        report
+    }
+
+    async fn schema(conn: &Connection) -> Vec<(String, String)> {
+        let mut rows = conn.query("SELECT type, name FROM sqlite_master ORDER BY type, name", ()).await.unwrap();
+        let mut names = Vec::new();
+        while let Some(row) = rows.next().await.unwrap() {
+            names.push((row.get(0).unwrap(), row.get(1).unwrap()));
+        }
+        names
+    }
+
+    #[tokio::test]
+    async fn rebuilt_views_equal_the_live_ones_again_and_again() {
+        let fx = fixture(400).await;
+        let conn = fx.db.read().await.unwrap();
+        let live = checksum(&conn).await.unwrap();
+        let report = clean_check(&fx.db).await;
+        assert_eq!(report.stored, live);
+        assert!(report.rows > 10);
+        let names = schema(&conn).await;
+        for _ in 0..2 {
+            let rebuilt = rebuild(&fx.db, &|_| {}).await.unwrap();
+            assert_eq!((rebuilt.events, rebuilt.tail, rebuilt.head), (report.head, 0, report.head));
+            assert_eq!(rebuilt.rows, report.rows);
+            assert_eq!(checksum(&conn).await.unwrap(), live);
+            assert_eq!(schema(&conn).await, names, "same tables and index names, no leftovers");
+        }
+        clean_check(&fx.db).await;
+    }
+
+    #[tokio::test]
+    async fn wiped_views_come_back_from_the_log() {
+        let fx = fixture(200).await;
+        let conn = fx.db.read().await.unwrap();
+        let live = checksum(&conn).await.unwrap();
+        for view in VIEWS {
+            conn.execute(&format!("DELETE FROM {}", view.table), ()).await.unwrap();
+        }
+        assert_ne!(checksum(&conn).await.unwrap(), live);
+        let report = check(&fx.db, &|_| {}).await.unwrap();
+        assert_eq!(report.first.map(|d| (d.table, d.kind)), Some(("devices", DifferenceKind::Missing)));
+        assert_eq!(report.replayed, live);
+        rebuild(&fx.db, &|_| {}).await.unwrap();
+        assert_eq!(checksum(&conn).await.unwrap(), live);
+    }
+
+    #[tokio::test]
+    async fn dropped_view_tables_come_back_with_their_schema() {
+        let fx = fixture(200).await;
+        let conn = fx.db.read().await.unwrap();
+        let (live, names) = (checksum(&conn).await.unwrap(), schema(&conn).await);
+        for view in VIEWS {
+            conn.execute(&format!("DROP TABLE {}", view.table), ()).await.unwrap();
+        }
+        let rebuilt = rebuild(&fx.db, &|_| {}).await.unwrap();
+        assert_eq!(rebuilt.events, rebuilt.head);
+        assert_eq!(checksum(&conn).await.unwrap(), live);
+        assert_eq!(schema(&conn).await, names);
+    }
+
+    #[tokio::test]
+    async fn check_names_the_first_difference_and_never_prints_a_key() {
+        let fx = fixture(100).await;
+        let conn = fx.db.read().await.unwrap();
+        let entry: String = query_opt(&conn, "SELECT min(id) FROM entries", ()).await.unwrap().unwrap().get(0).unwrap();
+        conn.execute("UPDATE entries SET conflict = 1 - conflict WHERE id = ?1", [entry.clone()]).await.unwrap();
+        conn.execute(
+            "INSERT INTO memories (id, parent_id, heads, version, deleted, conflict, updated_seq) \
+             VALUES ('ffffffff-ffff-ffff-ffff-ffffffffffff', NULL, '[]', '{}', 0, 0, 999999)",
+            (),
+        )
+        .await
+        .unwrap();
+        let report = check(&fx.db, &|_| {}).await.unwrap();
+        assert_eq!(report.differences, 2);
+        assert_ne!(report.stored, report.replayed);
+        let first = report.first.unwrap();
+        assert_eq!((first.table, first.key.as_str()), ("entries", entry.as_str()));
+        assert!(matches!(&first.kind, DifferenceKind::Columns(c) if c.len() == 1 && c[0].column == "conflict"));
+        assert!(first.to_string().contains("conflict: stored"), "{first}");
+
+        conn.execute("UPDATE devices SET public_key = 'tampered-key'", ()).await.unwrap();
+        let first = check(&fx.db, &|_| {}).await.unwrap().first.unwrap();
+        assert_eq!(first.table, "devices");
+        assert!(first.to_string().contains("public_key") && !first.to_string().contains("tampered-key"), "{first}");
+    }
+
+    #[tokio::test]
+    async fn events_appended_during_a_rebuild_are_folded_at_the_swap() {
+        let mut fx = fixture(150).await;
+        let shadow = build_shadow(&fx.db, &|_| {}).await.unwrap();
+        fx.random_pushes(60).await;
+        device_event(&fx.db, fx.devices[0], fx.devices[2], DeviceAction::Revoked).await;
+        let late = Uuid::new_v4();
+        device_event(&fx.db, fx.devices[0], late, DeviceAction::Paired(profile("late"))).await;
+        let report = swap(&fx.db, shadow).await.unwrap();
+        assert!(report.tail >= 62, "{report:?}");
+        assert_eq!(report.events, report.head);
+        let checked = clean_check(&fx.db).await;
+        assert_eq!(checked.head, report.head);
+        let conn = fx.db.read().await.unwrap();
+        let revoked = devices::load(&conn, fx.devices[2]).await.unwrap().unwrap();
+        assert!(revoked.is_revoked());
+        assert!(devices::load(&conn, late).await.unwrap().is_some());
+    }
+
+    #[test]
+    fn shadows_are_derived_from_plain_and_quoted_names() {
+        let plain = "CREATE TABLE tags (\n    id TEXT PRIMARY KEY\n) STRICT";
+        assert_eq!(shadow_sql("tags", plain).unwrap(), "CREATE TABLE tags_replay (\n    id TEXT PRIMARY KEY\n) STRICT");
+        let quoted = "CREATE TABLE \"tags\" (id TEXT PRIMARY KEY) STRICT";
+        assert_eq!(shadow_sql("tags", quoted).unwrap(), "CREATE TABLE tags_replay (id TEXT PRIMARY KEY) STRICT");
+        assert!(shadow_sql("tags", "CREATE TABLE tagsx (id TEXT)").is_err());
+        assert!(shadow_sql("tags", "CREATE VIEW tags AS SELECT 1").is_err());
+    }
+
+    #[test]
+    fn every_view_is_listed_with_its_key_first() {
+        for view in VIEWS {
+            assert_eq!(view.column_names().next(), Some(view.key));
+            if view.kind != Kind::Device {
+                assert_eq!(views::table(view.kind), Some(view.table));
+            }
+        }
+        let mut kinds: Vec<Kind> = VIEWS.iter().map(|v| v.kind).collect();
+        kinds.sort();
+        assert_eq!(kinds, [Kind::Entry, Kind::Memory, Kind::Tag, Kind::Embedding, Kind::Device]);
+    }
+}
