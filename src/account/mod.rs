@@ -86,7 +86,7 @@ pub async fn export(auth: UserAuth) -> ApiResult<Response> {
             let Some(last) = events.last().map(|e| e.seq) else { return Ok(None) };
             let mut chunk = Vec::with_capacity(events.len() * 256);
             for event in events {
-                write_ndjson(&mut chunk, event).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+                write_ndjson(&mut chunk, event).map_err(|err| StoreError::io("encoding the export", err))?;
             }
             Ok(Some((Bytes::from(chunk), last)))
         }

@@ -1,21 +1,14 @@
 //! `echolia export --user <id>`: the whole log as NDJSON on stdout, oldest
 //! first, one `/sync/events` event per line — the format of `GET /account/export`.
 
-use std::io::{self, Write};
+use std::io::Write;
 
 use uuid::Uuid;
 
 use super::{CliError, Outcome, Storage};
 use crate::events::log::read_after;
 use crate::events::verify::PAGE;
-use crate::events::StoredEvent;
-use crate::sync::wire::LogEvent;
-
-/// One line of an export: the event as `/sync/events` shows it, then `\n`.
-pub fn write_ndjson(out: &mut impl Write, event: StoredEvent) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, &LogEvent::from(event))?;
-    out.write_all(b"\n")
-}
+use crate::sync::wire::write_ndjson;
 
 /// Streams a user's log from one snapshot, a page at a time. Returns the
 /// number of events written.

@@ -229,11 +229,11 @@ impl From<StoredEvent> for LogEvent {
     }
 }
 
-/// Appends one event as a line of NDJSON (the export format: a [`LogEvent`] per line).
-pub fn write_ndjson(out: &mut Vec<u8>, event: StoredEvent) -> serde_json::Result<()> {
+/// Writes one event as a line of NDJSON: the export format of both
+/// `GET /account/export` and `echolia export` (a [`LogEvent`] per line).
+pub fn write_ndjson(out: &mut impl std::io::Write, event: StoredEvent) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, &LogEvent::from(event))?;
-    out.push(b'\n');
-    Ok(())
+    out.write_all(b"\n")
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
