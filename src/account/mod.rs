@@ -109,10 +109,14 @@ pub async fn delete(State(state): State<AppState>, auth: UserAuth) -> ApiResult<
     let user = auth.user_id;
     // Hold the user's write lock so no write lands while the files go.
     let writing = auth.db.begin_write().await?;
-    state.users.delete(user).await?;
+    // The directory rows first, in one transaction: if that fails nothing is
+    // gone and the client can retry; once it is done the user does not exist.
     let control = state.control.conn().await?;
-    control.execute("DELETE FROM users WHERE user_id = ?1", [user.to_string()]).await?;
-    crate::auth::pairing::store::delete_user(&control, user).await?;
+    let tx = control.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await?;
+    tx.execute("DELETE FROM users WHERE user_id = ?1", [user.to_string()]).await?;
+    crate::auth::pairing::store::delete_user(&tx, user).await?;
+    tx.commit().await?;
+    state.users.delete(user).await?;
     drop(writing);
     state.auth.statuses().forget_user(user);
     tracing::info!(%user, "account deleted");

@@ -92,7 +92,7 @@ pub async fn device_history(conn: &Connection, device: Uuid, since: u64, limit: 
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn history(auth: UserAuth, ApiPath(device): ApiPath<Uuid>, params: QueryParams) -> ApiResult<Json<History>> {
-    let since = params.number("since", 0, 0..=u64::MAX)?;
+    let since = params.cursor()?;
     let limit = params.number("limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
     let conn = auth.db.read().await?;
     if devices::load(&conn, device).await?.is_none() {

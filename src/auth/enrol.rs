@@ -74,20 +74,28 @@ pub async fn register(
     let (user_id, device_id) = (Uuid::new_v4(), Uuid::new_v4());
 
     let db = state.users.create(user_id).await?;
-    let mut tx = db.begin_write().await?;
-    devices::record(&mut tx, device_id, device_id, DeviceAction::Registered(profile), now).await?;
-    sessions::open(&tx, device_id, now).await?;
-    let tokens = state.auth.issue_session(&tx, user_id, device_id, now).await?;
-    tx.commit().await?;
+    let written = async {
+        let mut tx = db.begin_write().await?;
+        devices::record(&mut tx, device_id, device_id, DeviceAction::Registered(profile), now).await?;
+        sessions::open(&tx, device_id, now).await?;
+        let tokens = state.auth.issue_session(&tx, user_id, device_id, now).await?;
+        tx.commit().await?;
+        state.control.insert_user(user_id, now).await?;
+        Ok::<_, crate::store::StoreError>(tokens)
+    }
+    .await;
     drop(db);
 
-    if let Err(err) = state.control.insert_user(user_id, now).await {
-        // Without its directory row the user does not exist: take the database back.
-        if let Err(cleanup) = state.users.delete(user_id).await {
-            tracing::error!(error = %cleanup, %user_id, "could not remove the database of a failed registration");
+    let tokens = match written {
+        Ok(tokens) => tokens,
+        Err(err) => {
+            // A registration that did not finish leaves nothing behind.
+            if let Err(cleanup) = state.users.delete(user_id).await {
+                tracing::error!(error = %cleanup, %user_id, "could not remove the database of a failed registration");
+            }
+            return Err(err.into());
         }
-        return Err(err.into());
-    }
+    };
     tracing::info!(%user_id, %device_id, "user registered");
     Ok((StatusCode::CREATED, Json(tokens)))
 }
@@ -114,9 +122,7 @@ pub async fn pair_device(
 
     let mut tx = auth.db.begin_write().await?;
     // The approver may have been revoked since its token was checked.
-    if status::load(&tx, auth.device_id).await? != Some(status::DeviceStatus::Active) {
-        return Err(ApiError::unauthorized("device_revoked", "this device can no longer enrol devices"));
-    }
+    status::require_active_in(&tx, auth.device_id).await?;
     devices::record(&mut tx, auth.device_id, new_device, DeviceAction::Paired(profile), now).await?;
     sessions::open(&tx, new_device, now).await?;
     if let Some(envelope) = envelope {

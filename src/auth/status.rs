@@ -43,6 +43,18 @@ pub async fn load(conn: &Connection, device: Uuid) -> StoreResult<Option<DeviceS
     }))
 }
 
+/// Inside a write transaction: fails unless the device is still active, so
+/// nothing it sends commits after its revocation was acknowledged.
+pub async fn require_active_in(conn: &Connection, device: Uuid) -> crate::error::ApiResult<()> {
+    match load(conn, device).await? {
+        Some(DeviceStatus::Active) => Ok(()),
+        Some(DeviceStatus::TokensRevoked) => {
+            Err(crate::error::ApiError::unauthorized("token_revoked", "every token of this device has been revoked"))
+        }
+        _ => Err(crate::error::ApiError::unauthorized("device_revoked", "this device has been revoked")),
+    }
+}
+
 /// How long an `Active` entry is trusted without asking the database.
 const ACTIVE_TTL: Duration = Duration::from_secs(10);
 /// How often a device's `last_seen_at` is written at most.

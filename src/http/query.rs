@@ -11,6 +11,9 @@ use crate::error::{ApiError, ApiResult};
 
 pub struct QueryParams(HashMap<String, String>);
 
+/// The largest cursor a client may send: seqs are SQLite integers (i64).
+pub const MAX_CURSOR: u64 = i64::MAX as u64;
+
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     type Rejection = ApiError;
 
@@ -23,6 +26,11 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 }
 
 impl QueryParams {
+    /// The `since` cursor (default 0).
+    pub fn cursor(&self) -> ApiResult<u64> {
+        self.number("since", 0, 0..=MAX_CURSOR)
+    }
+
     pub fn raw(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }

@@ -58,12 +58,19 @@ impl UserDatabases {
     /// Closes (from the cache's side) and deletes a user's database. Handles
     /// still held by requests in flight refuse new work from then on.
     pub async fn delete(&self, user_id: Uuid) -> StoreResult<()> {
+        self.forget(user_id);
+        let deleted = self.backend.delete_user(user_id).await;
+        // A handle opened while the files were going is refused too.
+        self.forget(user_id);
+        deleted
+    }
+
+    fn forget(&self, user_id: Uuid) {
         if let Some(slot) = self.lock().pop(&user_id) {
             if let Some(db) = slot.get() {
                 db.mark_deleted();
             }
         }
-        self.backend.delete_user(user_id).await
     }
 
     /// How many user databases the cache holds open.

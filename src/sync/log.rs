@@ -32,7 +32,7 @@ pub async fn events(
     Accepts(format): Accepts,
     params: QueryParams,
 ) -> ApiResult<Response> {
-    let since = params.number("since", 0, 0..=u64::MAX)?;
+    let since = params.cursor()?;
     let limit = params.number("limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
     let conn = auth.db.read().await?;
     let snapshot = conn.transaction().await?;

@@ -36,7 +36,7 @@ pub struct PullQuery {
 impl PullQuery {
     fn parse(params: &QueryParams) -> ApiResult<Self> {
         Ok(PullQuery {
-            since: params.number("since", 0, 0..=u64::MAX)?,
+            since: params.cursor()?,
             limit: params.number("limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?,
             kinds: parse_kinds(params.raw("kinds"))?,
             wait: Duration::from_secs(params.number("wait", 0, 0..=MAX_WAIT_SECS)?),
@@ -88,6 +88,8 @@ pub async fn pull(
     let mut pushes = state.notifier.subscribe(auth.user_id);
     let deadline = tokio::time::Instant::now() + query.wait;
     loop {
+        // A long-poll re-checks its device on every pass: a revocation ends it.
+        state.auth.require_active(&auth.db, auth.device_id).await?;
         let page = read_page(&auth.db, &query).await?;
         if !page.changes.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(format.respond(StatusCode::OK, &page));

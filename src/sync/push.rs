@@ -6,12 +6,13 @@ use std::collections::{HashMap, HashSet};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SubsecRound, Utc};
 use libsql::Statement;
 use uuid::Uuid;
 
 use super::wire::{ClientEvent, HexHash, PushRequest, PushResponse, PushResult, PushStatus};
 use crate::app::AppState;
+use crate::auth::status::require_active_in;
 use crate::auth::UserAuth;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{log, Kind, NewEvent, Op};
@@ -50,6 +51,8 @@ pub async fn push(
     let now = state.clock.now();
 
     let mut tx = auth.db.begin_write().await?;
+    // The device may have been revoked while this request waited for the lock.
+    require_active_in(&tx, auth.device_id).await?;
     let results = apply_batch(&mut tx, auth.device_id, now, events).await?;
     let head = tx.head();
     tx.commit().await?;
@@ -95,6 +98,9 @@ fn validate_event(device: Uuid, index: usize, event: ClientEvent) -> ApiResult<N
     }
     if event.version.iter().any(|(_, counter)| *counter == 0) {
         return Err(ApiError::invalid_field(&field("version"), "counters must be at least 1"));
+    }
+    if !(0..=9999).contains(&event.client_time.year()) {
+        return Err(ApiError::invalid_field(&field("client_time"), "must be a time in the years 0000 to 9999"));
     }
     if event.version.get(&device) == 0 {
         return Err(ApiError::invalid_field(&field("version"), format!("must hold the pushing device {device}")));

@@ -146,6 +146,10 @@ async fn audit_history_lists_what_a_device_did() {
         "invalid_path",
     )
     .await;
+    let huge = format!("/audit/devices/{}/history?since=18446744073709551615", b.device_id);
+    assert_error(app.get(&huge, &a.access_token).await, StatusCode::BAD_REQUEST, "invalid_query").await;
+    let last = format!("/audit/devices/{}/history?since=9223372036854775807", b.device_id);
+    assert_eq!(app.get(&last, &a.access_token).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -59,6 +59,11 @@ async fn invalid_events_are_422_naming_index_and_field_and_append_nothing() {
     let mut e = good();
     e["aggregate_id"] = json!(12);
     cases.push((e, "aggregate_id"));
+    for far in ["+10000-01-01T00:00:00Z", "-0001-01-01T00:00:00Z", "9999-12-31T23:00:00-05:00"] {
+        let mut e = good();
+        e["client_time"] = json!(far);
+        cases.push((e, "client_time"));
+    }
 
     for (bad, field) in cases {
         // The bad event sits at index 2, after two good ones.
@@ -107,6 +112,7 @@ async fn bad_queries_are_400_and_a_cursor_ahead_is_409() {
     for query in [
         "since=abc",
         "since=-1",
+        "since=9223372036854775808",
         "limit=0",
         "limit=1001",
         "limit=ten",

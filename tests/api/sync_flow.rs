@@ -384,3 +384,21 @@ async fn a_graceful_stop_answers_waiting_long_polls() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(started.elapsed() < Duration::from_secs(5), "the stop did not wait for the long-poll to run out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_ends_a_waiting_long_poll() {
+    let app = spawn_app().await;
+    let (a, b, _) = three_devices(&app).await;
+    let head = app.pull(&b, "since=0").await["cursor"].as_u64().unwrap();
+    let waiting =
+        app.client.get(app.url(&format!("/sync/pull?since={head}&wait=30"))).bearer_auth(&b.access_token).send();
+    let waiter = tokio::spawn(waiting);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.delete(&format!("/auth/device/{}", b.device_id), &a.access_token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    app.push_ok(&a, &[event("entry", Uuid::new_v4(), "put", &[(a.device_id, 1)], Some(b"not for b"))]).await;
+    let resp = waiter.await.unwrap().unwrap();
+    assert_error(resp, StatusCode::UNAUTHORIZED, "device_revoked").await;
+}

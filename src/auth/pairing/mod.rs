@@ -260,28 +260,26 @@ pub async fn approve(
     }
     let Some(profile) = pairing.new_device.clone() else { return Err(not_found()) };
 
-    // Decide first (one conditional update), then create the device; undo the decision if that fails.
+    // Create the device in the user's transaction, then decide in the control
+    // database while still holding the user's write lock, then commit. The new
+    // device's collection takes that lock too, so it never sees a decision
+    // whose device is not committed.
     let new_device = Uuid::new_v4();
+    let mut tx = auth.db.begin_write().await?;
+    status::require_active_in(&tx, auth.device_id).await?;
+    devices::record(&mut tx, auth.device_id, new_device, DeviceAction::Paired(profile), now).await?;
+    sessions::open(&tx, new_device, now).await?;
+    let epoch = keys::current_epoch(&tx).await?;
+    keys::store_envelope(&tx, new_device, epoch, &envelope, now).await?;
     let control = state.control.conn().await?;
     if !store::approve(&control, &pairing, new_device, auth.device_id, &envelope, now, now + RESULT_TTL).await? {
         return Err(ApiError::conflict("pairing_already_decided", "this pairing was approved or rejected already"));
     }
-    let created = async {
-        let mut tx = auth.db.begin_write().await?;
-        if status::load(&tx, auth.device_id).await? != Some(status::DeviceStatus::Active) {
-            return Err(ApiError::unauthorized("device_revoked", "this device can no longer approve pairings"));
+    if let Err(err) = tx.commit().await {
+        if let Err(undo) = store::unapprove(&control, &pairing).await {
+            tracing::error!(error = %undo, %pairing_id, "could not undo the approval of a pairing whose device failed");
         }
-        devices::record(&mut tx, auth.device_id, new_device, DeviceAction::Paired(profile), now).await?;
-        sessions::open(&tx, new_device, now).await?;
-        let epoch = keys::current_epoch(&tx).await?;
-        keys::store_envelope(&tx, new_device, epoch, &envelope, now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-    .await;
-    if let Err(err) = created {
-        store::unapprove(&control, &pairing).await?;
-        return Err(err);
+        return Err(err.into());
     }
     state.pairing_updates.notify(pairing_id, 1);
     tracing::info!(%pairing_id, new_device_id = %new_device, "pairing approved");
@@ -414,15 +412,23 @@ async fn deliver(
     let issued = async {
         let db = state.users.get(pairing.user_id).await?;
         let tx = db.begin_write().await?;
+        if status::load(&tx, device).await? != Some(status::DeviceStatus::Active) {
+            // Its approval did not commit (or it was revoked since): nothing to hand out.
+            return Ok(None);
+        }
         let approver_key =
             device_view::load(&tx, approver).await?.map(|row| row.profile.public_key).unwrap_or_default();
         let tokens = state.auth.issue_session(&tx, pairing.user_id, device, now).await?;
         tx.commit().await?;
-        Ok::<_, crate::store::StoreError>((tokens, approver_key))
+        Ok::<_, crate::store::StoreError>(Some((tokens, approver_key)))
     }
     .await;
     match issued {
-        Ok((tokens, approver_public_key)) => {
+        Ok(None) => {
+            store::unmark_delivered(control, &pairing).await?;
+            Err(not_found())
+        }
+        Ok(Some((tokens, approver_public_key))) => {
             tracing::info!(pairing_id = %pairing.pairing_id, "pairing result delivered");
             Ok(Json(PairingResult {
                 tokens,

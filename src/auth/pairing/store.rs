@@ -167,7 +167,7 @@ pub async fn approve(
 pub async fn unapprove(conn: &Connection, pairing: &Pairing) -> StoreResult<()> {
     conn.execute(
         "UPDATE pairings SET status = 'claimed', new_device_id = NULL, approver_device = NULL, key_envelope = NULL, \
-         expires_at = ?2 WHERE pairing_id = ?1 AND status = 'approved'",
+         delivered_at = NULL, expires_at = ?2 WHERE pairing_id = ?1 AND status = 'approved'",
         libsql::params![pairing.pairing_id.to_string(), pairing.expires_at.timestamp_millis()],
     )
     .await?;
