@@ -15,10 +15,11 @@ use crate::auth::UserAuth;
 use crate::clock::parse_rfc3339;
 use crate::error::ApiResult;
 use crate::events::append::read_head;
-use crate::events::log::read_after;
+use crate::events::log::{page_len, read_after};
 use crate::ops::openapi::ErrorResponse;
 use crate::projection::devices;
 use crate::store::{query_opt, StoreError};
+use crate::sync::pull::MAX_PAGE_PAYLOAD_BYTES;
 use crate::sync::wire::write_ndjson;
 
 /// Events read per chunk of an export.
@@ -82,7 +83,8 @@ pub async fn export(auth: UserAuth) -> ApiResult<Response> {
                 return Ok::<_, StoreError>(None);
             }
             let conn = db.read().await?;
-            let events = read_after(&conn, since, EXPORT_PAGE.min(head - since)).await?;
+            let (count, _) = page_len(&conn, since, EXPORT_PAGE.min(head - since), MAX_PAGE_PAYLOAD_BYTES).await?;
+            let events = read_after(&conn, since, count).await?;
             let Some(last) = events.last().map(|e| e.seq) else { return Ok(None) };
             let mut chunk = Vec::with_capacity(events.len() * 256);
             for event in events {

@@ -121,6 +121,29 @@ pub async fn read_filtered(
     Ok(events)
 }
 
+/// How many of the next `limit` events after `since` make a page: it ends
+/// once it holds `byte_budget` bytes of payload (so always at least one
+/// event). Also whether more events follow. Keeps a page of large payloads
+/// from being read into memory whole.
+pub async fn page_len(conn: &Connection, since: u64, limit: u64, byte_budget: u64) -> StoreResult<(u64, bool)> {
+    let mut rows = conn
+        .query(
+            "SELECT coalesce(length(payload), 0) FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            (since, limit + 1),
+        )
+        .await?;
+    let (mut fits, mut bytes) = (0u64, 0u64);
+    while let Some(row) = rows.next().await? {
+        let size: u64 = row.get(0)?;
+        if fits == limit || bytes >= byte_budget {
+            return Ok((fits, true));
+        }
+        fits += 1;
+        bytes += size;
+    }
+    Ok((fits, false))
+}
+
 /// The event at `seq`, if any.
 pub async fn read_one(conn: &Connection, seq: u64) -> StoreResult<Option<StoredEvent>> {
     let mut rows = conn.query(&format!("SELECT {COLUMNS} FROM events WHERE seq = ?1"), [seq]).await?;

@@ -4,11 +4,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::pull::{cursor_ahead, head_of, DEFAULT_LIMIT, MAX_LIMIT};
+use super::pull::{cursor_ahead, head_of, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_PAYLOAD_BYTES};
 use super::wire::{EventsResponse, LogEvent};
 use crate::auth::UserAuth;
 use crate::error::ApiResult;
-use crate::events::log::read_after;
+use crate::events::log::{page_len, read_after};
 use crate::http::codec::Accepts;
 use crate::http::QueryParams;
 use crate::ops::openapi::ErrorResponse;
@@ -40,9 +40,8 @@ pub async fn events(
     if since > head.seq {
         return Err(cursor_ahead(since, head));
     }
-    let mut events = read_after(&snapshot, since, limit + 1).await?;
-    let has_more = events.len() as u64 > limit;
-    events.truncate(limit as usize);
+    let (count, has_more) = page_len(&snapshot, since, limit, MAX_PAGE_PAYLOAD_BYTES).await?;
+    let events = read_after(&snapshot, since, count).await?;
     let cursor = events.last().map_or(since, |e| e.seq);
     snapshot.commit().await?;
     let body = EventsResponse { events: events.into_iter().map(LogEvent::from).collect(), cursor, has_more };

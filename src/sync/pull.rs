@@ -23,6 +23,10 @@ use crate::store::{StoreResult, UserDb};
 pub const MAX_LIMIT: u64 = 1000;
 pub const DEFAULT_LIMIT: u64 = 500;
 pub const MAX_WAIT_SECS: u64 = 60;
+/// A page ends once it holds this many payload bytes (so it holds at most
+/// this plus one item's): with up to 1,000 items of up to 1 MiB each,
+/// `limit` alone would not bound memory.
+pub const MAX_PAGE_PAYLOAD_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A parsed pull request.
 #[derive(Debug, Clone)]
@@ -111,19 +115,22 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<PullResponse
         return Err(cursor_ahead(query.since, head));
     }
     let mut rows = views::changed_since(&snapshot, query.since, query.limit + 1, &query.kinds).await?;
-    let has_more = rows.len() as u64 > query.limit;
+    let mut has_more = rows.len() as u64 > query.limit;
     rows.truncate(query.limit as usize);
-    let cursor = match rows.last() {
-        Some(last) if has_more => last.updated_seq,
-        _ => head.seq,
-    };
     let payload = snapshot.prepare("SELECT payload FROM events WHERE seq = ?1").await?;
     let mut changes = Vec::with_capacity(rows.len());
+    let (total, mut bytes, mut last_seq) = (rows.len(), 0u64, 0u64);
     for row in rows {
+        if bytes >= MAX_PAGE_PAYLOAD_BYTES && changes.len() < total {
+            has_more = true;
+            break;
+        }
+        last_seq = row.updated_seq;
         let mut heads = Vec::with_capacity(row.heads.len());
         for head in row.heads {
-            let bytes = payload_of(&payload, head.seq).await?;
-            heads.push(HeadView::new(head, bytes));
+            let payload = payload_of(&payload, head.seq).await?;
+            bytes += payload.as_ref().map_or(0, |p| p.len() as u64);
+            heads.push(HeadView::new(head, payload));
         }
         changes.push(Change {
             kind: row.kind,
@@ -137,6 +144,7 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<PullResponse
     }
     drop(payload);
     snapshot.commit().await?;
+    let cursor = if has_more { last_seq } else { head.seq };
     Ok(PullResponse { changes, cursor, has_more, head_hash: HexHash(head.hash) })
 }
 

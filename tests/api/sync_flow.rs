@@ -402,3 +402,29 @@ async fn a_revocation_ends_a_waiting_long_poll() {
     let resp = waiter.await.unwrap().unwrap();
     assert_error(resp, StatusCode::UNAUTHORIZED, "device_revoked").await;
 }
+
+#[tokio::test]
+async fn pages_of_large_payloads_are_cut_at_8_mib() {
+    let app = spawn_app().await;
+    let a = app.register().await;
+    let big = vec![5u8; 1024 * 1024];
+    let batch: Vec<Value> =
+        (0..10).map(|_| event("entry", Uuid::new_v4(), "put", &[(a.device_id, 1)], Some(&big))).collect();
+    app.push_ok(&a, &batch).await;
+
+    let first = app.pull(&a, "since=0&limit=1000").await;
+    assert_eq!(first["changes"].as_array().unwrap().len(), 8, "8 MiB of payloads, then a new page");
+    assert_eq!(first["has_more"], true);
+    let rest = app.pull(&a, &format!("since={}&limit=1000", first["cursor"])).await;
+    assert_eq!(rest["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(rest["has_more"], false);
+
+    let events: Value = app.get("/sync/events?limit=1000", &a.access_token).await.json().await.unwrap();
+    assert_eq!(events["has_more"], true);
+    let listed = events["events"].as_array().unwrap().len();
+    assert_eq!(listed, 9, "the registration event and 8 MiB of payloads");
+    let more: Value =
+        app.get(&format!("/sync/events?since={}", events["cursor"]), &a.access_token).await.json().await.unwrap();
+    assert_eq!(more["events"].as_array().unwrap().len(), 2);
+    assert_eq!(more["has_more"], false);
+}
