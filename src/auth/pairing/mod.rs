@@ -165,7 +165,8 @@ pub async fn start(State(state): State<AppState>, auth: UserAuth) -> ApiResult<(
     }
     let pairing_id = Uuid::new_v4();
     let expires_at = now + PAIRING_TTL;
-    loop {
+    // A fresh 40-bit code collides with a kept one about never; retry a few times all the same.
+    for _ in 0..8 {
         let code = code::generate();
         if store::insert(&conn, pairing_id, auth.user_id, auth.device_id, code::hash(&code), now, expires_at).await? {
             tracing::info!(%pairing_id, "pairing opened");
@@ -175,6 +176,7 @@ pub async fn start(State(state): State<AppState>, auth: UserAuth) -> ApiResult<(
             ));
         }
     }
+    Err(ApiError::internal("no free pairing code after 8 attempts"))
 }
 
 /// Step 2: the new device claims the code.
