@@ -8,8 +8,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use uuid::Uuid;
 
+use super::sessions;
 use super::tokens::TokenType;
-use super::{sessions, user_db_for_token};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{StoreError, UserDb};
@@ -28,7 +28,8 @@ impl FromRequestParts<AppState> for UserAuth {
         let token = bearer_token(parts)?;
         let now = state.clock.now();
         let claims = state.auth.keys().verify(token, TokenType::Access, now)?;
-        let db = user_db_for_token(state, claims.sub).await?;
+        // A deleted account's database is gone: StoreError::UserNotFound answers 401.
+        let db = state.users.get(claims.sub).await?;
         state.auth.require_active(&db, claims.did).await?;
 
         let span = tracing::Span::current();

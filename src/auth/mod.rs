@@ -24,7 +24,7 @@ pub use extractor::UserAuth;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{StoreError, StoreResult, UserDb};
+use crate::store::{StoreResult, UserDb};
 use status::{DeviceStatus, StatusCache};
 use tokens::{TokenKeys, TokenType, ACCESS_TTL};
 
@@ -109,17 +109,6 @@ impl Auth {
             )),
             None => Err(ApiError::unauthorized("invalid_token", "the token names an unknown device")),
         }
-    }
-}
-
-/// The user database a token names; a deleted account's tokens are 401.
-pub async fn user_db_for_token(state: &AppState, user: Uuid) -> ApiResult<std::sync::Arc<UserDb>> {
-    match state.users.get(user).await {
-        Ok(db) => Ok(db),
-        Err(StoreError::UserNotFound(_)) => {
-            Err(ApiError::unauthorized("invalid_token", "the token names an account that does not exist"))
-        }
-        Err(err) => Err(err.into()),
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::sessions::{self, RefreshState};
 use super::status::{self, DeviceStatus};
 use super::tokens::TokenType;
-use super::{user_db_for_token, TokenResponse};
+use super::TokenResponse;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::http::ApiJson;
@@ -37,7 +37,7 @@ pub async fn refresh(
     let span = tracing::Span::current();
     span.record("user_id", tracing::field::display(claims.sub));
     span.record("device_id", tracing::field::display(claims.did));
-    let db = user_db_for_token(&state, claims.sub).await?;
+    let db = state.users.get(claims.sub).await?;
 
     let tx = db.begin_write().await?;
     match status::load(&tx, claims.did).await? {

@@ -4,10 +4,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::pull::{cursor_ahead, head_of, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_PAYLOAD_BYTES};
+use super::pull::{cursor_ahead, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_PAYLOAD_BYTES};
 use super::wire::{EventsResponse, LogEvent};
 use crate::auth::UserAuth;
 use crate::error::ApiResult;
+use crate::events::append::read_head;
 use crate::events::log::{page_len, read_after};
 use crate::http::codec::Accepts;
 use crate::http::QueryParams;
@@ -36,7 +37,7 @@ pub async fn events(
     let limit = params.number("limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
     let conn = auth.db.read().await?;
     let snapshot = conn.transaction().await?;
-    let head = head_of(&snapshot).await?;
+    let head = read_head(&snapshot).await?;
     if since > head.seq {
         return Err(cursor_ahead(since, head));
     }

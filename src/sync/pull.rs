@@ -6,7 +6,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use libsql::Connection;
 
 use super::wire::{Change, HeadView, HexHash, PullResponse};
 use crate::app::AppState;
@@ -162,9 +161,4 @@ async fn payload_of(stmt: &libsql::Statement, seq: u64) -> StoreResult<Option<Ve
 
 pub fn cursor_ahead(since: u64, head: Head) -> ApiError {
     ApiError::conflict("cursor_ahead", format!("since={since} is beyond the log head {}; resync from 0", head.seq))
-}
-
-/// The head, for handlers that only need it.
-pub async fn head_of(conn: &Connection) -> StoreResult<Head> {
-    read_head(conn).await
 }
