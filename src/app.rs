@@ -1,6 +1,6 @@
 //! The application: shared state, the router, and the server loop.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use crate::auth::{self, Auth};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{self, Metrics};
 use crate::ops::{health, openapi::ApiDoc, telemetry};
 use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
 use crate::sync::{
@@ -99,6 +99,8 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(CatchPanicLayer::custom(|_panic| ApiError::internal("a handler panicked").into_response()))
+        // Outermost, so it sees every answer (a caught panic's 500 too).
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::requests::track))
         .with_state(state)
 }
 
@@ -110,21 +112,59 @@ async fn method_not_allowed() -> ApiError {
     ApiError::client(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
 }
 
-/// Serves until `shutdown` resolves, then answers waiting long-polls and
-/// finishes the requests in flight.
+/// The two sockets the server answers on: the API (`BIND_ADDR`) and
+/// Prometheus metrics (`METRICS_ADDR`), which the API port never serves.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub metrics: TcpListener,
+}
+
+/// A listener that could not be opened, naming its variable.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({variable}): {source}")]
+pub struct BindError {
+    pub variable: &'static str,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+impl Listeners {
+    /// Binds `BIND_ADDR` and `METRICS_ADDR` (port 0 picks a free port).
+    pub async fn bind(config: &Config) -> Result<Self, BindError> {
+        let bind = |variable, addr| async move {
+            TcpListener::bind(addr).await.map_err(|source| BindError { variable, addr, source })
+        };
+        Ok(Self {
+            api: bind("BIND_ADDR", config.bind_addr).await?,
+            metrics: bind("METRICS_ADDR", config.metrics_addr).await?,
+        })
+    }
+
+    /// The addresses actually bound: (API, metrics).
+    pub fn local_addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.api.local_addr()?, self.metrics.local_addr()?))
+    }
+}
+
+/// Serves the API and the metrics listener until `shutdown` resolves, then
+/// answers waiting long-polls, finishes the requests in flight, and stops both.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stopping = state.shutdown.clone();
+    let metrics_app = metrics::router(state.clone());
+    let metrics_stop = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.trigger();
-        })
-        .await
+    let api = axum::serve(listeners.api, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        stopping.trigger();
+    });
+    let metrics =
+        axum::serve(listeners.metrics, metrics_app).with_graceful_shutdown(async move { metrics_stop.wait().await });
+    tokio::try_join!(api.into_future(), metrics.into_future())?;
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

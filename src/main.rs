@@ -175,7 +175,6 @@ async fn operate(config: Config, operation: Operation) -> Result<Outcome, CliErr
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let bind_addr = config.bind_addr;
     let state = match AppState::build(config, Arc::new(SystemClock)).await {
         Ok(state) => state,
         Err(err) => {
@@ -184,20 +183,21 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(bind_addr).await {
-        Ok(listener) => listener,
+    let listeners = match app::Listeners::bind(&state.config).await {
+        Ok(listeners) => listeners,
         Err(err) => {
-            eprintln!("echolia: cannot listen on {bind_addr} (BIND_ADDR): {err}");
+            eprintln!("echolia: {err}");
             return ExitCode::FAILURE;
         }
     };
     tracing::info!(
-        addr = %bind_addr,
+        addr = %state.config.bind_addr,
+        metrics_addr = %state.config.metrics_addr,
         environment = ?state.config.environment,
         data_dir = %state.config.data_dir.display(),
         "echolia listening"
     );
-    match app::serve(listener, state, app::shutdown_signal()).await {
+    match app::serve(listeners, state, app::shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

@@ -31,6 +31,7 @@ impl FromRequestParts<AppState> for UserAuth {
         // A deleted account's database is gone: StoreError::UserNotFound answers 401.
         let db = state.users.get(claims.sub).await?;
         state.auth.require_active(&db, claims.did).await?;
+        state.metrics.user_active(claims.sub, now);
 
         let span = tracing::Span::current();
         span.record("user_id", tracing::field::display(claims.sub));

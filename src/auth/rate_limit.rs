@@ -13,6 +13,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::ClientIp;
+use crate::ops::metrics::Limiter;
 
 /// Past this many tracked addresses, idle ones are forgotten.
 const MAX_TRACKED: usize = 10_000;
@@ -46,19 +47,23 @@ pub async fn limit_registrations(
     req: Request,
     next: Next,
 ) -> Response {
-    enforce(&state, &state.register_limiter, ip, req, next).await
+    enforce(&state, Limiter::Register, ip, req, next).await
 }
 
 /// Middleware for `POST /auth/pairing/claim`: every guess at a code counts.
 pub async fn limit_claims(State(state): State<AppState>, ClientIp(ip): ClientIp, req: Request, next: Next) -> Response {
-    enforce(&state, &state.claim_limiter, ip, req, next).await
+    enforce(&state, Limiter::PairingClaim, ip, req, next).await
 }
 
-async fn enforce(state: &AppState, limiter: &IpRateLimiter, ip: IpAddr, req: Request, next: Next) -> Response {
+async fn enforce(state: &AppState, which: Limiter, ip: IpAddr, req: Request, next: Next) -> Response {
+    let limiter = match which {
+        Limiter::Register => &state.register_limiter,
+        Limiter::PairingClaim => &state.claim_limiter,
+    };
     match limiter.check(ip) {
         Ok(()) => next.run(req).await,
         Err(err) => {
-            state.metrics.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.metrics.rate_limited(which);
             tracing::info!("rate limited");
             err.into_response()
         }

@@ -41,6 +41,14 @@ impl Backend {
         }
     }
 
+    /// Bytes every database takes: the control database and all user
+    /// databases, with their WALs. Walks the directory: callers cache it.
+    pub async fn storage_bytes(&self) -> StoreResult<u64> {
+        match self {
+            Self::Local(local) => local.total_storage_bytes().await,
+        }
+    }
+
     /// Removes a user's database for good.
     pub async fn delete_user(&self, user_id: Uuid) -> StoreResult<()> {
         match self {
@@ -108,6 +116,29 @@ impl LocalBackend {
             total += tokio::fs::metadata(&file).await.map_or(0, |meta| meta.len());
         }
         total
+    }
+
+    async fn total_storage_bytes(&self) -> StoreResult<u64> {
+        let (control, users) = (self.control_path(), self.users_dir());
+        let walk = move || -> std::io::Result<u64> {
+            let size = |path: &Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
+            let mut total = size(&control) + size(&PathBuf::from(format!("{}-wal", control.display())));
+            for entry in std::fs::read_dir(&users)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.ends_with(".db") || name.ends_with(".db-wal") {
+                    // A file deleted since the listing counts as empty.
+                    total += entry.metadata().map_or(0, |meta| meta.len());
+                }
+            }
+            Ok(total)
+        };
+        let context = || format!("measuring {}", self.users_dir().display());
+        match tokio::task::spawn_blocking(walk).await {
+            Ok(result) => result.map_err(|err| StoreError::io(context(), err)),
+            Err(join) => Err(StoreError::io(context(), std::io::Error::other(join))),
+        }
     }
 
     async fn delete_user(&self, user_id: Uuid) -> StoreResult<()> {

@@ -40,6 +40,15 @@ impl ControlDb {
         Ok(())
     }
 
+    /// How many users the directory holds (each has one user database).
+    pub async fn user_count(&self) -> StoreResult<u64> {
+        let row = query_opt(&self.conn().await?, "SELECT count(*) FROM users", ()).await?;
+        Ok(match row {
+            Some(row) => row.get(0)?,
+            None => 0,
+        })
+    }
+
     /// Every user in the directory, in id order.
     pub async fn user_ids(&self) -> StoreResult<Vec<Uuid>> {
         let conn = self.conn().await?;

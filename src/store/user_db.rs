@@ -1,7 +1,7 @@
 //! One user's database: a handle to read from, and the single write path.
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 
 use chrono::{DateTime, Utc};
@@ -24,6 +24,9 @@ pub struct UserDb {
     idle: Arc<SyncMutex<Vec<Connection>>>,
     /// Set when the account is deleted: no new unit of work may start.
     deleted: AtomicBool,
+    /// Events committed to this log, shared with whoever counts them
+    /// (the [`super::UserDatabases`] that opened it).
+    appended: Arc<AtomicU64>,
 }
 
 /// Idle connections kept per open user database.
@@ -40,7 +43,14 @@ impl UserDb {
             write_lock: Arc::new(Mutex::new(())),
             idle: Arc::default(),
             deleted: AtomicBool::new(false),
+            appended: Arc::default(),
         })
+    }
+
+    /// Counts the events this database commits into `appended` too.
+    pub(super) fn counting_appends_into(mut self, appended: Arc<AtomicU64>) -> Self {
+        self.appended = appended;
+        self
     }
 
     pub fn user_id(&self) -> Uuid {
@@ -83,7 +93,7 @@ impl UserDb {
         let guard = self.write_lock.clone().lock_owned().await;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await?;
         let head = read_head(&tx).await?;
-        Ok(WriteTx { insert: None, tx, head, _conn: None, _guard: guard })
+        Ok(WriteTx { insert: None, tx, head, appended: 0, counter: self.appended.clone(), _conn: None, _guard: guard })
     }
 }
 
@@ -95,6 +105,9 @@ pub struct WriteTx {
     insert: Option<Statement>,
     tx: Transaction,
     head: Head,
+    /// Events appended in this transaction; they count once it commits.
+    appended: u64,
+    counter: Arc<AtomicU64>,
     /// The pooled connection under `tx`, returned to the pool after it.
     _conn: Option<PooledConn>,
     _guard: OwnedMutexGuard<()>,
@@ -113,7 +126,9 @@ impl WriteTx {
             self.insert = Some(prepare_insert(&self.tx).await?);
         }
         let insert = self.insert.as_ref().unwrap_or_else(|| unreachable!("prepared above"));
-        append(insert, &mut self.head, device_id, received_at, event).await
+        let stored = append(insert, &mut self.head, device_id, received_at, event).await?;
+        self.appended += 1;
+        Ok(stored)
     }
 
     pub fn head(&self) -> Head {
@@ -123,6 +138,7 @@ impl WriteTx {
     pub async fn commit(mut self) -> StoreResult<()> {
         self.insert = None;
         self.tx.commit().await?;
+        self.counter.fetch_add(self.appended, Ordering::Relaxed);
         Ok(())
     }
 }

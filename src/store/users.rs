@@ -3,6 +3,7 @@
 //! next request reopens it transparently.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
@@ -16,11 +17,13 @@ type Slot = Arc<OnceCell<Arc<UserDb>>>;
 pub struct UserDatabases {
     backend: Backend,
     open: Mutex<LruCache<Uuid, Slot>>,
+    /// Events committed through any database this manager opened.
+    appended: Arc<AtomicU64>,
 }
 
 impl UserDatabases {
     pub fn new(backend: Backend, max_open: NonZeroUsize) -> Self {
-        Self { backend, open: Mutex::new(LruCache::new(max_open)) }
+        Self { backend, open: Mutex::new(LruCache::new(max_open)), appended: Arc::default() }
     }
 
     pub fn backend(&self) -> &Backend {
@@ -31,10 +34,7 @@ impl UserDatabases {
     /// there is none. Concurrent callers share one open.
     pub async fn get(&self, user_id: Uuid) -> StoreResult<Arc<UserDb>> {
         let slot = self.lock().get_or_insert(user_id, || Arc::new(OnceCell::new())).clone();
-        let opened = slot
-            .get_or_try_init(|| async { UserDb::open(&self.backend, user_id, false).await.map(Arc::new) })
-            .await
-            .cloned();
+        let opened = slot.get_or_try_init(|| async { self.open_counted(user_id).await.map(Arc::new) }).await.cloned();
         if opened.is_err() {
             // Do not let a failed open hold a place in the cache.
             let mut open = self.lock();
@@ -49,10 +49,15 @@ impl UserDatabases {
     /// the create flag, so no later connection can ever recreate a deleted file.
     pub async fn create(&self, user_id: Uuid) -> StoreResult<Arc<UserDb>> {
         drop(UserDb::open(&self.backend, user_id, true).await?);
-        let db = Arc::new(UserDb::open(&self.backend, user_id, false).await?);
+        let db = Arc::new(self.open_counted(user_id).await?);
         let slot = Arc::new(OnceCell::new_with(Some(db.clone())));
         self.lock().put(user_id, slot);
         Ok(db)
+    }
+
+    async fn open_counted(&self, user_id: Uuid) -> StoreResult<UserDb> {
+        let db = UserDb::open(&self.backend, user_id, false).await?;
+        Ok(db.counting_appends_into(self.appended.clone()))
     }
 
     /// Closes (from the cache's side) and deletes a user's database. Handles
@@ -76,6 +81,11 @@ impl UserDatabases {
     /// How many user databases the cache holds open.
     pub fn open_count(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Events appended (and committed) through these databases since start.
+    pub fn events_appended(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, LruCache<Uuid, Slot>> {

@@ -86,21 +86,32 @@ pub async fn pull(
     params: QueryParams,
 ) -> ApiResult<Response> {
     let query = PullQuery::parse(&params)?;
+    let page = wait_for_page(&state, &auth, &query).await?;
+    state.metrics.pull_answered();
+    Ok(format.respond(StatusCode::OK, &page))
+}
+
+/// The first page with changes, or the empty one once `wait` ends (or the
+/// server stops, or the user's channel goes).
+async fn wait_for_page(state: &AppState, auth: &UserAuth, query: &PullQuery) -> ApiResult<PullResponse> {
     // Subscribe before the first read, so a push between the read and the
     // wait is not missed.
     let mut pushes = state.notifier.subscribe(auth.user_id);
     let deadline = tokio::time::Instant::now() + query.wait;
+    // Counted as waiting from the first wait until this returns or is dropped.
+    let mut waiting = None;
     loop {
         // A long-poll re-checks its device on every pass: a revocation ends it.
         state.auth.require_active(&auth.db, auth.device_id).await?;
-        let page = read_page(&auth.db, &query).await?;
+        let page = read_page(&auth.db, query).await?;
         if !page.changes.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(format.respond(StatusCode::OK, &page));
+            return Ok(page);
         }
+        waiting.get_or_insert_with(|| state.metrics.long_poll_waiting());
         tokio::select! {
-            woke = pushes.changed() => if woke.is_err() { return Ok(format.respond(StatusCode::OK, &page)) },
-            () = tokio::time::sleep_until(deadline) => return Ok(format.respond(StatusCode::OK, &page)),
-            () = state.shutdown.wait() => return Ok(format.respond(StatusCode::OK, &page)),
+            woke = pushes.changed() => if woke.is_err() { return Ok(page) },
+            () = tokio::time::sleep_until(deadline) => return Ok(page),
+            () = state.shutdown.wait() => return Ok(page),
         }
     }
 }

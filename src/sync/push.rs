@@ -57,6 +57,8 @@ pub async fn push(
     let head = tx.head();
     tx.commit().await?;
     state.notifier.notify(auth.user_id, head.seq);
+    let conflicts = results.iter().filter(|result| result.status == PushStatus::Conflict).count();
+    state.metrics.conflicts_created(conflicts as u64);
 
     let body = PushResponse { cursor: head.seq, head_hash: HexHash(head.hash), results };
     Ok(format.respond(StatusCode::OK, &body))

@@ -56,9 +56,13 @@ fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
 #[tokio::test]
 async fn the_binary_serves_logs_json_without_secrets_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child =
-        echolia(dir.path()).env("BIND_ADDR", format!("127.0.0.1:{port}")).env("LOG_FORMAT", "json").spawn().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut child = echolia(dir.path())
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("LOG_FORMAT", "json")
+        .spawn()
+        .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     wait_for_health(&client, &base, &mut child).await;
@@ -78,6 +82,11 @@ async fn the_binary_serves_logs_json_without_secrets_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    let resp = client.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the binary serves metrics on METRICS_ADDR");
+    let scrape = resp.text().await.unwrap();
+    assert!(scrape.contains("echolia_user_databases 1\n"), "{scrape}");
+    assert!(scrape.contains("route=\"/auth/register\",method=\"POST\",status=\"201\"} 1\n"), "{scrape}");
 
     let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(status.success());
@@ -112,4 +121,18 @@ fn bad_configuration_stops_the_binary_naming_the_variable() {
     let output = echolia(dir.path()).env("BIND_ADDR", "somewhere").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("BIND_ADDR"));
+}
+
+#[test]
+fn a_metrics_port_in_use_stops_the_binary_naming_metrics_addr() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = echolia(dir.path())
+        .env("BIND_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("METRICS_ADDR", taken.local_addr().unwrap().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("METRICS_ADDR") && stderr.contains("cannot listen"), "{stderr}");
 }

@@ -36,6 +36,7 @@ async fn start(dir: &Path) -> Server {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATA_DIR", dir)
         .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("REGISTER_RATE_LIMIT", "1000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -21,6 +21,8 @@ pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` answers (`METRICS_ADDR`, a port of its own).
+    pub metrics_addr: SocketAddr,
     pub client: reqwest::Client,
     pub dir: Arc<TempDir>,
     pub clock: Arc<ManualClock>,
@@ -69,6 +71,8 @@ async fn start(dir: Arc<TempDir>, overrides: Vec<(String, String)>, clock: Arc<M
         ("DATA_DIR".into(), dir.path().display().to_string()),
         ("JWT_SECRET".into(), JWT_SECRET.into()),
         ("REGISTER_RATE_LIMIT".into(), "100000".into()),
+        ("BIND_ADDR".into(), "127.0.0.1:0".into()),
+        ("METRICS_ADDR".into(), "127.0.0.1:0".into()),
     ]);
     for (key, value) in &overrides {
         env.insert(key.clone(), value.clone());
@@ -76,12 +80,12 @@ async fn start(dir: Arc<TempDir>, overrides: Vec<(String, String)>, clock: Arc<M
     env.retain(|_, value| !value.is_empty());
     let config = Config::from_lookup(|name| env.get(name).cloned()).unwrap();
     let state = AppState::build(config, clock.clone()).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listeners = app::Listeners::bind(&state.config).await.unwrap();
+    let (addr, metrics_addr) = listeners.local_addrs().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let server_state = state.clone();
     let server = tokio::spawn(async move {
-        app::serve(listener, server_state, async {
+        app::serve(listeners, server_state, async {
             let _ = rx.await;
         })
         .await
@@ -89,6 +93,7 @@ async fn start(dir: Arc<TempDir>, overrides: Vec<(String, String)>, clock: Arc<M
     });
     TestApp {
         addr,
+        metrics_addr,
         client: reqwest::Client::new(),
         dir,
         clock,
@@ -102,6 +107,15 @@ async fn start(dir: Arc<TempDir>, overrides: Vec<(String, String)>, clock: Arc<M
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The body of `GET /metrics` on the metrics listener.
+    pub async fn scrape(&self) -> String {
+        let resp = self.client.get(format!("http://{}/metrics", self.metrics_addr)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+        resp.text().await.unwrap()
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -216,7 +216,7 @@ async fn wrong_codes_tokens_users_and_repeats_are_refused() {
     let desktop = app.register().await;
     let stranger = app.register().await;
     let phone = NewDevice::new();
-    let failures = || app.state.metrics.pairing_failures.load(std::sync::atomic::Ordering::Relaxed);
+    let failures = || app.state.metrics.pairing_failures();
 
     assert_error(claim(&app, &phone.claim_body("ZZZZ-ZZZZ")).await, StatusCode::NOT_FOUND, "pairing_not_found").await;
     assert_error(claim(&app, &phone.claim_body("not a code")).await, StatusCode::NOT_FOUND, "pairing_not_found").await;

@@ -195,7 +195,7 @@ pub async fn claim(
     let device = profile(req.device_name, req.device_type, req.platform, req.public_key, req.capabilities)?;
     let now = state.clock.now();
     let failed = || {
-        state.metrics.pairing_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        state.metrics.pairing_failed();
         tracing::info!("pairing claim failed");
         not_found()
     };
