@@ -69,7 +69,11 @@ approving or rejecting a decided one is 409 `pairing_already_decided` (rejecting
 - The key epoch starts at 1. `GET /auth/keys` answers `key_envelope: null` for a device that holds the \
 user key itself (the first device, before any rotation).\n\
 - `GET /account/export` streams the log up to its head at the time of the request; `devices` in \
-`GET /account` counts devices not revoked; `tier` is `free` until subscriptions exist.",
+`GET /account` counts devices not revoked; `tier` is `free` until subscriptions exist.\n\
+\n\
+Operations: `GET /metrics` (Prometheus text) is served on its own listener, `METRICS_ADDR` (default \
+127.0.0.1:9090), never on this API's port (here it is 404 like any unknown path), so it is not part of \
+this document.",
         license(name = "AGPL-3.0-only"),
     ),
     paths(
@@ -106,7 +110,7 @@ user key itself (the first device, before any rotation).\n\
         (name = "audit", description = "What each device did (metadata only)"),
         (name = "account", description = "Account info, export, deletion"),
         (name = "sync", description = "Push event batches, pull changes since a cursor (JSON or MessagePack)"),
-        (name = "operations", description = "Health"),
+        (name = "operations", description = "Health (Prometheus metrics are on METRICS_ADDR, not this API)"),
     )
 )]
 pub struct ApiDoc;

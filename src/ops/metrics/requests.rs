@@ -75,35 +75,30 @@ impl RequestMetrics {
 
     /// Writes `echolia_http_requests_total` and `echolia_http_request_duration_seconds`.
     pub fn render(&self, text: &mut Exposition) {
-        let mut routes: Vec<(Arc<str>, Vec<((usize, u16), u64)>)> = self
-            .routes
-            .iter()
-            .map(|route| {
-                let mut statuses: Vec<_> =
-                    route.statuses.iter().map(|s| (*s.key(), s.value().load(Ordering::Relaxed))).collect();
-                statuses.sort_unstable();
-                (route.key().clone(), statuses)
-            })
-            .collect();
-        routes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut routes: Vec<Arc<str>> = self.routes.iter().map(|route| route.key().clone()).collect();
+        routes.sort_unstable();
 
         let name = "echolia_http_requests_total";
-        text.family(name, Kind::Counter, "HTTP requests answered on the API port, by route template, method and status (499: the client went away first).");
-        for (route, statuses) in &routes {
-            for ((method, status), count) in statuses {
+        let help = "HTTP requests answered on the API port, by route template, method and status \
+                    (499: the client went away first).";
+        text.family(name, Kind::Counter, help);
+        for route in &routes {
+            let Some(stats) = self.routes.get(&**route) else { continue };
+            let mut statuses: Vec<(usize, u16, u64)> =
+                stats.statuses.iter().map(|s| (s.key().0, s.key().1, s.value().load(Ordering::Relaxed))).collect();
+            statuses.sort_unstable();
+            for (method, status, count) in statuses {
                 let status = status.to_string();
-                let labels = [("route", &**route), ("method", METHOD_LABELS[*method]), ("status", status.as_str())];
-                text.sample(name, &labels, *count as f64);
+                let labels = [("route", &**route), ("method", METHOD_LABELS[method]), ("status", status.as_str())];
+                text.sample(name, &labels, count as f64);
             }
         }
 
         let name = "echolia_http_request_duration_seconds";
-        text.family(
-            name,
-            Kind::Histogram,
-            "Time from request to response head on the API port, by route template and method (long-polls included).",
-        );
-        for (route, _) in &routes {
+        let help = "Time from request to response head on the API port, by route template and method \
+                    (long-polls included).";
+        text.family(name, Kind::Histogram, help);
+        for route in &routes {
             let Some(stats) = self.routes.get(&**route) else { continue };
             for (method, histogram) in stats.durations.iter().enumerate() {
                 let snapshot = histogram.snapshot();
