@@ -165,7 +165,8 @@ struct DailyActive {
 
 impl DailyActive {
     fn record(&self, user: Uuid, day: i32) {
-        if self.day.fetch_max(day, Ordering::Relaxed) < day {
+        // A plain load first: the read-modify-write happens once a day.
+        if self.day.load(Ordering::Relaxed) < day && self.day.fetch_max(day, Ordering::Relaxed) < day {
             self.users.retain(|_, seen| *seen >= day);
         }
         if self.users.get(&user).is_some_and(|seen| *seen >= day) {
