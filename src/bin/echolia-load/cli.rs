@@ -30,7 +30,7 @@ pub struct Args {
     /// How long the measured phase lasts, in seconds (setup not included; `cold-pull` ignores it).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
-    /// Stop after this many requests in the measured phase (all operations together).
+    /// Stop after this many requests in the measured phase (all operations together; `cold-pull` ignores it).
     #[arg(long)]
     pub max_requests: Option<u64>,
     /// Requests in flight at once for registration bursts and setup.
