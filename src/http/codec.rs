@@ -116,6 +116,12 @@ where
     }
 }
 
+/// Decodes MessagePack as the sync endpoints write it (ids and times as
+/// strings, payloads as `bin`): what a client of this crate reads responses with.
+pub fn from_msgpack<T: DeserializeOwned>(body: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    T::deserialize(&mut rmp_serde::Deserializer::from_read_ref(body).with_human_readable())
+}
+
 /// Parses MessagePack: 400 when it does not decode, 422 (with the field's
 /// path) when it decodes but has the wrong shape.
 pub fn parse_msgpack<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

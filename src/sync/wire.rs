@@ -1,6 +1,9 @@
 //! The shapes of the sync endpoints, the same in JSON and MessagePack.
 //! Ids are UUID strings in both; payloads are base64 strings in JSON and
 //! `bin` in MessagePack; hashes are lowercase hex strings in both.
+//! Requests also serialize and responses also deserialize, for clients
+//! written against this crate (`echolia-load`, the benchmarks); such a
+//! client reads MessagePack with [`crate::http::codec::from_msgpack`].
 
 use std::fmt;
 
@@ -69,16 +72,29 @@ impl Serialize for HexHash {
     }
 }
 
-/// One event as a device pushes it.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+impl<'de> Deserialize<'de> for HexHash {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let mut hash = [0; 32];
+        hex::decode_to_slice(&text, &mut hash).map_err(|_| de::Error::custom("is not 64 hex digits"))?;
+        Ok(HexHash(hash))
+    }
+}
+
+/// One event as a device pushes it. It serializes as clients send it (ids
+/// as strings in MessagePack too), for clients written against this crate
+/// (`echolia-load`, the benchmarks).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientEvent {
     /// Client-generated; the idempotency key.
+    #[serde(serialize_with = "uuid::serde::hyphenated::serialize")]
     pub event_id: Uuid,
     /// `entry`, `memory`, `tag` or `embedding`.
     pub kind: Kind,
+    #[serde(serialize_with = "uuid::serde::hyphenated::serialize")]
     pub aggregate_id: Uuid,
     /// Required for `tag` and `embedding`: the entry it belongs to.
-    #[serde(default)]
+    #[serde(default, serialize_with = "uuid::serde::hyphenated::option::serialize")]
     pub parent_id: Option<Uuid>,
     pub op: Op,
     /// Device id → counter; must hold the caller's device with a counter ≥ 1.
@@ -91,14 +107,14 @@ pub struct ClientEvent {
     pub client_time: DateTime<Utc>,
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PushRequest {
     /// At most 1,000 events.
     pub events: Vec<ClientEvent>,
 }
 
 /// What the push did with one event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PushStatus {
     /// Appended; now the only head of its aggregate.
@@ -111,7 +127,7 @@ pub enum PushStatus {
     Duplicate,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PushResult {
     #[schema(value_type = String, format = Uuid)]
     pub event_id: Hyphenated,
@@ -119,7 +135,7 @@ pub struct PushResult {
     pub status: PushStatus,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PushResponse {
     /// The log head after the push.
     pub cursor: u64,
@@ -129,7 +145,7 @@ pub struct PushResponse {
 }
 
 /// A head of an aggregate, with its payload.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeadView {
     #[schema(value_type = String, format = Uuid)]
     pub event_id: Hyphenated,
@@ -159,7 +175,7 @@ impl HeadView {
 }
 
 /// One aggregate changed since the cursor, as it stands now.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Change {
     pub kind: Kind,
     #[schema(value_type = String, format = Uuid)]
@@ -174,7 +190,7 @@ pub struct Change {
     pub heads: Vec<HeadView>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PullResponse {
     pub changes: Vec<Change>,
     /// Send it as `since` next time; the log head when `has_more` is false.
@@ -243,7 +259,7 @@ pub struct EventsResponse {
     pub has_more: bool,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusResponse {
     /// The log head (seq of the newest event).
     pub cursor: u64,
@@ -296,6 +312,65 @@ mod tests {
         assert_eq!(event.event_id.to_string(), id);
         assert_eq!(event.kind, Kind::Entry);
         assert_eq!(event.payload, Some(Payload(vec![0, 1, 2, 255])));
+    }
+
+    #[test]
+    fn a_push_request_serialized_by_a_client_decodes_on_the_server_in_both_formats() {
+        let device = Uuid::new_v4();
+        let request = PushRequest {
+            events: vec![ClientEvent {
+                event_id: Uuid::new_v4(),
+                kind: Kind::Tag,
+                aggregate_id: Uuid::new_v4(),
+                parent_id: Some(Uuid::new_v4()),
+                op: Op::Put,
+                version: VersionVector::single(device, 2),
+                payload: Some(Payload(vec![0, 255])),
+                client_time: chrono::Utc::now(),
+            }],
+        };
+        let packed = rmp_serde::to_vec_named(&request).unwrap();
+        let id = request.events[0].event_id.to_string();
+        assert!(packed.windows(id.len()).any(|w| w == id.as_bytes()), "ids are strings in MessagePack");
+        let decoded: PushRequest = parse_msgpack(&packed).unwrap_or_else(|err| panic!("{err:?}"));
+        let json: PushRequest = serde_json::from_slice(&serde_json::to_vec(&request).unwrap()).unwrap();
+        for event in [&decoded.events[0], &json.events[0]] {
+            assert_eq!(event.event_id, request.events[0].event_id);
+            assert_eq!(event.parent_id, request.events[0].parent_id);
+            assert_eq!(event.version, request.events[0].version);
+            assert_eq!(event.payload, request.events[0].payload);
+        }
+    }
+
+    #[test]
+    fn a_pull_response_decodes_on_the_client_in_both_formats() {
+        let head = Head {
+            seq: 7,
+            event_id: Uuid::new_v4(),
+            device_id: Uuid::new_v4(),
+            op: Op::Put,
+            version: VersionVector::single(Uuid::new_v4(), 3),
+            client_time: chrono::Utc::now(),
+            parent_id: None,
+        };
+        let change = Change {
+            kind: Kind::Entry,
+            id: Uuid::new_v4().hyphenated(),
+            parent_id: None,
+            deleted: false,
+            conflict: false,
+            version: head.version.clone(),
+            heads: vec![HeadView::new(head, Some(vec![1, 2, 3]))],
+        };
+        let page = PullResponse { changes: vec![change], cursor: 7, has_more: false, head_hash: HexHash([0xab; 32]) };
+        let packed: PullResponse = crate::http::codec::from_msgpack(&rmp_serde::to_vec_named(&page).unwrap()).unwrap();
+        let json: PullResponse = serde_json::from_slice(&serde_json::to_vec(&page).unwrap()).unwrap();
+        for decoded in [packed, json] {
+            assert_eq!(decoded.head_hash, page.head_hash);
+            assert_eq!(decoded.changes[0].id, page.changes[0].id);
+            assert_eq!(decoded.changes[0].version, page.changes[0].version);
+            assert_eq!(decoded.changes[0].heads[0].payload, Some(Payload(vec![1, 2, 3])));
+        }
     }
 
     #[test]

@@ -1,0 +1,80 @@
+//! `steady`: every device of every user loops: push a batch of new and
+//! edited entries, then pull since its cursor (following `has_more`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use echolia::projection::version::VersionVector;
+use echolia::sync::wire::ClientEvent;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use uuid::Uuid;
+
+use super::{bumped, pull_since, push, put_entry, report, run_workers, set_up_users};
+use crate::cli::Args;
+use crate::client::{Api, Session};
+use crate::report::Report;
+use crate::stats::{Budget, Stats};
+
+/// The share of events that edit one of the device's earlier entries.
+const EDIT_SHARE: f64 = 0.25;
+/// Entries a device remembers to edit later.
+const REMEMBERED: usize = 10_000;
+
+pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, String> {
+    let setup = Instant::now();
+    let devices: Vec<Session> = set_up_users(api, args).await?.into_iter().flatten().collect();
+    let setup = setup.elapsed();
+
+    let budget = Arc::new(Budget::new(duration, args.max_requests));
+    let started = Instant::now();
+    let (batch, payload) = (args.batch as usize, args.payload as usize);
+    let stats = run_workers(devices, |device| {
+        let (api, budget) = (api.clone(), budget.clone());
+        async move { device_loop(api, device, budget, batch, payload).await }
+    })
+    .await;
+    Ok(report(args, setup, started, stats))
+}
+
+async fn device_loop(api: Api, device: Session, budget: Arc<Budget>, batch: usize, payload: usize) -> Stats {
+    let mut stats = Stats::default();
+    let mut rng = StdRng::from_os_rng();
+    let mut entries = Entries::default();
+    let mut cursor = 0;
+    while budget.take() {
+        let events = entries.next_batch(device.device_id, batch, payload, &mut rng);
+        if push(&api, &device, events, &mut stats).await {
+            pull_since(&api, &device, &mut cursor, &budget, &mut stats, |_| {}).await;
+        }
+    }
+    stats
+}
+
+/// The entries this device created, with the version of its latest edit.
+#[derive(Default)]
+struct Entries {
+    known: Vec<(Uuid, VersionVector)>,
+}
+
+impl Entries {
+    /// `batch` events: about a quarter edit earlier entries, the rest create new ones.
+    fn next_batch(&mut self, device: Uuid, batch: usize, payload: usize, rng: &mut StdRng) -> Vec<ClientEvent> {
+        (0..batch)
+            .map(|_| {
+                if !self.known.is_empty() && rng.random_bool(EDIT_SHARE) {
+                    let index = rng.random_range(0..self.known.len());
+                    let (id, version) = &mut self.known[index];
+                    *version = bumped(version, device);
+                    put_entry(*id, version.clone(), payload, rng)
+                } else {
+                    let (id, version) = (Uuid::new_v4(), VersionVector::single(device, 1));
+                    if self.known.len() < REMEMBERED {
+                        self.known.push((id, version.clone()));
+                    }
+                    put_entry(id, version, payload, rng)
+                }
+            })
+            .collect()
+    }
+}

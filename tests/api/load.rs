@@ -1,0 +1,77 @@
+//! The load generator (`echolia-load`, the built binary) against a real
+//! server: a tiny steady run, and a server that is not there.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::helpers::{spawn_app, user_db_files};
+
+/// Runs the binary off the runtime's threads, so the in-process server keeps serving.
+async fn load(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_echolia-load")).args(args).output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_steady_run_reports_pushes_that_the_server_kept() {
+    let app = spawn_app().await;
+    let url = app.url("");
+    let output = load(&[
+        "--url",
+        &url,
+        "--users",
+        "2",
+        "--devices",
+        "2",
+        "--batch",
+        "10",
+        "--payload",
+        "64",
+        "--duration",
+        "2",
+        "--max-requests",
+        "20",
+        "--json",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    assert_eq!(report["scenario"], "steady");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["requests"].as_u64().unwrap() <= 20, "{report}");
+    let push = &report["operations"]["push"];
+    assert!(push["requests"].as_u64().unwrap() > 0, "{report}");
+    let pushed = push["items"].as_u64().unwrap();
+    assert_eq!(pushed, push["ok"].as_u64().unwrap() * 10);
+    assert_eq!(report["push_results"]["applied"], pushed, "each device edits only its own entries");
+    assert!(report["operations"]["pull"]["ok"].as_u64().unwrap() > 0, "{report}");
+    assert!(push["latency_ms"]["max"].as_f64().unwrap() > 0.0);
+
+    // Every event the report counts is in a user's log: 2 users, 4 devices.
+    let files = user_db_files(&app);
+    assert_eq!(files.len(), 2);
+    let mut stored = 0;
+    for file in files {
+        let conn = libsql::Builder::new_local(file).build().await.unwrap().connect().unwrap();
+        let mut rows = conn.query("SELECT count(*) FROM events WHERE kind = 'entry'", ()).await.unwrap();
+        stored += rows.next().await.unwrap().unwrap().get::<u64>(0).unwrap();
+    }
+    assert_eq!(stored, pushed);
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_clear_failure() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let output = load(&["--url", &url, "--duration", "1"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot reach the server at"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
