@@ -58,6 +58,8 @@ impl AppState {
             crate::config::BackendKind::Local => Backend::local(&config.data_dir),
         };
         let control = ControlDb::open(&backend).await?;
+        let limit = u64::from(config.sqlite_memory_limit_mb) * 1024 * 1024;
+        crate::store::memory::set_soft_limit(&control.conn().await?, limit).await?;
         let secret = match &config.jwt_secret {
             Some(secret) => secret.clone(),
             None => auth::secret::load_or_create(&config.data_dir)?,

@@ -29,6 +29,8 @@ pub struct Config {
     pub pairing_claim_rate_limit: NonZeroU32,
     /// Upper bound on user databases held open at once (LRU).
     pub max_open_databases: NonZeroUsize,
+    /// Soft ceiling on SQLite's memory in this process, in MiB (0: none).
+    pub sqlite_memory_limit_mb: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +148,7 @@ impl Config {
             register_rate_limit: parse_or("REGISTER_RATE_LIMIT", get("REGISTER_RATE_LIMIT"), "10")?,
             pairing_claim_rate_limit: parse_or("PAIRING_CLAIM_RATE_LIMIT", get("PAIRING_CLAIM_RATE_LIMIT"), "10")?,
             max_open_databases: parse_or("MAX_OPEN_DATABASES", get("MAX_OPEN_DATABASES"), "1000")?,
+            sqlite_memory_limit_mb: parse_or("SQLITE_MEMORY_LIMIT_MB", get("SQLITE_MEMORY_LIMIT_MB"), "128")?,
         })
     }
 
@@ -200,6 +203,7 @@ mod tests {
         assert_eq!(config.register_rate_limit.get(), 10);
         assert_eq!(config.pairing_claim_rate_limit.get(), 10);
         assert_eq!(config.max_open_databases.get(), 1000);
+        assert_eq!(config.sqlite_memory_limit_mb, 128);
     }
 
     #[test]
@@ -227,6 +231,7 @@ mod tests {
             ("REGISTER_RATE_LIMIT", "0"),
             ("PAIRING_CLAIM_RATE_LIMIT", "many"),
             ("MAX_OPEN_DATABASES", "-1"),
+            ("SQLITE_MEMORY_LIMIT_MB", "lots"),
         ] {
             let err = load(&[(name, value)]).unwrap_err();
             assert_eq!(err.variable, name, "{value}");

@@ -158,6 +158,7 @@ async fn create_dir(dir: &Path) -> StoreResult<()> {
 }
 
 async fn open_file(path: &Path, flags: OpenFlags) -> StoreResult<Database> {
+    super::memory::configure_once();
     let db = Builder::new_local(path).flags(flags).build().await?;
     // WAL is a property of the file: set once, it stays.
     let conn = connect(&db).await?;

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod control;
+pub mod memory;
 pub mod migrations;
 pub mod user_db;
 pub mod users;
@@ -61,13 +62,13 @@ pub async fn connect(db: &libsql::Database) -> StoreResult<libsql::Connection> {
     // Acknowledged means durable: fsync the WAL on every commit. Checkpoint
     // every 4,000 pages (not SQLite's 1,000): random-key index inserts dirty
     // many pages per batch, and fewer, larger checkpoints write each page once.
-    // An idle WAL is cut back to 16 MiB after a checkpoint. Reads go through
-    // a memory map (up to 64 MiB of each file): index lookups then cost no
-    // syscall, and every connection shares the OS page cache.
+    // An idle WAL is cut back to 16 MiB after a checkpoint. No memory map:
+    // pages read stay in SQLite's page cache, under the soft heap limit
+    // (`store::memory`), rather than in mapped files that count against
+    // the process and that nothing bounds across a thousand databases.
     conn.execute_batch(
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = 16777216; \
-         PRAGMA mmap_size = 67108864;",
+         PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = 16777216;",
     )
     .await?;
     Ok(conn)

@@ -29,8 +29,10 @@ pub struct UserDb {
     appended: Arc<AtomicU64>,
 }
 
-/// Idle connections kept per open user database.
-const IDLE_CONNECTIONS: usize = 4;
+/// Idle connections kept per open user database: enough for a device
+/// pushing while another pulls. Each holds its schema and page cache, times
+/// every open database.
+const IDLE_CONNECTIONS: usize = 2;
 
 impl UserDb {
     /// Opens (or with `create`, makes) the database and brings its schema up to date.

@@ -1,0 +1,61 @@
+//! SQLite's memory, which is process-wide: what each connection reserves up
+//! front, and a soft ceiling on everything SQLite holds.
+//!
+//! One process serves up to `MAX_OPEN_DATABASES` user databases, each with a
+//! connection or two, so what every connection reserves is multiplied by a
+//! thousand: by default SQLite gives each one 48 KiB of lookaside slots and a
+//! bulk allocation of 20 cache pages (≈ 86 KiB) before it has read anything.
+//! Here a connection starts small, and the soft heap limit makes page caches
+//! recycle their own pages instead of growing once SQLite as a whole nears it.
+
+use std::ffi::c_void;
+use std::sync::Once;
+
+use libsql::ffi;
+
+use super::StoreResult;
+
+/// Lookaside: 32 slots of 256 bytes (8 KiB) per connection, for the many
+/// small short-lived allocations of parsing and stepping.
+const LOOKASIDE_SLOT_BYTES: i32 = 256;
+const LOOKASIDE_SLOTS: i32 = 32;
+
+/// Applies the per-connection reservations. Must run before SQLite
+/// initialises, which libsql does when it opens its first database: every
+/// open of this crate goes through `backend::open_file`, which calls this
+/// first. Runs once; later calls do nothing.
+pub(super) fn configure_once() {
+    static CONFIGURE: Once = Once::new();
+    CONFIGURE.call_once(|| {
+        // SAFETY: `sqlite3_config` may only run before `sqlite3_initialize`
+        // and while no other SQLite call runs: this runs before this
+        // process's first open (opens wait on the `Once`). Should SQLite be
+        // initialised already, both calls return SQLITE_MISUSE and change
+        // nothing. The variadic arguments have the C types each option reads
+        // (`int, int`; `void*, int, int`).
+        let (lookaside, bulk) = unsafe {
+            (
+                ffi::sqlite3_config(ffi::SQLITE_CONFIG_LOOKASIDE, LOOKASIDE_SLOT_BYTES, LOOKASIDE_SLOTS),
+                ffi::sqlite3_config(ffi::SQLITE_CONFIG_PAGECACHE, std::ptr::null_mut::<c_void>(), 0i32, 0i32),
+            )
+        };
+        if lookaside != ffi::SQLITE_OK || bulk != ffi::SQLITE_OK {
+            tracing::warn!(lookaside, bulk, "SQLite was initialised before its memory could be configured");
+        }
+    });
+}
+
+/// Sets the soft ceiling on the memory SQLite holds in this process, in
+/// bytes (0: none). Past it, page caches reuse their pages rather than grow.
+pub async fn set_soft_limit(conn: &libsql::Connection, bytes: u64) -> StoreResult<()> {
+    let mut rows = conn.query(&format!("PRAGMA soft_heap_limit = {bytes}"), ()).await?;
+    while rows.next().await?.is_some() {}
+    Ok(())
+}
+
+/// Bytes SQLite holds right now in this process.
+pub fn used_bytes() -> u64 {
+    // SAFETY: `sqlite3_memory_used` only reads SQLite's own counter, under its mutex.
+    let used = unsafe { ffi::sqlite3_memory_used() };
+    u64::try_from(used).unwrap_or(0)
+}
