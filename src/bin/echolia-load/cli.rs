@@ -45,6 +45,12 @@ pub struct Args {
     /// `conflicts`: aggregates per user that every device edits.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub hot: u64,
+    /// `steady`: push only, never pull (to measure the push path alone).
+    #[arg(long)]
+    pub no_pull: bool,
+    /// `long-poll`: seconds between the last long-poll sent and the first push.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle: f64,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -60,6 +66,8 @@ pub enum Scenario {
     Conflicts,
     /// A burst of `--users` registrations.
     Register,
+    /// `--devices` devices per user wait in a long-poll; one more device per user pushes; wake latency.
+    LongPoll,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,6 +83,7 @@ impl Scenario {
             Self::ColdPull => "cold-pull",
             Self::Conflicts => "conflicts",
             Self::Register => "register",
+            Self::LongPoll => "long-poll",
         }
     }
 }
@@ -91,9 +100,13 @@ impl Format {
 impl Args {
     /// The measured phase's length; a bad value is a usage error.
     pub fn duration(&self) -> Result<Duration, String> {
-        Duration::try_from_secs_f64(self.duration)
+        let duration = Duration::try_from_secs_f64(self.duration)
             .ok()
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("--duration must be a positive number of seconds, not {}", self.duration))
+            .ok_or_else(|| format!("--duration must be a positive number of seconds, not {}", self.duration))?;
+        if !(self.settle.is_finite() && self.settle >= 0.0) {
+            return Err(format!("--settle must be a number of seconds, not {}", self.settle));
+        }
+        Ok(duration)
     }
 }

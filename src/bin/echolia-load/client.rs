@@ -132,6 +132,14 @@ impl Api {
         self.timed_sync(self.sync(self.http.get(url), device)).await
     }
 
+    /// `GET /sync/pull?since=&limit=&wait=`: held by the server until a push
+    /// (or `wait` seconds); the client waits 10 s longer than that.
+    pub async fn long_poll(&self, device: &Session, since: u64, limit: u64, wait: u64) -> Timed<PullResponse> {
+        let url = self.url(&format!("/sync/pull?since={since}&limit={limit}&wait={wait}"));
+        let req = self.http.get(url).timeout(Duration::from_secs(wait + 10));
+        self.timed_sync(self.sync(req, device)).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

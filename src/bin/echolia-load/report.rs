@@ -53,6 +53,10 @@ impl Settings {
         match scenario {
             "register" => format!("{} registrations, {} at a time", self.users, self.concurrency),
             "cold-pull" => format!("{} entries seeded in {batches}, pulled 1,000 a page", self.entries),
+            "long-poll" => format!(
+                "{} users x {} devices waiting (+1 pushing each), one push of {} events x {} B per user",
+                self.users, self.devices, self.batch, self.payload
+            ),
             "conflicts" => format!(
                 "{} users x {} devices editing {} aggregates each, {batches}",
                 self.users, self.devices, self.hot
@@ -95,6 +99,7 @@ pub fn unit_of(op: &str) -> &'static str {
     match op {
         "push" => "events",
         "register" => "accounts",
+        "wake" => "rows",
         _ => "rows",
     }
 }

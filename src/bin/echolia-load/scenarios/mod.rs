@@ -3,6 +3,7 @@
 
 mod cold_pull;
 mod conflicts;
+mod long_poll;
 mod register;
 mod steady;
 
@@ -37,6 +38,7 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
         Scenario::ColdPull => cold_pull::run(args, api).await,
         Scenario::Conflicts => conflicts::run(args, api, duration).await,
         Scenario::Register => register::run(args, api, duration).await,
+        Scenario::LongPoll => long_poll::run(args, api, duration).await,
     }
 }
 
@@ -44,10 +46,15 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
 /// `concurrency` requests at a time. Returns each user's devices, the
 /// registered one first.
 pub async fn set_up_users(api: &Api, args: &Args) -> Result<Vec<Vec<Session>>, String> {
-    eprintln!("echolia-load: registering {} users with {} devices each", args.users, args.devices);
-    stream::iter(0..args.users)
-        .map(|user| set_up_user(api, user, args.devices))
-        .buffer_unordered(args.concurrency as usize)
+    set_up(api, args.users, args.devices, args.concurrency).await
+}
+
+/// [`set_up_users`] with its counts given.
+pub async fn set_up(api: &Api, users: u64, devices: u64, concurrency: u64) -> Result<Vec<Vec<Session>>, String> {
+    eprintln!("echolia-load: registering {users} users with {devices} devices each");
+    stream::iter(0..users)
+        .map(|user| set_up_user(api, user, devices))
+        .buffer_unordered(concurrency as usize)
         .try_collect()
         .await
 }

@@ -28,23 +28,30 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
 
     let budget = Arc::new(Budget::new(duration, args.max_requests));
     let started = Instant::now();
-    let (batch, payload) = (args.batch as usize, args.payload as usize);
+    let (batch, payload, pulls) = (args.batch as usize, args.payload as usize, !args.no_pull);
     let stats = run_workers(devices, |device| {
         let (api, budget) = (api.clone(), budget.clone());
-        async move { device_loop(api, device, budget, batch, payload).await }
+        async move { device_loop(api, device, budget, batch, payload, pulls).await }
     })
     .await;
     Ok(report(args, setup, started, stats))
 }
 
-async fn device_loop(api: Api, device: Session, budget: Arc<Budget>, batch: usize, payload: usize) -> Stats {
+async fn device_loop(
+    api: Api,
+    device: Session,
+    budget: Arc<Budget>,
+    batch: usize,
+    payload: usize,
+    pulls: bool,
+) -> Stats {
     let mut stats = Stats::default();
     let mut rng = StdRng::from_os_rng();
     let mut entries = Entries::default();
     let mut cursor = 0;
     while budget.take() {
         let events = entries.next_batch(device.device_id, batch, payload, &mut rng);
-        if push(&api, &device, events, &mut stats).await {
+        if push(&api, &device, events, &mut stats).await && pulls {
             pull_since(&api, &device, &mut cursor, &budget, &mut stats, |_| {}).await;
         }
     }

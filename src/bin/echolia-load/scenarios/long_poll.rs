@@ -1,0 +1,90 @@
+//! `long-poll`: `--users` users, each with `--devices` devices that wait in
+//! `GET /sync/pull?wait=` and one more device that pushes. Once every waiter
+//! has sent its long-poll and `--settle` seconds have passed, each user's
+//! pusher pushes one batch, the pushes spread evenly over `--duration`
+//! seconds. A waiter is woken when its long-poll answers with changes; its
+//! wake latency runs from the moment its user's push was sent (so it
+//! includes the push itself) to the last byte of the long-poll's answer.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use echolia::projection::version::VersionVector;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use uuid::Uuid;
+
+use super::{push, put_entry, set_up, PULL_LIMIT};
+use crate::cli::Args;
+use crate::client::{Api, Failure, Session};
+use crate::report::Report;
+use crate::stats::Stats;
+
+/// When a user's push was sent; read by its waiters when they wake.
+type SentAt = Arc<Mutex<Option<Instant>>>;
+
+pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, String> {
+    let setup = Instant::now();
+    let users = set_up(api, args.users, args.devices + 1, args.concurrency).await?;
+    let wait = duration + Duration::from_secs_f64(args.settle) + Duration::from_secs(10);
+    let wait_secs = wait.as_secs().min(echolia::sync::pull::MAX_WAIT_SECS);
+
+    let mut waiters = Vec::new();
+    let mut pushers = Vec::new();
+    for mut devices in users {
+        let pusher = devices.remove(0);
+        let sent: SentAt = Arc::default();
+        for device in devices {
+            let (api, sent) = (api.clone(), sent.clone());
+            waiters.push(tokio::spawn(async move { wait_for_push(&api, &device, wait_secs, &sent).await }));
+        }
+        pushers.push((pusher, sent));
+    }
+    eprintln!("echolia-load: {} long-polls sent; settling for {} s", waiters.len(), args.settle);
+    tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    let setup = setup.elapsed();
+
+    let started = Instant::now();
+    let spacing = duration.div_f64(pushers.len().max(1) as f64);
+    let mut pushes = Vec::new();
+    for (i, (pusher, sent)) in pushers.into_iter().enumerate() {
+        let (api, batch, payload) = (api.clone(), args.batch, args.payload as usize);
+        let at = tokio::time::Instant::from_std(started + spacing.mul_f64(i as f64));
+        pushes.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let mut rng = StdRng::from_os_rng();
+            let version = VersionVector::single(pusher.device_id, 1);
+            let events = (0..batch).map(|_| put_entry(Uuid::new_v4(), version.clone(), payload, &mut rng)).collect();
+            let mut stats = Stats::default();
+            *sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+            push(&api, &pusher, events, &mut stats).await;
+            stats
+        }));
+    }
+    let mut stats = Stats::default();
+    for handle in pushes.into_iter().chain(waiters) {
+        match handle.await {
+            Ok(theirs) => stats.merge(theirs),
+            Err(err) => eprintln!("echolia-load: a task failed: {err}"),
+        }
+    }
+    Ok(super::report(args, setup, started, stats))
+}
+
+/// One long-poll from cursor 0 (the account is empty): woken, or failed.
+async fn wait_for_push(api: &Api, device: &Session, wait_secs: u64, sent: &SentAt) -> Stats {
+    let mut stats = Stats::default();
+    let timed = api.long_poll(device, 0, PULL_LIMIT, wait_secs).await;
+    let woke = Instant::now();
+    match timed.result {
+        Ok(page) if page.changes.is_empty() => {
+            stats.failed("wake", &Failure::Decode("the long-poll ended without a change".into()))
+        }
+        Ok(page) => match *sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            Some(at) => stats.ok("wake", woke.saturating_duration_since(at), page.changes.len() as u64),
+            None => stats.failed("wake", &Failure::Decode("answered before its user pushed".into())),
+        },
+        Err(failure) => stats.failed("wake", &failure),
+    }
+    stats
+}
