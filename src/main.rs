@@ -133,7 +133,9 @@ fn main() -> ExitCode {
         Command::Serve => telemetry::init(config.log_format),
         Command::Operate(_) => cli::init_logs(config.log_format),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads.get()).enable_all().build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("echolia: cannot start the async runtime: {err}");
