@@ -43,7 +43,7 @@ impl Backend {
 
     /// Bytes every database takes: the control database and all user
     /// databases, with their WALs. Walks the directory: callers cache it.
-    pub async fn storage_bytes(&self) -> StoreResult<u64> {
+    pub async fn total_storage_bytes(&self) -> StoreResult<u64> {
         match self {
             Self::Local(local) => local.total_storage_bytes().await,
         }

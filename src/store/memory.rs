@@ -15,8 +15,9 @@ use libsql::ffi;
 
 use super::StoreResult;
 
-/// Lookaside: 32 slots of 256 bytes (8 KiB) per connection, for the many
-/// small short-lived allocations of parsing and stepping.
+/// Lookaside: 8 KiB per connection (SQLite splits it into slots of 256 and
+/// 128 bytes), for the many small short-lived allocations of parsing and
+/// stepping.
 const LOOKASIDE_SLOT_BYTES: i32 = 256;
 const LOOKASIDE_SLOTS: i32 = 32;
 
@@ -30,8 +31,8 @@ pub(super) fn configure_once() {
         // SAFETY: `sqlite3_config` may only run before `sqlite3_initialize`
         // and while no other SQLite call runs: this runs before this
         // process's first open (opens wait on the `Once`). Should SQLite be
-        // initialised already, both calls return SQLITE_MISUSE and change
-        // nothing. The variadic arguments have the C types each option reads
+        // initialised already (a test that opens a libsql database directly
+        // first), both calls return SQLITE_MISUSE and change nothing. The variadic arguments have the C types each option reads
         // (`int, int`; `void*, int, int`).
         let (lookaside, bulk) = unsafe {
             (
@@ -47,6 +48,8 @@ pub(super) fn configure_once() {
 
 /// Sets the soft ceiling on the memory SQLite holds in this process, in
 /// bytes (0: none). Past it, page caches reuse their pages rather than grow.
+/// The server sets it at start; the operator commands, which run alone and
+/// size their own caches, do not.
 pub async fn set_soft_limit(conn: &libsql::Connection, bytes: u64) -> StoreResult<()> {
     let mut rows = conn.query(&format!("PRAGMA soft_heap_limit = {bytes}"), ()).await?;
     while rows.next().await?.is_some() {}

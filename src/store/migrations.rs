@@ -42,8 +42,9 @@ pub const USER: &[Migration] = &[
 /// applied (`echolia migrate` reports them). The pending files are applied
 /// together in one `BEGIN IMMEDIATE` transaction, after checking again
 /// under that lock which are still pending: safe from several processes at
-/// once, all or nothing, and one commit (a new user's database is made with
-/// one fsync instead of one per file).
+/// once, all or nothing, and one commit for all the files (a new user's
+/// database is made with two commits, this and the bookkeeping table's,
+/// instead of one per file).
 pub async fn apply(conn: &Connection, set: &[Migration]) -> StoreResult<Vec<&'static str>> {
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL) STRICT",

@@ -1,5 +1,6 @@
 //! The load generator (`echolia-load`, the built binary) against a real
-//! server: a tiny steady run, and a server that is not there.
+//! server: a tiny steady run, a tiny long-poll run, and a server that is
+//! not there.
 
 use std::process::{Command, Output};
 
@@ -62,6 +63,43 @@ async fn a_short_steady_run_reports_pushes_that_the_server_kept() {
         stored += rows.next().await.unwrap().unwrap().get::<u64>(0).unwrap();
     }
     assert_eq!(stored, pushed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_waiting_device_is_woken_by_its_users_push() {
+    let app = spawn_app().await;
+    let url = app.url("");
+    let metrics = format!("http://{}", app.metrics_addr);
+    let output = load(&[
+        "--url",
+        &url,
+        "--metrics-url",
+        &metrics,
+        "--scenario",
+        "long-poll",
+        "--users",
+        "3",
+        "--devices",
+        "2",
+        "--batch",
+        "1",
+        "--duration",
+        "1",
+        "--settle",
+        "10",
+        "--json",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["scenario"], "long-poll");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["operations"]["push"]["ok"], 3, "one push per user: {report}");
+    let wake = &report["operations"]["wake"];
+    assert_eq!(wake["ok"], 6, "both waiting devices of each user woke with its change: {report}");
+    assert_eq!(wake["items"], 6);
+    // Woken by the push: the wait itself would have ended 21 s later, with no change (an error above).
+    assert!(wake["latency_ms"]["max"].as_f64().unwrap() < 5_000.0, "{report}");
 }
 
 #[tokio::test]

@@ -143,6 +143,7 @@ async fn a_scrape_counts_what_happened_by_route_template_and_never_names_an_id()
     assert_eq!(after.get("echolia_daily_active_users"), 1.0);
     assert_eq!(after.get("echolia_long_polls_waiting"), 0.0);
     assert!(after.get("echolia_database_disk_bytes") > 0.0);
+    assert!(after.get("echolia_sqlite_memory_bytes") > 0.0, "an open database holds memory");
     assert_eq!(after.get("echolia_pairing_failures_total"), 0.0);
     assert_eq!(after.get("echolia_rate_limited_total{limiter=\"register\"}"), 0.0);
     assert_eq!(after.get("echolia_rate_limited_total{limiter=\"pairing_claim\"}"), 0.0);

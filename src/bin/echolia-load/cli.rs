@@ -27,10 +27,12 @@ pub struct Args {
     /// Bytes of random payload per event.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub payload: u64,
-    /// How long the measured phase lasts, in seconds (setup not included; `cold-pull` ignores it).
+    /// How long the measured phase lasts, in seconds (setup not included; `cold-pull` ignores it;
+    /// for `long-poll`, the time the users' pushes are spread over).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
-    /// Stop after this many requests in the measured phase (all operations together; `cold-pull` ignores it).
+    /// Stop after this many requests in the measured phase (all operations together; `cold-pull` and
+    /// `long-poll` ignore it).
     #[arg(long)]
     pub max_requests: Option<u64>,
     /// Requests in flight at once for registration bursts and setup.
@@ -48,9 +50,14 @@ pub struct Args {
     /// `steady`: push only, never pull (to measure the push path alone).
     #[arg(long)]
     pub no_pull: bool,
-    /// `long-poll`: seconds between the last long-poll sent and the first push.
+    /// `long-poll`: seconds between the last long-poll sent and the first push (with
+    /// `--metrics-url`, at most this long waiting for the server to count every waiter).
     #[arg(long, default_value_t = 3.0)]
     pub settle: f64,
+    /// `long-poll`: the server's metrics listener (e.g. http://127.0.0.1:9090); pushes start once
+    /// its `echolia_long_polls_waiting` counts every waiting device.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -106,6 +113,12 @@ impl Args {
             .ok_or_else(|| format!("--duration must be a positive number of seconds, not {}", self.duration))?;
         if !(self.settle.is_finite() && self.settle >= 0.0) {
             return Err(format!("--settle must be a number of seconds, not {}", self.settle));
+        }
+        // A long-poll waits at most 60 s: the last user's push must come well before.
+        if self.scenario == Scenario::LongPoll && self.duration + self.settle > 45.0 {
+            return Err(
+                "long-poll: --duration plus --settle must stay within 45 s (a long-poll waits at most 60 s)".into()
+            );
         }
         Ok(duration)
     }

@@ -140,6 +140,16 @@ impl Api {
         self.timed_sync(self.sync(req, device)).await
     }
 
+    /// The value of an unlabelled series on a Prometheus `/metrics` page at `metrics_url`.
+    pub async fn gauge(&self, metrics_url: &str, series: &str) -> Result<f64, Failure> {
+        let url = format!("{}/metrics", metrics_url.trim_end_matches('/'));
+        let text = send(self.http.get(url), StatusCode::OK).await?;
+        let text = String::from_utf8_lossy(&text);
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .ok_or_else(|| Failure::Decode(format!("no `{series}` on the metrics page")))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -99,7 +99,6 @@ pub fn unit_of(op: &str) -> &'static str {
     match op {
         "push" => "events",
         "register" => "accounts",
-        "wake" => "rows",
         _ => "rows",
     }
 }

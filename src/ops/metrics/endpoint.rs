@@ -83,7 +83,7 @@ impl DiskUsage {
                 return Some(bytes);
             }
         }
-        match state.users.backend().storage_bytes().await {
+        match state.users.backend().total_storage_bytes().await {
             Ok(bytes) => {
                 *cached = Some((Instant::now(), bytes));
                 Some(bytes)

@@ -98,6 +98,7 @@ impl Metrics {
             count.fetch_add(tokens, Ordering::Relaxed);
             return;
         }
+        // Racing first uses of new models may pass the bound by a few: harmless.
         let model = if self.llm_tokens.len() < MAX_MODELS { model } else { "other" };
         self.llm_tokens.entry(model.to_owned()).or_default().fetch_add(tokens, Ordering::Relaxed);
     }
@@ -157,7 +158,7 @@ fn day_of(time: DateTime<Utc>) -> i32 {
 /// The users seen today. Each id maps to the last day it was seen, so a
 /// day change needs no coordination: only today's entries count, and the
 /// first request of a new day drops the older ones.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct DailyActive {
     day: AtomicI32,
     users: DashMap<Uuid, i32>,
@@ -172,11 +173,20 @@ impl DailyActive {
         if self.users.get(&user).is_some_and(|seen| *seen >= day) {
             return;
         }
-        self.users.insert(user, day);
+        // A request that read the clock just before midnight must not move
+        // a user seen on the new day back to the old one.
+        self.users.entry(user).and_modify(|seen| *seen = (*seen).max(day)).or_insert(day);
     }
 
     fn count(&self, day: i32) -> usize {
         self.users.iter().filter(|seen| *seen.value() == day).count()
+    }
+}
+
+/// Counts only: the ids must never reach a log line through `{:?}`.
+impl std::fmt::Debug for DailyActive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DailyActive").field("users", &self.users.len()).finish_non_exhaustive()
     }
 }
 

@@ -61,7 +61,12 @@ async fn device_loop(
     while budget.take() {
         let mut events = editor.next_batch(batch, payload, &mut rng);
         if !previous.is_empty() && rng.random_bool(RETRY_SHARE) {
-            events.push(previous[rng.random_range(0..previous.len())].clone());
+            // In place of the batch's last event, so a batch never grows past `--batch`.
+            let resent = previous[rng.random_range(0..previous.len())].clone();
+            match events.last_mut() {
+                Some(last) => *last = resent,
+                None => events.push(resent),
+            }
         }
         if push(&api, &device, events.clone(), &mut stats).await {
             previous = events;

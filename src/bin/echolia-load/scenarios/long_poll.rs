@@ -4,7 +4,10 @@
 //! pusher pushes one batch, the pushes spread evenly over `--duration`
 //! seconds. A waiter is woken when its long-poll answers with changes; its
 //! wake latency runs from the moment its user's push was sent (so it
-//! includes the push itself) to the last byte of the long-poll's answer.
+//! includes the push itself, fsync and all) to the last byte of the
+//! long-poll's answer. With `--metrics-url`, pushes wait until the server's
+//! `echolia_long_polls_waiting` counts every waiter (a waiter not yet
+//! waiting would find the change at once and look fast).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,8 +43,7 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
         }
         pushers.push((pusher, sent));
     }
-    eprintln!("echolia-load: {} long-polls sent; settling for {} s", waiters.len(), args.settle);
-    tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    settle(api, args, waiters.len()).await?;
     let setup = setup.elapsed();
 
     let started = Instant::now();
@@ -71,11 +73,36 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
     Ok(super::report(args, setup, started, stats))
 }
 
+/// Waits `--settle` seconds, or with `--metrics-url` until the server
+/// counts `waiters` long-polls waiting (failing after `--settle` seconds).
+async fn settle(api: &Api, args: &Args, waiters: usize) -> Result<(), String> {
+    let settle = Duration::from_secs_f64(args.settle);
+    let Some(metrics) = &args.metrics_url else {
+        eprintln!("echolia-load: {waiters} long-polls sent; settling for {} s", args.settle);
+        tokio::time::sleep(settle).await;
+        return Ok(());
+    };
+    let deadline = Instant::now() + settle;
+    loop {
+        let waiting = api.gauge(metrics, "echolia_long_polls_waiting").await.map_err(|f| format!("{metrics}: {f}"))?;
+        if waiting >= waiters as f64 {
+            eprintln!("echolia-load: the server counts {waiting} long-polls waiting");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("only {waiting} of {waiters} long-polls were waiting after {} s", args.settle));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One long-poll from cursor 0 (the account is empty): woken, or failed.
 async fn wait_for_push(api: &Api, device: &Session, wait_secs: u64, sent: &SentAt) -> Stats {
     let mut stats = Stats::default();
+    let asked = Instant::now();
     let timed = api.long_poll(device, 0, PULL_LIMIT, wait_secs).await;
-    let woke = Instant::now();
+    // The answer's last byte, before decoding it.
+    let woke = asked + timed.elapsed;
     match timed.result {
         Ok(page) if page.changes.is_empty() => {
             stats.failed("wake", &Failure::Decode("the long-poll ended without a change".into()))
