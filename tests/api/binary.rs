@@ -1,5 +1,6 @@
 //! The shipped binary itself: configuration from the environment, JSON logs
-//! that never carry secrets, and a graceful stop on SIGTERM.
+//! that never carry secrets, a graceful stop on SIGTERM, and SQLite's
+//! memory held to `SQLITE_MEMORY_LIMIT_MB`.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -135,4 +136,57 @@ fn a_metrics_port_in_use_stops_the_binary_naming_metrics_addr() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("METRICS_ADDR") && stderr.contains("cannot listen"), "{stderr}");
+}
+
+/// The same work (a few users, each pushing and pulling back a few thousand
+/// entries) on a server with `SQLITE_MEMORY_LIMIT_MB`, and what SQLite
+/// holds afterwards by `echolia_sqlite_memory_bytes`.
+async fn sqlite_memory_after_work(limit_mb: &str) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut child = echolia(dir.path())
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("SQLITE_MEMORY_LIMIT_MB", limit_mb)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_for_health(&client, &base, &mut child).await;
+    for user in 0..4 {
+        let resp = client.post(format!("{base}/auth/register")).json(&device_body("Laptop", "desktop")).send();
+        let session: Value = resp.await.unwrap().json().await.unwrap();
+        let (token, device) = (session["access_token"].as_str().unwrap(), session["device_id"].as_str().unwrap());
+        let device = uuid::Uuid::parse_str(device).unwrap();
+        for _ in 0..20 {
+            let events: Vec<Value> = (0..100)
+                .map(|_| crate::helpers::event("entry", uuid::Uuid::new_v4(), "put", &[(device, 1)], Some(&[7; 512])))
+                .collect();
+            let resp = client
+                .post(format!("{base}/sync/push"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"events": events}));
+            assert_eq!(resp.send().await.unwrap().status(), StatusCode::OK, "user {user}");
+        }
+        let resp = client.get(format!("{base}/sync/pull?since=0&limit=1000")).bearer_auth(token).send();
+        assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    }
+    let scrape = client.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.unwrap();
+    let scrape = scrape.text().await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix("echolia_sqlite_memory_bytes ")?.parse().ok())
+        .expect("echolia_sqlite_memory_bytes on the scrape")
+}
+
+#[tokio::test]
+async fn sqlite_memory_limit_bounds_the_page_caches() {
+    let unlimited = sqlite_memory_after_work("0").await;
+    let limited = sqlite_memory_after_work("1").await;
+    assert!(limited < 1.5 * 1024.0 * 1024.0, "a 1 MiB soft limit held {limited} bytes");
+    assert!(unlimited > 2.0 * limited, "without a limit the caches grow: {unlimited} vs {limited} bytes");
 }
