@@ -39,13 +39,13 @@ pub async fn render(state: &AppState) -> String {
 
     let appended = state.users.events_appended() as f64;
     let help = "Events appended to user logs (pushed and device events), counted once their transaction committed.";
-    single(&mut text, "echolia_events_appended_total", Kind::Counter, help, Some(appended));
+    text.single("echolia_events_appended_total", Kind::Counter, help, Some(appended));
     let open = state.users.open_count() as f64;
     let help = "User databases held open now (the LRU, at most MAX_OPEN_DATABASES).";
-    single(&mut text, "echolia_open_user_databases", Kind::Gauge, help, Some(open));
+    text.single("echolia_open_user_databases", Kind::Gauge, help, Some(open));
     let sqlite = crate::store::memory::used_bytes() as f64;
-    let help = "Bytes SQLite holds in this process (page caches, schemas, statements), soft-limited by SQLITE_MEMORY_LIMIT_MB.";
-    single(&mut text, "echolia_sqlite_memory_bytes", Kind::Gauge, help, Some(sqlite));
+    let help = "Bytes SQLite holds in this process (page caches, schemas), soft-limited by SQLITE_MEMORY_LIMIT_MB.";
+    text.single("echolia_sqlite_memory_bytes", Kind::Gauge, help, Some(sqlite));
 
     let users = match state.control.user_count().await {
         Ok(count) => Some(count as f64),
@@ -55,19 +55,12 @@ pub async fn render(state: &AppState) -> String {
         }
     };
     let help = "Registered users, each with one user database (from the users directory).";
-    single(&mut text, "echolia_user_databases", Kind::Gauge, help, users);
+    text.single("echolia_user_databases", Kind::Gauge, help, users);
 
     let bytes = state.metrics.disk_usage.get(state).await.map(|bytes| bytes as f64);
     let help = "Bytes of the control database and every user database, WAL included (measured at most every 15 s).";
-    single(&mut text, "echolia_database_disk_bytes", Kind::Gauge, help, bytes);
+    text.single("echolia_database_disk_bytes", Kind::Gauge, help, bytes);
     text.finish()
-}
-
-fn single(text: &mut Exposition, name: &str, kind: Kind, help: &str, value: Option<f64>) {
-    text.family(name, kind, help);
-    if let Some(value) = value {
-        text.sample(name, &[], value);
-    }
 }
 
 /// The last measured disk usage and when it was measured. The lock is held

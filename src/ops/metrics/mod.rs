@@ -107,22 +107,23 @@ impl Metrics {
     pub fn render(&self, text: &mut Exposition, now: DateTime<Utc>) {
         self.requests.render(text);
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
-        let single = |text: &mut Exposition, name: &str, kind: Kind, help: &str, value: f64| {
-            text.family(name, kind, help);
-            text.sample(name, &[], value);
-        };
-        single(text, "echolia_pulls_total", Kind::Counter, "Pulls answered with a page.", load(&self.pulls));
+        text.single("echolia_pulls_total", Kind::Counter, "Pulls answered with a page.", Some(load(&self.pulls)));
         let waiting = self.long_polls_waiting.load(Ordering::Relaxed) as f64;
-        single(text, "echolia_long_polls_waiting", Kind::Gauge, "Pulls (`wait` > 0) waiting for a push now.", waiting);
+        text.single(
+            "echolia_long_polls_waiting",
+            Kind::Gauge,
+            "Pulls (`wait` > 0) waiting for a push now.",
+            Some(waiting),
+        );
         let conflicts = load(&self.conflicts_created);
         let help = "Pushed events that became a conflicting head (push status `conflict`).";
-        single(text, "echolia_conflicts_created_total", Kind::Counter, help, conflicts);
+        text.single("echolia_conflicts_created_total", Kind::Counter, help, Some(conflicts));
         let active = self.daily_active.count(day_of(now)) as f64;
         let help = "Distinct users with an authenticated request today (UTC).";
-        single(text, "echolia_daily_active_users", Kind::Gauge, help, active);
+        text.single("echolia_daily_active_users", Kind::Gauge, help, Some(active));
         let failures = load(&self.pairing_failures);
         let help = "Pairing claims with a wrong, used or expired code.";
-        single(text, "echolia_pairing_failures_total", Kind::Counter, help, failures);
+        text.single("echolia_pairing_failures_total", Kind::Counter, help, Some(failures));
 
         let name = "echolia_rate_limited_total";
         text.family(name, Kind::Counter, "Requests refused by a per-client-IP rate limit, by limiter.");

@@ -50,6 +50,15 @@ impl Exposition {
         let _ = writeln!(self.out, " {}", format_value(value));
     }
 
+    /// A family of one unlabelled series; `None` (a figure not available
+    /// now) writes the family without a sample.
+    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: Option<f64>) {
+        self.family(name, kind, help);
+        if let Some(value) = value {
+            self.sample(name, &[], value);
+        }
+    }
+
     /// The `_bucket`, `_sum` and `_count` lines of one histogram.
     pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], snapshot: &HistogramSnapshot) {
         let mut cumulative = 0;
