@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use echolia::projection::version::VersionVector;
-use echolia::sync::wire::ClientEvent;
+use echolia::sync::wire::{ClientEvent, PushRequest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
@@ -68,8 +68,9 @@ async fn device_loop(
                 None => events.push(resent),
             }
         }
-        if push(&api, &device, events.clone(), &mut stats).await {
-            previous = events;
+        let batch = PushRequest { events };
+        if push(&api, &device, &batch, &mut stats).await {
+            previous = batch.events;
             pull_since(&api, &device, &mut cursor, &budget, &mut stats, |change| editor.learn(change)).await;
         }
     }

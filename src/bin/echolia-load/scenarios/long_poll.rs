@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use echolia::projection::version::VersionVector;
+use echolia::sync::wire::PushRequest;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use uuid::Uuid;
@@ -59,7 +60,7 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
             let events = (0..batch).map(|_| put_entry(Uuid::new_v4(), version.clone(), payload, &mut rng)).collect();
             let mut stats = Stats::default();
             *sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
-            push(&api, &pusher, events, &mut stats).await;
+            push(&api, &pusher, &PushRequest { events }, &mut stats).await;
             stats
         }));
     }

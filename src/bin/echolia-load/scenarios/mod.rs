@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::{SubsecRound, Utc};
 use echolia::events::{Kind, Op};
 use echolia::projection::version::VersionVector;
-use echolia::sync::wire::{Change, ClientEvent, Payload};
+use echolia::sync::wire::{Change, ClientEvent, Payload, PushRequest};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use rand::rngs::StdRng;
 use rand::RngCore;
@@ -132,10 +132,9 @@ pub async fn pull_since(
 }
 
 /// Pushes a batch and records it; false when it failed (after a short pause).
-pub async fn push(api: &Api, device: &Session, events: Vec<ClientEvent>, stats: &mut Stats) -> bool {
-    let count = events.len() as u64;
-    let batch = echolia::sync::wire::PushRequest { events };
-    let timed = api.push(device, &batch).await;
+pub async fn push(api: &Api, device: &Session, batch: &PushRequest, stats: &mut Stats) -> bool {
+    let count = batch.events.len() as u64;
+    let timed = api.push(device, batch).await;
     match timed.result {
         Ok(response) => {
             stats.ok("push", timed.elapsed, count);

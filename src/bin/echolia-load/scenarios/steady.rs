@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use echolia::projection::version::VersionVector;
-use echolia::sync::wire::ClientEvent;
+use echolia::sync::wire::{ClientEvent, PushRequest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
@@ -51,7 +51,7 @@ async fn device_loop(
     let mut cursor = 0;
     while budget.take() {
         let events = entries.next_batch(device.device_id, batch, payload, &mut rng);
-        if push(&api, &device, events, &mut stats).await && pulls {
+        if push(&api, &device, &PushRequest { events }, &mut stats).await && pulls {
             pull_since(&api, &device, &mut cursor, &budget, &mut stats, |_| {}).await;
         }
     }
