@@ -5,9 +5,11 @@
 //! file per read model. Views are disposable (replay rebuilds them), so their
 //! files are applied after the log's schema.
 
+use std::collections::HashSet;
+
 use libsql::{Connection, TransactionBehavior};
 
-use super::{query_opt, StoreResult};
+use super::StoreResult;
 
 /// One embedded SQL file.
 #[derive(Debug, Clone, Copy)]
@@ -66,17 +68,13 @@ pub async fn apply(conn: &Connection, set: &[Migration]) -> StoreResult<Vec<&'st
     Ok(pending.iter().map(|migration| migration.name).collect())
 }
 
-/// The migrations of `set` not recorded yet, in order.
+/// The migrations of `set` not recorded yet, in order (one read of the
+/// record: this runs on every open of a database).
 async fn pending<'a>(conn: &Connection, set: &'a [Migration]) -> StoreResult<Vec<&'a Migration>> {
-    let mut pending = Vec::new();
-    for migration in set {
-        if !is_applied(conn, migration.name).await? {
-            pending.push(migration);
-        }
+    let mut rows = conn.query("SELECT name FROM schema_migrations", ()).await?;
+    let mut applied = HashSet::new();
+    while let Some(row) = rows.next().await? {
+        applied.insert(row.get::<String>(0)?);
     }
-    Ok(pending)
-}
-
-async fn is_applied(conn: &Connection, name: &str) -> StoreResult<bool> {
-    Ok(query_opt(conn, "SELECT 1 FROM schema_migrations WHERE name = ?1", [name]).await?.is_some())
+    Ok(set.iter().filter(|migration| !applied.contains(migration.name)).collect())
 }
