@@ -16,11 +16,14 @@ use crate::events::{NewEvent, StoredEvent};
 pub struct UserDb {
     user_id: Uuid,
     db: Database,
-    /// One writer per user inside this process, so writers queue here
-    /// rather than on SQLite's lock. `BEGIN IMMEDIATE` still arbitrates
-    /// between processes.
-    write_lock: Arc<Mutex<()>>,
-    /// Idle connections, reused so page caches stay warm between requests.
+    /// The connection writes go through, behind the user's lock: one writer
+    /// per user inside this process, so writers queue here rather than on
+    /// SQLite's lock (`BEGIN IMMEDIATE` still arbitrates between processes).
+    /// Always the same connection, so its page cache stays valid from one
+    /// commit to the next: SQLite drops a connection's whole cache when the
+    /// log was written by another connection since its last transaction.
+    writer: Arc<Mutex<Option<Connection>>>,
+    /// Idle connections for reads, reused so page caches stay warm between requests.
     idle: Arc<SyncMutex<Vec<Connection>>>,
     /// Set when the account is deleted: no new unit of work may start.
     deleted: AtomicBool,
@@ -42,7 +45,7 @@ impl UserDb {
         Ok(Self {
             user_id,
             db,
-            write_lock: Arc::new(Mutex::new(())),
+            writer: Arc::new(Mutex::new(None)),
             idle: Arc::default(),
             deleted: AtomicBool::new(false),
             appended: Arc::default(),
@@ -63,14 +66,22 @@ impl UserDb {
     pub fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
         self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        if let Ok(mut writer) = self.writer.try_lock() {
+            *writer = None;
+        }
+    }
+
+    fn check_live(&self) -> StoreResult<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(StoreError::UserNotFound(self.user_id));
+        }
+        Ok(())
     }
 
     /// A connection for one unit of work (never shared between requests);
     /// it goes back to the idle pool when dropped outside a transaction.
     pub async fn read(&self) -> StoreResult<PooledConn> {
-        if self.deleted.load(Ordering::Acquire) {
-            return Err(StoreError::UserNotFound(self.user_id));
-        }
+        self.check_live()?;
         let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
@@ -79,23 +90,28 @@ impl UserDb {
         Ok(PooledConn { conn: Some(conn), idle: self.idle.clone() })
     }
 
-    /// Starts the one write transaction of this user: takes the user's lock,
-    /// then `BEGIN IMMEDIATE`, then reads the log head.
+    /// Starts the one write transaction of this user: takes the user's lock
+    /// and its writer connection, then `BEGIN IMMEDIATE`, then reads the log head.
     pub async fn begin_write(&self) -> StoreResult<WriteTx> {
-        let conn = self.read().await?;
-        let mut tx = self.begin_write_on(&conn).await?;
-        tx._conn = Some(conn);
-        Ok(tx)
+        self.check_live()?;
+        let mut guard = self.writer.clone().lock_owned().await;
+        // A writer left inside a transaction (a rollback that failed) is replaced.
+        let conn = match guard.take() {
+            Some(conn) if conn.is_autocommit() => conn,
+            _ => connect(&self.db).await?,
+        };
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await?;
+        *guard = Some(conn);
+        WriteTx::start(tx, guard, self.appended.clone()).await
     }
 
     /// [`UserDb::begin_write`] on a connection of this database the caller
     /// keeps (from [`UserDb::read`]), for a long job of many transactions
     /// (replay) whose page cache should outlive each of them.
     pub async fn begin_write_on(&self, conn: &Connection) -> StoreResult<WriteTx> {
-        let guard = self.write_lock.clone().lock_owned().await;
+        let guard = self.writer.clone().lock_owned().await;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await?;
-        let head = read_head(&tx).await?;
-        Ok(WriteTx { insert: None, tx, head, appended: 0, counter: self.appended.clone(), _conn: None, _guard: guard })
+        WriteTx::start(tx, guard, self.appended.clone()).await
     }
 }
 
@@ -110,12 +126,19 @@ pub struct WriteTx {
     /// Events appended in this transaction; they count once it commits.
     appended: u64,
     counter: Arc<AtomicU64>,
-    /// The pooled connection under `tx`, returned to the pool after it.
-    _conn: Option<PooledConn>,
-    _guard: OwnedMutexGuard<()>,
+    _guard: OwnedMutexGuard<Option<Connection>>,
 }
 
 impl WriteTx {
+    async fn start(
+        tx: Transaction,
+        guard: OwnedMutexGuard<Option<Connection>>,
+        counter: Arc<AtomicU64>,
+    ) -> StoreResult<Self> {
+        let head = read_head(&tx).await?;
+        Ok(WriteTx { insert: None, tx, head, appended: 0, counter, _guard: guard })
+    }
+
     /// Appends one event to the log (its view rows are the caller's to write,
     /// in this same transaction).
     pub async fn append(
