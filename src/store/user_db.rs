@@ -32,10 +32,11 @@ pub struct UserDb {
     appended: Arc<AtomicU64>,
 }
 
-/// Idle connections kept per open user database: enough for a device
-/// pushing while another pulls. Each holds its schema and page cache, times
-/// every open database.
-const IDLE_CONNECTIONS: usize = 2;
+/// Idle read connections kept per open user database, besides its writer:
+/// one, so an open database holds two connections (each with its schema and
+/// page cache), times every open database. A second concurrent reader opens
+/// a connection of its own and closes it after.
+const IDLE_CONNECTIONS: usize = 1;
 
 impl UserDb {
     /// Opens (or with `create`, makes) the database and brings its schema up to date.
