@@ -19,9 +19,9 @@ pub struct UserDb {
     /// The connection writes go through, behind the user's lock: one writer
     /// per user inside this process, so writers queue here rather than on
     /// SQLite's lock (`BEGIN IMMEDIATE` still arbitrates between processes).
-    /// Always the same connection, so its page cache stays valid from one
-    /// commit to the next: SQLite drops a connection's whole cache when the
-    /// log was written by another connection since its last transaction.
+    /// Always the same connection: its page cache stays valid from one commit
+    /// to the next, and queued writers hold no connection while they wait
+    /// (32 concurrent pushes: 70 MiB peak instead of 117, benches/README.md).
     writer: Arc<Mutex<Option<Connection>>>,
     /// Idle connections for reads, reused so page caches stay warm between requests.
     idle: Arc<SyncMutex<Vec<Connection>>>,
