@@ -642,7 +642,12 @@ pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
             tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.table, view.retired()), ()).await?;
             indexes.into_iter().map(|(_, sql)| sql).collect()
         } else {
-            embedded(view.table)?.into_iter().filter(|statement| statement.starts_with("CREATE INDEX")).collect()
+            embedded(view.table)?
+                .into_iter()
+                .filter(|statement| {
+                    statement.starts_with("CREATE INDEX") || statement.starts_with("CREATE UNIQUE INDEX")
+                })
+                .collect()
         };
         tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.shadow(), view.table), ()).await?;
         for sql in &indexes {
@@ -914,6 +919,24 @@ mod tests {
         assert_eq!(report.replayed, live);
         rebuild(&fx.db, &|_| {}).await.unwrap();
         assert_eq!(checksum(&conn).await.unwrap(), live);
+    }
+
+    #[tokio::test]
+    async fn rebuilt_views_keep_one_row_per_updated_seq() {
+        let fx = fixture(200).await;
+        rebuild(&fx.db, &|_| {}).await.unwrap();
+        let conn = fx.db.read().await.unwrap();
+        for view in &VIEWS[1..] {
+            let rows = query_opt(&conn, &format!("SELECT count(*) FROM {}", view.table), ()).await.unwrap();
+            assert!(rows.unwrap().get::<u64>(0).unwrap() > 0, "{} is empty", view.table);
+            let taken = format!(
+                "INSERT INTO {table} ({columns}) SELECT '00000000-0000-0000-0000-000000000000', NULL, '[]', '{{}}', 0, 0, \
+                 max(updated_seq) FROM {table}",
+                table = view.table,
+                columns = view.columns
+            );
+            assert!(conn.execute(&taken, ()).await.is_err(), "{} took a second row for one seq", view.table);
+        }
     }
 
     #[tokio::test]
