@@ -101,9 +101,10 @@ impl UserDb {
             Some(conn) if conn.is_autocommit() => conn,
             _ => connect(&self.db).await?,
         };
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await;
+        // Kept for the next writer whether `BEGIN` worked or not (busy from another process).
         *guard = Some(conn);
-        WriteTx::start(tx, guard, self.appended.clone()).await
+        WriteTx::start(tx?, guard, self.appended.clone()).await
     }
 
     /// [`UserDb::begin_write`] on a connection of this database the caller
