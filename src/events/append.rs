@@ -34,14 +34,10 @@ pub async fn read_head(conn: &Connection) -> StoreResult<Head> {
     Ok(Head { seq, hash })
 }
 
-const INSERT: &str = "INSERT INTO events (seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, \
+/// The statement [`append`] runs, once per event.
+pub const INSERT: &str = "INSERT INTO events (seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, \
                       payload, client_time, received_at, hash) \
                       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
-
-/// The insert statement [`append`] uses; prepare once per transaction.
-pub async fn prepare_insert(conn: &Connection) -> StoreResult<Statement> {
-    Ok(conn.prepare(INSERT).await?)
-}
 
 /// Appends one event after `head` and moves `head` forward.
 pub async fn append(

@@ -1,13 +1,15 @@
 //! The tables of the client read models (`entries`, `memories`, `tags`,
 //! `embeddings`): one row per aggregate, as [`AggregateRow`].
 
+use std::sync::{Arc, LazyLock};
+
 use libsql::{Connection, Row, Statement, Value};
 use uuid::Uuid;
 
 use super::aggregate::{AggregateRow, Head};
 use super::version::VersionVector;
 use crate::events::Kind;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult, WriteTx};
 
 /// The kinds devices push and pull, in a fixed order.
 pub const CLIENT_KINDS: [Kind; 4] = [Kind::Entry, Kind::Memory, Kind::Tag, Kind::Embedding];
@@ -24,41 +26,69 @@ pub fn table(kind: Kind) -> Option<&'static str> {
 }
 
 fn client_table(kind: Kind) -> StoreResult<&'static str> {
-    table(kind).ok_or_else(|| StoreError::Corrupt(format!("`{}` has no aggregate view", kind.as_str())))
+    table(kind).ok_or_else(|| no_view(kind))
 }
 
-fn index(kind: Kind) -> usize {
-    CLIENT_KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+fn index(kind: Kind) -> StoreResult<usize> {
+    CLIENT_KINDS.iter().position(|k| *k == kind).ok_or_else(|| no_view(kind))
 }
 
-/// Prepared load and save statements for every view, reused across a batch
-/// (each is reset before use: libsql reuses bound values otherwise).
+fn no_view(kind: Kind) -> StoreError {
+    StoreError::Corrupt(format!("`{}` has no aggregate view", kind.as_str()))
+}
+
+/// Load and save statements for the views, reused across a batch (each is
+/// reset before use: libsql reuses bound values otherwise).
 pub struct ViewStatements {
-    load: Vec<Statement>,
-    save: Vec<Statement>,
+    load: [Option<Arc<Statement>>; 4],
+    save: [Option<Arc<Statement>>; 4],
 }
+
+/// The load and save SQL of each client kind, in [`CLIENT_KINDS`] order.
+static SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
+    CLIENT_KINDS
+        .iter()
+        .filter_map(|kind| table(*kind))
+        .map(|table| {
+            let load = format!("SELECT {COLUMNS} FROM {table} WHERE id = ?1");
+            let save = format!(
+                "INSERT INTO {table} ({COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET \
+                 parent_id = excluded.parent_id, heads = excluded.heads, version = excluded.version, \
+                 deleted = excluded.deleted, conflict = excluded.conflict, updated_seq = excluded.updated_seq"
+            );
+            (load, save)
+        })
+        .collect()
+});
 
 impl ViewStatements {
+    /// Every view's statements, prepared on `conn`.
     pub async fn prepare(conn: &Connection) -> StoreResult<Self> {
-        let (mut load, mut save) = (Vec::new(), Vec::new());
-        for kind in CLIENT_KINDS {
-            let table = client_table(kind)?;
-            load.push(conn.prepare(&format!("SELECT {COLUMNS} FROM {table} WHERE id = ?1")).await?);
-            save.push(
-                conn.prepare(&format!(
-                    "INSERT INTO {table} ({COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET \
-                     parent_id = excluded.parent_id, heads = excluded.heads, version = excluded.version, \
-                     deleted = excluded.deleted, conflict = excluded.conflict, updated_seq = excluded.updated_seq"
-                ))
-                .await?,
-            );
+        let mut statements = Self { load: Default::default(), save: Default::default() };
+        for (i, (load, save)) in SQL.iter().enumerate() {
+            statements.load[i] = Some(Arc::new(conn.prepare(load).await?));
+            statements.save[i] = Some(Arc::new(conn.prepare(save).await?));
         }
-        Ok(Self { load, save })
+        Ok(statements)
+    }
+
+    /// The statements of `kinds` only, from the writer's statement cache.
+    pub async fn cached(tx: &mut WriteTx, kinds: impl IntoIterator<Item = Kind>) -> StoreResult<Self> {
+        let mut statements = Self { load: Default::default(), save: Default::default() };
+        for kind in kinds {
+            let i = index(kind)?;
+            if statements.load[i].is_none() {
+                let (load, save) = &SQL[i];
+                statements.load[i] = Some(tx.cached(load).await?);
+                statements.save[i] = Some(tx.cached(save).await?);
+            }
+        }
+        Ok(statements)
     }
 
     pub async fn load(&self, kind: Kind, id: Uuid) -> StoreResult<Option<AggregateRow>> {
-        let stmt = &self.load[index(kind)];
+        let stmt = prepared(&self.load, kind)?;
         stmt.reset();
         let mut rows = stmt.query([id.to_string()]).await?;
         let row = rows.next().await?.map(|row| decode(kind, &row, 0)).transpose();
@@ -68,12 +98,20 @@ impl ViewStatements {
 
     pub async fn save(&self, row: &AggregateRow) -> StoreResult<()> {
         let values = values(row)?;
-        let stmt = &self.save[index(row.kind)];
+        let stmt = prepared(&self.save, row.kind)?;
         stmt.reset();
         stmt.execute(values).await?;
         stmt.reset();
         Ok(())
     }
+}
+
+/// The statement of `kind` among `statements`; an error for a kind that has
+/// no view or was not prepared (a bug of the caller, never a panic).
+fn prepared(statements: &[Option<Arc<Statement>>; 4], kind: Kind) -> StoreResult<&Statement> {
+    statements[index(kind)?]
+        .as_deref()
+        .ok_or_else(|| StoreError::Corrupt(format!("no statement prepared for the `{}` view", kind.as_str())))
 }
 
 /// The stored columns of every aggregate view, in the order of [`values`].

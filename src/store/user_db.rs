@@ -1,5 +1,6 @@
 //! One user's database: a handle to read from, and the single write path.
 
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
@@ -10,7 +11,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use super::{connect, migrations, Backend, StoreError, StoreResult};
-use crate::events::append::{append, prepare_insert, read_head, Head};
+use crate::events::append::{append, read_head, Head, INSERT};
 use crate::events::{NewEvent, StoredEvent};
 
 pub struct UserDb {
@@ -22,7 +23,7 @@ pub struct UserDb {
     /// Always the same connection: its page cache stays valid from one commit
     /// to the next, and queued writers hold no connection while they wait
     /// (32 concurrent pushes: 70 MiB peak instead of 117, benches/README.md).
-    writer: Arc<Mutex<Option<Connection>>>,
+    writer: Arc<Mutex<Option<Writer>>>,
     /// Idle connections for reads, reused so page caches stay warm between requests.
     idle: Arc<SyncMutex<Vec<Connection>>>,
     /// Set when the account is deleted: no new unit of work may start.
@@ -97,14 +98,14 @@ impl UserDb {
         self.check_live()?;
         let mut guard = self.writer.clone().lock_owned().await;
         // A writer left inside a transaction (a rollback that failed) is replaced.
-        let conn = match guard.take() {
-            Some(conn) if conn.is_autocommit() => conn,
-            _ => connect(&self.db).await?,
+        let writer = match guard.take() {
+            Some(writer) if writer.conn.is_autocommit() => writer,
+            _ => Writer { statements: HashMap::new(), conn: connect(&self.db).await? },
         };
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await;
+        let tx = writer.conn.transaction_with_behavior(TransactionBehavior::Immediate).await;
         // Kept for the next writer whether `BEGIN` worked or not (busy from another process).
-        *guard = Some(conn);
-        WriteTx::start(tx?, guard, self.appended.clone()).await
+        *guard = Some(writer);
+        WriteTx::start(tx?, guard, true, self.appended.clone()).await
     }
 
     /// [`UserDb::begin_write`] on a connection of this database the caller
@@ -113,32 +114,73 @@ impl UserDb {
     pub async fn begin_write_on(&self, conn: &Connection) -> StoreResult<WriteTx> {
         let guard = self.writer.clone().lock_owned().await;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await?;
-        WriteTx::start(tx, guard, self.appended.clone()).await
+        WriteTx::start(tx, guard, false, self.appended.clone()).await
     }
 }
+
+/// The connection a user's writes go through, with the statements the
+/// write paths prepared on it: kept from one transaction to the next, since
+/// preparing them again for every push took ≈ 7% of its CPU (benches/README.md).
+struct Writer {
+    /// By SQL text. The write paths use a fixed set of statements (a dozen),
+    /// so this stays small; [`MAX_CACHED_STATEMENTS`] bounds it regardless.
+    /// Declared first: the statements are finalized before their connection closes.
+    statements: HashMap<String, Arc<Statement>>,
+    conn: Connection,
+}
+
+/// Past this many cached statements the cache starts over.
+const MAX_CACHED_STATEMENTS: usize = 32;
 
 /// An open write transaction. Dropping it without [`WriteTx::commit`] rolls
 /// everything back, so an error anywhere leaves the database as it was.
 pub struct WriteTx {
-    // Field order matters: statements are finalized before the transaction
-    // ends, and the transaction ends before the lock is released.
-    insert: Option<Statement>,
+    // Field order matters: the transaction ends before the lock is released.
+    insert: Option<Arc<Statement>>,
     tx: Transaction,
     head: Head,
     /// Events appended in this transaction; they count once it commits.
     appended: u64,
     counter: Arc<AtomicU64>,
-    _guard: OwnedMutexGuard<Option<Connection>>,
+    /// Whether `tx` runs on the writer connection in `guard` (not on a
+    /// caller's, see [`UserDb::begin_write_on`]): only then may it use and
+    /// fill the writer's statement cache.
+    on_writer: bool,
+    guard: OwnedMutexGuard<Option<Writer>>,
 }
 
 impl WriteTx {
     async fn start(
         tx: Transaction,
-        guard: OwnedMutexGuard<Option<Connection>>,
+        guard: OwnedMutexGuard<Option<Writer>>,
+        on_writer: bool,
         counter: Arc<AtomicU64>,
     ) -> StoreResult<Self> {
         let head = read_head(&tx).await?;
-        Ok(WriteTx { insert: None, tx, head, appended: 0, counter, _guard: guard })
+        Ok(WriteTx { insert: None, tx, head, appended: 0, counter, on_writer, guard })
+    }
+
+    /// A statement for `sql` (one of a fixed set, never built from input),
+    /// prepared once per writer connection and reset before it is handed
+    /// out. Callers reset it again after use, so that no cached statement
+    /// keeps a read open between transactions.
+    pub async fn cached(&mut self, sql: &str) -> StoreResult<Arc<Statement>> {
+        let cache = match self.guard.as_mut() {
+            Some(writer) if self.on_writer => Some(&mut writer.statements),
+            _ => None,
+        };
+        if let Some(statement) = cache.as_ref().and_then(|cache| cache.get(sql)) {
+            statement.reset();
+            return Ok(statement.clone());
+        }
+        let statement = Arc::new(self.tx.prepare(sql).await?);
+        if let Some(writer) = self.guard.as_mut().filter(|_| self.on_writer) {
+            if writer.statements.len() >= MAX_CACHED_STATEMENTS {
+                writer.statements.clear();
+            }
+            writer.statements.insert(sql.to_owned(), statement.clone());
+        }
+        Ok(statement)
     }
 
     /// Appends one event to the log (its view rows are the caller's to write,
@@ -149,11 +191,14 @@ impl WriteTx {
         received_at: DateTime<Utc>,
         event: NewEvent,
     ) -> StoreResult<StoredEvent> {
-        if self.insert.is_none() {
-            self.insert = Some(prepare_insert(&self.tx).await?);
-        }
-        let insert = self.insert.as_ref().unwrap_or_else(|| unreachable!("prepared above"));
-        let stored = append(insert, &mut self.head, device_id, received_at, event).await?;
+        let insert = match &self.insert {
+            Some(insert) => insert.clone(),
+            None => {
+                let insert = self.cached(INSERT).await?;
+                self.insert.insert(insert).clone()
+            }
+        };
+        let stored = append(&insert, &mut self.head, device_id, received_at, event).await?;
         self.appended += 1;
         Ok(stored)
     }

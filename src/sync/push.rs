@@ -146,8 +146,9 @@ pub async fn apply_batch(
     now: DateTime<Utc>,
     events: Vec<NewEvent>,
 ) -> Result<Vec<PushResult>, BatchError> {
-    let find = tx.prepare("SELECT seq FROM events WHERE event_id = ?1").await.map_err(StoreError::from)?;
-    let views = ViewStatements::prepare(tx).await?;
+    let find = tx.cached("SELECT seq FROM events WHERE event_id = ?1").await?;
+    let kinds: HashSet<Kind> = events.iter().map(|event| event.kind).collect();
+    let views = ViewStatements::cached(tx, kinds).await?;
     let mut rows: HashMap<(Kind, Uuid), AggregateRow> = HashMap::new();
     let mut dirty: HashSet<(Kind, Uuid)> = HashSet::new();
     let mut results = Vec::with_capacity(events.len());
