@@ -86,7 +86,7 @@ impl<'de> Deserialize<'de> for HexHash {
 /// (`echolia-load`, the benchmarks).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientEvent {
-    /// Client-generated; the idempotency key.
+    /// Client-generated; the idempotency key. Any UUID; time-ordered (version 7) recommended.
     #[serde(serialize_with = "uuid::serde::hyphenated::serialize")]
     pub event_id: Uuid,
     /// `entry`, `memory`, `tag` or `embedding`.

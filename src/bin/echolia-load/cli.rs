@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use uuid::Uuid;
 
 /// Drives a running Echolia Sync server over HTTP and reports throughput and
 /// latency percentiles per operation.
@@ -61,6 +62,28 @@ pub struct Args {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// How devices make the ids of new events and entries.
+    #[arg(long, value_enum, default_value_t = Ids::V7)]
+    pub ids: Ids,
+}
+
+/// UUID versions a device may make ids with; the server takes any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ids {
+    /// Time-ordered (RFC 9562 version 7), as the API description recommends:
+    /// the server's indexes by id then grow at their end.
+    V7,
+    /// Random (version 4): every new id lands on a random page of those indexes.
+    V4,
+}
+
+impl Ids {
+    pub fn new_id(self) -> Uuid {
+        match self {
+            Self::V7 => Uuid::now_v7(),
+            Self::V4 => Uuid::new_v4(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,7 +7,6 @@ use std::time::Instant;
 use echolia::projection::version::VersionVector;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use uuid::Uuid;
 
 use super::{put_entry, PULL_LIMIT};
 use crate::cli::Args;
@@ -54,7 +53,7 @@ async fn seed(api: &Api, device: &Session, args: &Args) -> Result<f64, String> {
         let events = (0..count)
             .map(|_| {
                 let version = VersionVector::single(device.device_id, 1);
-                put_entry(Uuid::new_v4(), version, args.payload as usize, &mut rng)
+                put_entry(args.ids, args.ids.new_id(), version, args.payload as usize, &mut rng)
             })
             .collect();
         let batch = echolia::sync::wire::PushRequest { events };

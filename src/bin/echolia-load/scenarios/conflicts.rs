@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
 use super::{bumped, pull_since, push, put_entry, report, run_workers, set_up_users};
-use crate::cli::Args;
+use crate::cli::{Args, Ids};
 use crate::client::{Api, Session};
 use crate::report::Report;
 use crate::stats::{Budget, Stats};
@@ -39,7 +39,8 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
     let (batch, payload) = (args.batch as usize, args.payload as usize);
     let stats = run_workers(devices, |(device, hot)| {
         let (api, budget) = (api.clone(), budget.clone());
-        let editor = Editor { device: device.device_id, hot, known: HashMap::new(), older: HashMap::new() };
+        let ids = args.ids;
+        let editor = Editor { device: device.device_id, ids, hot, known: HashMap::new(), older: HashMap::new() };
         async move { device_loop(api, device, editor, budget, batch, payload).await }
     })
     .await;
@@ -80,6 +81,7 @@ async fn device_loop(
 /// One device's view of its user's hot aggregates.
 struct Editor {
     device: Uuid,
+    ids: Ids,
     hot: Arc<Vec<Uuid>>,
     /// The merged version of each aggregate as last pulled or edited here.
     known: HashMap<Uuid, VersionVector>,
@@ -94,7 +96,7 @@ impl Editor {
                 let id = self.hot[rng.random_range(0..self.hot.len())];
                 match self.older.get(&id) {
                     // Dominated by this device's later edit: stale.
-                    Some(older) if rng.random_bool(STALE_SHARE) => put_entry(id, older.clone(), payload, rng),
+                    Some(older) if rng.random_bool(STALE_SHARE) => put_entry(self.ids, id, older.clone(), payload, rng),
                     _ => self.edit(id, payload, rng),
                 }
             })
@@ -110,7 +112,7 @@ impl Editor {
             self.older.insert(id, current);
         }
         self.known.insert(id, next.clone());
-        put_entry(id, next, payload, rng)
+        put_entry(self.ids, id, next, payload, rng)
     }
 
     fn learn(&mut self, change: &echolia::sync::wire::Change) {

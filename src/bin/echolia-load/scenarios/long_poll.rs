@@ -16,7 +16,6 @@ use echolia::projection::version::VersionVector;
 use echolia::sync::wire::PushRequest;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use uuid::Uuid;
 
 use super::{push, put_entry, set_up, PULL_LIMIT};
 use crate::cli::Args;
@@ -51,13 +50,13 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
     let spacing = duration.div_f64(pushers.len().max(1) as f64);
     let mut pushes = Vec::new();
     for (i, (pusher, sent)) in pushers.into_iter().enumerate() {
-        let (api, batch, payload) = (api.clone(), args.batch, args.payload as usize);
+        let (api, batch, payload, ids) = (api.clone(), args.batch, args.payload as usize, args.ids);
         let at = tokio::time::Instant::from_std(started + spacing.mul_f64(i as f64));
         pushes.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             let mut rng = StdRng::from_os_rng();
             let version = VersionVector::single(pusher.device_id, 1);
-            let events = (0..batch).map(|_| put_entry(Uuid::new_v4(), version.clone(), payload, &mut rng)).collect();
+            let events = (0..batch).map(|_| put_entry(ids, ids.new_id(), version.clone(), payload, &mut rng)).collect();
             let mut stats = Stats::default();
             *sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
             push(&api, &pusher, &PushRequest { events }, &mut stats).await;

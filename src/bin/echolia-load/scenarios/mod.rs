@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::RngCore;
 use uuid::Uuid;
 
-use crate::cli::{Args, Scenario};
+use crate::cli::{Args, Ids, Scenario};
 use crate::client::{Api, Failure, Session};
 use crate::report::Report;
 use crate::stats::{Budget, Stats};
@@ -149,12 +149,18 @@ pub async fn push(api: &Api, device: &Session, batch: &PushRequest, stats: &mut 
     }
 }
 
-/// A `put` of an entry with `payload` random bytes.
-pub fn put_entry(aggregate_id: Uuid, version: VersionVector, payload: usize, rng: &mut StdRng) -> ClientEvent {
+/// A `put` of an entry with `payload` random bytes, with a new event id made as `ids` says.
+pub fn put_entry(
+    ids: Ids,
+    aggregate_id: Uuid,
+    version: VersionVector,
+    payload: usize,
+    rng: &mut StdRng,
+) -> ClientEvent {
     let mut bytes = vec![0; payload];
     rng.fill_bytes(&mut bytes);
     ClientEvent {
-        event_id: Uuid::new_v4(),
+        event_id: ids.new_id(),
         kind: Kind::Entry,
         aggregate_id,
         parent_id: None,

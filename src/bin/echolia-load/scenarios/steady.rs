@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
 use super::{bumped, pull_since, push, put_entry, report, run_workers, set_up_users};
-use crate::cli::Args;
+use crate::cli::{Args, Ids};
 use crate::client::{Api, Session};
 use crate::report::Report;
 use crate::stats::{Budget, Stats};
@@ -28,10 +28,11 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
 
     let budget = Arc::new(Budget::new(duration, args.max_requests));
     let started = Instant::now();
-    let (batch, payload, pulls) = (args.batch as usize, args.payload as usize, !args.no_pull);
+    let (batch, payload, pulls, ids) = (args.batch as usize, args.payload as usize, !args.no_pull, args.ids);
     let stats = run_workers(devices, |device| {
         let (api, budget) = (api.clone(), budget.clone());
-        async move { device_loop(api, device, budget, batch, payload, pulls).await }
+        let entries = Entries { ids, known: Vec::new() };
+        async move { device_loop(api, device, budget, entries, batch, payload, pulls).await }
     })
     .await;
     Ok(report(args, setup, started, stats))
@@ -41,13 +42,13 @@ async fn device_loop(
     api: Api,
     device: Session,
     budget: Arc<Budget>,
+    mut entries: Entries,
     batch: usize,
     payload: usize,
     pulls: bool,
 ) -> Stats {
     let mut stats = Stats::default();
     let mut rng = StdRng::from_os_rng();
-    let mut entries = Entries::default();
     let mut cursor = 0;
     while budget.take() {
         let events = entries.next_batch(device.device_id, batch, payload, &mut rng);
@@ -59,8 +60,8 @@ async fn device_loop(
 }
 
 /// The entries this device created, with the version of its latest edit.
-#[derive(Default)]
 struct Entries {
+    ids: Ids,
     known: Vec<(Uuid, VersionVector)>,
 }
 
@@ -73,13 +74,13 @@ impl Entries {
                     let index = rng.random_range(0..self.known.len());
                     let (id, version) = &mut self.known[index];
                     *version = bumped(version, device);
-                    put_entry(*id, version.clone(), payload, rng)
+                    put_entry(self.ids, *id, version.clone(), payload, rng)
                 } else {
-                    let (id, version) = (Uuid::new_v4(), VersionVector::single(device, 1));
+                    let (id, version) = (self.ids.new_id(), VersionVector::single(device, 1));
                     if self.known.len() < REMEMBERED {
                         self.known.push((id, version.clone()));
                     }
-                    put_entry(id, version, payload, rng)
+                    put_entry(self.ids, id, version, payload, rng)
                 }
             })
             .collect()
