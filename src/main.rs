@@ -133,6 +133,7 @@ fn main() -> ExitCode {
         Command::Serve => telemetry::init(config.log_format),
         Command::Operate(_) => cli::init_logs(config.log_format),
     }
+    echolia::store::memory::limit_malloc_arenas();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads.get()).enable_all().build();
     let runtime = match runtime {

@@ -888,7 +888,7 @@ mod tests {
 
     #[tokio::test]
     async fn rebuilt_views_equal_the_live_ones_again_and_again() {
-        let fx = fixture(400).await;
+        let mut fx = fixture(400).await;
         let conn = fx.db.read().await.unwrap();
         let live = checksum(&conn).await.unwrap();
         let report = clean_check(&fx.db).await;
@@ -903,6 +903,10 @@ mod tests {
             assert_eq!(schema(&conn).await, names, "same tables and index names, no leftovers");
         }
         clean_check(&fx.db).await;
+        // The writer's cached statements outlive the swaps: they now write the new tables.
+        fx.random_pushes(200).await;
+        let after = clean_check(&fx.db).await;
+        assert!(after.head > report.head && after.stored != live, "the pushes after the rebuilds changed the views");
     }
 
     #[tokio::test]

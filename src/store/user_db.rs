@@ -165,11 +165,8 @@ impl WriteTx {
     /// out. Callers reset it again after use, so that no cached statement
     /// keeps a read open between transactions.
     pub async fn cached(&mut self, sql: &str) -> StoreResult<Arc<Statement>> {
-        let cache = match self.guard.as_mut() {
-            Some(writer) if self.on_writer => Some(&mut writer.statements),
-            _ => None,
-        };
-        if let Some(statement) = cache.as_ref().and_then(|cache| cache.get(sql)) {
+        let writer = self.guard.as_ref().filter(|_| self.on_writer);
+        if let Some(statement) = writer.and_then(|writer| writer.statements.get(sql)) {
             statement.reset();
             return Ok(statement.clone());
         }
@@ -247,5 +244,37 @@ impl Drop for PooledConn {
                 idle.push(conn);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SQL: &str = "SELECT count(*) FROM events";
+
+    #[tokio::test]
+    async fn the_writer_prepares_a_statement_once_and_a_callers_connection_never_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = UserDb::open(&Backend::local(dir.path()), Uuid::new_v4(), true).await.unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        let first = tx.cached(SQL).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        let again = tx.cached(SQL).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the second transaction reuses the statement");
+        let mut rows = again.query(()).await.unwrap();
+        assert_eq!(rows.next().await.unwrap().unwrap().get::<u64>(0).unwrap(), 0);
+        drop(rows);
+        tx.commit().await.unwrap();
+
+        let own = db.read().await.unwrap();
+        let mut tx = db.begin_write_on(&own).await.unwrap();
+        let theirs = tx.cached(SQL).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &theirs), "prepared on the caller's connection, not taken from the writer's");
+        tx.commit().await.unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        assert!(Arc::ptr_eq(&first, &tx.cached(SQL).await.unwrap()), "and not cached in place of the writer's");
+        tx.commit().await.unwrap();
     }
 }
