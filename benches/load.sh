@@ -48,6 +48,7 @@ run() { # name, load generator arguments...
 }
 
 run push-msgpack --scenario steady --no-pull --users 16 --devices 2 --batch 100 --payload 512 --duration 20 --format msgpack
+run push-msgpack-v4 --scenario steady --no-pull --users 16 --devices 2 --batch 100 --payload 512 --duration 20 --format msgpack --ids v4
 run push-json --scenario steady --no-pull --users 16 --devices 2 --batch 100 --payload 512 --duration 20 --format json
 run steady-msgpack --scenario steady --users 16 --devices 2 --batch 100 --payload 512 --duration 20 --format msgpack
 run cold-pull-msgpack --scenario cold-pull --entries 60000 --format msgpack
