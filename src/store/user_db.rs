@@ -102,6 +102,12 @@ impl UserDb {
             Some(writer) if writer.conn.is_autocommit() => writer,
             _ => Writer { statements: HashMap::new(), conn: connect(&self.db).await? },
         };
+        // A cached statement left mid-step (an error between a query and its
+        // reset) would keep a read open across the rollback, and `BEGIN
+        // IMMEDIATE` would then fail for good once another connection commits.
+        for statement in writer.statements.values() {
+            statement.reset();
+        }
         let tx = writer.conn.transaction_with_behavior(TransactionBehavior::Immediate).await;
         // Kept for the next writer whether `BEGIN` worked or not (busy from another process).
         *guard = Some(writer);
@@ -276,5 +282,22 @@ mod tests {
         let mut tx = db.begin_write().await.unwrap();
         assert!(Arc::ptr_eq(&first, &tx.cached(SQL).await.unwrap()), "and not cached in place of the writer's");
         tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cached_statement_left_mid_step_does_not_wedge_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = UserDb::open(&Backend::local(dir.path()), Uuid::new_v4(), true).await.unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        let statement = tx.cached("SELECT name FROM sqlite_master").await.unwrap();
+        let mut rows = statement.query(()).await.unwrap();
+        assert!(rows.next().await.unwrap().is_some());
+        // As an error between a query and its reset would leave it: mid-step, rolled back.
+        drop((rows, statement, tx));
+        let other = db.read().await.unwrap();
+        other.execute("CREATE TABLE scratch (x INTEGER)", ()).await.unwrap();
+        for _ in 0..2 {
+            db.begin_write().await.expect("the writer begins again").commit().await.unwrap();
+        }
     }
 }
