@@ -61,7 +61,7 @@ pub async fn set_soft_limit(conn: &libsql::Connection, bytes: u64) -> StoreResul
 /// contention an arena of its own, up to eight per core, and memory freed in
 /// one arena serves only that arena: with a dozen runtime and blocking
 /// threads touching a thousand user databases, that is resident memory
-/// nobody uses. Fleet run (benches/README.md): peak RSS 266–267 MiB with two
+/// nobody uses. Fleet runs (benches/README.md): peak RSS 262–267 MiB with two
 /// arenas, 274–281 MiB without; push throughput unchanged. Call before any
 /// thread starts.
 pub fn limit_malloc_arenas() {
