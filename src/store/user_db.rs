@@ -142,6 +142,8 @@ const MAX_CACHED_STATEMENTS: usize = 32;
 /// everything back, so an error anywhere leaves the database as it was.
 pub struct WriteTx {
     // Field order matters: the transaction ends before the lock is released.
+    /// The log insert, looked up once per transaction: from the writer's
+    /// cache, or prepared once on a caller's connection (which has none).
     insert: Option<Arc<Statement>>,
     tx: Transaction,
     head: Head,
@@ -167,13 +169,12 @@ impl WriteTx {
     }
 
     /// A statement for `sql` (one of a fixed set, never built from input),
-    /// prepared once per writer connection and reset before it is handed
-    /// out. Callers reset it again after use, so that no cached statement
-    /// keeps a read open between transactions.
+    /// prepared once per writer connection. [`UserDb::begin_write`] resets
+    /// every cached statement; callers reset before and after each use, as
+    /// with any libsql statement.
     pub async fn cached(&mut self, sql: &str) -> StoreResult<Arc<Statement>> {
         let writer = self.guard.as_ref().filter(|_| self.on_writer);
         if let Some(statement) = writer.and_then(|writer| writer.statements.get(sql)) {
-            statement.reset();
             return Ok(statement.clone());
         }
         let statement = Arc::new(self.tx.prepare(sql).await?);

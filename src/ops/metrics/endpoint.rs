@@ -44,7 +44,7 @@ pub async fn render(state: &AppState) -> String {
     let help = "User databases held open now (the LRU, at most MAX_OPEN_DATABASES).";
     text.single("echolia_open_user_databases", Kind::Gauge, help, Some(open));
     let sqlite = crate::store::memory::used_bytes() as f64;
-    let help = "Bytes SQLite holds in this process (page caches, schemas), soft-limited by SQLITE_MEMORY_LIMIT_MB.";
+    let help = "Bytes SQLite holds in this process (page caches, schemas, statements), soft-limited by SQLITE_MEMORY_LIMIT_MB.";
     text.single("echolia_sqlite_memory_bytes", Kind::Gauge, help, Some(sqlite));
 
     let users = match state.control.user_count().await {

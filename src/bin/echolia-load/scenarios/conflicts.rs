@@ -39,8 +39,8 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
     let (batch, payload) = (args.batch as usize, args.payload as usize);
     let stats = run_workers(devices, |(device, hot)| {
         let (api, budget) = (api.clone(), budget.clone());
-        let ids = args.ids;
-        let editor = Editor { device: device.device_id, ids, hot, known: HashMap::new(), older: HashMap::new() };
+        let editor =
+            Editor { device: device.device_id, ids: args.ids, hot, known: HashMap::new(), older: HashMap::new() };
         async move { device_loop(api, device, editor, budget, batch, payload).await }
     })
     .await;
