@@ -242,6 +242,20 @@ mod tests {
             }
         }
 
+        /// Pull reads the payload of a row's latest change with the row and
+        /// reads the others only for a conflict: the latest change must be a head.
+        #[test]
+        fn the_latest_change_is_always_a_head(events in events(), shuffle in any::<prop::sample::Index>()) {
+            let mut mixed = events.clone();
+            let seed = shuffle.index(usize::MAX);
+            for i in (1..mixed.len()).rev() {
+                mixed.swap(i, (seed / (i + 1)).wrapping_add(i * 7919) % (i + 1));
+            }
+            for row in fold(&store(&mixed), Views::new()).values() {
+                prop_assert!(row.heads.iter().any(|h| h.seq == row.updated_seq));
+            }
+        }
+
         #[test]
         fn folding_in_steps_equals_folding_at_once(events in events(), cut in any::<prop::sample::Index>()) {
             let log = store(&events);

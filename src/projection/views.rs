@@ -133,35 +133,111 @@ pub fn values(row: &AggregateRow) -> StoreResult<Vec<Value>> {
     ])
 }
 
-/// Up to `limit` aggregates of `kinds` changed after `since`, in order of
-/// their latest change.
-pub async fn changed_since(
-    conn: &Connection,
-    since: u64,
-    limit: u64,
-    kinds: &[Kind],
-) -> StoreResult<Vec<AggregateRow>> {
-    let mut arms = Vec::new();
-    for kind in kinds {
-        let table = client_table(*kind)?;
-        arms.push(format!(
-            "SELECT * FROM (SELECT '{kind}', id, parent_id, heads, version, deleted, conflict, updated_seq \
-             FROM {table} WHERE updated_seq > ?1 ORDER BY updated_seq LIMIT ?2)",
-            kind = kind.as_str()
-        ));
+/// A view row as pull sends it: its columns as stored (the projector writes
+/// ids, times and version vectors in their wire form, so pull passes the
+/// text through instead of parsing it into types and formatting it again),
+/// with the payload of the event at `updated_seq`: the projector's latest
+/// change to a row is always one of its heads ([`super::aggregate::apply`]
+/// puts every event it does not find stale among the heads), so a row
+/// without a conflict needs no other payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredChange {
+    pub kind: Kind,
+    pub id: String,
+    pub parent_id: Option<String>,
+    /// JSON: the heads, as [`values`] stores them.
+    pub heads: String,
+    /// JSON: the merged version vector.
+    pub version: String,
+    pub deleted: bool,
+    pub conflict: bool,
+    pub updated_seq: u64,
+    /// The payload of the event at `updated_seq` (`None` for a delete).
+    pub latest_payload: Option<Vec<u8>>,
+}
+
+/// The aggregates of some kinds changed after a cursor, in order of their
+/// latest change: each view walked in its `updated_seq` index, the walks
+/// merged here. (One `UNION ALL` under an `ORDER BY` made SQLite copy every
+/// arm's rows, heads and all, into a temporary B-tree to sort them.) A row
+/// is read when it is taken, so a caller that stops early has read at most
+/// one row more per view; each row comes with the payload of its latest
+/// change, joined in the same statement.
+pub struct ChangedSince {
+    arms: Vec<Arm>,
+}
+
+struct Arm {
+    kind: Kind,
+    rows: libsql::Rows,
+    /// The arm's next row; `None` once it is exhausted (never stepped again:
+    /// SQLite would run a finished statement from the start).
+    next: Option<StoredChange>,
+}
+
+impl Arm {
+    async fn advance(&mut self) -> StoreResult<()> {
+        self.next = match self.rows.next().await? {
+            Some(row) => Some(stored_change(self.kind, &row)?),
+            None => None,
+        };
+        Ok(())
     }
-    if arms.is_empty() {
-        return Ok(Vec::new());
+}
+
+impl ChangedSince {
+    /// Up to `limit` rows of each of `kinds` changed after `since`.
+    pub async fn open(conn: &Connection, since: u64, limit: u64, kinds: &[Kind]) -> StoreResult<Self> {
+        let mut arms = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            let table = client_table(*kind)?;
+            let sql = format!(
+                "SELECT v.id, v.parent_id, v.heads, v.version, v.deleted, v.conflict, v.updated_seq, e.payload \
+                 FROM {table} v LEFT JOIN events e ON e.seq = v.updated_seq \
+                 WHERE v.updated_seq > ?1 ORDER BY v.updated_seq LIMIT ?2"
+            );
+            let mut arm = Arm { kind: *kind, rows: conn.query(&sql, (since, limit)).await?, next: None };
+            arm.advance().await?;
+            if arm.next.is_some() {
+                arms.push(arm);
+            }
+        }
+        Ok(Self { arms })
     }
-    let sql = format!("{} ORDER BY 8 LIMIT ?2", arms.join(" UNION ALL "));
-    let mut rows = conn.query(&sql, (since, limit)).await?;
-    let mut changes = Vec::new();
-    while let Some(row) = rows.next().await? {
-        let kind: String = row.get(0)?;
-        let kind = Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("view kind `{kind}`")))?;
-        changes.push(decode(kind, &row, 1)?);
+
+    /// The next row in `updated_seq` order (each seq changes one aggregate,
+    /// so there are no ties).
+    pub async fn next(&mut self) -> StoreResult<Option<StoredChange>> {
+        let first = self
+            .arms
+            .iter()
+            .enumerate()
+            .filter_map(|(i, arm)| arm.next.as_ref().map(|row| (i, row.updated_seq)))
+            .min_by_key(|(_, seq)| *seq)
+            .map(|(i, _)| i);
+        let Some(i) = first else { return Ok(None) };
+        let arm = &mut self.arms[i];
+        let row = arm.next.take();
+        arm.advance().await?;
+        if arm.next.is_none() {
+            self.arms.swap_remove(i);
+        }
+        Ok(row)
     }
-    Ok(changes)
+}
+
+fn stored_change(kind: Kind, row: &Row) -> StoreResult<StoredChange> {
+    Ok(StoredChange {
+        kind,
+        id: row.get(0)?,
+        parent_id: row.get(1)?,
+        heads: row.get(2)?,
+        version: row.get(3)?,
+        deleted: row.get::<i64>(4)? != 0,
+        conflict: row.get::<i64>(5)? != 0,
+        updated_seq: row.get(6)?,
+        latest_payload: row.get(7)?,
+    })
 }
 
 /// Decodes the columns `id, parent_id, heads, version, deleted, conflict,

@@ -81,3 +81,31 @@ pub fn used_bytes() -> u64 {
     let used = unsafe { ffi::sqlite3_memory_used() };
     u64::try_from(used).unwrap_or(0)
 }
+
+/// The soft ceiling in force, in bytes (0: none).
+pub fn soft_limit() -> u64 {
+    // SAFETY: a negative argument only reads the limit, under SQLite's mutex.
+    let limit = unsafe { ffi::sqlite3_soft_heap_limit64(-1) };
+    u64::try_from(limit).unwrap_or(0)
+}
+
+/// The page cache a connection may grow to, as `PRAGMA cache_size`'s
+/// argument (negative: KiB), when a soft limit is in force: the limit
+/// itself. SQLite (built with `SQLITE_ENABLE_MEMORY_MANAGEMENT`, as libsql
+/// is) keeps every connection's pages in one process-wide LRU. A cache
+/// below its own `cache_size` grows by allocating; once the pages of all
+/// caches add up to the sum of their sizes, every page it allocates makes
+/// SQLite free the next page anyone unpins, usually a B-tree interior page
+/// it is about to need again. A writer that has taken over other caches'
+/// pages thus leaves a reader stuck below its own size, re-reading the same
+/// interior pages for every row: a cold pull of 60,000 entries made 122,000
+/// reads instead of 17,000 (benches/README.md). With each cache allowed up
+/// to the soft limit, the sum of sizes never binds: caches grow until
+/// SQLite nears the soft limit, then every cache takes the least recently
+/// used page of the whole process, as the LRU is meant to work.
+pub fn cache_size_pragma() -> Option<String> {
+    match soft_limit() {
+        0 => None,
+        bytes => Some(format!("PRAGMA cache_size = -{}", bytes.div_ceil(1024))),
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod log;
 pub mod notify;
+pub mod page;
 pub mod pull;
 pub mod push;
 pub mod status;

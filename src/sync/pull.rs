@@ -7,7 +7,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::wire::{Change, HeadView, HexHash, PullResponse};
+use super::page::{Page, PageChange};
+use super::wire::{HexHash, PullResponse};
 use crate::app::AppState;
 use crate::auth::UserAuth;
 use crate::error::{ApiError, ApiResult};
@@ -16,7 +17,7 @@ use crate::events::Kind;
 use crate::http::codec::Accepts;
 use crate::http::QueryParams;
 use crate::ops::openapi::ErrorResponse;
-use crate::projection::views::{self, CLIENT_KINDS};
+use crate::projection::views::{ChangedSince, CLIENT_KINDS};
 use crate::store::{StoreResult, UserDb};
 
 pub const MAX_LIMIT: u64 = 1000;
@@ -93,7 +94,7 @@ pub async fn pull(
 
 /// The first page with changes, or the empty one once `wait` ends (or the
 /// server stops, or the user's channel goes).
-async fn wait_for_page(state: &AppState, auth: &UserAuth, query: &PullQuery) -> ApiResult<PullResponse> {
+async fn wait_for_page(state: &AppState, auth: &UserAuth, query: &PullQuery) -> ApiResult<Page> {
     // Subscribe before the first read, so a push between the read and the
     // wait is not missed.
     let mut pushes = state.notifier.subscribe(auth.user_id);
@@ -117,45 +118,43 @@ async fn wait_for_page(state: &AppState, auth: &UserAuth, query: &PullQuery) -> 
 }
 
 /// One page, read from one snapshot of the database.
-pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<PullResponse> {
+pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
     let conn = db.read().await?;
     let snapshot = conn.transaction().await?;
     let head = read_head(&snapshot).await?;
     if query.since > head.seq {
         return Err(cursor_ahead(query.since, head));
     }
-    let mut rows = views::changed_since(&snapshot, query.since, query.limit + 1, &query.kinds).await?;
-    let mut has_more = rows.len() as u64 > query.limit;
-    rows.truncate(query.limit as usize);
-    let payload = snapshot.prepare("SELECT payload FROM events WHERE seq = ?1").await?;
-    let mut changes = Vec::with_capacity(rows.len());
-    let (total, mut bytes, mut last_seq) = (rows.len(), 0u64, 0u64);
-    for row in rows {
-        if bytes >= MAX_PAGE_PAYLOAD_BYTES && changes.len() < total {
+    // One row more than the limit: whether there are more.
+    let mut changed = ChangedSince::open(&snapshot, query.since, query.limit + 1, &query.kinds).await?;
+    // For the other heads of a conflict: prepared on the first one.
+    let mut payload = None;
+    let (mut changes, mut bytes, mut has_more) = (Vec::new(), 0u64, false);
+    while let Some(row) = changed.next().await? {
+        if changes.len() as u64 == query.limit || bytes >= MAX_PAGE_PAYLOAD_BYTES {
             has_more = true;
             break;
         }
-        last_seq = row.updated_seq;
-        let mut heads = Vec::with_capacity(row.heads.len());
-        for head in row.heads {
-            let payload = payload_of(&payload, head.seq).await?;
-            bytes += payload.as_ref().map_or(0, |p| p.len() as u64);
-            heads.push(HeadView::new(head, payload));
+        let mut others = Vec::new();
+        for seq in PageChange::other_head_seqs(&row)? {
+            let stmt = match payload.take() {
+                Some(stmt) => stmt,
+                None => snapshot.prepare("SELECT payload FROM events WHERE seq = ?1").await?,
+            };
+            others.push((seq, payload_of(&stmt, seq).await?));
+            payload = Some(stmt);
         }
-        changes.push(Change {
-            kind: row.kind,
-            id: row.id.hyphenated(),
-            parent_id: row.parent_id.map(uuid::Uuid::hyphenated),
-            deleted: row.deleted,
-            conflict: row.conflict,
-            version: row.version,
-            heads,
-        });
+        let change = PageChange::new(row, others);
+        bytes += change.payload_bytes();
+        changes.push(change);
     }
-    drop(payload);
+    drop((changed, payload));
     snapshot.commit().await?;
-    let cursor = if has_more { last_seq } else { head.seq };
-    Ok(PullResponse { changes, cursor, has_more, head_hash: HexHash(head.hash) })
+    let cursor = match changes.last() {
+        Some(last) if has_more => last.updated_seq(),
+        _ => head.seq,
+    };
+    Ok(Page { changes, cursor, has_more, head_hash: HexHash(head.hash) })
 }
 
 async fn payload_of(stmt: &libsql::Statement, seq: u64) -> StoreResult<Option<Vec<u8>>> {

@@ -26,11 +26,16 @@ pub struct Payload(pub Vec<u8>);
 
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if serializer.is_human_readable() {
-            serializer.collect_str(&Base64Display::new(&self.0, &STANDARD))
-        } else {
-            serializer.serialize_bytes(&self.0)
-        }
+        serialize_payload(&self.0, serializer)
+    }
+}
+
+/// Payload bytes as [`Payload`] writes them.
+pub fn serialize_payload<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    if serializer.is_human_readable() {
+        serializer.collect_str(&Base64Display::new(bytes, &STANDARD))
+    } else {
+        serializer.serialize_bytes(bytes)
     }
 }
 
