@@ -71,10 +71,6 @@ pub async fn connect(db: &libsql::Database) -> StoreResult<libsql::Connection> {
          PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = 16777216;",
     )
     .await?;
-    // Page caches bounded by the soft heap limit alone (see the function).
-    if let Some(pragma) = memory::cache_size_pragma() {
-        conn.execute_batch(&pragma).await?;
-    }
     Ok(conn)
 }
 

@@ -10,7 +10,7 @@ use libsql::{Connection, Database, Statement, Transaction, TransactionBehavior};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
-use super::{connect, migrations, Backend, StoreError, StoreResult};
+use super::{connect, memory, migrations, Backend, StoreError, StoreResult};
 use crate::events::append::{append, read_head, Head, INSERT};
 use crate::events::{NewEvent, StoredEvent};
 
@@ -87,7 +87,11 @@ impl UserDb {
         let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => connect(&self.db).await?,
+            None => {
+                let conn = connect(&self.db).await?;
+                memory::size_reader_cache(&conn).await?;
+                conn
+            }
         };
         Ok(PooledConn { conn: Some(conn), idle: self.idle.clone() })
     }
