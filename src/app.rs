@@ -26,6 +26,7 @@ use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
 use crate::sync::{
     self,
     notify::{Notifier, Shutdown},
+    read_ahead::ReadAhead,
 };
 use crate::{account, audit};
 
@@ -48,6 +49,8 @@ pub struct AppState {
     pub pairing_updates: Arc<Notifier>,
     pub metrics: Arc<Metrics>,
     pub shutdown: Arc<Shutdown>,
+    /// The next page of each user's paged pull, read while the device decodes this one.
+    pub read_ahead: Arc<ReadAhead>,
 }
 
 impl AppState {
@@ -72,6 +75,7 @@ impl AppState {
             register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
             claim_limiter: Arc::new(IpRateLimiter::per_minute(config.pairing_claim_rate_limit)),
             notifier: Arc::default(),
+            read_ahead: Arc::default(),
             pairing_updates: Arc::default(),
             metrics: Arc::default(),
             shutdown: Arc::default(),

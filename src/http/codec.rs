@@ -1,7 +1,7 @@
 //! Content negotiation for the sync endpoints: JSON or MessagePack in
 //! (`Content-Type`), JSON or MessagePack out (`Accept`), same field names.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -54,19 +54,30 @@ impl Format {
 
     /// Serializes a response body in this format.
     pub fn respond<T: Serialize>(self, status: StatusCode, value: &T) -> Response {
-        let (bytes, content_type) = match self {
-            Self::Json => (serde_json::to_vec(value).map_err(|e| e.to_string()), "application/json"),
-            Self::MsgPack => (rmp_serde::to_vec_named(value).map_err(|e| e.to_string()), MSGPACK),
-        };
-        match bytes {
-            Ok(bytes) => {
-                let mut response = (status, bytes).into_response();
-                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-                response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
-                response
-            }
+        match self.encode(value) {
+            Ok(bytes) => self.respond_encoded(status, bytes),
             Err(err) => ApiError::internal(format!("encoding a response: {err}")).into_response(),
         }
+    }
+
+    /// A body in this format.
+    pub fn encode<T: Serialize>(self, value: &T) -> Result<Vec<u8>, String> {
+        match self {
+            Self::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+            Self::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// A response with a body [`Self::encode`] made.
+    pub fn respond_encoded(self, status: StatusCode, body: impl Into<Body>) -> Response {
+        let content_type = match self {
+            Self::Json => "application/json",
+            Self::MsgPack => MSGPACK,
+        };
+        let mut response = (status, body.into()).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
+        response
     }
 }
 

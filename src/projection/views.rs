@@ -91,7 +91,7 @@ impl ViewStatements {
         let stmt = prepared(&self.load, kind)?;
         stmt.reset();
         let mut rows = stmt.query([id.to_string()]).await?;
-        let row = rows.next().await?.map(|row| decode(kind, &row, 0)).transpose();
+        let row = rows.next().await?.map(|row| decode(kind, &row)).transpose();
         stmt.reset();
         row
     }
@@ -240,14 +240,13 @@ fn stored_change(kind: Kind, row: &Row) -> StoreResult<StoredChange> {
     })
 }
 
-/// Decodes the columns `id, parent_id, heads, version, deleted, conflict,
-/// updated_seq` starting at `at`.
-fn decode(kind: Kind, row: &Row, at: i32) -> StoreResult<AggregateRow> {
-    let id: String = row.get(at)?;
+/// Decodes the columns [`COLUMNS`].
+fn decode(kind: Kind, row: &Row) -> StoreResult<AggregateRow> {
+    let id: String = row.get(0)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("{} {id}: {what}", kind.as_str()));
-    let parent: Option<String> = row.get(at + 1)?;
-    let heads: String = row.get(at + 2)?;
-    let version: String = row.get(at + 3)?;
+    let parent: Option<String> = row.get(1)?;
+    let heads: String = row.get(2)?;
+    let version: String = row.get(3)?;
     let heads: Vec<Head> = serde_json::from_str(&heads).map_err(|_| corrupt("heads"))?;
     Ok(AggregateRow {
         kind,
@@ -255,8 +254,8 @@ fn decode(kind: Kind, row: &Row, at: i32) -> StoreResult<AggregateRow> {
         parent_id: parent.map(|p| Uuid::parse_str(&p).map_err(|_| corrupt("parent_id"))).transpose()?,
         heads,
         version: VersionVector::from_json(&version).map_err(|_| corrupt("version"))?,
-        deleted: row.get::<i64>(at + 4)? != 0,
-        conflict: row.get::<i64>(at + 5)? != 0,
-        updated_seq: row.get(at + 6)?,
+        deleted: row.get::<i64>(4)? != 0,
+        conflict: row.get::<i64>(5)? != 0,
+        updated_seq: row.get(6)?,
     })
 }

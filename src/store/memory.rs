@@ -6,7 +6,8 @@
 //! thousand: by default SQLite gives each one 48 KiB of lookaside slots and a
 //! bulk allocation of 20 cache pages (≈ 86 KiB) before it has read anything.
 //! Here a connection starts small, and the soft heap limit makes page caches
-//! recycle their own pages instead of growing once SQLite as a whole nears it.
+//! recycle the process's least recently used pages instead of growing once
+//! SQLite as a whole nears it.
 
 use std::ffi::c_void;
 use std::sync::Once;
@@ -100,14 +101,39 @@ pub fn soft_limit() -> u64 {
 /// again. A user's writer, which reaches its size and then takes over the
 /// readers' pages, left a fresh reader stuck there, reading the same
 /// interior pages again for every row: a cold pull of 60,000 entries made
-/// 122,000 reads instead of 17,000 in most runs (benches/README.md). With
-/// readers allowed up to the soft limit the sum of sizes never binds; they
-/// grow until SQLite nears the soft limit, and then take the process's
+/// ≈ 122,000 reads instead of ≈ 17,000 in most runs (benches/README.md).
+/// With readers allowed up to the soft limit the sum of sizes does not bind;
+/// they grow until SQLite nears the soft limit, and then take the process's
 /// oldest pages like everyone else. Writers keep SQLite's default size:
 /// larger writer caches cost the push path ≈ 5 % for nothing it reads twice.
 pub async fn size_reader_cache(conn: &libsql::Connection) -> StoreResult<()> {
-    match soft_limit() {
-        0 => Ok(()),
-        bytes => Ok(conn.execute_batch(&format!("PRAGMA cache_size = -{}", bytes.div_ceil(1024))).await.map(|_| ())?),
+    if let Some(kib) = reader_cache_kib(soft_limit()) {
+        conn.execute_batch(&format!("PRAGMA cache_size = -{kib}")).await?;
+    }
+    Ok(())
+}
+
+/// SQLite's default cache size (2,000 KiB) is the floor.
+const MIN_READER_CACHE_KIB: u64 = 2_000;
+/// SQLite caps the sum of all cache sizes at 2³¹ pages; a thousand readers
+/// at this ceiling stay far below it, whatever the soft limit.
+const MAX_READER_CACHE_KIB: u64 = 256 * 1024;
+
+/// A reader's cache size in KiB for a soft limit in bytes (0: none, and
+/// SQLite's default size).
+fn reader_cache_kib(soft_limit: u64) -> Option<u64> {
+    (soft_limit > 0).then(|| soft_limit.div_ceil(1024).clamp(MIN_READER_CACHE_KIB, MAX_READER_CACHE_KIB))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_readers_cache_follows_the_soft_limit_within_bounds() {
+        assert_eq!(reader_cache_kib(0), None);
+        assert_eq!(reader_cache_kib(128 * 1024 * 1024), Some(128 * 1024));
+        assert_eq!(reader_cache_kib(1024 * 1024), Some(MIN_READER_CACHE_KIB));
+        assert_eq!(reader_cache_kib(u64::MAX), Some(MAX_READER_CACHE_KIB));
     }
 }

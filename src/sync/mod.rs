@@ -5,6 +5,7 @@ pub mod notify;
 pub mod page;
 pub mod pull;
 pub mod push;
+pub mod read_ahead;
 pub mod status;
 pub mod wire;
 

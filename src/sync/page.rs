@@ -12,6 +12,7 @@ use serde::ser::{Error as _, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::wire::{serialize_payload, HexHash};
+use crate::events::append::Head;
 use crate::events::{Kind, Op};
 use crate::projection::views::StoredChange;
 use crate::store::{StoreError, StoreResult};
@@ -23,6 +24,9 @@ pub struct Page {
     pub cursor: u64,
     pub has_more: bool,
     pub head_hash: HexHash,
+    /// The log head the page was read at.
+    #[serde(skip)]
+    pub head: Head,
 }
 
 /// A version vector as stored: device id → counter, in key order.
@@ -260,7 +264,13 @@ mod tests {
         ];
         let (typed, page): (Vec<Change>, Vec<PageChange>) = cases.into_iter().unzip();
         let typed = PullResponse { changes: typed, cursor: 12, has_more: true, head_hash: HexHash([7; 32]) };
-        let page = Page { changes: page, cursor: 12, has_more: true, head_hash: HexHash([7; 32]) };
+        let page = Page {
+            changes: page,
+            cursor: 12,
+            has_more: true,
+            head_hash: HexHash([7; 32]),
+            head: crate::events::append::Head::EMPTY,
+        };
         assert_eq!(serde_json::to_vec(&page).unwrap(), serde_json::to_vec(&typed).unwrap());
         assert_eq!(rmp_serde::to_vec_named(&page).unwrap(), rmp_serde::to_vec_named(&typed).unwrap());
         assert_eq!(page.changes.iter().map(PageChange::payload_bytes).collect::<Vec<_>>(), vec![3, 40, 17, 0]);

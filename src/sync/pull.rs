@@ -8,13 +8,14 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::page::{Page, PageChange};
+use super::read_ahead::PageKey;
 use super::wire::{HexHash, PullResponse};
 use crate::app::AppState;
 use crate::auth::UserAuth;
 use crate::error::{ApiError, ApiResult};
 use crate::events::append::{read_head, Head};
 use crate::events::Kind;
-use crate::http::codec::Accepts;
+use crate::http::codec::{Accepts, Format};
 use crate::http::QueryParams;
 use crate::ops::openapi::ErrorResponse;
 use crate::projection::views::{ChangedSince, CLIENT_KINDS};
@@ -24,8 +25,9 @@ pub const MAX_LIMIT: u64 = 1000;
 pub const DEFAULT_LIMIT: u64 = 500;
 pub const MAX_WAIT_SECS: u64 = 60;
 /// A page ends once it holds this many payload bytes (so it holds at most
-/// this plus one item's): with up to 1,000 items of up to 1 MiB each,
-/// `limit` alone would not bound memory.
+/// this plus one item's; reading it also reads, and drops, the next row of
+/// each kind): with up to 1,000 items of up to 1 MiB each, `limit` alone
+/// would not bound memory.
 pub const MAX_PAGE_PAYLOAD_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A parsed pull request.
@@ -87,9 +89,39 @@ pub async fn pull(
     params: QueryParams,
 ) -> ApiResult<Response> {
     let query = PullQuery::parse(&params)?;
+    let key = PageKey { since: query.since, limit: query.limit, kinds: query.kinds.clone(), format };
+    if let Some(kept) = state.read_ahead.take(auth.user_id, &key).await {
+        // Exactly what a read now would give, as long as the log has not moved.
+        let conn = auth.db.read().await?;
+        if read_head(&conn).await? == kept.head {
+            if let Some(cursor) = kept.next {
+                read_next(&state, &auth, &query, format, cursor);
+            }
+            state.metrics.pull_answered();
+            state.metrics.pull_read_ahead();
+            return Ok(format.respond_encoded(StatusCode::OK, kept.body.clone()));
+        }
+    }
     let page = wait_for_page(&state, &auth, &query).await?;
+    if page.has_more {
+        read_next(&state, &auth, &query, format, page.cursor);
+    }
     state.metrics.pull_answered();
     Ok(format.respond(StatusCode::OK, &page))
+}
+
+/// Reads and encodes the page after this one in the background, for the
+/// device's next pull ([`super::read_ahead`]). Only a page with changes is
+/// kept: a long-poll must not be answered with an empty one.
+fn read_next(state: &AppState, auth: &UserAuth, query: &PullQuery, format: Format, cursor: u64) {
+    let next = PullQuery { since: cursor, wait: Duration::ZERO, ..query.clone() };
+    let key = PageKey { since: cursor, limit: next.limit, kinds: next.kinds.clone(), format };
+    let db = auth.db.clone();
+    state.read_ahead.start(auth.user_id, key, async move {
+        let page = read_page(&db, &next).await.ok().filter(|page| !page.changes.is_empty())?;
+        let body = format.encode(&page).ok()?;
+        Some((page.head, body, page.has_more.then_some(page.cursor)))
+    });
 }
 
 /// The first page with changes, or the empty one once `wait` ends (or the
@@ -151,10 +183,11 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
     drop((changed, payload));
     snapshot.commit().await?;
     let cursor = match changes.last() {
-        Some(last) if has_more => last.updated_seq(),
-        _ => head.seq,
+        _ if !has_more => head.seq,
+        Some(last) => last.updated_seq(),
+        None => query.since,
     };
-    Ok(Page { changes, cursor, has_more, head_hash: HexHash(head.hash) })
+    Ok(Page { changes, cursor, has_more, head_hash: HexHash(head.hash), head })
 }
 
 async fn payload_of(stmt: &libsql::Statement, seq: u64) -> StoreResult<Option<Vec<u8>>> {

@@ -236,6 +236,81 @@ async fn paging_returns_each_aggregate_once_while_another_device_pushes() {
     assert!(seen.values().all(|n| *n == 1), "no aggregate twice");
 }
 
+fn pulls_read_ahead(scrape: &str) -> f64 {
+    let line = scrape.lines().find(|l| l.starts_with("echolia_pulls_read_ahead_total ")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_read_ahead_are_the_pages_a_fresh_read_gives() {
+    let app = spawn_app().await;
+    let (a, b, c) = three_devices(&app).await;
+    // Every kind, interleaved in the log, with conflicts and deletes.
+    let entries: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+    for (i, entry) in entries.iter().enumerate() {
+        let mut batch = vec![event("entry", *entry, "put", &[(a.device_id, 1)], Some(&[i as u8; 3]))];
+        if i % 3 == 0 {
+            batch.push(event("memory", Uuid::new_v4(), "put", &[(a.device_id, 1)], Some(b"m")));
+            let mut tag = event("tag", Uuid::new_v4(), "put", &[(a.device_id, 1)], Some(b"t"));
+            tag["parent_id"] = json!(entry);
+            batch.push(tag);
+        }
+        if i % 5 == 0 {
+            let mut embedding = event("embedding", Uuid::new_v4(), "delete", &[(a.device_id, 1)], None);
+            embedding["parent_id"] = json!(entry);
+            batch.push(embedding);
+        }
+        app.push_ok(&a, &batch).await;
+    }
+    for entry in entries.iter().step_by(4) {
+        app.push_ok(&b, &[event("entry", *entry, "put", &[(b.device_id, 1)], Some(b"concurrent"))]).await;
+    }
+
+    // C pages through: after the first page, each is read while C reads the one before.
+    let mut pages = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let page = app.pull(&c, &format!("since={cursor}&limit=7")).await;
+        pages.push((cursor, page.clone()));
+        cursor = page["cursor"].as_u64().unwrap();
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    let total: usize = pages.iter().map(|(_, page)| page["changes"].as_array().unwrap().len()).sum();
+    assert_eq!(total, 40 + 14 + 14 + 8);
+    assert!(pages.len() > 10);
+    assert!(pulls_read_ahead(&app.scrape().await) >= (pages.len() - 1) as f64 - 1.0, "pages were read ahead");
+
+    // The same queries again, last first, so none matches a page read ahead: each is a fresh read.
+    let before = pulls_read_ahead(&app.scrape().await);
+    for (since, page) in pages.iter().rev() {
+        assert_eq!(&app.pull(&b, &format!("since={since}&limit=7")).await, page, "page since={since}");
+    }
+    assert_eq!(pulls_read_ahead(&app.scrape().await), before);
+
+    // A page read ahead in JSON does not answer MessagePack, and a push in between makes it stale.
+    let first = app.pull(&c, "since=0&limit=7").await;
+    let next = format!("/sync/pull?since={}&limit=7", first["cursor"]);
+    let resp = app
+        .client
+        .get(app.url(&next))
+        .bearer_auth(&c.access_token)
+        .header("accept", "application/msgpack")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/msgpack");
+    app.pull(&c, "since=0&limit=7").await;
+    let edited = entries[39];
+    app.push_ok(&a, &[event("entry", edited, "put", &[(a.device_id, 2)], Some(b"moved"))]).await;
+    let before = pulls_read_ahead(&app.scrape().await);
+    let page = app.pull(&c, &format!("since={}&limit=7", first["cursor"])).await;
+    assert_eq!(pulls_read_ahead(&app.scrape().await), before, "the log moved: read afresh");
+    assert_eq!(page["changes"], pages[1].1["changes"], "the edit is not in this page");
+    assert_ne!(page["head_hash"], pages[1].1["head_hash"], "read at the new head");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_wakes_within_a_second_of_a_push() {
     let app = spawn_app().await;

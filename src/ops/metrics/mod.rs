@@ -46,6 +46,8 @@ impl Limiter {
 pub struct Metrics {
     pub requests: RequestMetrics,
     pulls: AtomicU64,
+    /// Of those, pages read ahead while the device decoded the one before.
+    pulls_read_ahead: AtomicU64,
     long_polls_waiting: AtomicI64,
     conflicts_created: AtomicU64,
     /// Pairing claims with a wrong, used or expired code.
@@ -61,6 +63,11 @@ impl Metrics {
     /// A pull answered with a page (a long-poll counts once, when it answers).
     pub fn pull_answered(&self) {
         self.pulls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A pull answered with a page read ahead ([`crate::sync::read_ahead`]).
+    pub fn pull_read_ahead(&self) {
+        self.pulls_read_ahead.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A long-poll starts waiting; it stops counting when the guard drops,
@@ -108,6 +115,12 @@ impl Metrics {
         self.requests.render(text);
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
         text.single("echolia_pulls_total", Kind::Counter, "Pulls answered with a page.", Some(load(&self.pulls)));
+        text.single(
+            "echolia_pulls_read_ahead_total",
+            Kind::Counter,
+            "Pulls answered with a page read ahead while the device decoded the one before.",
+            Some(load(&self.pulls_read_ahead)),
+        );
         let waiting = self.long_polls_waiting.load(Ordering::Relaxed) as f64;
         text.single(
             "echolia_long_polls_waiting",
