@@ -121,6 +121,7 @@ pub async fn delete(State(state): State<AppState>, auth: UserAuth) -> ApiResult<
     state.users.delete(user).await?;
     drop(writing);
     state.auth.statuses().forget_user(user);
+    state.read_ahead.forget(user);
     tracing::info!(%user, "account deleted");
     Ok(StatusCode::NO_CONTENT)
 }

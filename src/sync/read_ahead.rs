@@ -110,6 +110,11 @@ impl ReadAhead {
         kept
     }
 
+    /// Drops what is kept for `user` (a deleted account).
+    pub fn forget(&self, user: Uuid) {
+        drop(self.lock().remove(&user));
+    }
+
     /// Bytes of encoded pages kept right now.
     pub fn kept_bytes(&self) -> usize {
         self.kept.load(Ordering::Relaxed)
@@ -143,6 +148,9 @@ mod tests {
         drop(kept);
         assert_eq!(ahead.kept_bytes(), 0);
         assert!(ahead.take(user, &key(5)).await.is_none(), "taken once");
+        ahead.start(user, key(6), async { Some((head(9), b"gone".to_vec(), None)) });
+        ahead.forget(user);
+        assert!(ahead.take(user, &key(6)).await.is_none(), "forgotten");
 
         // Another query drops it; another user never sees it.
         ahead.start(user, key(7), async { Some((head(9), b"next".to_vec(), None)) });
