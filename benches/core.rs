@@ -152,8 +152,9 @@ fn push_batch() -> PushRequest {
     PushRequest { events }
 }
 
-/// Encoding as the server answers (`Format::respond`) and decoding as a
-/// client of this crate reads it.
+/// Encoding the typed response (the server writes the same bytes from the
+/// views' stored text, `sync::page`) and decoding as a client of this crate
+/// reads it.
 fn pull_codecs(c: &mut Criterion) {
     let page = pull_page();
     let json = serde_json::to_vec(&page).unwrap();
