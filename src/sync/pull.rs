@@ -93,7 +93,10 @@ pub async fn pull(
     if let Some(kept) = state.read_ahead.take(auth.user_id, &key).await {
         // Exactly what a read now would give, as long as the log has not moved.
         let conn = auth.db.read().await?;
-        if read_head(&conn).await? == kept.head {
+        let head = read_head(&conn).await?;
+        // Back to the pool first: the next read-ahead takes it, cache and all.
+        drop(conn);
+        if head == kept.head {
             if let Some(cursor) = kept.next {
                 read_next(&state, &auth, &query, format, cursor);
             }

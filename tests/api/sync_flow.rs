@@ -236,9 +236,13 @@ async fn paging_returns_each_aggregate_once_while_another_device_pushes() {
     assert!(seen.values().all(|n| *n == 1), "no aggregate twice");
 }
 
-fn pulls_read_ahead(scrape: &str) -> f64 {
-    let line = scrape.lines().find(|l| l.starts_with("echolia_pulls_read_ahead_total ")).unwrap();
+fn gauge(scrape: &str, name: &str) -> f64 {
+    let line = scrape.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn pulls_read_ahead(scrape: &str) -> f64 {
+    gauge(scrape, "echolia_pulls_read_ahead_total")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,9 +293,10 @@ async fn pages_read_ahead_are_the_pages_a_fresh_read_gives() {
     }
     assert_eq!(pulls_read_ahead(&app.scrape().await), before);
 
-    // A page read ahead in JSON does not answer MessagePack, and a push in between makes it stale.
+    // A page read ahead in JSON does not answer MessagePack...
     let first = app.pull(&c, "since=0&limit=7").await;
     let next = format!("/sync/pull?since={}&limit=7", first["cursor"]);
+    let before = pulls_read_ahead(&app.scrape().await);
     let resp = app
         .client
         .get(app.url(&next))
@@ -301,7 +306,19 @@ async fn pages_read_ahead_are_the_pages_a_fresh_read_gives() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["content-type"], "application/msgpack");
+    let body: echolia::sync::wire::PullResponse =
+        echolia::http::codec::from_msgpack(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(json!(body.cursor), pages[1].1["cursor"]);
+    assert_eq!(body.changes.len(), 7);
+    assert_eq!(pulls_read_ahead(&app.scrape().await), before, "not from the JSON page");
+
+    // ...and a push after it was read makes it stale.
     app.pull(&c, "since=0&limit=7").await;
+    let ready = Instant::now();
+    while gauge(&app.scrape().await, "echolia_pull_read_ahead_bytes") == 0.0 {
+        assert!(ready.elapsed() < Duration::from_secs(10), "the read-ahead never finished");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let edited = entries[39];
     app.push_ok(&a, &[event("entry", edited, "put", &[(a.device_id, 2)], Some(b"moved"))]).await;
     let before = pulls_read_ahead(&app.scrape().await);

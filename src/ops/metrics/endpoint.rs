@@ -46,6 +46,9 @@ pub async fn render(state: &AppState) -> String {
     let sqlite = crate::store::memory::used_bytes() as f64;
     let help = "Bytes SQLite holds in this process (page caches, schemas, statements), soft-limited by SQLITE_MEMORY_LIMIT_MB.";
     text.single("echolia_sqlite_memory_bytes", Kind::Gauge, help, Some(sqlite));
+    let kept = state.read_ahead.kept_bytes() as f64;
+    let help = "Bytes of pull pages read ahead and not yet served (at most 16 MiB).";
+    text.single("echolia_pull_read_ahead_bytes", Kind::Gauge, help, Some(kept));
 
     let users = match state.control.user_count().await {
         Ok(count) => Some(count as f64),
