@@ -280,6 +280,21 @@ impl TestApp {
         resp.json().await.unwrap()
     }
 
+    /// A GET asking for MessagePack; checks the answer is MessagePack and returns its body.
+    pub async fn get_msgpack(&self, path: &str, token: &str) -> Vec<u8> {
+        let resp = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .header("accept", "application/msgpack")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/msgpack");
+        resp.bytes().await.unwrap().to_vec()
+    }
+
     pub async fn pull(&self, session: &Session, query: &str) -> Value {
         let resp = self.get(&format!("/sync/pull?{query}"), &session.access_token).await;
         assert_eq!(resp.status(), StatusCode::OK);

@@ -116,16 +116,7 @@ async fn messagepack_in_and_out_matches_json() {
     assert_eq!(pushed.results[1].seq, pushed.cursor);
     assert!(pushed.results.iter().all(|r| r.status == "applied"));
 
-    let resp = app
-        .client
-        .get(app.url("/sync/pull?since=0"))
-        .bearer_auth(&a.access_token)
-        .header("accept", "application/msgpack")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.headers()["content-type"], "application/msgpack");
-    let msg: MsgPull = rmp_serde::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let msg: MsgPull = rmp_serde::from_slice(&app.get_msgpack("/sync/pull?since=0", &a.access_token).await).unwrap();
     let json = app.pull(&a, "since=0").await;
 
     assert_eq!(msg.cursor, pushed.cursor);

@@ -297,17 +297,8 @@ async fn pages_read_ahead_are_the_pages_a_fresh_read_gives() {
     let first = app.pull(&c, "since=0&limit=7").await;
     let next = format!("/sync/pull?since={}&limit=7", first["cursor"]);
     let before = pulls_read_ahead(&app.scrape().await);
-    let resp = app
-        .client
-        .get(app.url(&next))
-        .bearer_auth(&c.access_token)
-        .header("accept", "application/msgpack")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.headers()["content-type"], "application/msgpack");
     let body: echolia::sync::wire::PullResponse =
-        echolia::http::codec::from_msgpack(&resp.bytes().await.unwrap()).unwrap();
+        echolia::http::codec::from_msgpack(&app.get_msgpack(&next, &c.access_token).await).unwrap();
     assert_eq!(json!(body.cursor), pages[1].1["cursor"]);
     assert_eq!(body.changes.len(), 7);
     assert_eq!(pulls_read_ahead(&app.scrape().await), before, "not from the JSON page");
