@@ -84,7 +84,7 @@ pub fn used_bytes() -> u64 {
 }
 
 /// The soft ceiling in force, in bytes (0: none).
-pub fn soft_limit() -> u64 {
+fn soft_limit() -> u64 {
     // SAFETY: a negative argument only reads the limit, under SQLite's mutex.
     let limit = unsafe { ffi::sqlite3_soft_heap_limit64(-1) };
     u64::try_from(limit).unwrap_or(0)

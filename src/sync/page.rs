@@ -23,10 +23,13 @@ pub struct Page {
     pub changes: Vec<PageChange>,
     pub cursor: u64,
     pub has_more: bool,
-    pub head_hash: HexHash,
-    /// The log head the page was read at.
-    #[serde(skip)]
+    /// The log head the page was read at; its hash is `head_hash` on the wire.
+    #[serde(rename = "head_hash", serialize_with = "head_hash")]
     pub head: Head,
+}
+
+fn head_hash<S: Serializer>(head: &Head, serializer: S) -> Result<S::Ok, S::Error> {
+    HexHash(head.hash).serialize(serializer)
 }
 
 /// A version vector as stored: device id → counter, in key order.
@@ -268,8 +271,7 @@ mod tests {
             changes: page,
             cursor: 12,
             has_more: true,
-            head_hash: HexHash([7; 32]),
-            head: crate::events::append::Head::EMPTY,
+            head: crate::events::append::Head { seq: 12, hash: [7; 32] },
         };
         assert_eq!(serde_json::to_vec(&page).unwrap(), serde_json::to_vec(&typed).unwrap());
         assert_eq!(rmp_serde::to_vec_named(&page).unwrap(), rmp_serde::to_vec_named(&typed).unwrap());

@@ -9,7 +9,7 @@ use axum::response::Response;
 
 use super::page::{Page, PageChange};
 use super::read_ahead::PageKey;
-use super::wire::{HexHash, PullResponse};
+use super::wire::PullResponse;
 use crate::app::AppState;
 use crate::auth::UserAuth;
 use crate::error::{ApiError, ApiResult};
@@ -190,7 +190,7 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
         Some(last) => last.updated_seq(),
         None => query.since,
     };
-    Ok(Page { changes, cursor, has_more, head_hash: HexHash(head.hash), head })
+    Ok(Page { changes, cursor, has_more, head })
 }
 
 async fn payload_of(stmt: &libsql::Statement, seq: u64) -> StoreResult<Option<Vec<u8>>> {
