@@ -28,7 +28,7 @@ pub async fn rebuild_one(user: Uuid, db: &Arc<UserDb>, progress: &OnProgress<'_>
     })
 }
 
-pub async fn check_one(user: Uuid, db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<Done> {
+pub async fn check_one(user: Uuid, db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<Done> {
     let report = replay::check(db, progress).await?;
     let line = match &report.first {
         None => format!(

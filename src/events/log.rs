@@ -1,7 +1,7 @@
 //! Reading the log back.
 
 use chrono::{DateTime, Utc};
-use libsql::{Connection, Row};
+use libsql::{Connection, Row, ValueType};
 use uuid::Uuid;
 
 use super::{Kind, NewEvent, Op, StoredEvent};
@@ -24,45 +24,31 @@ pub async fn read_after(conn: &Connection, since: u64, limit: u64) -> StoreResul
     Ok(events)
 }
 
-/// Every event with `seq <= upto`, ordered by `(kind, aggregate_id, seq)`,
-/// streamed row by row: each aggregate's events arrive together and in log
-/// order, so replay folds one aggregate at a time and writes each view row
-/// once, in key order.
-///
-/// `NOT INDEXED` makes SQLite read the log once, sequentially, and sort it
-/// (in memory bounded by the connection's `cache_size`, spilling to
-/// temporary files) instead of walking `events_by_aggregate` with one random
-/// table lookup per event. Payloads are read for `device` events only: the
-/// other projectors never look at them, and they are most of the bytes.
-pub async fn stream_by_aggregate(conn: &Connection, upto: u64) -> StoreResult<EventStream> {
-    let rows = conn
+/// For replay: the events with `after < seq <= upto`, oldest first, at most
+/// `limit`, each handed to `each` as it is read (no page is held). Payloads
+/// are read for `device` events only: the other projectors never look at
+/// them, and they are most of the bytes. Returns how many were read.
+pub async fn scan_for_replay(
+    conn: &Connection,
+    after: u64,
+    upto: u64,
+    limit: u64,
+    mut each: impl FnMut(StoredEvent) -> StoreResult<()>,
+) -> StoreResult<u64> {
+    let mut rows = conn
         .query(
             "SELECT seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, \
              CASE WHEN kind = 'device' THEN payload END, client_time, received_at, hash \
-             FROM events NOT INDEXED WHERE seq <= ?1 ORDER BY kind, aggregate_id, seq",
-            [upto],
+             FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+            (after, upto, limit),
         )
         .await?;
-    Ok(EventStream { rows, done: false })
-}
-
-/// Events of a running query, decoded one at a time.
-pub struct EventStream {
-    rows: libsql::Rows,
-    /// SQLite runs a finished statement again from the start if stepped
-    /// once more: after the end, stay at the end.
-    done: bool,
-}
-
-impl EventStream {
-    pub async fn next(&mut self) -> StoreResult<Option<StoredEvent>> {
-        if self.done {
-            return Ok(None);
-        }
-        let row = self.rows.next().await?;
-        self.done = row.is_none();
-        row.map(|row| decode(&row)).transpose()
+    let mut read = 0;
+    while let Some(row) = rows.next().await? {
+        each(decode(&row)?)?;
+        read += 1;
     }
+    Ok(read)
 }
 
 /// Like [`read_after`], but a row that does not decode comes back as its
@@ -153,18 +139,16 @@ pub async fn read_one(conn: &Connection, seq: u64) -> StoreResult<Option<StoredE
 fn decode(row: &Row) -> StoreResult<StoredEvent> {
     let seq: u64 = row.get(0)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));
-    let uuid = |idx: i32, what: &str| -> StoreResult<Uuid> {
-        let text: String = row.get(idx)?;
-        Uuid::parse_str(&text).map_err(|_| corrupt(what))
+    // Text is borrowed from the row (`get_str`), not copied into a `String` first.
+    let uuid =
+        |idx: i32, what: &str| -> StoreResult<Uuid> { Uuid::parse_str(row.get_str(idx)?).map_err(|_| corrupt(what)) };
+    let time = |idx: i32, what: &str| -> StoreResult<DateTime<Utc>> {
+        parse_rfc3339(row.get_str(idx)?).ok_or_else(|| corrupt(what))
     };
-    let time = |idx: i32, what: &str| -> StoreResult<chrono::DateTime<chrono::Utc>> {
-        let text: String = row.get(idx)?;
-        parse_rfc3339(&text).ok_or_else(|| corrupt(what))
+    let parent_id = match row.column_type(5)? {
+        ValueType::Null => None,
+        _ => Some(uuid(5, "parent_id")?),
     };
-    let parent: Option<String> = row.get(5)?;
-    let kind: String = row.get(3)?;
-    let op: String = row.get(6)?;
-    let version: String = row.get(7)?;
     let hash: Vec<u8> = row.get(11)?;
     Ok(StoredEvent {
         seq,
@@ -173,11 +157,11 @@ fn decode(row: &Row) -> StoreResult<StoredEvent> {
         hash: hash.try_into().map_err(|_| corrupt("hash"))?,
         event: NewEvent {
             event_id: uuid(1, "event_id")?,
-            kind: Kind::parse(&kind).ok_or_else(|| corrupt("kind"))?,
+            kind: Kind::parse(row.get_str(3)?).ok_or_else(|| corrupt("kind"))?,
             aggregate_id: uuid(4, "aggregate_id")?,
-            parent_id: parent.map(|p| Uuid::parse_str(&p).map_err(|_| corrupt("parent_id"))).transpose()?,
-            op: Op::parse(&op).ok_or_else(|| corrupt("op"))?,
-            version: VersionVector::from_json(&version).map_err(|_| corrupt("version"))?,
+            parent_id,
+            op: Op::parse(row.get_str(6)?).ok_or_else(|| corrupt("op"))?,
+            version: VersionVector::from_json(row.get_str(7)?).map_err(|_| corrupt("version"))?,
             payload: row.get(8)?,
             client_time: time(9, "client_time")?,
         },

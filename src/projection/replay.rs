@@ -2,16 +2,15 @@
 //! push path uses ([`aggregate::apply`], [`devices::apply`]), or checked
 //! against the stored views.
 //!
-//! The log is read in one sequential scan that SQLite sorts by `(kind,
-//! aggregate_id, seq)`, in memory bounded by the connection's cache and
-//! spilling to temporary files (walking the `events_by_aggregate` index
-//! instead costs a random table read per event). Each aggregate's events thus
+//! The log is read sequentially, by a scanner per core, and sorted by `(kind,
+//! aggregate_id, seq)` outside SQLite, in bounded memory spilling to
+//! temporary files ([`super::sorted_log`]). Each aggregate's events thus
 //! arrive together and in log order, which is all a projector needs (a row
 //! depends only on its own aggregate's events, and the fold is
 //! order-independent anyway), so each row is folded in memory and written
 //! once, already in key order, and the views come one after the other in the
-//! order of their kinds. Memory holds the sort's bounded buffers and one row,
-//! whatever the log size.
+//! order of their kinds. Memory holds the sort's bounded buffers, two batches
+//! of rows and one row being folded, whatever the log size.
 //!
 //! **Rebuild** fills shadow tables (`<view>_replay`: the live schema under
 //! another name, or the projection file's when a view table was dropped) in
@@ -41,9 +40,10 @@ use uuid::Uuid;
 
 use super::aggregate::{self, AggregateRow, Outcome};
 use super::devices::{self, DeviceRow};
+use super::sorted_log::{self, SortedLog};
 use super::views::{self, ViewStatements};
 use crate::events::append::read_head;
-use crate::events::log::{read_after, stream_by_aggregate, EventStream};
+use crate::events::log::read_after;
 use crate::events::{Kind, StoredEvent};
 use crate::store::{migrations, query_opt, PooledConn, StoreError, StoreResult, UserDb};
 
@@ -128,22 +128,23 @@ fn fold(current: Option<Folded>, stored: &StoredEvent) -> StoreResult<Option<Fol
 /// turn (their order is the kinds' order): each takes the events of its kind
 /// and leaves the first event of the next kind for the next view.
 struct Source {
-    stream: EventStream,
+    stream: SortedLog,
     peeked: Option<StoredEvent>,
     /// Events handed out so far.
     events: u64,
 }
 
 impl Source {
-    async fn open(conn: &Connection, upto: u64) -> StoreResult<Self> {
-        Ok(Self { stream: stream_by_aggregate(conn, upto).await?, peeked: None, events: 0 })
+    async fn open(db: &Arc<UserDb>, upto: u64) -> StoreResult<Self> {
+        let stream = SortedLog::open(db, upto, sorted_log::scanners()).await?;
+        Ok(Self { stream, peeked: None, events: 0 })
     }
 
     /// The next event if it is of `kind`.
     async fn next_of(&mut self, kind: Kind) -> StoreResult<Option<StoredEvent>> {
         let next = match self.peeked.take() {
             Some(stored) => Some(stored),
-            None => self.stream.next().await?,
+            None => self.stream.next_event()?,
         };
         match next {
             Some(stored) if stored.event.kind == kind => {
@@ -422,11 +423,11 @@ fn key_of(values: &[Value]) -> String {
 /// Replays every view of `db` in memory, from one read snapshot, and compares
 /// the result with the stored views. Writes nothing, takes no lock: safe
 /// while the server runs.
-pub async fn check(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<CheckReport> {
+pub async fn check(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<CheckReport> {
     let conn = reader(db).await?;
     let snapshot = conn.transaction().await?;
     let head = read_head(&snapshot).await?.seq;
-    let mut source = Source::open(&snapshot, head).await?;
+    let mut source = Source::open(db, head).await?;
     let (mut stored_hash, mut replayed_hash) = (ViewHasher::default(), ViewHasher::default());
     let mut report =
         CheckReport { head, events: 0, rows: 0, differences: 0, first: None, stored: [0; 32], replayed: [0; 32] };
@@ -520,18 +521,89 @@ pub async fn rebuild(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult
     swap(db, shadow).await
 }
 
-/// Rows for a shadow table, from the folding side to the writing side
-/// (which also encodes them: both sides get a share of the work).
-type Batch = (View, Vec<Folded>);
+/// Rows for a shadow table, from the folding side to the writing side.
+type Batch = (View, Packed);
+
+/// Rows encoded by the folding side, packed into two buffers; the writing
+/// side unpacks them into libSQL values. Each side thus frees only what it
+/// allocated: with glibc's allocator, values allocated on one thread and
+/// freed on another took the writing side twice the time.
+#[derive(Default)]
+struct Packed {
+    text: String,
+    blobs: Vec<u8>,
+    cells: Vec<Cell>,
+    rows: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Cell {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(usize, usize),
+    Blob(usize, usize),
+}
+
+impl Packed {
+    fn push(&mut self, values: Vec<Value>) {
+        for value in values {
+            let cell = match value {
+                Value::Null => Cell::Null,
+                Value::Integer(n) => Cell::Integer(n),
+                Value::Real(x) => Cell::Real(x),
+                Value::Text(text) => {
+                    let start = self.text.len();
+                    self.text.push_str(&text);
+                    Cell::Text(start, self.text.len())
+                }
+                Value::Blob(blob) => {
+                    let start = self.blobs.len();
+                    self.blobs.extend_from_slice(&blob);
+                    Cell::Blob(start, self.blobs.len())
+                }
+            };
+            self.cells.push(cell);
+        }
+        self.rows += 1;
+    }
+
+    /// The values of rows `rows`, in order.
+    fn values(&self, rows: std::ops::Range<usize>, columns: usize) -> StoreResult<Vec<Value>> {
+        let cells = self.cells.get(rows.start * columns..rows.end * columns).unwrap_or_default();
+        let lost = || StoreError::Corrupt("replay lost a packed value".into());
+        cells
+            .iter()
+            .map(|cell| {
+                Ok(match *cell {
+                    Cell::Null => Value::Null,
+                    Cell::Integer(n) => Value::Integer(n),
+                    Cell::Real(x) => Value::Real(x),
+                    Cell::Text(start, end) => Value::Text(self.text.get(start..end).ok_or_else(lost)?.to_owned()),
+                    Cell::Blob(start, end) => Value::Blob(self.blobs.get(start..end).ok_or_else(lost)?.to_vec()),
+                })
+            })
+            .collect()
+    }
+}
 
 /// Creates fresh shadow tables and fills them from the log up to the current
-/// head. Folding (SQLite's sort of the log, decoding, the projectors) and
+/// head. Folding (reading the sorted log, the projectors, encoding rows) and
 /// writing run side by side, on two threads of a multi-threaded runtime,
 /// with at most two batches between them. The shadows are written in short
 /// transactions: the server's writers get their turn between them.
+///
+/// The writing connection is replay's own (closed afterwards, never pooled)
+/// and commits with `synchronous = NORMAL`: in WAL mode a crash can lose its
+/// last commits but not corrupt the database, and the shadows are worth
+/// nothing until the swap, which commits on the user's writer connection
+/// with `synchronous = FULL`, syncing the write-ahead log with every frame
+/// before its own. It leaves checkpoints to a [`Checkpointer`].
 pub async fn build_shadow(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<Shadow> {
-    let writer = db.read().await?;
-    writer.execute(&format!("PRAGMA cache_size = -{CACHE_KIB}"), ()).await?;
+    let writer = db.read().await?.detach();
+    let settings =
+        format!("PRAGMA cache_size = -{CACHE_KIB}; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0");
+    writer.execute_batch(&settings).await?;
     let tx = db.begin_write_on(&writer).await?;
     for view in VIEWS {
         // Leftovers of a rebuild that stopped halfway.
@@ -542,6 +614,7 @@ pub async fn build_shadow(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreR
     }
     tx.commit().await?;
 
+    let (checkpoint, checkpointer) = Checkpointer::start(db).await?;
     let (batches, mut to_write) = tokio::sync::mpsc::channel::<Batch>(2);
     let writing = tokio::spawn({
         let db = db.clone();
@@ -549,6 +622,8 @@ pub async fn build_shadow(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreR
             let mut rows = 0;
             while let Some((view, batch)) = to_write.recv().await {
                 rows += insert_rows(&db, &writer, view, batch).await?;
+                // Wakes the checkpointer, unless a wake-up is already pending.
+                let _ = checkpoint.try_send(());
             }
             StoreResult::Ok(rows)
         }
@@ -558,72 +633,116 @@ pub async fn build_shadow(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreR
     let written = writing.await.map_err(|err| StoreError::Corrupt(format!("the shadow writer stopped: {err}")))?;
     // A failed writer makes the folding side fail too, with less to say: its error goes first.
     let rows = written?;
+    checkpointer.await.map_err(|err| StoreError::Corrupt(format!("the checkpointer stopped: {err}")))??;
     let (upto, events) = folded?;
     Ok(Shadow { upto, events, rows })
 }
 
+/// Copies the shadows' pages from the write-ahead log into the database file
+/// on a connection and thread of its own, while the next batches are
+/// written: replay's writer does not checkpoint (`wal_autocheckpoint = 0`),
+/// which otherwise took half of its time. Woken after each commit; once the
+/// writer is done (the sender dropped), one last checkpoint, and it ends.
+struct Checkpointer;
+
+impl Checkpointer {
+    async fn start(
+        db: &UserDb,
+    ) -> StoreResult<(std::sync::mpsc::SyncSender<()>, tokio::task::JoinHandle<StoreResult<()>>)> {
+        let conn = db.read().await?.detach();
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let task = tokio::task::spawn_blocking(move || {
+            let handle = tokio::runtime::Handle::current();
+            let checkpoint = || {
+                handle
+                    .block_on(async { conn.query("PRAGMA wal_checkpoint(PASSIVE)", ()).await?.next().await.map(drop) })
+            };
+            while woken.recv().is_ok() {
+                checkpoint()?;
+            }
+            checkpoint()?;
+            Ok(())
+        });
+        Ok((wake, task))
+    }
+}
+
 /// The folding side of [`build_shadow`]: every view's rows, in batches.
 async fn fold_into(
-    db: &UserDb,
+    db: &Arc<UserDb>,
     batches: &tokio::sync::mpsc::Sender<Batch>,
     progress: &OnProgress<'_>,
 ) -> StoreResult<(u64, u64)> {
-    let reader = reader(db).await?;
-    let snapshot = reader.transaction().await?;
-    let upto = read_head(&snapshot).await?.seq;
-    let mut source = Source::open(&snapshot, upto).await?;
+    let upto = read_head(&*db.read().await?).await?.seq;
+    let mut source = Source::open(db, upto).await?;
     let stopped = || StoreError::Corrupt("the shadow writer stopped".into());
     for view in VIEWS {
         let mut folded = FoldedRows::new(view);
-        let mut batch = Vec::with_capacity(PAGE as usize);
+        let mut batch = Packed::default();
         while let Some(row) = folded.next(&mut source).await? {
-            batch.push(row);
-            if batch.len() as u64 >= PAGE {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(PAGE as usize));
+            batch.push(row.values()?);
+            if batch.rows as u64 >= PAGE {
+                let full = std::mem::take(&mut batch);
                 batches.send((view, full)).await.map_err(|_| stopped())?;
                 progress(source.events);
             }
         }
-        if !batch.is_empty() {
+        if batch.rows > 0 {
             batches.send((view, batch)).await.map_err(|_| stopped())?;
         }
     }
     let events = source.events;
     progress(events);
-    drop(source);
-    snapshot.commit().await?;
     Ok((upto, events))
 }
 
-/// Page cache (and so sort memory) of the connections replay reads and
-/// writes with: bounded, so memory stays flat in log size, but larger than
-/// the default 2 MiB so the sort of the log runs in a few passes.
+/// Page cache of the connections `check` reads the stored views with and
+/// replay writes the shadows with: bounded, so memory stays flat in log size.
 const CACHE_KIB: u32 = 32 * 1024;
 
-/// A read connection for replay's scan; SQLite may sort with a helper thread.
+/// The read connection `check` reads the stored views with.
 async fn reader(db: &UserDb) -> StoreResult<PooledConn> {
     let conn = db.read().await?;
     conn.execute(&format!("PRAGMA cache_size = -{CACHE_KIB}"), ()).await?;
-    drop(conn.query("PRAGMA threads = 1", ()).await?);
     Ok(conn)
 }
 
-/// Writes rows into a view's shadow in one transaction, encoding them here
-/// (on the writing side) with the encoding `save` uses.
-async fn insert_rows(db: &UserDb, conn: &Connection, view: View, rows: Vec<Folded>) -> StoreResult<u64> {
-    let placeholders: Vec<String> = (1..=view.column_names().count()).map(|i| format!("?{i}")).collect();
-    let sql = format!("INSERT INTO {} ({}) VALUES ({})", view.shadow(), view.columns, placeholders.join(", "));
+/// Rows a shadow insert statement writes at once: a statement per row made
+/// libSQL's per-statement work (binding, stepping, resetting) about a third
+/// of the writing side.
+const ROWS_PER_INSERT: usize = 64;
+
+/// Writes rows into a view's shadow in one transaction.
+async fn insert_rows(db: &UserDb, conn: &Connection, view: View, rows: Packed) -> StoreResult<u64> {
+    let columns = view.column_names().count();
+    let insert = |rows: usize| {
+        let tuples: Vec<String> = (0..rows)
+            .map(|row| {
+                let params: Vec<String> = (1..=columns).map(|column| format!("?{}", row * columns + column)).collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        // OR FAIL: a fresh shadow cannot hit a constraint, and without the
+        // default ABORT a statement of many rows needs no statement journal.
+        format!("INSERT OR FAIL INTO {} ({}) VALUES {}", view.shadow(), view.columns, tuples.join(", "))
+    };
     let tx = db.begin_write_on(conn).await?;
-    let insert = tx.prepare(&sql).await?;
-    let count = rows.len() as u64;
-    for row in rows {
-        insert.reset();
-        insert.execute(row.values()?).await?;
+    let (many, one) = (tx.prepare(&insert(ROWS_PER_INSERT)).await?, tx.prepare(&insert(1)).await?);
+    let mut start = 0;
+    while start < rows.rows {
+        let (statement, end) = match start + ROWS_PER_INSERT {
+            end if end <= rows.rows => (&many, end),
+            _ => (&one, start + 1),
+        };
+        statement.reset();
+        statement.execute(rows.values(start..end, columns)?).await?;
+        start = end;
     }
-    insert.reset();
-    drop(insert);
+    many.reset();
+    one.reset();
+    drop((many, one));
     tx.commit().await?;
-    Ok(count)
+    Ok(rows.rows as u64)
 }
 
 /// In one write transaction: swaps the shadows in for the live views (their
@@ -870,7 +989,7 @@ mod tests {
         }
     }
 
-    async fn clean_check(db: &UserDb) -> CheckReport {
+    async fn clean_check(db: &Arc<UserDb>) -> CheckReport {
         let report = check(db, &|_| {}).await.unwrap();
         assert!(report.is_clean(), "{:?}", report.first);
         assert_eq!(report.stored, report.replayed);

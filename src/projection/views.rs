@@ -121,7 +121,7 @@ pub const COLUMNS: &str = "id, parent_id, heads, version, deleted, conflict, upd
 /// writes exactly these, so replay can compare and hash rows without a
 /// second encoding that could drift from the live one.
 pub fn values(row: &AggregateRow) -> StoreResult<Vec<Value>> {
-    let heads = serde_json::to_string(&row.heads).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    let heads = super::aggregate::heads_json(&row.heads);
     Ok(vec![
         Value::Text(row.id.to_string()),
         row.parent_id.map_or(Value::Null, |id| Value::Text(id.to_string())),

@@ -245,6 +245,14 @@ impl Deref for PooledConn {
     }
 }
 
+impl PooledConn {
+    /// The connection for the caller alone, closed when dropped rather than
+    /// pooled: for a job that changes its settings (replay's writer).
+    pub fn detach(mut self) -> Connection {
+        self.conn.take().unwrap_or_else(|| unreachable!("taken only here and in drop"))
+    }
+}
+
 impl Drop for PooledConn {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
