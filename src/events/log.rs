@@ -27,14 +27,14 @@ pub async fn read_after(conn: &Connection, since: u64, limit: u64) -> StoreResul
 /// For replay: the events with `after < seq <= upto`, oldest first, at most
 /// `limit`, each handed to `each` as it is read (no page is held). Payloads
 /// are read for `device` events only: the other projectors never look at
-/// them, and they are most of the bytes. Returns how many were read.
+/// them, and they are most of the bytes.
 pub async fn scan_for_replay(
     conn: &Connection,
     after: u64,
     upto: u64,
     limit: u64,
     mut each: impl FnMut(StoredEvent) -> StoreResult<()>,
-) -> StoreResult<u64> {
+) -> StoreResult<()> {
     let mut rows = conn
         .query(
             "SELECT seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, \
@@ -43,12 +43,10 @@ pub async fn scan_for_replay(
             (after, upto, limit),
         )
         .await?;
-    let mut read = 0;
     while let Some(row) = rows.next().await? {
         each(decode(&row)?)?;
-        read += 1;
     }
-    Ok(read)
+    Ok(())
 }
 
 /// Like [`read_after`], but a row that does not decode comes back as its

@@ -1029,6 +1029,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_sorted_log_is_the_log_by_kind_aggregate_and_seq_whatever_the_scanners() {
+        let fx = fixture(300).await;
+        let conn = fx.db.read().await.unwrap();
+        let head = read_head(&conn).await.unwrap().seq;
+        let mut expected = read_after(&conn, 0, u64::MAX >> 1).await.unwrap();
+        // Replay never reads the payloads of non-device events.
+        expected.iter_mut().filter(|e| e.event.kind != Kind::Device).for_each(|e| e.event.payload = None);
+        expected.sort_by_key(|e| (e.event.kind.as_str(), e.event.aggregate_id.to_string(), e.seq));
+        for scanners in [1, 2, 3, 7, head + 5] {
+            let mut sorted = SortedLog::open(&fx.db, head, scanners).await.unwrap();
+            let mut events = Vec::new();
+            while let Some(event) = sorted.next_event().unwrap() {
+                events.push(event);
+            }
+            assert_eq!(events, expected, "{scanners} scanners");
+        }
+    }
+
+    #[tokio::test]
     async fn wiped_views_come_back_from_the_log() {
         let fx = fixture(200).await;
         let conn = fx.db.read().await.unwrap();

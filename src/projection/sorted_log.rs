@@ -374,11 +374,17 @@ fn scan(db: &UserDb, after: u64, upto: u64) -> StoreResult<Vec<Run>> {
     let mut runs = RunBuilder::new();
     let mut since = after;
     while since < upto {
-        let read = handle.block_on(scan_for_replay(&conn, since, upto, SCAN_PAGE, |stored| runs.push(&stored)))?;
-        if read == 0 {
-            return Err(StoreError::Corrupt(format!("the log has no event after seq {since} (head {upto})")));
+        // Pages follow the last seq read, not a count: a gap (which `verify`
+        // reports) is read past, never read twice.
+        let mut last = since;
+        handle.block_on(scan_for_replay(&conn, since, upto, SCAN_PAGE, |stored| {
+            last = stored.seq;
+            runs.push(&stored)
+        }))?;
+        if last == since {
+            break;
         }
-        since += read;
+        since = last;
     }
     Ok(runs.finish())
 }
