@@ -22,9 +22,10 @@
 //! Run one rebuild of a user at a time (a second one would drop the first's
 //! shadows and make its swap fail, harmlessly).
 //!
-//! **Check** folds the same way inside one read snapshot and merges the result
-//! with the stored views in key order, naming the first difference; both sides
-//! get a checksum: SHA-256 over every row, by table then key.
+//! **Check** folds the same way, reads the stored views inside one read
+//! snapshot (the scanners read the log up to that snapshot's head, which is
+//! immutable), and merges the two in key order, naming the first difference;
+//! both sides get a checksum: SHA-256 over every row, by table then key.
 //!
 //! These run long on a big log and libSQL local calls block their thread:
 //! they are for the operator commands, never for a request handler.

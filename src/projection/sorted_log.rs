@@ -31,10 +31,10 @@ use crate::store::{StoreError, StoreResult, UserDb};
 
 /// The encoded events a scanner holds (with their keys) before writing them
 /// out as a run.
-pub const RUN_BYTES: usize = 24 * 1024 * 1024;
+const RUN_BYTES: usize = 24 * 1024 * 1024;
 
 /// Runs a scanner keeps in files before merging them into one.
-pub const MAX_FILES: usize = 32;
+const MAX_FILES: usize = 32;
 
 /// Read buffer of each run in a file.
 const READ_BUFFER: usize = 64 * 1024;
@@ -44,7 +44,7 @@ const SCAN_PAGE: u64 = 50_000;
 
 /// The kinds in the text order of their names: the order SQLite sorted them
 /// in, and the order of replay's views.
-pub const KINDS_BY_NAME: [Kind; 5] = [Kind::Device, Kind::Embedding, Kind::Entry, Kind::Memory, Kind::Tag];
+const KINDS_BY_NAME: [Kind; 5] = [Kind::Device, Kind::Embedding, Kind::Entry, Kind::Memory, Kind::Tag];
 
 fn rank(kind: Kind) -> u8 {
     match kind {
@@ -65,8 +65,8 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("replay's sorted log: {what}"))
 }
 
-fn io_error(err: io::Error) -> StoreError {
-    StoreError::Corrupt(format!("replay's temporary files: {err}"))
+fn io_error(source: io::Error) -> StoreError {
+    StoreError::Io { context: "replay's temporary files (TMPDIR)".into(), source }
 }
 
 /// Appends `stored` to `out` as a length-prefixed record that starts with
