@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::config::{BackendKind, Config, LogFormat};
 use crate::events::append::read_head;
+use crate::projection::sorted_log;
 use crate::store::{Backend, ControlDb, StoreError, StoreResult, UserDatabases, UserDb};
 use progress::Progress;
 
@@ -179,15 +180,17 @@ pub struct Done {
     pub events: u64,
 }
 
+/// `scanners`: threads that read the log of one replay or check.
 async fn run_job(
     job: Job,
     user: Uuid,
     db: &Arc<UserDb>,
+    scanners: u64,
     progress: &crate::projection::replay::OnProgress<'_>,
 ) -> StoreResult<Done> {
     match job {
-        Job::Replay => replay::rebuild_one(user, db, progress).await,
-        Job::Check => replay::check_one(user, db, progress).await,
+        Job::Replay => replay::rebuild_one(user, db, scanners, progress).await,
+        Job::Check => replay::check_one(user, db, scanners, progress).await,
         Job::Verify => verify::verify_one(user, db, progress).await,
     }
 }
@@ -201,7 +204,7 @@ pub async fn run_users(storage: &Storage, target: Target, jobs: usize, job: Job)
         let db = storage.user(user).await?;
         let head = read_head(&*db.read().await?).await?.seq;
         let progress = Progress::new(format!("{} {user}", job.name()), head, "events");
-        let done = run_job(job, user, &db, &|events| progress.set(events)).await;
+        let done = run_job(job, user, &db, sorted_log::scanners(), &|events| progress.set(events)).await;
         progress.finish();
         let done = done?;
         println!("{}", done.line);
@@ -211,13 +214,15 @@ pub async fn run_users(storage: &Storage, target: Target, jobs: usize, job: Job)
     let users = storage.user_ids(target).await?;
     let progress = Progress::new(format!("{} --all", job.name()), users.len() as u64, "users");
     let permits = Arc::new(Semaphore::new(jobs.max(1)));
+    // Users run side by side: the cores are shared out between them.
+    let scanners = sorted_log::scanners_for(jobs);
     let mut tasks = JoinSet::new();
     for user in users.iter().copied() {
         let (dbs, permits) = (storage.users.clone(), permits.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let done = match dbs.get(user).await {
-                Ok(db) => run_job(job, user, &db, &|_| {}).await,
+                Ok(db) => run_job(job, user, &db, scanners, &|_| {}).await,
                 Err(err) => Err(err),
             };
             (user, done)

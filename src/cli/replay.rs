@@ -11,9 +11,9 @@ use super::{per_second, Done};
 use crate::projection::replay::{self, OnProgress};
 use crate::store::{StoreResult, UserDb};
 
-pub async fn rebuild_one(user: Uuid, db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<Done> {
+pub async fn rebuild_one(user: Uuid, db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<Done> {
     let started = Instant::now();
-    let report = replay::rebuild(db, progress).await?;
+    let report = replay::rebuild_with(db, scanners, progress).await?;
     let secs = started.elapsed().as_secs_f64();
     Ok(Done {
         line: format!(
@@ -28,8 +28,8 @@ pub async fn rebuild_one(user: Uuid, db: &Arc<UserDb>, progress: &OnProgress<'_>
     })
 }
 
-pub async fn check_one(user: Uuid, db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<Done> {
-    let report = replay::check(db, progress).await?;
+pub async fn check_one(user: Uuid, db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<Done> {
+    let report = replay::check_with(db, scanners, progress).await?;
     let line = match &report.first {
         None => format!(
             "user {user}: views match the log: {} events, {} rows, checksum {}",

@@ -9,8 +9,9 @@
 //! depends only on its own aggregate's events, and the fold is
 //! order-independent anyway), so each row is folded in memory and written
 //! once, already in key order, and the views come one after the other in the
-//! order of their kinds. Memory holds the sort's bounded buffers, two batches
-//! of rows and one row being folded, whatever the log size.
+//! order of their kinds. Memory holds the sort's bounded buffers, up to four
+//! batches of rows (two queued, one being written, one being filled) and the
+//! row being folded, whatever the log size.
 //!
 //! **Rebuild** fills shadow tables (`<view>_replay`: the live schema under
 //! another name, or the projection file's when a view table was dropped) in
@@ -33,6 +34,7 @@
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{self, AtomicU64};
 use std::sync::Arc;
 
 use libsql::{Connection, Value};
@@ -136,13 +138,25 @@ struct Source {
 }
 
 impl Source {
-    async fn open(db: &Arc<UserDb>, upto: u64) -> StoreResult<Self> {
-        let stream = SortedLog::open(db, upto, sorted_log::scanners()).await?;
+    async fn open(db: &Arc<UserDb>, upto: u64, scanners: u64) -> StoreResult<Self> {
+        let stream = SortedLog::open(db, upto, scanners).await?;
         Ok(Self { stream, peeked: None, events: 0 })
     }
 
+    /// Checks that every event the scanners read was handed out: a run cut
+    /// short would otherwise go live as missing rows.
+    fn finish(&self) -> StoreResult<()> {
+        match (&self.peeked, self.stream.scanned()) {
+            (None, scanned) if scanned == self.events => Ok(()),
+            (_, scanned) => Err(StoreError::Corrupt(format!(
+                "replay folded {} of the {scanned} events it read (an event of no view, or a lost run)",
+                self.events
+            ))),
+        }
+    }
+
     /// The next event if it is of `kind`.
-    async fn next_of(&mut self, kind: Kind) -> StoreResult<Option<StoredEvent>> {
+    fn next_of(&mut self, kind: Kind) -> StoreResult<Option<StoredEvent>> {
         let next = match self.peeked.take() {
             Some(stored) => Some(stored),
             None => self.stream.next_event()?,
@@ -176,8 +190,8 @@ impl FoldedRows {
         Self { kind: view.kind, current: None }
     }
 
-    async fn next(&mut self, source: &mut Source) -> StoreResult<Option<Folded>> {
-        while let Some(stored) = source.next_of(self.kind).await? {
+    fn next(&mut self, source: &mut Source) -> StoreResult<Option<Folded>> {
+        while let Some(stored) = source.next_of(self.kind)? {
             let id = stored.event.aggregate_id;
             let (row, done) = match self.current.take() {
                 Some((current, row)) if current == id => (fold(row, &stored)?, None),
@@ -425,10 +439,15 @@ fn key_of(values: &[Value]) -> String {
 /// the result with the stored views. Writes nothing, takes no lock: safe
 /// while the server runs.
 pub async fn check(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<CheckReport> {
+    check_with(db, sorted_log::scanners(), progress).await
+}
+
+/// [`check`] reading the log with `scanners` threads.
+pub async fn check_with(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<CheckReport> {
     let conn = reader(db).await?;
     let snapshot = conn.transaction().await?;
     let head = read_head(&snapshot).await?.seq;
-    let mut source = Source::open(db, head).await?;
+    let mut source = Source::open(db, head, scanners).await?;
     let (mut stored_hash, mut replayed_hash) = (ViewHasher::default(), ViewHasher::default());
     let mut report =
         CheckReport { head, events: 0, rows: 0, differences: 0, first: None, stored: [0; 32], replayed: [0; 32] };
@@ -437,7 +456,7 @@ pub async fn check(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<C
         replayed_hash.table(view.table);
         let mut replayed = FoldedRows::new(view);
         let mut stored = StoredRows::new(&snapshot, view);
-        let (mut ours, mut theirs) = (values_of(replayed.next(&mut source).await?)?, stored.next().await?);
+        let (mut ours, mut theirs) = (values_of(replayed.next(&mut source)?)?, stored.next().await?);
         let mut reported = 0;
         loop {
             if source.events >= reported + PAGE {
@@ -455,7 +474,7 @@ pub async fn check(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<C
                     let row = ours.take().unwrap_or_default();
                     replayed_hash.row(&row);
                     report.rows += 1;
-                    ours = values_of(replayed.next(&mut source).await?)?;
+                    ours = values_of(replayed.next(&mut source)?)?;
                     Some((key_of(&row), DifferenceKind::Missing))
                 }
                 Ordering::Greater => {
@@ -476,7 +495,7 @@ pub async fn check(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<C
                         .map(|(column, (x, y))| ColumnDifference { column, stored: y.clone(), replayed: x.clone() })
                         .collect();
                     let differs = !columns.is_empty() || a.len() != b.len();
-                    (ours, theirs) = (values_of(replayed.next(&mut source).await?)?, stored.next().await?);
+                    (ours, theirs) = (values_of(replayed.next(&mut source)?)?, stored.next().await?);
                     differs.then(|| (key_of(&a), DifferenceKind::Columns(columns)))
                 }
             };
@@ -486,6 +505,7 @@ pub async fn check(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<C
             }
         }
     }
+    source.finish()?;
     report.events = source.events;
     progress(report.events);
     drop(source);
@@ -518,7 +538,12 @@ pub struct RebuildReport {
 
 /// Rebuilds every view of `db` from its log and swaps the result in.
 pub async fn rebuild(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<RebuildReport> {
-    let shadow = build_shadow(db, progress).await?;
+    rebuild_with(db, sorted_log::scanners(), progress).await
+}
+
+/// [`rebuild`] reading the log with `scanners` threads.
+pub async fn rebuild_with(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<RebuildReport> {
+    let shadow = build_shadow(db, scanners, progress).await?;
     swap(db, shadow).await
 }
 
@@ -529,8 +554,8 @@ type Batch = (View, Packed);
 /// side unpacks them into libSQL values. Each side thus frees only what it
 /// allocated: with glibc's allocator, values allocated on one thread and
 /// freed on another took the writing side twice the time.
-#[derive(Default)]
 struct Packed {
+    columns: usize,
     text: String,
     blobs: Vec<u8>,
     cells: Vec<Cell>,
@@ -547,7 +572,15 @@ enum Cell {
 }
 
 impl Packed {
-    fn push(&mut self, values: Vec<Value>) {
+    fn new(view: View) -> Self {
+        let columns = view.column_names().count();
+        Self { columns, text: String::new(), blobs: Vec::new(), cells: Vec::new(), rows: 0 }
+    }
+
+    fn push(&mut self, values: Vec<Value>) -> StoreResult<()> {
+        if values.len() != self.columns {
+            return Err(StoreError::Corrupt(format!("a row of {} values for {} columns", values.len(), self.columns)));
+        }
         for value in values {
             let cell = match value {
                 Value::Null => Cell::Null,
@@ -567,12 +600,13 @@ impl Packed {
             self.cells.push(cell);
         }
         self.rows += 1;
+        Ok(())
     }
 
     /// The values of rows `rows`, in order.
-    fn values(&self, rows: std::ops::Range<usize>, columns: usize) -> StoreResult<Vec<Value>> {
-        let cells = self.cells.get(rows.start * columns..rows.end * columns).unwrap_or_default();
+    fn values(&self, rows: std::ops::Range<usize>) -> StoreResult<Vec<Value>> {
         let lost = || StoreError::Corrupt("replay lost a packed value".into());
+        let cells = self.cells.get(rows.start * self.columns..rows.end * self.columns).ok_or_else(lost)?;
         cells
             .iter()
             .map(|cell| {
@@ -600,7 +634,7 @@ impl Packed {
 /// nothing until the swap, which commits on the user's writer connection
 /// with `synchronous = FULL`, syncing the write-ahead log with every frame
 /// before its own. It leaves checkpoints to a [`Checkpointer`].
-pub async fn build_shadow(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<Shadow> {
+pub async fn build_shadow(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<Shadow> {
     let writer = db.read().await?.detach();
     let settings =
         format!("PRAGMA cache_size = -{CACHE_KIB}; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0");
@@ -615,7 +649,7 @@ pub async fn build_shadow(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreR
     }
     tx.commit().await?;
 
-    let (checkpoint, checkpointer) = Checkpointer::start(db).await?;
+    let mut checkpointer = Checkpointer::start(db).await?;
     let (batches, mut to_write) = tokio::sync::mpsc::channel::<Batch>(2);
     let writing = tokio::spawn({
         let db = db.clone();
@@ -623,67 +657,105 @@ pub async fn build_shadow(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreR
             let mut rows = 0;
             while let Some((view, batch)) = to_write.recv().await {
                 rows += insert_rows(&db, &writer, view, batch).await?;
-                // Wakes the checkpointer, unless a wake-up is already pending.
-                let _ = checkpoint.try_send(());
+                checkpointer.committed().await;
             }
+            checkpointer.finish().await?;
             StoreResult::Ok(rows)
         }
     });
-    let folded = fold_into(db, &batches, progress).await;
+    let folded = fold_into(db, scanners, &batches, progress).await;
     drop(batches);
     let written = writing.await.map_err(|err| StoreError::Corrupt(format!("the shadow writer stopped: {err}")))?;
     // A failed writer makes the folding side fail too, with less to say: its error goes first.
     let rows = written?;
-    checkpointer.await.map_err(|err| StoreError::Corrupt(format!("the checkpointer stopped: {err}")))??;
     let (upto, events) = folded?;
     Ok(Shadow { upto, events, rows })
 }
 
 /// Copies the shadows' pages from the write-ahead log into the database file
-/// on a connection and thread of its own, while the next batches are
-/// written: replay's writer does not checkpoint (`wal_autocheckpoint = 0`),
-/// which otherwise took half of its time. Woken after each commit; once the
-/// writer is done (the sender dropped), one last checkpoint, and it ends.
-struct Checkpointer;
+/// on a connection and thread of its own while the next batches are written:
+/// replay's writer does not checkpoint (`wal_autocheckpoint = 0`), which took
+/// half of its time. Every [`WAIT_EVERY`] commits the writer waits for a
+/// checkpoint begun after its last commit, so that its next transaction
+/// starts the log over: the WAL stays within about that many batches instead
+/// of growing with the rebuild (and the server's own commits meanwhile find
+/// little to checkpoint). A failed checkpoint is logged and the rebuild goes
+/// on: checkpoints move pages, they decide nothing.
+struct Checkpointer {
+    /// Commits the writer has made.
+    commits: Arc<AtomicU64>,
+    wake: std::sync::mpsc::SyncSender<()>,
+    /// How many commits the last finished checkpoint began after.
+    done: tokio::sync::watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Commits of replay's writer between two waits for a checkpoint.
+const WAIT_EVERY: u64 = 8;
 
 impl Checkpointer {
-    async fn start(
-        db: &UserDb,
-    ) -> StoreResult<(std::sync::mpsc::SyncSender<()>, tokio::task::JoinHandle<StoreResult<()>>)> {
+    async fn start(db: &UserDb) -> StoreResult<Self> {
         let conn = db.read().await?.detach();
+        let commits = Arc::new(AtomicU64::new(0));
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-        let task = tokio::task::spawn_blocking(move || {
-            let handle = tokio::runtime::Handle::current();
-            let checkpoint = || {
-                handle
-                    .block_on(async { conn.query("PRAGMA wal_checkpoint(PASSIVE)", ()).await?.next().await.map(drop) })
-            };
-            while woken.recv().is_ok() {
-                checkpoint()?;
+        let (finished, done) = tokio::sync::watch::channel(0);
+        let task = tokio::task::spawn_blocking({
+            let commits = commits.clone();
+            move || {
+                let handle = tokio::runtime::Handle::current();
+                loop {
+                    // Disconnected once the writer is done: one last checkpoint.
+                    let last = woken.recv().is_err();
+                    let after = commits.load(atomic::Ordering::Acquire);
+                    let checkpoint = async { conn.query("PRAGMA wal_checkpoint(PASSIVE)", ()).await?.next().await };
+                    if let Err(err) = handle.block_on(checkpoint) {
+                        tracing::warn!(error = %err, "replay: a checkpoint failed; the next one copies its pages");
+                    }
+                    finished.send_replace(after);
+                    if last {
+                        return;
+                    }
+                }
             }
-            checkpoint()?;
-            Ok(())
         });
-        Ok((wake, task))
+        Ok(Self { commits, wake, done, task })
+    }
+
+    /// Told after each commit of the writer.
+    async fn committed(&mut self) {
+        let commits = self.commits.fetch_add(1, atomic::Ordering::Release) + 1;
+        // A wake-up already pending will see this commit too.
+        let _ = self.wake.try_send(());
+        if commits % WAIT_EVERY == 0 {
+            // Fails only if the checkpointer is gone; then there is nothing to wait for.
+            let _ = self.done.wait_for(|done| *done >= commits).await;
+        }
+    }
+
+    /// The last checkpoint, once the writer is done.
+    async fn finish(self) -> StoreResult<()> {
+        drop(self.wake);
+        self.task.await.map_err(|err| StoreError::Corrupt(format!("the checkpointer stopped: {err}")))
     }
 }
 
 /// The folding side of [`build_shadow`]: every view's rows, in batches.
 async fn fold_into(
     db: &Arc<UserDb>,
+    scanners: u64,
     batches: &tokio::sync::mpsc::Sender<Batch>,
     progress: &OnProgress<'_>,
 ) -> StoreResult<(u64, u64)> {
     let upto = read_head(&*db.read().await?).await?.seq;
-    let mut source = Source::open(db, upto).await?;
+    let mut source = Source::open(db, upto, scanners).await?;
     let stopped = || StoreError::Corrupt("the shadow writer stopped".into());
     for view in VIEWS {
         let mut folded = FoldedRows::new(view);
-        let mut batch = Packed::default();
-        while let Some(row) = folded.next(&mut source).await? {
-            batch.push(row.values()?);
+        let mut batch = Packed::new(view);
+        while let Some(row) = folded.next(&mut source)? {
+            batch.push(row.values()?)?;
             if batch.rows as u64 >= PAGE {
-                let full = std::mem::take(&mut batch);
+                let full = std::mem::replace(&mut batch, Packed::new(view));
                 batches.send((view, full)).await.map_err(|_| stopped())?;
                 progress(source.events);
             }
@@ -692,6 +764,7 @@ async fn fold_into(
             batches.send((view, batch)).await.map_err(|_| stopped())?;
         }
     }
+    source.finish()?;
     let events = source.events;
     progress(events);
     Ok((upto, events))
@@ -715,7 +788,7 @@ const ROWS_PER_INSERT: usize = 64;
 
 /// Writes rows into a view's shadow in one transaction.
 async fn insert_rows(db: &UserDb, conn: &Connection, view: View, rows: Packed) -> StoreResult<u64> {
-    let columns = view.column_names().count();
+    let columns = rows.columns;
     let insert = |rows: usize| {
         let tuples: Vec<String> = (0..rows)
             .map(|row| {
@@ -736,7 +809,7 @@ async fn insert_rows(db: &UserDb, conn: &Connection, view: View, rows: Packed) -
             _ => (&one, start + 1),
         };
         statement.reset();
-        statement.execute(rows.values(start..end, columns)?).await?;
+        statement.execute(rows.values(start..end)?).await?;
         start = end;
     }
     many.reset();
@@ -881,6 +954,7 @@ mod tests {
     use crate::auth::devices::record;
     use crate::events::device::{DeviceAction, DeviceProfile, DeviceType};
     use crate::events::{NewEvent, Op};
+    use crate::projection::sorted_log::Limits;
     use crate::projection::version::VersionVector;
     use crate::store::Backend;
     use crate::sync::push::apply_batch;
@@ -1033,13 +1107,20 @@ mod tests {
     async fn the_sorted_log_is_the_log_by_kind_aggregate_and_seq_whatever_the_scanners() {
         let fx = fixture(300).await;
         let conn = fx.db.read().await.unwrap();
+        // A gap in the log (which `verify` reports): read past, nothing read twice.
+        let copy = "INSERT INTO events SELECT seq + 10, ?1, device_id, kind, aggregate_id, parent_id, op, version, \
+                    payload, client_time, received_at, hash FROM events WHERE seq = (SELECT max(seq) FROM events)";
+        conn.execute(copy, [Uuid::new_v4().to_string()]).await.unwrap();
         let head = read_head(&conn).await.unwrap().seq;
         let mut expected = read_after(&conn, 0, u64::MAX >> 1).await.unwrap();
         // Replay never reads the payloads of non-device events.
         expected.iter_mut().filter(|e| e.event.kind != Kind::Device).for_each(|e| e.event.payload = None);
         expected.sort_by_key(|e| (e.event.kind.as_str(), e.event.aggregate_id.to_string(), e.seq));
-        for scanners in [1, 2, 3, 7, head + 5] {
-            let mut sorted = SortedLog::open(&fx.db, head, scanners).await.unwrap();
+        // Pages of 7 events, runs of a few events written out, files merged by threes.
+        let tiny = Limits { page: 7, run_bytes: 2_000, max_files: 3 };
+        for (scanners, limits) in [(1, Limits::default()), (2, tiny), (3, tiny), (7, tiny), (head + 5, tiny)] {
+            let mut sorted = SortedLog::open_with(&fx.db, head, scanners, limits).await.unwrap();
+            assert_eq!(sorted.scanned(), expected.len() as u64);
             let mut events = Vec::new();
             while let Some(event) = sorted.next_event().unwrap() {
                 events.push(event);
@@ -1126,7 +1207,7 @@ mod tests {
     #[tokio::test]
     async fn events_appended_during_a_rebuild_are_folded_at_the_swap() {
         let mut fx = fixture(150).await;
-        let shadow = build_shadow(&fx.db, &|_| {}).await.unwrap();
+        let shadow = build_shadow(&fx.db, 2, &|_| {}).await.unwrap();
         fx.random_pushes(60).await;
         device_event(&fx.db, fx.devices[0], fx.devices[2], DeviceAction::Revoked).await;
         let late = Uuid::new_v4();
@@ -1160,6 +1241,7 @@ mod tests {
                 assert_eq!(views::table(view.kind), Some(view.table));
             }
         }
+        assert!(VIEWS.windows(2).all(|w| w[0].kind.as_str() < w[1].kind.as_str()), "the sorted log's order");
         let mut kinds: Vec<Kind> = VIEWS.iter().map(|v| v.kind).collect();
         kinds.sort();
         assert_eq!(kinds, [Kind::Entry, Kind::Memory, Kind::Tag, Kind::Embedding, Kind::Device]);

@@ -4,21 +4,25 @@
 //! Scanners read the log in seq order, each its own range on its own
 //! connection and thread, and cut it into runs: events encoded compactly
 //! (ids as 16 bytes, times as integers, no payload but a device's) into a
-//! buffer of at most [`RUN_BYTES`], sorted by a fixed-width key and, when the
+//! buffer of at most [`Limits::run_bytes`], sorted by a fixed-width key and, when the
 //! buffer is full, written to an unnamed temporary file. The runs are then
 //! merged, one event at a time. Memory holds each scanner's buffer, the
 //! last run of each (kept rather than written) and a read buffer per file,
-//! whatever the log size; a scanner that has written [`MAX_FILES`] runs
-//! merges them into one, so files stay few too.
+//! whatever the log size; a scanner that has written [`Limits::max_files`]
+//! runs merges them into one, so files stay few too. Temporary files go to
+//! [`temp_dir`]; they are unnamed, so nothing is left behind, even by a crash.
 //!
 //! Scanners need no common snapshot: every event at or below the head read
 //! by the caller is immutable (the log is append-only), so any connection
-//! reads the same ones.
+//! reads the same ones. The first scanner to fail stops the others, and its
+//! error is the one returned.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -29,18 +33,42 @@ use crate::events::{Kind, NewEvent, Op, StoredEvent};
 use crate::projection::version::VersionVector;
 use crate::store::{StoreError, StoreResult, UserDb};
 
-/// The encoded events a scanner holds (with their keys) before writing them
-/// out as a run.
-const RUN_BYTES: usize = 24 * 1024 * 1024;
+/// How scanners cut the log: fixed in production ([`Limits::default`]);
+/// tests make them tiny to go through every path.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Events a scanner reads per query.
+    pub page: u64,
+    /// The encoded events (with their keys) a scanner holds before writing
+    /// them out as a run.
+    pub run_bytes: usize,
+    /// Runs a scanner keeps in files before merging them into one.
+    pub max_files: usize,
+}
 
-/// Runs a scanner keeps in files before merging them into one.
-const MAX_FILES: usize = 32;
+impl Default for Limits {
+    fn default() -> Self {
+        Self { page: 50_000, run_bytes: 24 * 1024 * 1024, max_files: 32 }
+    }
+}
 
 /// Read buffer of each run in a file.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// Events a scanner reads per query.
-const SCAN_PAGE: u64 = 50_000;
+/// Where runs are written: `TMPDIR` when set, else `/var/tmp` (disk-backed
+/// on most systems, where `/tmp` is often in memory), else the system's
+/// temporary directory. SQLite's own sorter looks in the same places.
+pub fn temp_dir() -> PathBuf {
+    match std::env::var_os("TMPDIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ if Path::new("/var/tmp").is_dir() => PathBuf::from("/var/tmp"),
+        _ => std::env::temp_dir(),
+    }
+}
+
+fn temp_file() -> StoreResult<File> {
+    tempfile::tempfile_in(temp_dir()).map_err(io_error)
+}
 
 /// The kinds in the text order of their names: the order SQLite sorted them
 /// in, and the order of replay's views.
@@ -165,11 +193,13 @@ fn decode(record: &[u8]) -> StoreResult<StoredEvent> {
     let device_id = fields.uuid()?;
     let parent_id = match fields.byte()? {
         0 => None,
-        _ => Some(fields.uuid()?),
+        1 => Some(fields.uuid()?),
+        _ => return Err(corrupt("a parent flag is neither 0 nor 1")),
     };
     let op = match fields.byte()? {
         0 => Op::Put,
-        _ => Op::Delete,
+        1 => Op::Delete,
+        _ => return Err(corrupt("unknown op")),
     };
     let client_time = fields.time()?;
     let received_at = fields.time()?;
@@ -179,11 +209,15 @@ fn decode(record: &[u8]) -> StoreResult<StoredEvent> {
         (0..entries).map(|_| Ok((fields.uuid()?, fields.u64_le()?))).collect::<StoreResult<VersionVector>>()?;
     let payload = match fields.byte()? {
         0 => None,
-        _ => {
+        1 => {
             let len = fields.u32()? as usize;
             Some(fields.bytes(len)?.to_vec())
         }
+        _ => return Err(corrupt("a payload flag is neither 0 nor 1")),
     };
+    if !fields.0.is_empty() {
+        return Err(corrupt("a record is longer than its event"));
+    }
     Ok(StoredEvent {
         seq,
         device_id,
@@ -197,61 +231,66 @@ fn key_of(record: &[u8]) -> StoreResult<Key> {
     record.first_chunk::<KEY_LEN>().copied().ok_or_else(|| corrupt("a record is cut short"))
 }
 
-/// A sorted run: kept in memory, or written to a temporary file.
+/// The record at `offset` of a buffer of length-prefixed records: its
+/// bytes with the prefix, and without.
+fn record_at(arena: &[u8], offset: u32) -> StoreResult<(&[u8], &[u8])> {
+    let start = offset as usize;
+    let cut = || corrupt("a record is cut short");
+    let prefix = arena.get(start..).and_then(|rest| rest.first_chunk::<4>()).ok_or_else(cut)?;
+    let end = start + 4 + u32::from_le_bytes(*prefix) as usize;
+    let whole = arena.get(start..end).ok_or_else(cut)?;
+    Ok((whole, &whole[4..]))
+}
+
+/// A sorted run: kept in memory, or written to a temporary file (with the
+/// number of records written, so a short read is an error, not an end).
 enum Run {
-    Memory { arena: Vec<u8>, order: Vec<(Key, u32)>, next: usize },
-    File(BufReader<File>),
+    Memory { arena: Vec<u8>, order: Vec<(Key, u32)> },
+    File { reader: BufReader<File>, records: u64 },
 }
 
 /// A run being read: its current record.
 struct RunCursor {
     run: Run,
+    /// Records moved past so far.
+    read: u64,
     /// The current record of a file run (a memory run's is in its arena).
     record: Vec<u8>,
-    /// Where the current record of a memory run starts and ends.
-    span: (usize, usize),
+    /// Where the current record of a memory run starts.
+    offset: u32,
 }
 
 impl RunCursor {
     fn new(run: Run) -> Self {
-        Self { run, record: Vec::new(), span: (0, 0) }
+        Self { run, read: 0, record: Vec::new(), offset: 0 }
     }
 
     /// Moves to the next record; false at the end.
     fn advance(&mut self) -> StoreResult<bool> {
+        let next = self.read;
         match &mut self.run {
-            Run::Memory { arena, order, next } => {
-                let Some(&(_, offset)) = order.get(*next) else { return Ok(false) };
-                *next += 1;
-                let start = offset as usize + 4;
-                let len = arena
-                    .get(offset as usize..start)
-                    .and_then(|prefix| prefix.try_into().ok())
-                    .map(u32::from_le_bytes)
-                    .ok_or_else(|| corrupt("a record is cut short"))?;
-                self.span = (start, start + len as usize);
-                Ok(true)
+            Run::Memory { order, .. } => {
+                let Some(&(_, offset)) = order.get(next as usize) else { return Ok(false) };
+                self.offset = offset;
             }
-            Run::File(reader) => {
-                let mut prefix = [0; 4];
-                match reader.read_exact(&mut prefix) {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-                    Err(err) => return Err(io_error(err)),
+            Run::File { reader, records } => {
+                if next == *records {
+                    return Ok(false);
                 }
+                let mut prefix = [0; 4];
+                reader.read_exact(&mut prefix).map_err(io_error)?;
                 self.record.resize(u32::from_le_bytes(prefix) as usize, 0);
                 reader.read_exact(&mut self.record).map_err(io_error)?;
-                Ok(true)
             }
         }
+        self.read += 1;
+        Ok(true)
     }
 
     fn current(&self) -> StoreResult<&[u8]> {
         match &self.run {
-            Run::Memory { arena, .. } => {
-                arena.get(self.span.0..self.span.1).ok_or_else(|| corrupt("a record is cut short"))
-            }
-            Run::File(_) => Ok(&self.record),
+            Run::Memory { arena, .. } => Ok(record_at(arena, self.offset)?.1),
+            Run::File { .. } => Ok(&self.record),
         }
     }
 }
@@ -293,21 +332,25 @@ impl Merge {
 
 /// Cuts a scanner's events into sorted runs.
 struct RunBuilder {
+    limits: Limits,
     arena: Vec<u8>,
     order: Vec<(Key, u32)>,
     files: Vec<Run>,
+    /// Events pushed in all.
+    events: u64,
 }
 
 impl RunBuilder {
-    fn new() -> Self {
-        Self { arena: Vec::new(), order: Vec::new(), files: Vec::new() }
+    fn new(limits: Limits) -> Self {
+        Self { limits, arena: Vec::new(), order: Vec::new(), files: Vec::new(), events: 0 }
     }
 
     fn push(&mut self, stored: &StoredEvent) -> StoreResult<()> {
         let offset = u32::try_from(self.arena.len()).map_err(|_| corrupt("a run outgrew its buffer"))?;
         encode(stored, &mut self.arena);
-        self.order.push((key_of(&self.arena[offset as usize + 4..])?, offset));
-        if self.arena.len() + self.order.len() * size_of::<(Key, u32)>() >= RUN_BYTES {
+        self.order.push((key_of(record_at(&self.arena, offset)?.1)?, offset));
+        self.events += 1;
+        if self.arena.len() + self.order.len() * size_of::<(Key, u32)>() >= self.limits.run_bytes {
             self.spill()?;
         }
         Ok(())
@@ -316,37 +359,30 @@ impl RunBuilder {
     /// Writes the buffered events, sorted, to a new temporary file.
     fn spill(&mut self) -> StoreResult<()> {
         self.order.sort_unstable_by_key(|(key, _)| *key);
-        let mut out = BufWriter::with_capacity(READ_BUFFER, tempfile::tempfile().map_err(io_error)?);
+        let mut out = BufWriter::with_capacity(READ_BUFFER, temp_file()?);
         for &(_, offset) in &self.order {
-            let start = offset as usize;
-            let len = self
-                .arena
-                .get(start..start + 4)
-                .and_then(|prefix| prefix.try_into().ok())
-                .map(u32::from_le_bytes)
-                .ok_or_else(|| corrupt("a record is cut short"))?;
-            let record =
-                self.arena.get(start..start + 4 + len as usize).ok_or_else(|| corrupt("a record is cut short"))?;
-            out.write_all(record).map_err(io_error)?;
+            out.write_all(record_at(&self.arena, offset)?.0).map_err(io_error)?;
         }
+        let records = self.order.len() as u64;
         self.arena.clear();
         self.order.clear();
-        self.files.push(Run::File(rewound(out)?));
-        if self.files.len() >= MAX_FILES {
+        self.files.push(Run::File { reader: rewound(out)?, records });
+        if self.files.len() >= self.limits.max_files {
             let merged = merge_to_file(std::mem::take(&mut self.files))?;
             self.files.push(merged);
         }
         Ok(())
     }
 
-    /// The runs: those written out, and the last one, kept in memory.
-    fn finish(mut self) -> Vec<Run> {
+    /// The runs: those written out, and the last one, kept in memory; and
+    /// the number of events in them.
+    fn finish(mut self) -> (Vec<Run>, u64) {
         self.order.sort_unstable_by_key(|(key, _)| *key);
         let mut runs = self.files;
         if !self.order.is_empty() {
-            runs.push(Run::Memory { arena: self.arena, order: self.order, next: 0 });
+            runs.push(Run::Memory { arena: self.arena, order: self.order });
         }
-        runs
+        (runs, self.events)
     }
 }
 
@@ -359,25 +395,34 @@ fn rewound(out: BufWriter<File>) -> StoreResult<BufReader<File>> {
 /// Merges runs into one, in a new temporary file.
 fn merge_to_file(runs: Vec<Run>) -> StoreResult<Run> {
     let mut merge = Merge::new(runs)?;
-    let mut out = BufWriter::with_capacity(READ_BUFFER, tempfile::tempfile().map_err(io_error)?);
+    let mut out = BufWriter::with_capacity(READ_BUFFER, temp_file()?);
+    let mut records = 0;
     while let Some(record) = merge.next()? {
         out.write_all(&(record.len() as u32).to_le_bytes()).map_err(io_error)?;
         out.write_all(record).map_err(io_error)?;
+        records += 1;
     }
-    Ok(Run::File(rewound(out)?))
+    Ok(Run::File { reader: rewound(out)?, records })
 }
 
-/// Reads `after < seq <= upto` into sorted runs. Blocks its thread.
-fn scan(db: &UserDb, after: u64, upto: u64) -> StoreResult<Vec<Run>> {
+/// No scanner has failed yet.
+const NONE_FAILED: usize = usize::MAX;
+
+/// Reads `after < seq <= upto` into sorted runs. Blocks its thread. Stops
+/// early, with an error, once `failed` names another scanner.
+fn scan(db: &UserDb, after: u64, upto: u64, limits: Limits, failed: &AtomicUsize) -> StoreResult<(Vec<Run>, u64)> {
     let handle = tokio::runtime::Handle::current();
     let conn = handle.block_on(db.read())?;
-    let mut runs = RunBuilder::new();
+    let mut runs = RunBuilder::new(limits);
     let mut since = after;
     while since < upto {
         // Pages follow the last seq read, not a count: a gap (which `verify`
         // reports) is read past, never read twice.
         let mut last = since;
-        handle.block_on(scan_for_replay(&conn, since, upto, SCAN_PAGE, |stored| {
+        handle.block_on(scan_for_replay(&conn, since, upto, limits.page, |stored| {
+            if failed.load(Ordering::Relaxed) != NONE_FAILED {
+                return Err(corrupt("stopped: another scanner failed"));
+            }
             last = stored.seq;
             runs.push(&stored)
         }))?;
@@ -392,35 +437,80 @@ fn scan(db: &UserDb, after: u64, upto: u64) -> StoreResult<Vec<Run>> {
 /// The log up to `upto`, sorted by `(kind, aggregate_id, seq)`.
 pub struct SortedLog {
     merge: Merge,
+    /// Events the scanners read (and the merge must hand out).
+    scanned: u64,
 }
 
 impl SortedLog {
     /// Reads and sorts every event with `seq <= upto`, with up to
     /// `scanners` threads (each its share of the seqs, on its own connection).
     pub async fn open(db: &Arc<UserDb>, upto: u64, scanners: u64) -> StoreResult<Self> {
+        Self::open_with(db, upto, scanners, Limits::default()).await
+    }
+
+    pub async fn open_with(db: &Arc<UserDb>, upto: u64, scanners: u64, limits: Limits) -> StoreResult<Self> {
         let scanners = scanners.clamp(1, upto.max(1));
         let share = upto.div_ceil(scanners);
+        let failed = Arc::new(AtomicUsize::new(NONE_FAILED));
         let tasks: Vec<_> = (0..scanners)
             .map(|i| {
-                let (db, after, upto) = (db.clone(), i * share, ((i + 1) * share).min(upto));
-                tokio::task::spawn_blocking(move || scan(&db, after, upto))
+                let (db, failed) = (db.clone(), failed.clone());
+                let (after, upto) = (i * share, ((i + 1) * share).min(upto));
+                let i = i as usize;
+                tokio::task::spawn_blocking(move || {
+                    let scanned = scan(&db, after, upto, limits, &failed);
+                    if scanned.is_err() {
+                        // The first to fail stops the others.
+                        let _ = failed.compare_exchange(NONE_FAILED, i, Ordering::Relaxed, Ordering::Relaxed);
+                    }
+                    scanned
+                })
             })
             .collect();
-        let mut runs = Vec::new();
-        for task in tasks {
-            runs.extend(task.await.map_err(|err| corrupt(&format!("a scanner stopped: {err}")))??);
+        // Every scanner is waited for, so none outlives a failure.
+        let mut results = Vec::with_capacity(tasks.len());
+        for (i, task) in tasks.into_iter().enumerate() {
+            let result = task.await.unwrap_or_else(|err| Err(corrupt(&format!("a scanner stopped: {err}"))));
+            if result.is_err() {
+                let _ = failed.compare_exchange(NONE_FAILED, i, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            results.push(result);
         }
-        Ok(Self { merge: Merge::new(runs)? })
+        let first_failed = failed.load(Ordering::Relaxed);
+        let (mut runs, mut scanned) = (Vec::new(), 0);
+        for (i, result) in results.into_iter().enumerate() {
+            match result {
+                Ok((more, events)) => {
+                    runs.extend(more);
+                    scanned += events;
+                }
+                Err(err) if i == first_failed => return Err(err),
+                Err(_) => {}
+            }
+        }
+        Ok(Self { merge: Merge::new(runs)?, scanned })
     }
 
     pub fn next_event(&mut self) -> StoreResult<Option<StoredEvent>> {
         self.merge.next()?.map(decode).transpose()
     }
+
+    /// How many events the scanners read: what a full merge hands out.
+    pub fn scanned(&self) -> u64 {
+        self.scanned
+    }
 }
 
-/// Scanners for a machine: one per core, at most four.
+/// Scanners for one replay on this machine: one per core, at most four.
 pub fn scanners() -> u64 {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u64)
+    scanners_for(1)
+}
+
+/// Scanners for each of `jobs` replays at once: the cores shared out, at
+/// least one each, at most four.
+pub fn scanners_for(jobs: usize) -> u64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / jobs.max(1)).clamp(1, 4) as u64
 }
 
 #[cfg(test)]
@@ -472,39 +562,45 @@ mod tests {
     }
 
     #[test]
-    fn uuid_byte_order_is_the_order_of_their_text() {
-        let ids = [Uuid::from_u128(1), Uuid::from_u128(0xa << 120), Uuid::from_u128(0x9f << 64), Uuid::max()];
-        for a in ids {
-            for b in ids {
-                assert_eq!(a.as_bytes().cmp(b.as_bytes()), a.to_string().cmp(&b.to_string()));
-            }
-        }
+    fn a_file_run_shorter_than_it_was_written_is_an_error_not_an_end() {
+        let mut builder = RunBuilder::new(Limits { page: 1, run_bytes: 1, max_files: 10 });
+        builder.push(&event(1, Kind::Entry, 1, None)).unwrap();
+        let (mut runs, _) = builder.finish();
+        let Some(Run::File { records, .. }) = runs.first_mut() else { panic!("run_bytes 1 writes every event out") };
+        *records += 1;
+        let mut merge = Merge::new(runs).unwrap();
+        assert!(merge.next().unwrap().is_some());
+        assert!(matches!(merge.next(), Err(StoreError::Io { .. })));
     }
 
     proptest! {
         #[test]
+        fn uuid_byte_order_is_the_order_of_their_text(a in any::<u128>(), b in any::<u128>()) {
+            let (a, b) = (Uuid::from_u128(a), Uuid::from_u128(b));
+            prop_assert_eq!(a.as_bytes().cmp(b.as_bytes()), a.to_string().cmp(&b.to_string()));
+        }
+
+        #[test]
         fn runs_merge_into_kind_aggregate_seq_order(
             events in proptest::collection::vec((0..5usize, 0..20u128), 0..400),
-            cut in 1..50usize,
+            run_bytes in 1..20_000usize,
+            max_files in 2..5usize,
         ) {
             let all: Vec<StoredEvent> = events
                 .iter()
                 .enumerate()
                 .map(|(i, &(kind, aggregate))| event(i as u64 + 1, KINDS_BY_NAME[kind], aggregate, None))
                 .collect();
-            // Runs as scanners cut them: some in files (a few merged into one), the last in memory.
-            let mut builder = RunBuilder::new();
-            for (i, stored) in all.iter().enumerate() {
+            // Runs as scanners cut them: some in files (merged into one past
+            // `max_files`), the last in memory.
+            let mut builder = RunBuilder::new(Limits { page: 1, run_bytes, max_files });
+            for stored in &all {
                 builder.push(stored).unwrap();
-                if (i + 1) % cut == 0 {
-                    builder.spill().unwrap();
-                }
-                if builder.files.len() == 3 {
-                    let merged = merge_to_file(std::mem::take(&mut builder.files)).unwrap();
-                    builder.files.push(merged);
-                }
             }
-            let mut merge = Merge::new(builder.finish()).unwrap();
+            prop_assert!(builder.files.len() < max_files);
+            let (runs, pushed) = builder.finish();
+            prop_assert_eq!(pushed, all.len() as u64);
+            let mut merge = Merge::new(runs).unwrap();
             let mut merged = Vec::new();
             while let Some(record) = merge.next().unwrap() {
                 merged.push(decode(record).unwrap());
