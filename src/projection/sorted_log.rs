@@ -9,7 +9,10 @@
 //! merged, one event at a time. Memory holds each scanner's buffer, the
 //! last run of each (kept rather than written) and a read buffer per file,
 //! whatever the log size; a scanner that has written [`Limits::max_files`]
-//! runs merges them into one, so files stay few too. Temporary files go to
+//! runs merges them into one, so files stay few too (past 32 runs, ≈ 750 MB
+//! encoded per scanner, some events are thus written out more than twice;
+//! levelled merging would bound that, not needed at the sizes measured).
+//! Temporary files go to
 //! [`temp_dir`]; they are unnamed, so nothing is left behind, even by a crash.
 //!
 //! Scanners need no common snapshot: every event at or below the head read
