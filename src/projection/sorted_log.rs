@@ -4,16 +4,15 @@
 //! Scanners read the log in seq order, each its own range on its own
 //! connection and thread, and cut it into runs: events encoded compactly
 //! (ids as 16 bytes, times as integers, no payload but a device's) into a
-//! buffer of at most [`Limits::run_bytes`], sorted by a fixed-width key and, when the
-//! buffer is full, written to an unnamed temporary file. The runs are then
-//! merged, one event at a time. Memory holds each scanner's buffer, the
-//! last run of each (kept rather than written) and a read buffer per file,
-//! whatever the log size; a scanner that has written [`Limits::max_files`]
-//! runs merges them into one, so files stay few too (past 32 runs, ≈ 750 MB
-//! encoded per scanner, some events are thus written out more than twice;
-//! levelled merging would bound that, not needed at the sizes measured).
-//! Temporary files go to
-//! [`temp_dir`]; they are unnamed, so nothing is left behind, even by a crash.
+//! buffer of at most [`Limits::run_bytes`], sorted by a fixed-width key and,
+//! when the buffer is full, written to an unnamed temporary file in
+//! [`temp_dir`] (nothing is left behind, even by a crash). The runs are then
+//! merged, one event at a time. Memory holds each scanner's buffer, the last
+//! run of each (kept rather than written) and a read buffer per file,
+//! whatever the log size. A scanner that has written [`Limits::max_files`]
+//! runs merges them into one, so files stay few too; past that (≈ 750 MB
+//! encoded per scanner) some events are written out more than twice, which
+//! levelled merging would avoid: not needed at the sizes measured.
 //!
 //! Scanners need no common snapshot: every event at or below the head read
 //! by the caller is immutable (the log is append-only), so any connection
@@ -60,7 +59,8 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// Where runs are written: `TMPDIR` when set, else `/var/tmp` (disk-backed
 /// on most systems, where `/tmp` is often in memory), else the system's
-/// temporary directory. SQLite's own sorter looks in the same places.
+/// temporary directory: the order of SQLite's own temporary files, after
+/// its `SQLITE_TMPDIR`.
 pub fn temp_dir() -> PathBuf {
     match std::env::var_os("TMPDIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
