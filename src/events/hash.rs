@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::{NewEvent, StoredEvent};
 use crate::clock::rfc3339;
+use crate::projection::version::VersionVector;
 
 /// The `prev_hash` of the first event.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -26,29 +27,47 @@ pub fn canonical_bytes(seq: u64, device_id: Uuid, received_at: &str, event: &New
     out.extend_from_slice(device_id.as_bytes());
     put_str(&mut out, event.kind.as_str());
     out.extend_from_slice(event.aggregate_id.as_bytes());
-    match event.parent_id {
-        Some(parent) => {
-            out.push(1);
-            out.extend_from_slice(parent.as_bytes());
-        }
-        None => out.push(0),
-    }
+    put_optional_uuid(&mut out, event.parent_id);
     put_str(&mut out, event.op.as_str());
-    out.extend_from_slice(&(event.version.len() as u32).to_be_bytes());
-    for (device, counter) in event.version.iter() {
-        out.extend_from_slice(device.as_bytes());
-        out.extend_from_slice(&counter.to_be_bytes());
-    }
-    match &event.payload {
-        Some(payload) => {
-            out.push(1);
-            put_bytes(&mut out, payload);
-        }
-        None => out.push(0),
-    }
+    put_version(&mut out, &event.version);
+    put_optional_bytes(&mut out, event.payload.as_deref());
     put_str(&mut out, &rfc3339(event.client_time));
     put_str(&mut out, received_at);
     out
+}
+
+// The pieces of the layout, big-endian. Replay's sorted log
+// (`projection::sorted_log`) writes its records with them too.
+
+/// `1` and the id, or `0`.
+pub(crate) fn put_optional_uuid(out: &mut Vec<u8>, id: Option<Uuid>) {
+    match id {
+        Some(id) => {
+            out.push(1);
+            out.extend_from_slice(id.as_bytes());
+        }
+        None => out.push(0),
+    }
+}
+
+/// The number of entries (`u32`), then each device id and its counter.
+pub(crate) fn put_version(out: &mut Vec<u8>, version: &VersionVector) {
+    out.extend_from_slice(&(version.len() as u32).to_be_bytes());
+    for (device, counter) in version.iter() {
+        out.extend_from_slice(device.as_bytes());
+        out.extend_from_slice(&counter.to_be_bytes());
+    }
+}
+
+/// `1` and the length-prefixed bytes, or `0`.
+pub(crate) fn put_optional_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(bytes) => {
+            out.push(1);
+            put_bytes(out, bytes);
+        }
+        None => out.push(0),
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, text: &str) {

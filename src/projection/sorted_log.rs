@@ -30,6 +30,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::events::hash::{put_optional_bytes, put_optional_uuid, put_version};
 use crate::events::log::scan_for_replay;
 use crate::events::{Kind, NewEvent, Op, StoredEvent};
 use crate::projection::version::VersionVector;
@@ -101,7 +102,7 @@ fn io_error(source: io::Error) -> StoreError {
 }
 
 /// Appends `stored` to `out` as a length-prefixed record that starts with
-/// its key.
+/// its key; the fields are laid out with the hash chain's pieces.
 fn encode(stored: &StoredEvent, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
@@ -111,35 +112,18 @@ fn encode(stored: &StoredEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(&stored.seq.to_be_bytes());
     out.extend_from_slice(event.event_id.as_bytes());
     out.extend_from_slice(stored.device_id.as_bytes());
-    match event.parent_id {
-        Some(parent) => {
-            out.push(1);
-            out.extend_from_slice(parent.as_bytes());
-        }
-        None => out.push(0),
-    }
+    put_optional_uuid(out, event.parent_id);
     out.push(match event.op {
         Op::Put => 0,
         Op::Delete => 1,
     });
     for time in [event.client_time, stored.received_at] {
-        out.extend_from_slice(&time.timestamp().to_le_bytes());
-        out.extend_from_slice(&time.timestamp_subsec_nanos().to_le_bytes());
+        out.extend_from_slice(&time.timestamp().to_be_bytes());
+        out.extend_from_slice(&time.timestamp_subsec_nanos().to_be_bytes());
     }
     out.extend_from_slice(&stored.hash);
-    out.extend_from_slice(&(event.version.len() as u32).to_le_bytes());
-    for (device, counter) in event.version.iter() {
-        out.extend_from_slice(device.as_bytes());
-        out.extend_from_slice(&counter.to_le_bytes());
-    }
-    match &event.payload {
-        Some(payload) => {
-            out.push(1);
-            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            out.extend_from_slice(payload);
-        }
-        None => out.push(0),
-    }
+    put_version(out, &event.version);
+    put_optional_bytes(out, event.payload.as_deref());
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
@@ -172,15 +156,15 @@ impl<'a> Fields<'a> {
     }
 
     fn u32(&mut self) -> StoreResult<u32> {
-        Ok(u32::from_le_bytes(self.array()?))
+        Ok(u32::from_be_bytes(self.array()?))
     }
 
-    fn u64_le(&mut self) -> StoreResult<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
+    fn u64(&mut self) -> StoreResult<u64> {
+        Ok(u64::from_be_bytes(self.array()?))
     }
 
     fn time(&mut self) -> StoreResult<DateTime<Utc>> {
-        let secs = i64::from_le_bytes(self.array()?);
+        let secs = i64::from_be_bytes(self.array()?);
         let nanos = self.u32()?;
         DateTime::from_timestamp(secs, nanos).ok_or_else(|| corrupt("a time is out of range"))
     }
@@ -191,7 +175,7 @@ fn decode(record: &[u8]) -> StoreResult<StoredEvent> {
     let mut fields = Fields(record);
     let kind = *KINDS_BY_NAME.get(usize::from(fields.byte()?)).ok_or_else(|| corrupt("unknown kind"))?;
     let aggregate_id = fields.uuid()?;
-    let seq = u64::from_be_bytes(fields.array()?);
+    let seq = fields.u64()?;
     let event_id = fields.uuid()?;
     let device_id = fields.uuid()?;
     let parent_id = match fields.byte()? {
@@ -208,8 +192,7 @@ fn decode(record: &[u8]) -> StoreResult<StoredEvent> {
     let received_at = fields.time()?;
     let hash = fields.array()?;
     let entries = fields.u32()?;
-    let version =
-        (0..entries).map(|_| Ok((fields.uuid()?, fields.u64_le()?))).collect::<StoreResult<VersionVector>>()?;
+    let version = (0..entries).map(|_| Ok((fields.uuid()?, fields.u64()?))).collect::<StoreResult<VersionVector>>()?;
     let payload = match fields.byte()? {
         0 => None,
         1 => {
