@@ -48,7 +48,8 @@ use super::views::{self, ViewStatements};
 use crate::events::append::read_head;
 use crate::events::log::read_after;
 use crate::events::{Kind, StoredEvent};
-use crate::store::{migrations, query_opt, PooledConn, StoreError, StoreResult, UserDb};
+use crate::store::raw::{Param, RawConn, RawStatement};
+use crate::store::{migrations, query_opt, PooledConn, StoreError, StoreResult, UserDb, JOURNAL_SIZE_LIMIT};
 
 /// Events (or view rows) read or written per query or transaction.
 pub const PAGE: u64 = 10_000;
@@ -516,11 +517,13 @@ pub async fn check_with(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'
 }
 
 /// Shadow tables filled from the log up to `upto`, waiting for [`swap`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shadow {
     pub upto: u64,
     pub events: u64,
     pub rows: u64,
+    /// Still copying the shadows' pages into the database file: the swap
+    /// need not wait for it, and it is joined after.
+    checkpointer: Checkpointer,
 }
 
 /// What a rebuild did.
@@ -551,9 +554,9 @@ pub async fn rebuild_with(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress
 type Batch = (View, Packed);
 
 /// Rows encoded by the folding side, packed into two buffers; the writing
-/// side unpacks them into libSQL values. Each side thus frees only what it
-/// allocated: with glibc's allocator, values allocated on one thread and
-/// freed on another took the writing side twice the time.
+/// side binds them in place. Each side thus frees only what it allocated:
+/// with glibc's allocator, values allocated on one thread and freed on
+/// another took the writing side twice the time.
 struct Packed {
     columns: usize,
     text: String,
@@ -603,19 +606,19 @@ impl Packed {
         Ok(())
     }
 
-    /// The values of rows `rows`, in order.
-    fn values(&self, rows: std::ops::Range<usize>) -> StoreResult<Vec<Value>> {
+    /// The values of rows `rows`, in order, borrowed.
+    fn params(&self, rows: std::ops::Range<usize>) -> StoreResult<Vec<Param<'_>>> {
         let lost = || StoreError::Corrupt("replay lost a packed value".into());
         let cells = self.cells.get(rows.start * self.columns..rows.end * self.columns).ok_or_else(lost)?;
         cells
             .iter()
             .map(|cell| {
                 Ok(match *cell {
-                    Cell::Null => Value::Null,
-                    Cell::Integer(n) => Value::Integer(n),
-                    Cell::Real(x) => Value::Real(x),
-                    Cell::Text(start, end) => Value::Text(self.text.get(start..end).ok_or_else(lost)?.to_owned()),
-                    Cell::Blob(start, end) => Value::Blob(self.blobs.get(start..end).ok_or_else(lost)?.to_vec()),
+                    Cell::Null => Param::Null,
+                    Cell::Integer(n) => Param::Integer(n),
+                    Cell::Real(x) => Param::Real(x),
+                    Cell::Text(start, end) => Param::Text(self.text.get(start..end).ok_or_else(lost)?),
+                    Cell::Blob(start, end) => Param::Blob(self.blobs.get(start..end).ok_or_else(lost)?),
                 })
             })
             .collect()
@@ -635,41 +638,100 @@ impl Packed {
 /// with `synchronous = FULL`, syncing the write-ahead log with every frame
 /// before its own. It leaves checkpoints to a [`Checkpointer`].
 pub async fn build_shadow(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<Shadow> {
-    let writer = db.read().await?.detach();
-    let settings =
-        format!("PRAGMA cache_size = -{CACHE_KIB}; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0");
-    writer.execute_batch(&settings).await?;
-    let tx = db.begin_write_on(&writer).await?;
+    let started = std::time::Instant::now();
+    let tx = db.begin_write().await?;
+    let mut indexes = Vec::with_capacity(VIEWS.len());
     for view in VIEWS {
         // Leftovers of a rebuild that stopped halfway.
         tx.execute(&format!("DROP TABLE IF EXISTS {}", view.shadow()), ()).await?;
         tx.execute(&format!("DROP TABLE IF EXISTS {}", view.retired()), ()).await?;
         let live = table_sql(&tx, view.table).await?;
         tx.execute(&shadow_sql(view.table, &live)?, ()).await?;
+        indexes.push((view, shadow_indexes(&tx, view).await?));
     }
     tx.commit().await?;
 
-    let mut checkpointer = Checkpointer::start(db).await?;
-    let (batches, mut to_write) = tokio::sync::mpsc::channel::<Batch>(2);
-    let writing = tokio::spawn({
+    let checkpointer = Checkpointer::start(db).await?;
+    let (batches, to_write) = tokio::sync::mpsc::channel::<Batch>(2);
+    let writing = tokio::task::spawn_blocking({
         let db = db.clone();
-        async move {
-            let mut rows = 0;
-            while let Some((view, batch)) = to_write.recv().await {
-                rows += insert_rows(&db, &writer, view, batch).await?;
-                checkpointer.committed().await;
-            }
-            checkpointer.finish().await?;
-            StoreResult::Ok(rows)
-        }
+        move || write_shadows(&db, to_write, indexes, checkpointer)
     });
     let folded = fold_into(db, scanners, &batches, progress).await;
     drop(batches);
     let written = writing.await.map_err(|err| StoreError::Corrupt(format!("the shadow writer stopped: {err}")))?;
     // A failed writer makes the folding side fail too, with less to say: its error goes first.
-    let rows = written?;
+    let (rows, checkpointer) = written?;
     let (upto, events) = folded?;
-    Ok(Shadow { upto, events, rows })
+    tracing::debug!(events, rows, ms = started.elapsed().as_millis() as u64, "replay: shadow views written");
+    Ok(Shadow { upto, events, rows, checkpointer })
+}
+
+/// The writing side of [`build_shadow`], on a blocking thread: each batch in
+/// a transaction of its own, under the user's write lock, on replay's own
+/// connection ([`RawConn`]: rows are bound straight from their packed
+/// buffers). Once a view's rows are all written (its successor's first batch
+/// has come, or the channel closed), its shadow's `indexes` are built, in one
+/// sort each, while the folding side goes on with the next view. That connection commits with `synchronous = NORMAL`: in WAL
+/// mode a crash can lose its last commits but not corrupt the database, and
+/// the shadows are worth nothing until the swap, which commits on the user's
+/// writer connection with `synchronous = FULL`, syncing the write-ahead log
+/// with every frame before its own. It leaves checkpoints to a
+/// [`Checkpointer`].
+fn write_shadows(
+    db: &UserDb,
+    mut to_write: tokio::sync::mpsc::Receiver<Batch>,
+    indexes: Vec<(View, Vec<String>)>,
+    mut checkpointer: Checkpointer,
+) -> StoreResult<(u64, Checkpointer)> {
+    let handle = tokio::runtime::Handle::current();
+    let conn = db.open_raw()?;
+    // The store's WAL size limit too: a WAL this connection restarts is cut
+    // back to it, not left at its peak.
+    conn.execute_batch(&format!(
+        "PRAGMA cache_size = -{CACHE_KIB}; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
+         PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}"
+    ))?;
+    let mut inserts: Option<ShadowInserts<'_>> = None;
+    let mut unindexed = indexes.into_iter().peekable();
+    let mut rows = 0;
+    let (mut idle, mut inserting, mut waiting) = Default::default();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |total: &mut std::time::Duration| {
+        *total += clock.elapsed();
+        clock = std::time::Instant::now();
+    };
+    while let Some((view, batch)) = to_write.blocking_recv() {
+        lap(&mut idle);
+        // Views come in order: those before this one are complete.
+        while let Some((_, statements)) = unindexed.next_if(|(next, _)| *next != view) {
+            write_in_transaction(db, &conn, || statements.iter().try_for_each(|sql| conn.execute_batch(sql)))?;
+            handle.block_on(checkpointer.committed());
+        }
+        let inserts = match &mut inserts {
+            Some(inserts) if inserts.view == view => inserts,
+            slot => slot.insert(ShadowInserts::prepare(&conn, view)?),
+        };
+        write_in_transaction(db, &conn, || inserts.write(&batch))?;
+        rows += batch.rows as u64;
+        lap(&mut inserting);
+        handle.block_on(checkpointer.committed());
+        lap(&mut waiting);
+    }
+    drop(inserts);
+    for (_, statements) in unindexed {
+        write_in_transaction(db, &conn, || statements.iter().try_for_each(|sql| conn.execute_batch(sql)))?;
+        handle.block_on(checkpointer.committed());
+    }
+    lap(&mut inserting);
+    let ms = |total: std::time::Duration| total.as_millis() as u64;
+    tracing::debug!(
+        idle_ms = ms(idle),
+        inserting_ms = ms(inserting),
+        checkpoint_wait_ms = ms(waiting),
+        "replay: shadow writer done"
+    );
+    Ok((rows, checkpointer))
 }
 
 /// Copies the shadows' pages from the write-ahead log into the database file
@@ -691,7 +753,7 @@ struct Checkpointer {
 }
 
 /// Commits of replay's writer between two waits for a checkpoint.
-const WAIT_EVERY: u64 = 8;
+const WAIT_EVERY: u64 = 16;
 
 impl Checkpointer {
     async fn start(db: &UserDb) -> StoreResult<Self> {
@@ -781,80 +843,86 @@ async fn reader(db: &UserDb) -> StoreResult<PooledConn> {
     Ok(conn)
 }
 
-/// Rows a shadow insert statement writes at once: a statement per row made
-/// libSQL's per-statement work (binding, stepping, resetting) about a third
-/// of the writing side.
-const ROWS_PER_INSERT: usize = 64;
-
-/// Writes rows into a view's shadow in one transaction.
-async fn insert_rows(db: &UserDb, conn: &Connection, view: View, rows: Packed) -> StoreResult<u64> {
-    let columns = rows.columns;
-    let insert = |rows: usize| {
-        let tuples: Vec<String> = (0..rows)
-            .map(|row| {
-                let params: Vec<String> = (1..=columns).map(|column| format!("?{}", row * columns + column)).collect();
-                format!("({})", params.join(", "))
-            })
-            .collect();
-        // OR FAIL: a fresh shadow cannot hit a constraint, and without the
-        // default ABORT a statement of many rows needs no statement journal.
-        format!("INSERT OR FAIL INTO {} ({}) VALUES {}", view.shadow(), view.columns, tuples.join(", "))
-    };
-    let tx = db.begin_write_on(conn).await?;
-    let (many, one) = (tx.prepare(&insert(ROWS_PER_INSERT)).await?, tx.prepare(&insert(1)).await?);
-    let mut start = 0;
-    while start < rows.rows {
-        let (statement, end) = match start + ROWS_PER_INSERT {
-            end if end <= rows.rows => (&many, end),
-            _ => (&one, start + 1),
-        };
-        statement.reset();
-        statement.execute(rows.values(start..end)?).await?;
-        start = end;
-    }
-    many.reset();
-    one.reset();
-    drop((many, one));
-    tx.commit().await?;
-    Ok(rows.rows as u64)
+/// Runs `write` in one transaction of `conn`, under the user's write lock.
+/// Blocks its thread.
+fn write_in_transaction(db: &UserDb, conn: &RawConn, write: impl FnOnce() -> StoreResult<()>) -> StoreResult<()> {
+    let _lock = tokio::runtime::Handle::current().block_on(db.lock_writes())?;
+    let tx = conn.begin_immediate()?;
+    write()?;
+    tx.commit()
 }
 
-/// In one write transaction: swaps the shadows in for the live views (their
-/// indexes recreated under their own names), folds the events appended since
-/// the shadows' head with the push path's storage code, and commits. The old
-/// tables are dropped afterwards, outside the swap.
+/// Rows a shadow insert statement writes at once: a statement per row made
+/// the per-statement work (binding, stepping, resetting) about a third of
+/// the writing side.
+const ROWS_PER_INSERT: usize = 64;
+
+/// The insert statements of one view's shadow.
+struct ShadowInserts<'c> {
+    view: View,
+    /// [`ROWS_PER_INSERT`] rows at once, and one.
+    many: RawStatement<'c>,
+    one: RawStatement<'c>,
+}
+
+impl<'c> ShadowInserts<'c> {
+    fn prepare(conn: &'c RawConn, view: View) -> StoreResult<Self> {
+        let columns = view.column_names().count();
+        let insert = |rows: usize| {
+            let tuples: Vec<String> = (0..rows)
+                .map(|row| {
+                    let params: Vec<String> =
+                        (1..=columns).map(|column| format!("?{}", row * columns + column)).collect();
+                    format!("({})", params.join(", "))
+                })
+                .collect();
+            // OR FAIL: a fresh shadow cannot hit a constraint, and without the
+            // default ABORT a statement of many rows needs no statement journal.
+            format!("INSERT OR FAIL INTO {} ({}) VALUES {}", view.shadow(), view.columns, tuples.join(", "))
+        };
+        Ok(Self { view, many: conn.prepare(&insert(ROWS_PER_INSERT))?, one: conn.prepare(&insert(1))? })
+    }
+
+    /// Inserts every row of `rows` (inside the caller's transaction).
+    fn write(&mut self, rows: &Packed) -> StoreResult<()> {
+        let mut start = 0;
+        while start < rows.rows {
+            let (statement, end) = match start + ROWS_PER_INSERT {
+                end if end <= rows.rows => (&mut self.many, end),
+                _ => (&mut self.one, start + 1),
+            };
+            statement.execute(rows.params(start..end)?)?;
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// In one write transaction: swaps the shadows in for the live views (each
+/// table with its indexes, built with the shadow), folds the events appended
+/// since the shadows' head with the push path's storage code, and commits.
+/// The old tables are dropped afterwards, outside the swap.
 pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
+    let started = std::time::Instant::now();
     let tx = db.begin_write().await?;
     for view in VIEWS {
-        let live = query_opt(&tx, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [view.table]);
-        let indexes: Vec<String> = if live.await?.is_some() {
-            let indexes = index_sqls(&tx, view.table).await?;
-            for (name, _) in &indexes {
-                tx.execute(&format!("DROP INDEX \"{name}\""), ()).await?;
-            }
+        if table_exists(&tx, view.table).await? {
             tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.table, view.retired()), ()).await?;
-            indexes.into_iter().map(|(_, sql)| sql).collect()
-        } else {
-            embedded(view.table)?
-                .into_iter()
-                .filter(|statement| {
-                    statement.starts_with("CREATE INDEX") || statement.starts_with("CREATE UNIQUE INDEX")
-                })
-                .collect()
-        };
-        tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.shadow(), view.table), ()).await?;
-        for sql in &indexes {
-            tx.execute(sql, ()).await?;
         }
+        tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.shadow(), view.table), ()).await?;
     }
     let tail = fold_tail(&tx, shadow.upto).await?;
     let head = tx.head().seq;
     tx.commit().await?;
+    tracing::debug!(tail, ms = started.elapsed().as_millis() as u64, "replay: views swapped in");
     let tx = db.begin_write().await?;
     for view in VIEWS {
         tx.execute(&format!("DROP TABLE IF EXISTS {}", view.retired()), ()).await?;
     }
     tx.commit().await?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "replay: old views dropped");
+    shadow.checkpointer.finish().await?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "replay: last checkpoint done");
     Ok(RebuildReport { head, events: shadow.events + tail, tail, rows: shadow.rows })
 }
 
@@ -889,6 +957,11 @@ async fn fold_tail(conn: &Connection, upto: u64) -> StoreResult<u64> {
     }
 }
 
+async fn table_exists(conn: &Connection, table: &str) -> StoreResult<bool> {
+    let sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1";
+    Ok(query_opt(conn, sql, [table]).await?.is_some())
+}
+
 /// The `CREATE TABLE` of a view: the live one, or when the table was dropped
 /// (the log is the truth; views may be thrown away), its projection file's.
 async fn table_sql(conn: &Connection, table: &str) -> StoreResult<String> {
@@ -912,20 +985,52 @@ fn embedded(table: &str) -> StoreResult<Vec<String>> {
     Ok(code.join("\n").split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
 }
 
-/// The explicit indexes of a table: (name, CREATE statement).
-async fn index_sqls(conn: &Connection, table: &str) -> StoreResult<Vec<(String, String)>> {
-    let mut rows = conn
-        .query(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL \
-             ORDER BY name",
-            [table],
-        )
-        .await?;
-    let mut indexes = Vec::new();
-    while let Some(row) = rows.next().await? {
-        indexes.push((row.get(0)?, row.get(1)?));
+/// The `CREATE INDEX` statements of a view's shadow: the live table's
+/// explicit indexes (or its projection file's, when the table was dropped),
+/// each on the shadow and under the one of its two names (`<name>` and
+/// `<name>_replay`) that the live index does not use. SQLite cannot rename
+/// an index, and the shadow's are built before the swap, while the live
+/// ones still serve: so the names alternate from one rebuild to the next.
+async fn shadow_indexes(conn: &Connection, view: View) -> StoreResult<Vec<String>> {
+    let mut live = Vec::new();
+    if table_exists(conn, view.table).await? {
+        let sql = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL \
+                   ORDER BY name";
+        let mut rows = conn.query(sql, [view.table]).await?;
+        while let Some(row) = rows.next().await? {
+            live.push((row.get::<String>(0)?, row.get::<String>(1)?));
+        }
+    } else {
+        for statement in embedded(view.table)? {
+            if statement.starts_with("CREATE INDEX") || statement.starts_with("CREATE UNIQUE INDEX") {
+                live.push((String::new(), statement));
+            }
+        }
     }
-    Ok(indexes)
+    let used: Vec<&str> = live.iter().map(|(name, _)| name.as_str()).collect();
+    live.iter().map(|(_, sql)| shadow_index_sql(view, sql, &used)).collect()
+}
+
+/// An index's `CREATE` statement for the shadow of `view`, named apart from
+/// the live indexes `used` (see [`shadow_indexes`]). Names and the table
+/// may be quoted: SQLite writes the table so after a rename.
+fn shadow_index_sql(view: View, sql: &str, used: &[&str]) -> StoreResult<String> {
+    let unexpected = || StoreError::Corrupt(format!("cannot derive a shadow index of `{}` from `{sql}`", view.table));
+    let unquote = |word: &'_ str| word.trim_matches('"').to_owned();
+    let (create, rest) = ["CREATE UNIQUE INDEX ", "CREATE INDEX "]
+        .iter()
+        .find_map(|create| sql.strip_prefix(create).map(|rest| (*create, rest.trim_start())))
+        .ok_or_else(unexpected)?;
+    let (name, rest) = rest.split_once(char::is_whitespace).ok_or_else(unexpected)?;
+    let rest = rest.trim_start().strip_prefix("ON").ok_or_else(unexpected)?.trim_start();
+    let (table, columns) = rest.split_at(rest.find(|c: char| c == '(' || c.is_whitespace()).ok_or_else(unexpected)?);
+    if unquote(table) != view.table {
+        return Err(unexpected());
+    }
+    let name = unquote(name);
+    let canonical = name.strip_suffix("_replay").unwrap_or(&name);
+    let shadow_name = if used.contains(&canonical) { format!("{canonical}_replay") } else { canonical.to_owned() };
+    Ok(format!("{create}{shadow_name} ON {} {}", view.shadow(), columns.trim_start()))
 }
 
 /// The live table's `CREATE TABLE` with the shadow's name. The name may be
@@ -1071,11 +1176,12 @@ mod tests {
         report
     }
 
-    async fn schema(conn: &Connection) -> Vec<(String, String)> {
-        let mut rows = conn.query("SELECT type, name FROM sqlite_master ORDER BY type, name", ()).await.unwrap();
+    async fn schema(conn: &Connection) -> Vec<(String, String, String)> {
+        let sql = "SELECT type, name, tbl_name FROM sqlite_master ORDER BY type, name";
+        let mut rows = conn.query(sql, ()).await.unwrap();
         let mut names = Vec::new();
         while let Some(row) = rows.next().await.unwrap() {
-            names.push((row.get(0).unwrap(), row.get(1).unwrap()));
+            names.push((row.get(0).unwrap(), row.get(1).unwrap(), row.get(2).unwrap()));
         }
         names
     }
@@ -1089,12 +1195,30 @@ mod tests {
         assert_eq!(report.stored, live);
         assert!(report.rows > 10);
         let names = schema(&conn).await;
-        for _ in 0..2 {
+        // The views' indexes alternate between their two names.
+        let replay_named = |names: &[(String, String, String)]| {
+            names.iter().filter(|(kind, name, _)| kind == "index" && name.ends_with("_replay")).count()
+        };
+        assert_eq!(replay_named(&names), 0);
+        for round in 1..=2 {
             let rebuilt = rebuild(&fx.db, &|_| {}).await.unwrap();
             assert_eq!((rebuilt.events, rebuilt.tail, rebuilt.head), (report.head, 0, report.head));
             assert_eq!(rebuilt.rows, report.rows);
             assert_eq!(checksum(&conn).await.unwrap(), live);
-            assert_eq!(schema(&conn).await, names, "same tables and index names, no leftovers");
+            let now = schema(&conn).await;
+            let canonical = |names: &[(String, String, String)]| -> Vec<(String, String, String)> {
+                let mut names: Vec<_> = names
+                    .iter()
+                    .map(|(kind, name, table)| {
+                        (kind.clone(), name.strip_suffix("_replay").unwrap_or(name).to_owned(), table.clone())
+                    })
+                    .collect();
+                names.sort();
+                names
+            };
+            assert_eq!(canonical(&now), canonical(&names), "same tables, indexes on the same tables, no leftovers");
+            let expected = if round == 1 { 6 } else { 0 };
+            assert_eq!(replay_named(&now), expected, "the six view indexes under their other name: {now:?}");
         }
         clean_check(&fx.db).await;
         // The writer's cached statements outlive the swaps: they now write the new tables.
@@ -1231,6 +1355,24 @@ mod tests {
         assert_eq!(shadow_sql("tags", quoted).unwrap(), "CREATE TABLE tags_replay (id TEXT PRIMARY KEY) STRICT");
         assert!(shadow_sql("tags", "CREATE TABLE tagsx (id TEXT)").is_err());
         assert!(shadow_sql("tags", "CREATE VIEW tags AS SELECT 1").is_err());
+    }
+
+    #[test]
+    fn shadow_indexes_take_the_name_the_live_index_does_not_use() {
+        let tags = VIEWS[4];
+        let live = "CREATE INDEX tags_by_parent ON tags (parent_id)";
+        let shadow = shadow_index_sql(tags, live, &["tags_by_parent"]).unwrap();
+        assert_eq!(shadow, "CREATE INDEX tags_by_parent_replay ON tags_replay (parent_id)");
+        // As SQLite stores it after the swap renamed `tags_replay`: back to the first name.
+        let renamed = "CREATE INDEX tags_by_parent_replay ON \"tags\" (parent_id)";
+        let shadow = shadow_index_sql(tags, renamed, &["tags_by_parent_replay"]).unwrap();
+        assert_eq!(shadow, "CREATE INDEX tags_by_parent ON tags_replay (parent_id)");
+        // A dropped table's indexes, from its projection file.
+        let unique = "CREATE UNIQUE INDEX tags_by_updated_seq ON tags (updated_seq)";
+        let shadow = shadow_index_sql(tags, unique, &[]).unwrap();
+        assert_eq!(shadow, "CREATE UNIQUE INDEX tags_by_updated_seq ON tags_replay (updated_seq)");
+        assert!(shadow_index_sql(tags, "CREATE INDEX x ON entries (parent_id)", &[]).is_err());
+        assert!(shadow_index_sql(tags, "CREATE TABLE tags (id TEXT)", &[]).is_err());
     }
 
     #[test]

@@ -435,6 +435,7 @@ impl SortedLog {
     }
 
     pub async fn open_with(db: &Arc<UserDb>, upto: u64, scanners: u64, limits: Limits) -> StoreResult<Self> {
+        let started = std::time::Instant::now();
         let scanners = scanners.clamp(1, upto.max(1));
         let share = upto.div_ceil(scanners);
         let failed = Arc::new(AtomicUsize::new(NONE_FAILED));
@@ -474,6 +475,12 @@ impl SortedLog {
                 Err(_) => {}
             }
         }
+        tracing::debug!(
+            scanned,
+            runs = runs.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "replay: log read into sorted runs"
+        );
         Ok(Self { merge: Merge::new(runs)?, scanned })
     }
 

@@ -34,6 +34,13 @@ impl Backend {
         }
     }
 
+    /// The file of a user's database, for a backend that keeps one here.
+    pub fn user_file(&self, user_id: Uuid) -> Option<PathBuf> {
+        match self {
+            Self::Local(local) => Some(local.user_path(user_id)),
+        }
+    }
+
     /// Bytes a user's database takes (with its WAL).
     pub async fn user_storage_bytes(&self, user_id: Uuid) -> StoreResult<u64> {
         match self {

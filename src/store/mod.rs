@@ -5,17 +5,21 @@ pub mod backend;
 pub mod control;
 pub mod memory;
 pub mod migrations;
+pub mod raw;
 pub mod user_db;
 pub mod users;
 
 pub use backend::Backend;
 pub use control::ControlDb;
-pub use user_db::{PooledConn, UserDb, WriteTx};
+pub use user_db::{PooledConn, UserDb, WriteLock, WriteTx};
 pub use users::UserDatabases;
 
 use std::time::Duration;
 
 use uuid::Uuid;
+
+/// The size an idle WAL is cut back to after a checkpoint: 16 MiB.
+pub const JOURNAL_SIZE_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// How long a connection waits for another writer's lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,10 +70,10 @@ pub async fn connect(db: &libsql::Database) -> StoreResult<libsql::Connection> {
     // pages read stay in SQLite's page cache, under the soft heap limit
     // (`store::memory`), rather than in mapped files that count against
     // the process and that nothing bounds across a thousand databases.
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = 16777216;",
-    )
+         PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT};",
+    ))
     .await?;
     Ok(conn)
 }

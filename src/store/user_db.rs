@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 
@@ -10,6 +11,7 @@ use libsql::{Connection, Database, Statement, Transaction, TransactionBehavior};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
+use super::raw::RawConn;
 use super::{connect, memory, migrations, Backend, StoreError, StoreResult};
 use crate::events::append::{append, read_head, Head, INSERT};
 use crate::events::{NewEvent, StoredEvent};
@@ -17,6 +19,8 @@ use crate::events::{NewEvent, StoredEvent};
 pub struct UserDb {
     user_id: Uuid,
     db: Database,
+    /// Its file, on a backend that keeps one on this machine.
+    file: Option<PathBuf>,
     /// The connection writes go through, behind the user's lock: one writer
     /// per user inside this process, so writers queue here rather than on
     /// SQLite's lock (`BEGIN IMMEDIATE` still arbitrates between processes).
@@ -47,6 +51,7 @@ impl UserDb {
         Ok(Self {
             user_id,
             db,
+            file: backend.user_file(user_id),
             writer: Arc::new(Mutex::new(None)),
             idle: Arc::default(),
             deleted: AtomicBool::new(false),
@@ -115,17 +120,32 @@ impl UserDb {
         let tx = writer.conn.transaction_with_behavior(TransactionBehavior::Immediate).await;
         // Kept for the next writer whether `BEGIN` worked or not (busy from another process).
         *guard = Some(writer);
-        WriteTx::start(tx?, guard, true, self.appended.clone()).await
+        WriteTx::start(tx?, guard, self.appended.clone()).await
     }
 
-    /// [`UserDb::begin_write`] on a connection of this database the caller
-    /// keeps (from [`UserDb::read`]), for a long job of many transactions
-    /// (replay) whose page cache should outlive each of them.
-    pub async fn begin_write_on(&self, conn: &Connection) -> StoreResult<WriteTx> {
-        let guard = self.writer.clone().lock_owned().await;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).await?;
-        WriteTx::start(tx, guard, false, self.appended.clone()).await
+    /// A connection of this database outside libSQL's API ([`RawConn`]), for
+    /// replay's bulk writer; it writes only under [`UserDb::lock_writes`].
+    pub fn open_raw(&self) -> StoreResult<RawConn> {
+        self.check_live()?;
+        let file = self
+            .file
+            .as_deref()
+            .ok_or_else(|| StoreError::Corrupt("this storage backend has no local file to open directly".into()))?;
+        RawConn::open(file)
     }
+
+    /// The user's write lock alone, for a transaction on a [`RawConn`]:
+    /// held from its `BEGIN IMMEDIATE` to its end, it queues that writer
+    /// with the others of this process.
+    pub async fn lock_writes(&self) -> StoreResult<WriteLock> {
+        self.check_live()?;
+        Ok(WriteLock { _guard: self.writer.clone().lock_owned().await })
+    }
+}
+
+/// A user's write lock, held until dropped (see [`UserDb::lock_writes`]).
+pub struct WriteLock {
+    _guard: OwnedMutexGuard<Option<Writer>>,
 }
 
 /// The connection a user's writes go through, with the statements the
@@ -146,18 +166,13 @@ const MAX_CACHED_STATEMENTS: usize = 32;
 /// everything back, so an error anywhere leaves the database as it was.
 pub struct WriteTx {
     // Field order matters: the transaction ends before the lock is released.
-    /// The log insert, looked up once per transaction: from the writer's
-    /// cache, or prepared once on a caller's connection (which has none).
+    /// The log insert, looked up in the writer's cache once per transaction.
     insert: Option<Arc<Statement>>,
     tx: Transaction,
     head: Head,
     /// Events appended in this transaction; they count once it commits.
     appended: u64,
     counter: Arc<AtomicU64>,
-    /// Whether `tx` runs on the writer connection in `guard` (not on a
-    /// caller's, see [`UserDb::begin_write_on`]): only then may it use and
-    /// fill the writer's statement cache.
-    on_writer: bool,
     guard: OwnedMutexGuard<Option<Writer>>,
 }
 
@@ -165,11 +180,10 @@ impl WriteTx {
     async fn start(
         tx: Transaction,
         guard: OwnedMutexGuard<Option<Writer>>,
-        on_writer: bool,
         counter: Arc<AtomicU64>,
     ) -> StoreResult<Self> {
         let head = read_head(&tx).await?;
-        Ok(WriteTx { insert: None, tx, head, appended: 0, counter, on_writer, guard })
+        Ok(WriteTx { insert: None, tx, head, appended: 0, counter, guard })
     }
 
     /// A statement for `sql` (one of a fixed set, never built from input),
@@ -177,12 +191,11 @@ impl WriteTx {
     /// every cached statement; callers reset before and after each use, as
     /// with any libsql statement.
     pub async fn cached(&mut self, sql: &str) -> StoreResult<Arc<Statement>> {
-        let writer = self.guard.as_ref().filter(|_| self.on_writer);
-        if let Some(statement) = writer.and_then(|writer| writer.statements.get(sql)) {
+        if let Some(statement) = self.guard.as_ref().and_then(|writer| writer.statements.get(sql)) {
             return Ok(statement.clone());
         }
         let statement = Arc::new(self.tx.prepare(sql).await?);
-        if let Some(writer) = self.guard.as_mut().filter(|_| self.on_writer) {
+        if let Some(writer) = self.guard.as_mut() {
             if writer.statements.len() >= MAX_CACHED_STATEMENTS {
                 writer.statements.clear();
             }
@@ -273,7 +286,7 @@ mod tests {
     const SQL: &str = "SELECT count(*) FROM events";
 
     #[tokio::test]
-    async fn the_writer_prepares_a_statement_once_and_a_callers_connection_never_caches() {
+    async fn the_writer_prepares_a_statement_once() {
         let dir = tempfile::tempdir().unwrap();
         let db = UserDb::open(&Backend::local(dir.path()), Uuid::new_v4(), true).await.unwrap();
         let mut tx = db.begin_write().await.unwrap();
@@ -285,15 +298,6 @@ mod tests {
         let mut rows = again.query(()).await.unwrap();
         assert_eq!(rows.next().await.unwrap().unwrap().get::<u64>(0).unwrap(), 0);
         drop(rows);
-        tx.commit().await.unwrap();
-
-        let own = db.read().await.unwrap();
-        let mut tx = db.begin_write_on(&own).await.unwrap();
-        let theirs = tx.cached(SQL).await.unwrap();
-        assert!(!Arc::ptr_eq(&first, &theirs), "prepared on the caller's connection, not taken from the writer's");
-        tx.commit().await.unwrap();
-        let mut tx = db.begin_write().await.unwrap();
-        assert!(Arc::ptr_eq(&first, &tx.cached(SQL).await.unwrap()), "and not cached in place of the writer's");
         tx.commit().await.unwrap();
     }
 

@@ -1,0 +1,344 @@
+//! A bare SQLite connection on libSQL's own C library (`libsql::ffi`, the
+//! same copy the `libsql` crate opens its local connections with, so SQLite's
+//! in-process file locks are shared), for the one bulk writer that cannot
+//! afford the crate's per-value work: replay filling its shadow tables.
+//!
+//! `libsql`'s statements copy every parameter twice (into a `Value`, then
+//! into SQLite with `SQLITE_TRANSIENT`); here text and blobs are bound in
+//! place (`SQLITE_STATIC`) for the length of one [`RawStatement::execute`],
+//! which resets the statement and clears its bindings before it returns, so
+//! SQLite never holds a pointer past the borrow. Blocking calls: use from a
+//! blocking thread.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::marker::PhantomData;
+use std::path::Path;
+use std::ptr::{self, NonNull};
+
+use libsql::ffi;
+
+use super::{StoreError, StoreResult, BUSY_TIMEOUT};
+
+/// One value to bind, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Param<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+/// An open database connection, closed on drop.
+pub struct RawConn {
+    db: NonNull<ffi::sqlite3>,
+}
+
+// SAFETY: libsql-ffi builds SQLite with SQLITE_THREADSAFE=1 (serialized), so
+// a connection may move between threads; `RawConn` is not `Sync`, so one
+// thread at a time uses it.
+unsafe impl Send for RawConn {}
+
+impl RawConn {
+    /// Opens an existing database file for reading and writing, with the
+    /// store's busy timeout.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let name = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| StoreError::Corrupt(format!("{}: a NUL byte in the path", path.display())))?;
+        let mut db = ptr::null_mut();
+        // SAFETY: `name` is a NUL-terminated string alive for the call; `db`
+        // receives a handle (even on failure, then closed below).
+        let rc = unsafe { ffi::sqlite3_open_v2(name.as_ptr(), &mut db, ffi::SQLITE_OPEN_READWRITE, ptr::null()) };
+        let Some(db) = NonNull::new(db) else {
+            return Err(failure(rc, "out of memory opening the database".into()));
+        };
+        let conn = Self { db };
+        if rc != ffi::SQLITE_OK {
+            return Err(conn.error(rc));
+        }
+        let millis = c_int::try_from(BUSY_TIMEOUT.as_millis()).unwrap_or(c_int::MAX);
+        // SAFETY: `conn.db` is an open connection.
+        unsafe { ffi::sqlite3_busy_timeout(conn.db.as_ptr(), millis) };
+        Ok(conn)
+    }
+
+    /// Runs SQL statements (no parameters, results ignored).
+    pub fn execute_batch(&self, sql: &str) -> StoreResult<()> {
+        let sql = CString::new(sql).map_err(|_| StoreError::Corrupt("a NUL byte in SQL".into()))?;
+        // SAFETY: an open connection and a NUL-terminated string; no callback,
+        // and no error message asked for (read with `sqlite3_errmsg` instead).
+        let rc = unsafe { ffi::sqlite3_exec(self.db.as_ptr(), sql.as_ptr(), None, ptr::null_mut(), ptr::null_mut()) };
+        self.check(rc)
+    }
+
+    /// Compiles one statement.
+    pub fn prepare(&self, sql: &str) -> StoreResult<RawStatement<'_>> {
+        let len = c_int::try_from(sql.len()).map_err(|_| StoreError::Corrupt("a statement too long".into()))?;
+        let mut stmt = ptr::null_mut();
+        // SAFETY: `sql` is valid for `len` bytes (SQLite reads no further
+        // when given the length); `stmt` receives the statement or NULL.
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v2(self.db.as_ptr(), sql.as_ptr().cast::<c_char>(), len, &mut stmt, ptr::null_mut())
+        };
+        self.check(rc)?;
+        let stmt = NonNull::new(stmt).ok_or_else(|| StoreError::Corrupt("no statement in SQL".into()))?;
+        // SAFETY: a valid statement.
+        let params = unsafe { ffi::sqlite3_bind_parameter_count(stmt.as_ptr()) };
+        Ok(RawStatement { stmt, params, conn: PhantomData })
+    }
+
+    fn check(&self, rc: c_int) -> StoreResult<()> {
+        match rc {
+            ffi::SQLITE_OK => Ok(()),
+            rc => Err(self.error(rc)),
+        }
+    }
+
+    fn error(&self, rc: c_int) -> StoreError {
+        // SAFETY: an open connection.
+        unsafe { last_error(self.db.as_ptr(), rc) }
+    }
+
+    /// `BEGIN IMMEDIATE`: the caller holds the user's write lock
+    /// ([`super::UserDb::lock_writes`]), so this waits only for another
+    /// process's writer (up to the busy timeout).
+    pub fn begin_immediate(&self) -> StoreResult<RawTx<'_>> {
+        self.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(RawTx { conn: self, open: true })
+    }
+}
+
+/// The last error of connection `db` (after a call returned `rc`), as the
+/// `libsql` crate reports one.
+///
+/// # Safety
+/// `db` is an open connection.
+unsafe fn last_error(db: *mut ffi::sqlite3, rc: c_int) -> StoreError {
+    // SAFETY (caller): an open connection; the message is NUL-terminated and
+    // copied before any other call on the connection.
+    let (code, message) = unsafe {
+        let message = ffi::sqlite3_errmsg(db);
+        let message =
+            if message.is_null() { String::new() } else { CStr::from_ptr(message).to_string_lossy().into_owned() };
+        (ffi::sqlite3_extended_errcode(db), message)
+    };
+    failure(if code == ffi::SQLITE_OK { rc } else { code }, message)
+}
+
+fn failure(code: c_int, message: String) -> StoreError {
+    libsql::Error::SqliteFailure(code, message).into()
+}
+
+/// A write transaction of a [`RawConn`]: rolled back when dropped without
+/// [`RawTx::commit`], so an error anywhere leaves the database as it was.
+pub struct RawTx<'c> {
+    conn: &'c RawConn,
+    open: bool,
+}
+
+impl RawTx<'_> {
+    pub fn commit(mut self) -> StoreResult<()> {
+        // A failed commit leaves the transaction open: dropped, it rolls back.
+        self.conn.execute_batch("COMMIT")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for RawTx<'_> {
+    fn drop(&mut self) {
+        // A failed rollback leaves nothing to do: SQLite rolls back a
+        // transaction left open when its connection closes.
+        if self.open && self.conn.execute_batch("ROLLBACK").is_err() {
+            tracing::warn!("replay: a rollback of its own connection failed");
+        }
+    }
+}
+
+impl Drop for RawConn {
+    fn drop(&mut self) {
+        // SAFETY: every statement borrows the connection, so none is left;
+        // `close_v2` would defer the close until they were finalized anyway.
+        unsafe { ffi::sqlite3_close_v2(self.db.as_ptr()) };
+    }
+}
+
+/// A compiled statement of a [`RawConn`], finalized on drop.
+pub struct RawStatement<'c> {
+    stmt: NonNull<ffi::sqlite3_stmt>,
+    params: c_int,
+    conn: PhantomData<&'c RawConn>,
+}
+
+impl RawStatement<'_> {
+    /// Binds exactly one value to each parameter, in order, runs the
+    /// statement to its end (rows it returns are skipped), and resets it.
+    pub fn execute<'a>(&mut self, params: impl IntoIterator<Item = Param<'a>>) -> StoreResult<()> {
+        let result = self.bind_and_run(params);
+        // SAFETY: a valid statement. Resetting ends the run; clearing the
+        // bindings drops every pointer into the borrowed values.
+        unsafe {
+            ffi::sqlite3_reset(self.stmt.as_ptr());
+            ffi::sqlite3_clear_bindings(self.stmt.as_ptr());
+        }
+        result
+    }
+
+    fn bind_and_run<'a>(&mut self, params: impl IntoIterator<Item = Param<'a>>) -> StoreResult<()> {
+        let stmt = self.stmt.as_ptr();
+        let mut bound = 0;
+        for param in params {
+            bound += 1;
+            if bound > self.params {
+                return Err(StoreError::Corrupt(format!("more values than the {} parameters", self.params)));
+            }
+            let too_long = || StoreError::Corrupt("a value too long to bind".into());
+            // SAFETY: a valid statement and an index within its parameters.
+            // Text and blobs are bound without a copy (`SQLITE_STATIC`: a
+            // NULL destructor): they outlive this call, and `execute` clears
+            // the bindings before the borrow ends.
+            let rc = unsafe {
+                match param {
+                    Param::Null => ffi::sqlite3_bind_null(stmt, bound),
+                    Param::Integer(n) => ffi::sqlite3_bind_int64(stmt, bound, n),
+                    Param::Real(x) => ffi::sqlite3_bind_double(stmt, bound, x),
+                    Param::Text(text) => {
+                        let len = c_int::try_from(text.len()).map_err(|_| too_long())?;
+                        ffi::sqlite3_bind_text(stmt, bound, text.as_ptr().cast::<c_char>(), len, None)
+                    }
+                    Param::Blob(blob) => {
+                        let len = c_int::try_from(blob.len()).map_err(|_| too_long())?;
+                        ffi::sqlite3_bind_blob(stmt, bound, blob.as_ptr().cast(), len, None)
+                    }
+                }
+            };
+            self.check(rc)?;
+        }
+        if bound != self.params {
+            return Err(StoreError::Corrupt(format!("{bound} values for {} parameters", self.params)));
+        }
+        loop {
+            // SAFETY: a valid statement with every parameter bound.
+            match unsafe { ffi::sqlite3_step(stmt) } {
+                ffi::SQLITE_DONE => return Ok(()),
+                ffi::SQLITE_ROW => continue,
+                rc => return self.check(rc),
+            }
+        }
+    }
+
+    fn check(&self, rc: c_int) -> StoreResult<()> {
+        if rc == ffi::SQLITE_OK {
+            return Ok(());
+        }
+        // SAFETY: a valid statement's connection, open while it lives.
+        Err(unsafe { last_error(ffi::sqlite3_db_handle(self.stmt.as_ptr()), rc) })
+    }
+}
+
+impl Drop for RawStatement<'_> {
+    fn drop(&mut self) {
+        // SAFETY: a valid statement, finalized once.
+        unsafe { ffi::sqlite3_finalize(self.stmt.as_ptr()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw.db");
+        let conn = RawConn::open_for_test(&path);
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (a, b, c, d, e)").unwrap();
+        (dir, path)
+    }
+
+    impl RawConn {
+        fn open_for_test(path: &Path) -> Self {
+            std::fs::File::create_new(path).ok();
+            Self::open(path).unwrap()
+        }
+
+        fn rows(&self, sql: &str) -> Vec<String> {
+            let sql = CString::new(sql).unwrap();
+            let mut stmt = ptr::null_mut();
+            let mut rows = Vec::new();
+            unsafe {
+                assert_eq!(ffi::sqlite3_prepare_v2(self.db.as_ptr(), sql.as_ptr(), -1, &mut stmt, ptr::null_mut()), 0);
+                while ffi::sqlite3_step(stmt) == ffi::SQLITE_ROW {
+                    let text = ffi::sqlite3_column_text(stmt, 0);
+                    rows.push(CStr::from_ptr(text.cast()).to_string_lossy().into_owned());
+                }
+                ffi::sqlite3_finalize(stmt);
+            }
+            rows
+        }
+    }
+
+    #[test]
+    fn values_bound_in_place_are_stored_whole() {
+        let (_dir, path) = scratch();
+        let conn = RawConn::open(&path).unwrap();
+        let mut insert = conn.prepare("INSERT INTO t VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();
+        for i in 0..3 {
+            let text = format!("text {i} ✓");
+            let blob = vec![i as u8; 40];
+            let params = [Param::Null, Param::Integer(i), Param::Real(0.5), Param::Text(&text), Param::Blob(&blob)];
+            insert.execute(params).unwrap();
+        }
+        let sql = "SELECT quote(a) || ' ' || b || ' ' || c || ' ' || d || ' ' || hex(e) FROM t ORDER BY b";
+        let rows = conn.rows(sql);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[2], format!("NULL 2 0.5 text 2 ✓ {}", "02".repeat(40)));
+    }
+
+    #[test]
+    fn a_wrong_number_of_values_is_an_error_and_writes_nothing() {
+        let (_dir, path) = scratch();
+        let conn = RawConn::open(&path).unwrap();
+        let mut insert = conn.prepare("INSERT INTO t (a, b) VALUES (?1, ?2)").unwrap();
+        assert!(insert.execute([Param::Integer(1)]).is_err());
+        assert!(insert.execute([Param::Integer(1), Param::Integer(2), Param::Integer(3)]).is_err());
+        assert_eq!(conn.rows("SELECT count(*) FROM t"), ["0"]);
+        insert.execute([Param::Integer(1), Param::Integer(2)]).unwrap();
+        assert_eq!(conn.rows("SELECT count(*) FROM t"), ["1"]);
+    }
+
+    #[test]
+    fn a_transaction_dropped_uncommitted_rolls_back_and_errors_carry_sqlites_message() {
+        let (_dir, path) = scratch();
+        let conn = RawConn::open(&path).unwrap();
+        let tx = conn.begin_immediate().unwrap();
+        conn.execute_batch("INSERT INTO t (a) VALUES (1)").unwrap();
+        drop(tx);
+        assert_eq!(conn.rows("SELECT count(*) FROM t"), ["0"]);
+        let tx = conn.begin_immediate().unwrap();
+        conn.execute_batch("INSERT INTO t (a) VALUES (2)").unwrap();
+        tx.commit().unwrap();
+        assert_eq!(conn.rows("SELECT a FROM t"), ["2"]);
+
+        let err = conn.execute_batch("INSERT INTO missing VALUES (1)").unwrap_err();
+        assert!(err.to_string().contains("no such table: missing"), "{err}");
+        let err = conn.prepare("SELEC 1").err().unwrap();
+        assert!(err.to_string().contains("syntax error"), "{err}");
+    }
+
+    #[test]
+    fn a_second_writer_is_told_busy_past_its_timeout() {
+        let (_dir, path) = scratch();
+        let (first, second) = (RawConn::open(&path).unwrap(), RawConn::open(&path).unwrap());
+        let _tx = first.begin_immediate().unwrap();
+        unsafe { ffi::sqlite3_busy_timeout(second.db.as_ptr(), 10) };
+        assert!(matches!(second.begin_immediate(), Err(StoreError::Busy(_))));
+    }
+
+    #[test]
+    fn a_missing_file_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.db");
+        assert!(RawConn::open(&path).is_err());
+        assert!(!path.exists());
+    }
+}
