@@ -36,6 +36,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{self, AtomicU64};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use libsql::{Connection, Value};
 use sha2::{Digest, Sha256};
@@ -627,18 +628,11 @@ impl Packed {
 
 /// Creates fresh shadow tables and fills them from the log up to the current
 /// head. Folding (reading the sorted log, the projectors, encoding rows) and
-/// writing run side by side, on two threads of a multi-threaded runtime,
-/// with at most two batches between them. The shadows are written in short
-/// transactions: the server's writers get their turn between them.
-///
-/// The writing connection is replay's own (closed afterwards, never pooled)
-/// and commits with `synchronous = NORMAL`: in WAL mode a crash can lose its
-/// last commits but not corrupt the database, and the shadows are worth
-/// nothing until the swap, which commits on the user's writer connection
-/// with `synchronous = FULL`, syncing the write-ahead log with every frame
-/// before its own. It leaves checkpoints to a [`Checkpointer`].
+/// writing ([`write_shadows`]) run side by side, on two threads, with at most
+/// two batches between them. The shadows are written in short transactions:
+/// the server's writers get their turn between them.
 pub async fn build_shadow(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<Shadow> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let tx = db.begin_write().await?;
     let mut indexes = Vec::with_capacity(VIEWS.len());
     for view in VIEWS {
@@ -663,28 +657,35 @@ pub async fn build_shadow(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress
     // A failed writer makes the folding side fail too, with less to say: its error goes first.
     let (rows, checkpointer) = written?;
     let (upto, events) = folded?;
-    tracing::debug!(events, rows, ms = started.elapsed().as_millis() as u64, "replay: shadow views written");
+    tracing::debug!(events, rows, ms = millis(started.elapsed()), "replay: shadow views written");
     Ok(Shadow { upto, events, rows, checkpointer })
 }
 
-/// The writing side of [`build_shadow`], on a blocking thread: each batch in
-/// a transaction of its own, under the user's write lock, on replay's own
-/// connection ([`RawConn`]: rows are bound straight from their packed
-/// buffers). Once a view's rows are all written (its successor's first batch
-/// has come, or the channel closed), its shadow's `indexes` are built, in one
-/// sort each, while the folding side goes on with the next view. That connection commits with `synchronous = NORMAL`: in WAL
-/// mode a crash can lose its last commits but not corrupt the database, and
-/// the shadows are worth nothing until the swap, which commits on the user's
-/// writer connection with `synchronous = FULL`, syncing the write-ahead log
-/// with every frame before its own. It leaves checkpoints to a
-/// [`Checkpointer`].
+/// For the phase timings replay logs at debug level.
+pub(super) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The writing side of [`build_shadow`], on a blocking thread: each batch of
+/// rows in a transaction of its own, and once a view's rows are all in (the
+/// next view's first batch has come, or the last batch), each of its
+/// shadow's `indexes` in one more, built in one sort while the folding side
+/// goes on with the next view.
+///
+/// The connection is replay's own ([`RawConn`]: rows are bound straight
+/// from their packed buffers), writes under the user's write lock, and
+/// commits with `synchronous = NORMAL`: in WAL mode a crash can lose its
+/// last commits but not corrupt the database, and the shadows are worth
+/// nothing until the swap, which commits on the user's writer connection
+/// with `synchronous = FULL`, syncing the write-ahead log with every frame
+/// before its own. It leaves checkpoints to a [`Checkpointer`], handed back
+/// with the number of rows written.
 fn write_shadows(
     db: &UserDb,
     mut to_write: tokio::sync::mpsc::Receiver<Batch>,
     indexes: Vec<(View, Vec<String>)>,
-    mut checkpointer: Checkpointer,
+    checkpointer: Checkpointer,
 ) -> StoreResult<(u64, Checkpointer)> {
-    let handle = tokio::runtime::Handle::current();
     let conn = db.open_raw()?;
     // The store's WAL size limit too: a WAL this connection restarts is cut
     // back to it, not left at its peak.
@@ -692,46 +693,89 @@ fn write_shadows(
         "PRAGMA cache_size = -{CACHE_KIB}; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
          PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}"
     ))?;
+    let mut writer =
+        ShadowWriter { db, conn: &conn, checkpointer, rows: 0, clock: Instant::now(), spent: [Duration::ZERO; 4] };
     let mut inserts: Option<ShadowInserts<'_>> = None;
     let mut unindexed = indexes.into_iter().peekable();
-    let mut rows = 0;
-    let (mut idle, mut inserting, mut waiting) = Default::default();
-    let mut clock = std::time::Instant::now();
-    let mut lap = |total: &mut std::time::Duration| {
-        *total += clock.elapsed();
-        clock = std::time::Instant::now();
-    };
     while let Some((view, batch)) = to_write.blocking_recv() {
-        lap(&mut idle);
+        writer.lap(Spent::Idle);
         // Views come in order: those before this one are complete.
         while let Some((_, statements)) = unindexed.next_if(|(next, _)| *next != view) {
-            write_in_transaction(db, &conn, || statements.iter().try_for_each(|sql| conn.execute_batch(sql)))?;
-            handle.block_on(checkpointer.committed());
+            writer.index(&statements)?;
         }
         let inserts = match &mut inserts {
             Some(inserts) if inserts.view == view => inserts,
             slot => slot.insert(ShadowInserts::prepare(&conn, view)?),
         };
-        write_in_transaction(db, &conn, || inserts.write(&batch))?;
-        rows += batch.rows as u64;
-        lap(&mut inserting);
-        handle.block_on(checkpointer.committed());
-        lap(&mut waiting);
+        writer.transaction(Spent::Inserting, || inserts.write(&batch))?;
+        writer.rows += batch.rows as u64;
     }
     drop(inserts);
     for (_, statements) in unindexed {
-        write_in_transaction(db, &conn, || statements.iter().try_for_each(|sql| conn.execute_batch(sql)))?;
-        handle.block_on(checkpointer.committed());
+        writer.index(&statements)?;
     }
-    lap(&mut inserting);
-    let ms = |total: std::time::Duration| total.as_millis() as u64;
+    let ShadowWriter { rows, checkpointer, spent, .. } = writer;
+    let [idle, inserting, indexing, waiting] = spent.map(millis);
     tracing::debug!(
-        idle_ms = ms(idle),
-        inserting_ms = ms(inserting),
-        checkpoint_wait_ms = ms(waiting),
+        rows,
+        idle_ms = idle,
+        inserting_ms = inserting,
+        indexing_ms = indexing,
+        checkpoint_wait_ms = waiting,
         "replay: shadow writer done"
     );
     Ok((rows, checkpointer))
+}
+
+/// What [`write_shadows`] spends its time on.
+#[derive(Clone, Copy)]
+enum Spent {
+    Idle,
+    Inserting,
+    Indexing,
+    CheckpointWait,
+}
+
+struct ShadowWriter<'a> {
+    db: &'a UserDb,
+    conn: &'a RawConn,
+    checkpointer: Checkpointer,
+    rows: u64,
+    clock: Instant,
+    /// By [`Spent`].
+    spent: [Duration; 4],
+}
+
+impl ShadowWriter<'_> {
+    /// Adds the time since the last lap to `what`.
+    fn lap(&mut self, what: Spent) {
+        let now = Instant::now();
+        self.spent[what as usize] += now - self.clock;
+        self.clock = now;
+    }
+
+    /// Runs `write` in one transaction, under the user's write lock, then
+    /// tells the checkpointer (which may make it wait). Blocks its thread.
+    fn transaction(&mut self, what: Spent, write: impl FnOnce() -> StoreResult<()>) -> StoreResult<()> {
+        let handle = tokio::runtime::Handle::current();
+        {
+            let _lock = handle.block_on(self.db.lock_writes())?;
+            let tx = self.conn.begin_immediate()?;
+            write()?;
+            tx.commit()?;
+        }
+        self.lap(what);
+        handle.block_on(self.checkpointer.committed());
+        self.lap(Spent::CheckpointWait);
+        Ok(())
+    }
+
+    /// Builds indexes, each in a transaction of its own: the write lock is
+    /// held for one sort at a time.
+    fn index(&mut self, statements: &[String]) -> StoreResult<()> {
+        let conn = self.conn;
+        statements.iter().try_for_each(|sql| self.transaction(Spent::Indexing, || conn.execute_batch(sql)))
+    }
 }
 
 /// Copies the shadows' pages from the write-ahead log into the database file
@@ -843,15 +887,6 @@ async fn reader(db: &UserDb) -> StoreResult<PooledConn> {
     Ok(conn)
 }
 
-/// Runs `write` in one transaction of `conn`, under the user's write lock.
-/// Blocks its thread.
-fn write_in_transaction(db: &UserDb, conn: &RawConn, write: impl FnOnce() -> StoreResult<()>) -> StoreResult<()> {
-    let _lock = tokio::runtime::Handle::current().block_on(db.lock_writes())?;
-    let tx = conn.begin_immediate()?;
-    write()?;
-    tx.commit()
-}
-
 /// Rows a shadow insert statement writes at once: a statement per row made
 /// the per-statement work (binding, stepping, resetting) about a third of
 /// the writing side.
@@ -903,7 +938,7 @@ impl<'c> ShadowInserts<'c> {
 /// since the shadows' head with the push path's storage code, and commits.
 /// The old tables are dropped afterwards, outside the swap.
 pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let tx = db.begin_write().await?;
     for view in VIEWS {
         if table_exists(&tx, view.table).await? {
@@ -914,15 +949,15 @@ pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
     let tail = fold_tail(&tx, shadow.upto).await?;
     let head = tx.head().seq;
     tx.commit().await?;
-    tracing::debug!(tail, ms = started.elapsed().as_millis() as u64, "replay: views swapped in");
+    tracing::debug!(tail, ms = millis(started.elapsed()), "replay: views swapped in");
     let tx = db.begin_write().await?;
     for view in VIEWS {
         tx.execute(&format!("DROP TABLE IF EXISTS {}", view.retired()), ()).await?;
     }
     tx.commit().await?;
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "replay: old views dropped");
+    tracing::debug!(ms = millis(started.elapsed()), "replay: old views dropped");
     shadow.checkpointer.finish().await?;
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "replay: last checkpoint done");
+    tracing::debug!(ms = millis(started.elapsed()), "replay: last checkpoint done");
     Ok(RebuildReport { head, events: shadow.events + tail, tail, rows: shadow.rows })
 }
 

@@ -478,7 +478,7 @@ impl SortedLog {
         tracing::debug!(
             scanned,
             runs = runs.len(),
-            ms = started.elapsed().as_millis() as u64,
+            ms = super::replay::millis(started.elapsed()),
             "replay: log read into sorted runs"
         );
         Ok(Self { merge: Merge::new(runs)?, scanned })
