@@ -13,7 +13,9 @@ CREATE TABLE tags (
 
 -- Pull's order, and one row per seq. An index of its own rather than a UNIQUE
 -- column: replay fills a shadow table in key order and builds this index
--- once at the swap, in one sort, instead of inserting into it at random.
+-- once, in one sort, instead of inserting into it at random. Replay builds it
+-- on the shadow before the swap, so its name alternates between this one and
+-- this one with `_replay` appended (`src/projection/replay.rs`).
 CREATE UNIQUE INDEX tags_by_updated_seq ON tags (updated_seq);
 
 CREATE INDEX tags_by_parent ON tags (parent_id);

@@ -16,12 +16,18 @@
 //! **Rebuild** fills shadow tables (`<view>_replay`: the live schema under
 //! another name, or the projection file's when a view table was dropped) in
 //! short write transactions, up to the head seen at the start, so the
-//! server's writers are never held up for long. Then one write
-//! transaction (the user's lock and `BEGIN IMMEDIATE`) swaps the shadows in,
-//! folds the events appended meanwhile with the push path's own storage code,
-//! and commits: a reader sees the old views or the new ones, never a mix.
-//! Run one rebuild of a user at a time (a second one would drop the first's
-//! shadows and make its swap fail, harmlessly).
+//! server's writers are never held up for long, and builds each shadow's
+//! indexes once its rows are in (one sort each, one transaction each). The
+//! indexes cannot be renamed (SQLite has no such statement) and the live
+//! ones serve until the swap, so a shadow index takes whichever of its two
+//! names, `<name>` and `<name>_replay`, the live one does not use: the names
+//! alternate from one rebuild to the next, and a migration that touches a
+//! view's index names both. Then one write transaction (the user's lock and
+//! `BEGIN IMMEDIATE`) renames the live tables away and the shadows in (their
+//! indexes follow them), folds the events appended meanwhile with the push
+//! path's own storage code, and commits: a reader sees the old views or the
+//! new ones, never a mix. Run one rebuild of a user at a time (a second one
+//! would drop the first's shadows and make its swap fail, harmlessly).
 //!
 //! **Check** folds the same way, reads the stored views inside one read
 //! snapshot (the scanners read the log up to that snapshot's head, which is
@@ -50,7 +56,9 @@ use crate::events::append::read_head;
 use crate::events::log::read_after;
 use crate::events::{Kind, StoredEvent};
 use crate::store::raw::{Param, RawConn, RawStatement};
-use crate::store::{migrations, query_opt, PooledConn, StoreError, StoreResult, UserDb, JOURNAL_SIZE_LIMIT};
+use crate::store::{
+    migrations, query_opt, PooledConn, ReplayLock, StoreError, StoreResult, UserDb, JOURNAL_SIZE_LIMIT,
+};
 
 /// Events (or view rows) read or written per query or transaction.
 pub const PAGE: u64 = 10_000;
@@ -525,6 +533,8 @@ pub struct Shadow {
     /// Still copying the shadows' pages into the database file: the swap
     /// need not wait for it, and it is joined after.
     checkpointer: Checkpointer,
+    /// No other rebuild of this user may start until the swap is done.
+    _lock: ReplayLock,
 }
 
 /// What a rebuild did.
@@ -551,8 +561,14 @@ pub async fn rebuild_with(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress
     swap(db, shadow).await
 }
 
-/// Rows for a shadow table, from the folding side to the writing side.
-type Batch = (View, Packed);
+/// From the folding side to the writing side.
+enum ToWrite {
+    /// Rows for a view's shadow.
+    Rows(View, Packed),
+    /// Every row has been sent. A channel closed without it means the
+    /// folding side failed: the writer then stops without building indexes.
+    Done,
+}
 
 /// Rows encoded by the folding side, packed into two buffers; the writing
 /// side binds them in place. Each side thus frees only what it allocated:
@@ -633,6 +649,7 @@ impl Packed {
 /// the server's writers get their turn between them.
 pub async fn build_shadow(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<Shadow> {
     let started = Instant::now();
+    let lock = db.lock_replay()?;
     let tx = db.begin_write().await?;
     let mut indexes = Vec::with_capacity(VIEWS.len());
     for view in VIEWS {
@@ -646,7 +663,7 @@ pub async fn build_shadow(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress
     tx.commit().await?;
 
     let checkpointer = Checkpointer::start(db).await?;
-    let (batches, to_write) = tokio::sync::mpsc::channel::<Batch>(2);
+    let (batches, to_write) = tokio::sync::mpsc::channel::<ToWrite>(2);
     let writing = tokio::task::spawn_blocking({
         let db = db.clone();
         move || write_shadows(&db, to_write, indexes, checkpointer)
@@ -655,10 +672,11 @@ pub async fn build_shadow(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress
     drop(batches);
     let written = writing.await.map_err(|err| StoreError::Corrupt(format!("the shadow writer stopped: {err}")))?;
     // A failed writer makes the folding side fail too, with less to say: its error goes first.
-    let (rows, checkpointer) = written?;
+    let written = written?;
     let (upto, events) = folded?;
+    let (rows, checkpointer) = written.ok_or_else(|| StoreError::Corrupt("the shadow writer missed the end".into()))?;
     tracing::debug!(events, rows, ms = millis(started.elapsed()), "replay: shadow views written");
-    Ok(Shadow { upto, events, rows, checkpointer })
+    Ok(Shadow { upto, events, rows, checkpointer, _lock: lock })
 }
 
 /// For the phase timings replay logs at debug level.
@@ -679,25 +697,31 @@ pub(super) fn millis(duration: Duration) -> u64 {
 /// nothing until the swap, which commits on the user's writer connection
 /// with `synchronous = FULL`, syncing the write-ahead log with every frame
 /// before its own. It leaves checkpoints to a [`Checkpointer`], handed back
-/// with the number of rows written.
+/// with the number of rows written (`None` if the folding side stopped
+/// short: its error tells why).
 fn write_shadows(
     db: &UserDb,
-    mut to_write: tokio::sync::mpsc::Receiver<Batch>,
+    mut to_write: tokio::sync::mpsc::Receiver<ToWrite>,
     indexes: Vec<(View, Vec<String>)>,
     checkpointer: Checkpointer,
-) -> StoreResult<(u64, Checkpointer)> {
+) -> StoreResult<Option<(u64, Checkpointer)>> {
     let conn = db.open_raw()?;
     // The store's WAL size limit too: a WAL this connection restarts is cut
     // back to it, not left at its peak.
     conn.execute_batch(&format!(
-        "PRAGMA cache_size = -{CACHE_KIB}; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
+        "PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
          PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}"
     ))?;
     let mut writer =
         ShadowWriter { db, conn: &conn, checkpointer, rows: 0, clock: Instant::now(), spent: [Duration::ZERO; 4] };
     let mut inserts: Option<ShadowInserts<'_>> = None;
     let mut unindexed = indexes.into_iter().peekable();
-    while let Some((view, batch)) = to_write.blocking_recv() {
+    loop {
+        let (view, batch) = match to_write.blocking_recv() {
+            Some(ToWrite::Rows(view, batch)) => (view, batch),
+            Some(ToWrite::Done) => break,
+            None => return Ok(None),
+        };
         writer.lap(Spent::Idle);
         // Views come in order: those before this one are complete.
         while let Some((_, statements)) = unindexed.next_if(|(next, _)| *next != view) {
@@ -724,7 +748,7 @@ fn write_shadows(
         checkpoint_wait_ms = waiting,
         "replay: shadow writer done"
     );
-    Ok((rows, checkpointer))
+    Ok(Some((rows, checkpointer)))
 }
 
 /// What [`write_shadows`] spends its time on.
@@ -832,7 +856,7 @@ impl Checkpointer {
         let commits = self.commits.fetch_add(1, atomic::Ordering::Release) + 1;
         // A wake-up already pending will see this commit too.
         let _ = self.wake.try_send(());
-        if commits % WAIT_EVERY == 0 {
+        if commits.is_multiple_of(WAIT_EVERY) {
             // Fails only if the checkpointer is gone; then there is nothing to wait for.
             let _ = self.done.wait_for(|done| *done >= commits).await;
         }
@@ -849,7 +873,7 @@ impl Checkpointer {
 async fn fold_into(
     db: &Arc<UserDb>,
     scanners: u64,
-    batches: &tokio::sync::mpsc::Sender<Batch>,
+    batches: &tokio::sync::mpsc::Sender<ToWrite>,
     progress: &OnProgress<'_>,
 ) -> StoreResult<(u64, u64)> {
     let upto = read_head(&*db.read().await?).await?.seq;
@@ -862,23 +886,31 @@ async fn fold_into(
             batch.push(row.values()?)?;
             if batch.rows as u64 >= PAGE {
                 let full = std::mem::replace(&mut batch, Packed::new(view));
-                batches.send((view, full)).await.map_err(|_| stopped())?;
+                batches.send(ToWrite::Rows(view, full)).await.map_err(|_| stopped())?;
                 progress(source.events);
             }
         }
         if batch.rows > 0 {
-            batches.send((view, batch)).await.map_err(|_| stopped())?;
+            batches.send(ToWrite::Rows(view, batch)).await.map_err(|_| stopped())?;
         }
     }
     source.finish()?;
+    batches.send(ToWrite::Done).await.map_err(|_| stopped())?;
     let events = source.events;
     progress(events);
     Ok((upto, events))
 }
 
-/// Page cache of the connections `check` reads the stored views with and
-/// replay writes the shadows with: bounded, so memory stays flat in log size.
+/// Page cache of the connection `check` reads the stored views with:
+/// bounded, so memory stays flat in log size.
 const CACHE_KIB: u32 = 32 * 1024;
+
+/// Page cache of the shadow writer, which also bounds the memory its index
+/// builds sort in (SQLite's sorter holds up to a cache's worth before it
+/// spills to temporary files). Its inserts append, so they need few pages:
+/// with 8 MiB instead of 32 a replay of 1,000,000 events peaked at 116–128
+/// MiB instead of 146–153, in the same time (benches/README.md).
+const WRITER_CACHE_KIB: u32 = 8 * 1024;
 
 /// The read connection `check` reads the stored views with.
 async fn reader(db: &UserDb) -> StoreResult<PooledConn> {
@@ -942,6 +974,16 @@ pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
     let tx = db.begin_write().await?;
     for view in VIEWS {
         if table_exists(&tx, view.table).await? {
+            // The shadow's indexes were read from the live table's at the
+            // start; a migration since would be undone by the swap.
+            let live = index_shapes(view.table, &explicit_indexes(&tx, view.table).await?)?;
+            let shadow = index_shapes(view.table, &explicit_indexes(&tx, &view.shadow()).await?)?;
+            if live != shadow {
+                return Err(StoreError::Conflict(format!(
+                    "the indexes of `{}` changed during the rebuild (a migration?); nothing was swapped: run replay again",
+                    view.table
+                )));
+            }
             tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.table, view.retired()), ()).await?;
         }
         tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.shadow(), view.table), ()).await?;
@@ -950,15 +992,26 @@ pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
     let head = tx.head().seq;
     tx.commit().await?;
     tracing::debug!(tail, ms = millis(started.elapsed()), "replay: views swapped in");
+    // The new views are live: what follows only tidies up, and a failure
+    // there is logged, not reported as a failed rebuild (the next rebuild
+    // drops leftover tables first).
+    if let Err(err) = drop_retired(db).await {
+        tracing::warn!(error = %err, "replay: the old views were not dropped; the next replay drops them");
+    }
+    tracing::debug!(ms = millis(started.elapsed()), "replay: old views dropped");
+    if let Err(err) = shadow.checkpointer.finish().await {
+        tracing::warn!(error = %err, "replay: the last checkpoint did not finish; the server's own checkpoints copy its pages");
+    }
+    tracing::debug!(ms = millis(started.elapsed()), "replay: last checkpoint done");
+    Ok(RebuildReport { head, events: shadow.events + tail, tail, rows: shadow.rows })
+}
+
+async fn drop_retired(db: &UserDb) -> StoreResult<()> {
     let tx = db.begin_write().await?;
     for view in VIEWS {
         tx.execute(&format!("DROP TABLE IF EXISTS {}", view.retired()), ()).await?;
     }
-    tx.commit().await?;
-    tracing::debug!(ms = millis(started.elapsed()), "replay: old views dropped");
-    shadow.checkpointer.finish().await?;
-    tracing::debug!(ms = millis(started.elapsed()), "replay: last checkpoint done");
-    Ok(RebuildReport { head, events: shadow.events + tail, tail, rows: shadow.rows })
+    tx.commit().await
 }
 
 /// Folds the events after `upto` into the (new) live views exactly as the
@@ -1027,45 +1080,87 @@ fn embedded(table: &str) -> StoreResult<Vec<String>> {
 /// an index, and the shadow's are built before the swap, while the live
 /// ones still serve: so the names alternate from one rebuild to the next.
 async fn shadow_indexes(conn: &Connection, view: View) -> StoreResult<Vec<String>> {
-    let mut live = Vec::new();
-    if table_exists(conn, view.table).await? {
-        let sql = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL \
-                   ORDER BY name";
-        let mut rows = conn.query(sql, [view.table]).await?;
-        while let Some(row) = rows.next().await? {
-            live.push((row.get::<String>(0)?, row.get::<String>(1)?));
-        }
+    let live = if table_exists(conn, view.table).await? {
+        explicit_indexes(conn, view.table).await?
     } else {
-        for statement in embedded(view.table)? {
-            if statement.starts_with("CREATE INDEX") || statement.starts_with("CREATE UNIQUE INDEX") {
-                live.push((String::new(), statement));
-            }
-        }
+        let creates = embedded(view.table)?.into_iter().filter(|sql| IndexSql::parse(sql).is_some());
+        creates.map(|sql| (String::new(), sql)).collect()
+    };
+    let mut shapes = index_shapes(view.table, &live)?;
+    shapes.dedup_by(|a, b| a.0 == b.0);
+    if shapes.len() < live.len() {
+        return Err(StoreError::Conflict(format!(
+            "`{}` has an index under both of its names (`<name>` and `<name>_replay`); drop one, then run replay",
+            view.table
+        )));
     }
     let used: Vec<&str> = live.iter().map(|(name, _)| name.as_str()).collect();
     live.iter().map(|(_, sql)| shadow_index_sql(view, sql, &used)).collect()
 }
 
+/// The explicit indexes of a table: (name, `CREATE` statement).
+async fn explicit_indexes(conn: &Connection, table: &str) -> StoreResult<Vec<(String, String)>> {
+    let sql = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL \
+               ORDER BY name";
+    let mut rows = conn.query(sql, [table]).await?;
+    let mut indexes = Vec::new();
+    while let Some(row) = rows.next().await? {
+        indexes.push((row.get(0)?, row.get(1)?));
+    }
+    Ok(indexes)
+}
+
+/// An index's `CREATE` statement, parsed. Names and the table may be
+/// quoted: SQLite writes the table so after a rename.
+struct IndexSql<'a> {
+    create: &'static str,
+    name: String,
+    table: String,
+    /// From the opening parenthesis on.
+    columns: &'a str,
+}
+
+impl<'a> IndexSql<'a> {
+    fn parse(sql: &'a str) -> Option<Self> {
+        let unquote = |word: &str| word.trim_matches('"').to_owned();
+        let (create, rest) = ["CREATE UNIQUE INDEX ", "CREATE INDEX "]
+            .iter()
+            .find_map(|create| sql.strip_prefix(create).map(|rest| (*create, rest.trim_start())))?;
+        let (name, rest) = rest.split_once(char::is_whitespace)?;
+        let rest = rest.trim_start().strip_prefix("ON")?.trim_start();
+        let (table, columns) = rest.split_at(rest.find(|c: char| c == '(' || c.is_whitespace())?);
+        Some(Self { create, name: unquote(name), table: unquote(table), columns: columns.trim_start() })
+    }
+
+    /// The name without the `_replay` a rebuild may have given it.
+    fn canonical(&self) -> &str {
+        self.name.strip_suffix("_replay").unwrap_or(&self.name)
+    }
+}
+
+/// What a table's explicit indexes are, whatever their current names: by
+/// name without `_replay`, with their kind and columns.
+fn index_shapes(table: &str, indexes: &[(String, String)]) -> StoreResult<Vec<(String, &'static str, String)>> {
+    let mut shapes = indexes
+        .iter()
+        .map(|(_, sql)| {
+            let index = IndexSql::parse(sql)
+                .ok_or_else(|| StoreError::Corrupt(format!("cannot read the index `{sql}` of `{table}`")))?;
+            Ok((index.canonical().to_owned(), index.create, index.columns.to_owned()))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    shapes.sort();
+    Ok(shapes)
+}
+
 /// An index's `CREATE` statement for the shadow of `view`, named apart from
-/// the live indexes `used` (see [`shadow_indexes`]). Names and the table
-/// may be quoted: SQLite writes the table so after a rename.
+/// the live indexes `used` (see [`shadow_indexes`]).
 fn shadow_index_sql(view: View, sql: &str, used: &[&str]) -> StoreResult<String> {
     let unexpected = || StoreError::Corrupt(format!("cannot derive a shadow index of `{}` from `{sql}`", view.table));
-    let unquote = |word: &'_ str| word.trim_matches('"').to_owned();
-    let (create, rest) = ["CREATE UNIQUE INDEX ", "CREATE INDEX "]
-        .iter()
-        .find_map(|create| sql.strip_prefix(create).map(|rest| (*create, rest.trim_start())))
-        .ok_or_else(unexpected)?;
-    let (name, rest) = rest.split_once(char::is_whitespace).ok_or_else(unexpected)?;
-    let rest = rest.trim_start().strip_prefix("ON").ok_or_else(unexpected)?.trim_start();
-    let (table, columns) = rest.split_at(rest.find(|c: char| c == '(' || c.is_whitespace()).ok_or_else(unexpected)?);
-    if unquote(table) != view.table {
-        return Err(unexpected());
-    }
-    let name = unquote(name);
-    let canonical = name.strip_suffix("_replay").unwrap_or(&name);
-    let shadow_name = if used.contains(&canonical) { format!("{canonical}_replay") } else { canonical.to_owned() };
-    Ok(format!("{create}{shadow_name} ON {} {}", view.shadow(), columns.trim_start()))
+    let index = IndexSql::parse(sql).filter(|index| index.table == view.table).ok_or_else(unexpected)?;
+    let canonical = index.canonical();
+    let name = if used.contains(&canonical) { format!("{canonical}_replay") } else { canonical.to_owned() };
+    Ok(format!("{}{name} ON {} {}", index.create, view.shadow(), index.columns))
 }
 
 /// The live table's `CREATE TABLE` with the shadow's name. The name may be
@@ -1334,6 +1429,99 @@ mod tests {
         assert_eq!(rebuilt.events, rebuilt.head);
         assert_eq!(checksum(&conn).await.unwrap(), live);
         assert_eq!(schema(&conn).await, names);
+    }
+
+    /// The explicit indexes of the views, by name without `_replay`.
+    async fn view_indexes(conn: &Connection) -> Vec<(String, String)> {
+        let mut all = Vec::new();
+        for view in VIEWS {
+            for (name, _) in explicit_indexes(conn, view.table).await.unwrap() {
+                all.push((view.table.to_owned(), name.trim_end_matches("_replay").to_owned()));
+            }
+        }
+        all.sort();
+        all
+    }
+
+    #[tokio::test]
+    async fn views_without_rows_get_their_indexes_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(UserDb::open(&Backend::local(dir.path()), Uuid::new_v4(), true).await.unwrap());
+        let conn = db.read().await.unwrap();
+        let indexes = view_indexes(&conn).await;
+        assert_eq!(indexes.len(), 6, "{indexes:?}");
+        for round in 0..2 {
+            let report = rebuild(&db, &|_| {}).await.unwrap();
+            assert_eq!((report.events, report.rows), (0, 0));
+            assert_eq!(view_indexes(&conn).await, indexes, "round {round}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_rebuild_of_a_user_is_refused_while_one_runs() {
+        let fx = fixture(100).await;
+        let shadow = build_shadow(&fx.db, 1, &|_| {}).await.unwrap();
+        let err = rebuild(&fx.db, &|_| {}).await.unwrap_err();
+        assert!(matches!(&err, StoreError::Conflict(message) if message.contains("another replay")), "{err}");
+        swap(&fx.db, shadow).await.unwrap();
+        rebuild(&fx.db, &|_| {}).await.unwrap();
+        clean_check(&fx.db).await;
+    }
+
+    #[tokio::test]
+    async fn an_index_changed_during_a_rebuild_stops_the_swap_and_the_next_rebuild_keeps_it() {
+        let fx = fixture(100).await;
+        let conn = fx.db.read().await.unwrap();
+        let live = checksum(&conn).await.unwrap();
+        let shadow = build_shadow(&fx.db, 1, &|_| {}).await.unwrap();
+        // As a migration applied meanwhile by a server in another process would.
+        conn.execute("CREATE INDEX entries_by_deleted ON entries (deleted)", ()).await.unwrap();
+        let err = swap(&fx.db, shadow).await.unwrap_err();
+        assert!(matches!(&err, StoreError::Conflict(message) if message.contains("`entries`")), "{err}");
+        assert_eq!(checksum(&conn).await.unwrap(), live);
+        assert!(view_indexes(&conn).await.contains(&("entries".into(), "entries_by_deleted".into())));
+        rebuild(&fx.db, &|_| {}).await.unwrap();
+        assert!(view_indexes(&conn).await.contains(&("entries".into(), "entries_by_deleted".into())));
+        assert_eq!(checksum(&conn).await.unwrap(), live);
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_a_rebuild_cut_short_after_its_swap_free_their_index_names() {
+        let fx = fixture(100).await;
+        let conn = fx.db.read().await.unwrap();
+        let live = checksum(&conn).await.unwrap();
+        rebuild(&fx.db, &|_| {}).await.unwrap();
+        // A crash between the swap and the drop: the old table keeps the
+        // names the next shadow takes back.
+        conn.execute_batch(
+            "CREATE TABLE entries_old (id TEXT PRIMARY KEY, updated_seq INTEGER NOT NULL) STRICT; \
+             CREATE UNIQUE INDEX entries_by_updated_seq ON entries_old (updated_seq); \
+             CREATE TABLE tags_replay (id TEXT PRIMARY KEY, parent_id TEXT) STRICT; \
+             CREATE INDEX tags_by_parent ON tags_replay (parent_id);",
+        )
+        .await
+        .unwrap();
+        rebuild(&fx.db, &|_| {}).await.unwrap();
+        assert_eq!(checksum(&conn).await.unwrap(), live);
+        let leftovers =
+            query_opt(&conn, "SELECT 1 FROM sqlite_master WHERE name IN ('entries_old', 'tags_replay')", ());
+        assert!(leftovers.await.unwrap().is_none());
+        clean_check(&fx.db).await;
+    }
+
+    #[tokio::test]
+    async fn a_view_index_under_both_its_names_is_refused_before_any_work() {
+        let fx = fixture(50).await;
+        let conn = fx.db.read().await.unwrap();
+        conn.execute("CREATE UNIQUE INDEX entries_by_updated_seq_replay ON entries (updated_seq)", ()).await.unwrap();
+        let err = rebuild(&fx.db, &|_| {}).await.unwrap_err();
+        assert!(matches!(&err, StoreError::Conflict(message) if message.contains("both of its names")), "{err}");
+        let shadows = query_opt(
+            &conn,
+            "SELECT 1 FROM sqlite_master WHERE name LIKE '%\\_replay' ESCAPE '\\' AND type = 'table'",
+            (),
+        );
+        assert!(shadows.await.unwrap().is_none(), "no shadow left behind");
     }
 
     #[tokio::test]

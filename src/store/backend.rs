@@ -64,6 +64,10 @@ impl Backend {
     }
 }
 
+/// Appended to a user's database file to name the file a rebuild locks
+/// ([`super::UserDb::lock_replay`]).
+pub const REPLAY_LOCK_SUFFIX: &str = "-replay";
+
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     data_dir: PathBuf,
@@ -110,14 +114,14 @@ impl LocalBackend {
         open_file(&path, flags).await
     }
 
-    /// The database file and its companions.
-    fn user_files(&self, user_id: Uuid) -> [PathBuf; 3] {
+    /// The database file and its companions (the last, replay's lock file).
+    fn user_files(&self, user_id: Uuid) -> [PathBuf; 4] {
         let path = self.user_path(user_id);
-        ["", "-wal", "-shm"].map(|suffix| PathBuf::from(format!("{}{suffix}", path.display())))
+        ["", "-wal", "-shm", REPLAY_LOCK_SUFFIX].map(|suffix| PathBuf::from(format!("{}{suffix}", path.display())))
     }
 
     async fn storage_bytes(&self, user_id: Uuid) -> u64 {
-        let [db, wal, _] = self.user_files(user_id);
+        let [db, wal, ..] = self.user_files(user_id);
         let mut total = 0;
         for file in [db, wal] {
             total += tokio::fs::metadata(&file).await.map_or(0, |meta| meta.len());

@@ -3,7 +3,10 @@
 //!
 //! `schema/` holds the control and per-user schema; `projections/` holds one
 //! file per read model. Views are disposable (replay rebuilds them), so their
-//! files are applied after the log's schema.
+//! files are applied after the log's schema. Replay renames view tables and
+//! alternates the names of their indexes between `<name>` and
+//! `<name>_replay`: a later migration that alters a view table or drops one
+//! of its indexes must accept either name (`DROP INDEX IF EXISTS` both).
 
 use std::collections::HashSet;
 

@@ -11,7 +11,7 @@ pub mod users;
 
 pub use backend::Backend;
 pub use control::ControlDb;
-pub use user_db::{PooledConn, UserDb, WriteLock, WriteTx};
+pub use user_db::{PooledConn, ReplayLock, UserDb, WriteLock, WriteTx};
 pub use users::UserDatabases;
 
 use std::time::Duration;
@@ -39,6 +39,10 @@ pub enum StoreError {
     UserNotFound(Uuid),
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
+    /// An operator job that would clash with another (a second replay of
+    /// the same user, a schema changed under a rebuild): nothing changed.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<libsql::Error> for StoreError {

@@ -71,20 +71,28 @@ impl RawConn {
         self.check(rc)
     }
 
-    /// Compiles one statement.
+    /// Compiles one statement (SQL holding more than one is refused).
     pub fn prepare(&self, sql: &str) -> StoreResult<RawStatement<'_>> {
         let len = c_int::try_from(sql.len()).map_err(|_| StoreError::Corrupt("a statement too long".into()))?;
-        let mut stmt = ptr::null_mut();
+        let (mut stmt, mut tail) = (ptr::null_mut(), ptr::null());
         // SAFETY: `sql` is valid for `len` bytes (SQLite reads no further
-        // when given the length); `stmt` receives the statement or NULL.
+        // when given the length); `stmt` receives the statement or NULL,
+        // `tail` a pointer into `sql` where the first statement ends.
         let rc = unsafe {
-            ffi::sqlite3_prepare_v2(self.db.as_ptr(), sql.as_ptr().cast::<c_char>(), len, &mut stmt, ptr::null_mut())
+            ffi::sqlite3_prepare_v2(self.db.as_ptr(), sql.as_ptr().cast::<c_char>(), len, &mut stmt, &mut tail)
         };
         self.check(rc)?;
         let stmt = NonNull::new(stmt).ok_or_else(|| StoreError::Corrupt("no statement in SQL".into()))?;
+        // Finalized on drop, the early returns below included.
+        let mut statement = RawStatement { stmt, params: 0, conn: PhantomData };
+        // The tail points into `sql` (or at its end): an offset, read without dereferencing.
+        let rest = sql.get(tail.addr().saturating_sub(sql.as_ptr().addr())..).unwrap_or_default();
+        if !rest.trim().is_empty() {
+            return Err(StoreError::Corrupt(format!("more than one statement in `{sql}`")));
+        }
         // SAFETY: a valid statement.
-        let params = unsafe { ffi::sqlite3_bind_parameter_count(stmt.as_ptr()) };
-        Ok(RawStatement { stmt, params, conn: PhantomData })
+        statement.params = unsafe { ffi::sqlite3_bind_parameter_count(stmt.as_ptr()) };
+        Ok(statement)
     }
 
     fn check(&self, rc: c_int) -> StoreResult<()> {
@@ -174,14 +182,9 @@ impl RawStatement<'_> {
     /// Binds exactly one value to each parameter, in order, runs the
     /// statement to its end (rows it returns are skipped), and resets it.
     pub fn execute<'a>(&mut self, params: impl IntoIterator<Item = Param<'a>>) -> StoreResult<()> {
-        let result = self.bind_and_run(params);
-        // SAFETY: a valid statement. Resetting ends the run; clearing the
-        // bindings drops every pointer into the borrowed values.
-        unsafe {
-            ffi::sqlite3_reset(self.stmt.as_ptr());
-            ffi::sqlite3_clear_bindings(self.stmt.as_ptr());
-        }
-        result
+        // Reset on every way out, a panic in `params` included.
+        let run = Run(self);
+        run.0.bind_and_run(params)
     }
 
     fn bind_and_run<'a>(&mut self, params: impl IntoIterator<Item = Param<'a>>) -> StoreResult<()> {
@@ -233,6 +236,20 @@ impl RawStatement<'_> {
         }
         // SAFETY: a valid statement's connection, open while it lives.
         Err(unsafe { last_error(ffi::sqlite3_db_handle(self.stmt.as_ptr()), rc) })
+    }
+}
+
+/// A statement being run, reset when dropped.
+struct Run<'s, 'c>(&'s mut RawStatement<'c>);
+
+impl Drop for Run<'_, '_> {
+    fn drop(&mut self) {
+        // SAFETY: a valid statement. Resetting ends the run; clearing the
+        // bindings drops every pointer into the borrowed values.
+        unsafe {
+            ffi::sqlite3_reset(self.0.stmt.as_ptr());
+            ffi::sqlite3_clear_bindings(self.0.stmt.as_ptr());
+        }
     }
 }
 
@@ -332,6 +349,21 @@ mod tests {
         let _tx = first.begin_immediate().unwrap();
         unsafe { ffi::sqlite3_busy_timeout(second.db.as_ptr(), 10) };
         assert!(matches!(second.begin_immediate(), Err(StoreError::Busy(_))));
+    }
+
+    #[test]
+    fn one_statement_at_a_time_and_a_failed_run_leaves_the_statement_reusable() {
+        let (_dir, path) = scratch();
+        let conn = RawConn::open(&path).unwrap();
+        assert!(conn.prepare("INSERT INTO t (a) VALUES (1); DROP TABLE t").is_err());
+        conn.prepare("INSERT INTO t (a) VALUES (1);  ").unwrap();
+        conn.execute_batch("CREATE UNIQUE INDEX t_a ON t (a)").unwrap();
+        let mut insert = conn.prepare("INSERT INTO t (a) VALUES (?1)").unwrap();
+        insert.execute([Param::Integer(1)]).unwrap();
+        let err = insert.execute([Param::Integer(1)]).unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        insert.execute([Param::Integer(2)]).unwrap();
+        assert_eq!(conn.rows("SELECT count(*) FROM t"), ["2"]);
     }
 
     #[test]

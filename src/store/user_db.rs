@@ -11,6 +11,7 @@ use libsql::{Connection, Database, Statement, Transaction, TransactionBehavior};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
+use super::backend::REPLAY_LOCK_SUFFIX;
 use super::raw::RawConn;
 use super::{connect, memory, migrations, Backend, StoreError, StoreResult};
 use crate::events::append::{append, read_head, Head, INSERT};
@@ -134,6 +135,26 @@ impl UserDb {
         RawConn::open(file)
     }
 
+    /// Held by a rebuild from its first shadow to its swap (an exclusive
+    /// lock on a file next to the database, so across processes too): a
+    /// second rebuild of the user is refused, rather than left to drop the
+    /// first one's shadows. Released when dropped, or when the process ends.
+    pub fn lock_replay(&self) -> StoreResult<ReplayLock> {
+        self.check_live()?;
+        let Some(file) = &self.file else { return Ok(ReplayLock { _file: None }) };
+        let path = PathBuf::from(format!("{}{REPLAY_LOCK_SUFFIX}", file.display()));
+        let io = |err| StoreError::io(format!("locking {}", path.display()), err);
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => Ok(ReplayLock { _file: Some(lock) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Conflict(format!(
+                "another replay of user {} is running; try again once it is done",
+                self.user_id
+            ))),
+            Err(std::fs::TryLockError::Error(err)) => Err(io(err)),
+        }
+    }
+
     /// The user's write lock alone, for a transaction on a [`RawConn`]:
     /// held from its `BEGIN IMMEDIATE` to its end, it queues that writer
     /// with the others of this process.
@@ -141,6 +162,11 @@ impl UserDb {
         self.check_live()?;
         Ok(WriteLock { _guard: self.writer.clone().lock_owned().await })
     }
+}
+
+/// A rebuild's hold on its user, until dropped (see [`UserDb::lock_replay`]).
+pub struct ReplayLock {
+    _file: Option<std::fs::File>,
 }
 
 /// A user's write lock, held until dropped (see [`UserDb::lock_writes`]).
@@ -260,7 +286,7 @@ impl Deref for PooledConn {
 
 impl PooledConn {
     /// The connection for the caller alone, closed when dropped rather than
-    /// pooled: for a job that changes its settings (replay's writer).
+    /// pooled: for a job that changes its settings (replay's checkpointer).
     pub fn detach(mut self) -> Connection {
         self.conn.take().unwrap_or_else(|| unreachable!("taken only here and in drop"))
     }
