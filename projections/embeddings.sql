@@ -18,4 +18,5 @@ CREATE TABLE embeddings (
 -- this one with `_replay` appended (`src/projection/replay.rs`).
 CREATE UNIQUE INDEX embeddings_by_updated_seq ON embeddings (updated_seq);
 
+-- Its name alternates the same way.
 CREATE INDEX embeddings_by_parent ON embeddings (parent_id);

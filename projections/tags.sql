@@ -18,4 +18,5 @@ CREATE TABLE tags (
 -- this one with `_replay` appended (`src/projection/replay.rs`).
 CREATE UNIQUE INDEX tags_by_updated_seq ON tags (updated_seq);
 
+-- Its name alternates the same way.
 CREATE INDEX tags_by_parent ON tags (parent_id);

@@ -26,8 +26,10 @@
 //! `BEGIN IMMEDIATE`) renames the live tables away and the shadows in (their
 //! indexes follow them), folds the events appended meanwhile with the push
 //! path's own storage code, and commits: a reader sees the old views or the
-//! new ones, never a mix. Run one rebuild of a user at a time (a second one
-//! would drop the first's shadows and make its swap fail, harmlessly).
+//! new ones, never a mix; it refuses (changing nothing) if the live views'
+//! indexes changed since the rebuild began. A second rebuild of the same
+//! user, in this process or another, is refused while one runs
+//! ([`UserDb::lock_replay`]).
 //!
 //! **Check** folds the same way, reads the stored views inside one read
 //! snapshot (the scanners read the log up to that snapshot's head, which is
@@ -807,7 +809,7 @@ impl ShadowWriter<'_> {
 /// replay's writer does not checkpoint (`wal_autocheckpoint = 0`), which took
 /// half of its time. Every [`WAIT_EVERY`] commits the writer waits for a
 /// checkpoint begun after its last commit, so that its next transaction
-/// starts the log over: the WAL stays within about that many batches instead
+/// starts the log over: the WAL stays within about that many transactions instead
 /// of growing with the rebuild (and the server's own commits meanwhile find
 /// little to checkpoint). A failed checkpoint is logged and the rebuild goes
 /// on: checkpoints move pages, they decide nothing.
@@ -908,8 +910,8 @@ const CACHE_KIB: u32 = 32 * 1024;
 /// Page cache of the shadow writer, which also bounds the memory its index
 /// builds sort in (SQLite's sorter holds up to a cache's worth before it
 /// spills to temporary files). Its inserts append, so they need few pages:
-/// with 8 MiB instead of 32 a replay of 1,000,000 events peaked at 116–128
-/// MiB instead of 146–153, in the same time (benches/README.md).
+/// with 8 MiB instead of 32 a replay of 1,000,000 events peaked at 114–126
+/// MiB instead of 143–150, in the same time (benches/README.md).
 const WRITER_CACHE_KIB: u32 = 8 * 1024;
 
 /// The read connection `check` reads the stored views with.
