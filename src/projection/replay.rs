@@ -646,7 +646,7 @@ impl Packed {
 
 /// Creates fresh shadow tables and fills them from the log up to the current
 /// head. Folding (reading the sorted log, the projectors, encoding rows) and
-/// writing ([`write_shadows`]) run side by side, on two threads, with at most
+/// writing (`write_shadows`) run side by side, on two threads, with at most
 /// two batches between them. The shadows are written in short transactions:
 /// the server's writers get their turn between them.
 pub async fn build_shadow(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<Shadow> {

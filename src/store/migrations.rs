@@ -8,8 +8,8 @@
 //! `<name>_replay`: a later migration that alters a view table or drops one
 //! of its indexes must accept either name (`DROP INDEX IF EXISTS` both).
 //! Replay reads a projection file's indexes back when it recreates a dropped
-//! view, so they keep the plain form `CREATE [UNIQUE] INDEX <name> ON
-//! <table> (…)`.
+//! view, so they keep the plain form
+//! `CREATE [UNIQUE] INDEX <name> ON <table> (…)`.
 
 use std::collections::HashSet;
 
