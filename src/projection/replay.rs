@@ -800,7 +800,12 @@ impl ShadowWriter<'_> {
     /// held for one sort at a time.
     fn index(&mut self, statements: &[String]) -> StoreResult<()> {
         let conn = self.conn;
-        statements.iter().try_for_each(|sql| self.transaction(Spent::Indexing, || conn.execute_batch(sql)))
+        for sql in statements {
+            let started = Instant::now();
+            self.transaction(Spent::Indexing, || conn.execute_batch(sql))?;
+            tracing::debug!(index = sql.as_str(), ms = millis(started.elapsed()), "replay: index built");
+        }
+        Ok(())
     }
 }
 
