@@ -1560,6 +1560,20 @@ mod tests {
         assert!(first.to_string().contains("public_key") && !first.to_string().contains("tampered-key"), "{first}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pushes_while_the_shadows_fill_end_up_in_the_views_swapped_in() {
+        let mut fx = fixture(3_000).await;
+        let db = fx.db.clone();
+        let rebuilding = tokio::spawn(async move { rebuild(&db, &|_| {}).await });
+        // Through the server's writer, between the shadow writer's transactions.
+        fx.random_pushes(400).await;
+        let report = rebuilding.await.unwrap().unwrap();
+        assert_eq!(report.events, report.head);
+        let checked = clean_check(&fx.db).await;
+        let head = read_head(&*fx.db.read().await.unwrap()).await.unwrap().seq;
+        assert_eq!(checked.head, head, "every push is in the views");
+    }
+
     #[tokio::test]
     async fn events_appended_during_a_rebuild_are_folded_at_the_swap() {
         let mut fx = fixture(150).await;
