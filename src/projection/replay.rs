@@ -1570,7 +1570,7 @@ mod tests {
         let report = rebuilding.await.unwrap().unwrap();
         assert_eq!(report.events, report.head);
         let checked = clean_check(&fx.db).await;
-        let head = read_head(&*fx.db.read().await.unwrap()).await.unwrap().seq;
+        let head = read_head(&fx.db.read().await.unwrap()).await.unwrap().seq;
         assert_eq!(checked.head, head, "every push is in the views");
     }
 
