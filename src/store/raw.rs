@@ -34,9 +34,10 @@ pub struct RawConn {
     db: NonNull<ffi::sqlite3>,
 }
 
-// SAFETY: libsql-ffi builds SQLite with SQLITE_THREADSAFE=1 (serialized), so
-// a connection may move between threads; `RawConn` is not `Sync`, so one
-// thread at a time uses it.
+// SAFETY: libsql-ffi builds SQLite with SQLITE_THREADSAFE=1: in its
+// serialized and multi-thread modes alike, a connection may move between
+// threads as long as one thread at a time uses it, and `RawConn` is not
+// `Sync` (nor are its statements `Send`).
 unsafe impl Send for RawConn {}
 
 impl RawConn {
