@@ -1,5 +1,7 @@
 //! Reading the log back.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use libsql::{Connection, Row, ValueType};
 use uuid::Uuid;
@@ -7,6 +9,7 @@ use uuid::Uuid;
 use super::{Kind, NewEvent, Op, StoredEvent};
 use crate::clock::{parse_rfc3339, rfc3339};
 use crate::projection::version::VersionVector;
+use crate::store::raw::{Param, RawConn, RawRow};
 use crate::store::{StoreError, StoreResult};
 
 const COLUMNS: &str =
@@ -25,25 +28,25 @@ pub async fn read_after(conn: &Connection, since: u64, limit: u64) -> StoreResul
 }
 
 /// For replay: the events with `after < seq <= upto`, oldest first, at most
-/// `limit`, each handed to `each` as it is read (no page is held). Payloads
-/// are read for `device` events only: the other projectors never look at
-/// them, and they are most of the bytes.
-pub async fn scan_for_replay(
-    conn: &Connection,
+/// `limit`, each handed to `each` as it is read (no page is held), on
+/// replay's own connection ([`RawConn`]: columns are decoded in place, and
+/// blocks its thread). Payloads are read for `device` events only: the other
+/// projectors never look at them, and they are most of the bytes.
+pub fn scan_for_replay(
+    conn: &RawConn,
     after: u64,
     upto: u64,
     limit: u64,
     mut each: impl FnMut(StoredEvent) -> StoreResult<()>,
 ) -> StoreResult<()> {
-    let mut rows = conn
-        .query(
-            "SELECT seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, \
-             CASE WHEN kind = 'device' THEN payload END, client_time, received_at, hash \
-             FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-            (after, upto, limit),
-        )
-        .await?;
-    while let Some(row) = rows.next().await? {
+    let mut statement = conn.prepare(
+        "SELECT seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, \
+         CASE WHEN kind = 'device' THEN payload END, client_time, received_at, hash \
+         FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let int = |n: u64| Param::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    let mut rows = statement.query([int(after), int(upto), int(limit)])?;
+    while let Some(row) = rows.next()? {
         each(decode(&row)?)?;
     }
     Ok(())
@@ -134,33 +137,76 @@ pub async fn read_one(conn: &Connection, seq: u64) -> StoreResult<Option<StoredE
     rows.next().await?.map(|row| decode(&row)).transpose()
 }
 
-fn decode(row: &Row) -> StoreResult<StoredEvent> {
-    let seq: u64 = row.get(0)?;
+/// A row of the log's columns, in [`COLUMNS`]' order: from libSQL, or from
+/// replay's own connection.
+trait LogColumns {
+    fn integer(&self, idx: i32) -> StoreResult<i64>;
+    fn is_null(&self, idx: i32) -> StoreResult<bool>;
+    /// Text that is not NULL.
+    fn text(&self, idx: i32) -> StoreResult<&str>;
+    fn blob(&self, idx: i32) -> StoreResult<Option<Cow<'_, [u8]>>>;
+}
+
+impl LogColumns for Row {
+    fn integer(&self, idx: i32) -> StoreResult<i64> {
+        Ok(self.get(idx)?)
+    }
+
+    fn is_null(&self, idx: i32) -> StoreResult<bool> {
+        Ok(matches!(self.column_type(idx)?, ValueType::Null))
+    }
+
+    fn text(&self, idx: i32) -> StoreResult<&str> {
+        // Borrowed from the row, not copied into a `String` first.
+        Ok(self.get_str(idx)?)
+    }
+
+    fn blob(&self, idx: i32) -> StoreResult<Option<Cow<'_, [u8]>>> {
+        Ok(self.get::<Option<Vec<u8>>>(idx)?.map(Cow::Owned))
+    }
+}
+
+impl LogColumns for RawRow<'_> {
+    fn integer(&self, idx: i32) -> StoreResult<i64> {
+        RawRow::integer(self, idx)
+    }
+
+    fn is_null(&self, idx: i32) -> StoreResult<bool> {
+        RawRow::is_null(self, idx)
+    }
+
+    fn text(&self, idx: i32) -> StoreResult<&str> {
+        RawRow::text(self, idx)?.ok_or_else(|| StoreError::Corrupt(format!("column {idx} is NULL")))
+    }
+
+    fn blob(&self, idx: i32) -> StoreResult<Option<Cow<'_, [u8]>>> {
+        Ok(RawRow::blob(self, idx)?.map(Cow::Borrowed))
+    }
+}
+
+fn decode(row: &impl LogColumns) -> StoreResult<StoredEvent> {
+    let seq = u64::try_from(row.integer(0)?).map_err(|_| StoreError::Corrupt("a negative seq".into()))?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));
-    // Text is borrowed from the row (`get_str`), not copied into a `String` first.
     let uuid =
-        |idx: i32, what: &str| -> StoreResult<Uuid> { Uuid::parse_str(row.get_str(idx)?).map_err(|_| corrupt(what)) };
+        |idx: i32, what: &str| -> StoreResult<Uuid> { Uuid::parse_str(row.text(idx)?).map_err(|_| corrupt(what)) };
     let time = |idx: i32, what: &str| -> StoreResult<DateTime<Utc>> {
-        parse_rfc3339(row.get_str(idx)?).ok_or_else(|| corrupt(what))
+        parse_rfc3339(row.text(idx)?).ok_or_else(|| corrupt(what))
     };
-    let parent_id = match row.column_type(5)? {
-        ValueType::Null => None,
-        _ => Some(uuid(5, "parent_id")?),
-    };
-    let hash: Vec<u8> = row.get(11)?;
+    let parent_id = if row.is_null(5)? { None } else { Some(uuid(5, "parent_id")?) };
+    let hash = row.blob(11)?.ok_or_else(|| corrupt("hash"))?;
     Ok(StoredEvent {
         seq,
         device_id: uuid(2, "device_id")?,
         received_at: time(10, "received_at")?,
-        hash: hash.try_into().map_err(|_| corrupt("hash"))?,
+        hash: (*hash).try_into().map_err(|_| corrupt("hash"))?,
         event: NewEvent {
             event_id: uuid(1, "event_id")?,
-            kind: Kind::parse(row.get_str(3)?).ok_or_else(|| corrupt("kind"))?,
+            kind: Kind::parse(row.text(3)?).ok_or_else(|| corrupt("kind"))?,
             aggregate_id: uuid(4, "aggregate_id")?,
             parent_id,
-            op: Op::parse(row.get_str(6)?).ok_or_else(|| corrupt("op"))?,
-            version: VersionVector::from_json(row.get_str(7)?).map_err(|_| corrupt("version"))?,
-            payload: row.get(8)?,
+            op: Op::parse(row.text(6)?).ok_or_else(|| corrupt("op"))?,
+            version: VersionVector::from_json(row.text(7)?).map_err(|_| corrupt("version"))?,
+            payload: row.blob(8)?.map(Cow::into_owned),
             client_time: time(9, "client_time")?,
         },
     })

@@ -397,21 +397,20 @@ const NONE_FAILED: usize = usize::MAX;
 /// Reads `after < seq <= upto` into sorted runs. Blocks its thread. Stops
 /// early, with an error, once `failed` names another scanner.
 fn scan(db: &UserDb, after: u64, upto: u64, limits: Limits, failed: &AtomicUsize) -> StoreResult<(Vec<Run>, u64)> {
-    let handle = tokio::runtime::Handle::current();
-    let conn = handle.block_on(db.read())?;
+    let conn = db.open_raw()?;
     let mut runs = RunBuilder::new(limits);
     let mut since = after;
     while since < upto {
         // Pages follow the last seq read, not a count: a gap (which `verify`
         // reports) is read past, never read twice.
         let mut last = since;
-        handle.block_on(scan_for_replay(&conn, since, upto, limits.page, |stored| {
+        scan_for_replay(&conn, since, upto, limits.page, |stored| {
             if failed.load(Ordering::Relaxed) != NONE_FAILED {
                 return Err(corrupt("stopped: another scanner failed"));
             }
             last = stored.seq;
             runs.push(&stored)
-        }))?;
+        })?;
         if last == since {
             break;
         }

@@ -1,14 +1,19 @@
 //! A bare SQLite connection on libSQL's own C library (`libsql::ffi`, the
 //! same copy the `libsql` crate opens its local connections with, so SQLite's
-//! in-process file locks are shared), for the one bulk writer that cannot
-//! afford the crate's per-value work: replay filling its shadow tables.
+//! in-process file locks are shared), for the bulk work of replay that cannot
+//! afford the crate's per-value work: its scanners reading the whole log, and
+//! its writer filling the shadow tables.
 //!
 //! `libsql`'s statements copy every parameter twice (into a `Value`, then
-//! into SQLite with `SQLITE_TRANSIENT`); here text and blobs are bound in
-//! place (`SQLITE_STATIC`) for the length of one [`RawStatement::execute`],
-//! which resets the statement and clears its bindings before it returns, so
-//! SQLite never holds a pointer past the borrow. Blocking calls: use from a
-//! blocking thread.
+//! into SQLite with `SQLITE_TRANSIENT`), and every column read once; here
+//! text and blobs are bound in place (`SQLITE_STATIC`) for the length of one
+//! run of a statement, which resets it and clears its bindings when it ends
+//! (its [`RawRows`] dropped, or [`RawStatement::execute`] returning), so
+//! SQLite never holds a pointer past the borrow; and a [`RawRow`] lends its
+//! columns' text and blobs straight from SQLite until the next step.
+//! Connections are opened in SQLite's multi-thread mode (no mutex around
+//! each call): a `RawConn` is used by one thread at a time. Blocking calls:
+//! use from a blocking thread.
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::marker::PhantomData;
@@ -34,22 +39,29 @@ pub struct RawConn {
     db: NonNull<ffi::sqlite3>,
 }
 
-// SAFETY: libsql-ffi builds SQLite with SQLITE_THREADSAFE=1: in its
-// serialized and multi-thread modes alike, a connection may move between
-// threads as long as one thread at a time uses it, and `RawConn` is not
-// `Sync` (nor are its statements `Send`).
+// SAFETY: libsql-ffi builds SQLite with SQLITE_THREADSAFE=1, and `open`
+// asks for its multi-thread mode (`SQLITE_OPEN_NOMUTEX`): a connection may
+// move between threads as long as one thread at a time uses it, and
+// `RawConn` is not `Sync` (nor are its statements and rows `Send`).
 unsafe impl Send for RawConn {}
 
 impl RawConn {
     /// Opens an existing database file for reading and writing, with the
-    /// store's busy timeout.
+    /// store's busy timeout, in SQLite's multi-thread mode.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let name = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| StoreError::Corrupt(format!("{}: a NUL byte in the path", path.display())))?;
         let mut db = ptr::null_mut();
         // SAFETY: `name` is a NUL-terminated string alive for the call; `db`
         // receives a handle (even on failure, then closed below).
-        let rc = unsafe { ffi::sqlite3_open_v2(name.as_ptr(), &mut db, ffi::SQLITE_OPEN_READWRITE, ptr::null()) };
+        let rc = unsafe {
+            ffi::sqlite3_open_v2(
+                name.as_ptr(),
+                &mut db,
+                ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOMUTEX,
+                ptr::null(),
+            )
+        };
         let Some(db) = NonNull::new(db) else {
             return Err(failure(rc, "out of memory opening the database".into()));
         };
@@ -179,16 +191,29 @@ pub struct RawStatement<'c> {
     conn: PhantomData<&'c RawConn>,
 }
 
-impl RawStatement<'_> {
+impl<'c> RawStatement<'c> {
     /// Binds exactly one value to each parameter, in order, runs the
     /// statement to its end (rows it returns are skipped), and resets it.
     pub fn execute<'a>(&mut self, params: impl IntoIterator<Item = Param<'a>>) -> StoreResult<()> {
-        // Reset on every way out, a panic in `params` included.
-        let run = Run(self);
-        run.0.bind_and_run(params)
+        let mut rows = self.query(params)?;
+        while rows.next()?.is_some() {}
+        Ok(())
     }
 
-    fn bind_and_run<'a>(&mut self, params: impl IntoIterator<Item = Param<'a>>) -> StoreResult<()> {
+    /// Binds exactly one value to each parameter, in order, and starts a
+    /// run: its rows, one step at a time. The statement is reset and its
+    /// bindings cleared when they are dropped.
+    pub fn query<'s, 'a>(&'s mut self, params: impl IntoIterator<Item = Param<'a>>) -> StoreResult<RawRows<'s, 'c>>
+    where
+        'a: 's,
+    {
+        // Reset on every way out, a panic in `params` included.
+        let run = Run(self);
+        run.0.bind(params)?;
+        Ok(RawRows { run, done: false })
+    }
+
+    fn bind<'a>(&mut self, params: impl IntoIterator<Item = Param<'a>>) -> StoreResult<()> {
         let stmt = self.stmt.as_ptr();
         let mut bound = 0;
         for param in params {
@@ -221,14 +246,7 @@ impl RawStatement<'_> {
         if bound != self.params {
             return Err(StoreError::Corrupt(format!("{bound} values for {} parameters", self.params)));
         }
-        loop {
-            // SAFETY: a valid statement with every parameter bound.
-            match unsafe { ffi::sqlite3_step(stmt) } {
-                ffi::SQLITE_DONE => return Ok(()),
-                ffi::SQLITE_ROW => continue,
-                rc => return self.check(rc),
-            }
-        }
+        Ok(())
     }
 
     fn check(&self, rc: c_int) -> StoreResult<()> {
@@ -242,6 +260,131 @@ impl RawStatement<'_> {
 
 /// A statement being run, reset when dropped.
 struct Run<'s, 'c>(&'s mut RawStatement<'c>);
+
+/// The rows of one run of a statement, whose bound values (`'a`) they
+/// borrow; reset when dropped.
+pub struct RawRows<'s, 'c> {
+    run: Run<'s, 'c>,
+    /// The run has ended: a step now would start it over.
+    done: bool,
+}
+
+impl RawRows<'_, '_> {
+    /// Steps to the next row: `None` at the end of the run. An error ends it.
+    pub fn next(&mut self) -> StoreResult<Option<RawRow<'_>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let stmt = self.run.0.stmt;
+        // SAFETY: a valid statement with every parameter bound; the values
+        // bound in place outlive these rows.
+        match unsafe { ffi::sqlite3_step(stmt.as_ptr()) } {
+            ffi::SQLITE_ROW => {
+                // SAFETY: a valid statement.
+                let columns = unsafe { ffi::sqlite3_column_count(stmt.as_ptr()) };
+                Ok(Some(RawRow { stmt, columns, rows: PhantomData }))
+            }
+            rc => {
+                self.done = true;
+                match rc {
+                    ffi::SQLITE_DONE => Ok(None),
+                    rc => self.run.0.check(rc).map(|()| None),
+                }
+            }
+        }
+    }
+}
+
+/// The current row of a [`RawRows`]: its text and blobs are lent straight
+/// from SQLite, valid until the next step (which needs the rows back).
+pub struct RawRow<'r> {
+    stmt: NonNull<ffi::sqlite3_stmt>,
+    columns: c_int,
+    rows: PhantomData<&'r mut ()>,
+}
+
+impl RawRow<'_> {
+    /// The column's type (`SQLITE_INTEGER`, `SQLITE_TEXT`, ...); an index
+    /// past the last column is an error.
+    fn column_type(&self, idx: c_int) -> StoreResult<c_int> {
+        if !(0..self.columns).contains(&idx) {
+            return Err(StoreError::Corrupt(format!("no column {idx} in a row of {}", self.columns)));
+        }
+        // SAFETY: a statement on a row, and a column within it.
+        Ok(unsafe { ffi::sqlite3_column_type(self.stmt.as_ptr(), idx) })
+    }
+
+    fn mismatch(&self, idx: c_int, found: c_int, wanted: &str) -> StoreError {
+        let found = match found {
+            ffi::SQLITE_INTEGER => "an integer",
+            ffi::SQLITE_FLOAT => "a real",
+            ffi::SQLITE_TEXT => "text",
+            ffi::SQLITE_BLOB => "a blob",
+            _ => "NULL",
+        };
+        StoreError::Corrupt(format!("column {idx} holds {found}, not {wanted}"))
+    }
+
+    pub fn is_null(&self, idx: c_int) -> StoreResult<bool> {
+        Ok(self.column_type(idx)? == ffi::SQLITE_NULL)
+    }
+
+    /// An integer column (anything else, NULL included, is an error: no
+    /// conversion).
+    pub fn integer(&self, idx: c_int) -> StoreResult<i64> {
+        match self.column_type(idx)? {
+            // SAFETY: a statement on a row, and an integer column within it.
+            ffi::SQLITE_INTEGER => Ok(unsafe { ffi::sqlite3_column_int64(self.stmt.as_ptr(), idx) }),
+            found => Err(self.mismatch(idx, found, "an integer")),
+        }
+    }
+
+    /// A text column, `None` if NULL; it must be UTF-8.
+    pub fn text(&self, idx: c_int) -> StoreResult<Option<&str>> {
+        match self.column_type(idx)? {
+            ffi::SQLITE_NULL => Ok(None),
+            ffi::SQLITE_TEXT => {
+                // SAFETY: a text column: `sqlite3_column_text` first, then
+                // `sqlite3_column_bytes` (the order SQLite asks for), gives
+                // its bytes without a conversion, valid until the next step.
+                let bytes = unsafe { self.bytes(idx, ffi::sqlite3_column_text(self.stmt.as_ptr(), idx)) };
+                std::str::from_utf8(bytes)
+                    .map(Some)
+                    .map_err(|_| StoreError::Corrupt(format!("column {idx} holds text that is not UTF-8")))
+            }
+            found => Err(self.mismatch(idx, found, "text")),
+        }
+    }
+
+    /// A blob column, `None` if NULL.
+    pub fn blob(&self, idx: c_int) -> StoreResult<Option<&[u8]>> {
+        match self.column_type(idx)? {
+            ffi::SQLITE_NULL => Ok(None),
+            // SAFETY: as for `text`, with `sqlite3_column_blob`.
+            ffi::SQLITE_BLOB => Ok(Some(unsafe { self.bytes(idx, ffi::sqlite3_column_blob(self.stmt.as_ptr(), idx)) })),
+            found => Err(self.mismatch(idx, found, "a blob")),
+        }
+    }
+
+    /// The `sqlite3_column_bytes` bytes at `start`, which SQLite returned
+    /// for column `idx` of this row (NULL for an empty value).
+    ///
+    /// # Safety
+    /// `start` is what `sqlite3_column_text` or `sqlite3_column_blob` just
+    /// returned for a text or blob column `idx`.
+    unsafe fn bytes<T>(&self, idx: c_int, start: *const T) -> &[u8] {
+        // SAFETY (caller): the value's length, read after its pointer.
+        let len = unsafe { ffi::sqlite3_column_bytes(self.stmt.as_ptr(), idx) };
+        match usize::try_from(len) {
+            Ok(len) if len > 0 && !start.is_null() => {
+                // SAFETY (caller): `len` bytes at `start`, owned by SQLite and
+                // left alone until the next step, which needs `&mut` rows.
+                unsafe { std::slice::from_raw_parts(start.cast::<u8>(), len) }
+            }
+            _ => &[],
+        }
+    }
+}
 
 impl Drop for Run<'_, '_> {
     fn drop(&mut self) {
@@ -365,6 +508,39 @@ mod tests {
         assert!(err.to_string().contains("UNIQUE"), "{err}");
         insert.execute([Param::Integer(2)]).unwrap();
         assert_eq!(conn.rows("SELECT count(*) FROM t"), ["2"]);
+    }
+
+    #[test]
+    fn rows_lend_their_columns_check_their_types_and_end_for_good() {
+        let (_dir, path) = scratch();
+        let conn = RawConn::open(&path).unwrap();
+        conn.execute_batch("INSERT INTO t VALUES (1, 'one ✓', x'0102', NULL, 1.5), (2, '', x'', 'two', 2.5)").unwrap();
+        let mut select = conn.prepare("SELECT a, b, c, d, e FROM t WHERE a >= ?1 ORDER BY a").unwrap();
+        let mut rows = select.query([Param::Integer(1)]).unwrap();
+        let row = rows.next().unwrap().unwrap();
+        assert_eq!(row.integer(0).unwrap(), 1);
+        assert_eq!(row.text(1).unwrap(), Some("one ✓"));
+        assert_eq!(row.blob(2).unwrap(), Some(&[1u8, 2][..]));
+        assert!(row.is_null(3).unwrap());
+        assert_eq!(row.text(3).unwrap(), None);
+        assert_eq!(row.blob(3).unwrap(), None);
+        // No conversions: a wrong type, NULL as an integer, or a column past the last is an error.
+        let err = row.text(0).unwrap_err();
+        assert!(err.to_string().contains("column 0 holds an integer, not text"), "{err}");
+        assert!(row.blob(1).is_err() && row.integer(3).is_err() && row.integer(4).is_err());
+        assert!(row.integer(5).is_err() && row.integer(-1).is_err());
+        let row = rows.next().unwrap().unwrap();
+        assert_eq!((row.text(1).unwrap(), row.blob(2).unwrap()), (Some(""), Some(&[][..])));
+        assert!(rows.next().unwrap().is_none());
+        // Ended: not started over.
+        assert!(rows.next().unwrap().is_none());
+        drop(rows);
+        // Dropped halfway, the statement is reset and runs again.
+        let mut rows = select.query([Param::Integer(2)]).unwrap();
+        assert_eq!(rows.next().unwrap().unwrap().integer(0).unwrap(), 2);
+        drop(rows);
+        let mut rows = select.query([Param::Integer(0)]).unwrap();
+        assert_eq!(rows.next().unwrap().unwrap().integer(0).unwrap(), 1);
     }
 
     #[test]
