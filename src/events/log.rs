@@ -46,7 +46,7 @@ pub fn scan_for_replay(
     )?;
     let int = |n: u64| Param::Integer(i64::try_from(n).unwrap_or(i64::MAX));
     let mut rows = statement.query([int(after), int(upto), int(limit)])?;
-    while let Some(row) = rows.next()? {
+    while let Some(row) = rows.step()? {
         each(decode(&row)?)?;
     }
     Ok(())

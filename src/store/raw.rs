@@ -196,7 +196,7 @@ impl<'c> RawStatement<'c> {
     /// statement to its end (rows it returns are skipped), and resets it.
     pub fn execute<'a>(&mut self, params: impl IntoIterator<Item = Param<'a>>) -> StoreResult<()> {
         let mut rows = self.query(params)?;
-        while rows.next()?.is_some() {}
+        while rows.step()?.is_some() {}
         Ok(())
     }
 
@@ -271,7 +271,7 @@ pub struct RawRows<'s, 'c> {
 
 impl RawRows<'_, '_> {
     /// Steps to the next row: `None` at the end of the run. An error ends it.
-    pub fn next(&mut self) -> StoreResult<Option<RawRow<'_>>> {
+    pub fn step(&mut self) -> StoreResult<Option<RawRow<'_>>> {
         if self.done {
             return Ok(None);
         }
@@ -517,7 +517,7 @@ mod tests {
         conn.execute_batch("INSERT INTO t VALUES (1, 'one ✓', x'0102', NULL, 1.5), (2, '', x'', 'two', 2.5)").unwrap();
         let mut select = conn.prepare("SELECT a, b, c, d, e FROM t WHERE a >= ?1 ORDER BY a").unwrap();
         let mut rows = select.query([Param::Integer(1)]).unwrap();
-        let row = rows.next().unwrap().unwrap();
+        let row = rows.step().unwrap().unwrap();
         assert_eq!(row.integer(0).unwrap(), 1);
         assert_eq!(row.text(1).unwrap(), Some("one ✓"));
         assert_eq!(row.blob(2).unwrap(), Some(&[1u8, 2][..]));
@@ -529,18 +529,18 @@ mod tests {
         assert!(err.to_string().contains("column 0 holds an integer, not text"), "{err}");
         assert!(row.blob(1).is_err() && row.integer(3).is_err() && row.integer(4).is_err());
         assert!(row.integer(5).is_err() && row.integer(-1).is_err());
-        let row = rows.next().unwrap().unwrap();
+        let row = rows.step().unwrap().unwrap();
         assert_eq!((row.text(1).unwrap(), row.blob(2).unwrap()), (Some(""), Some(&[][..])));
-        assert!(rows.next().unwrap().is_none());
+        assert!(rows.step().unwrap().is_none());
         // Ended: not started over.
-        assert!(rows.next().unwrap().is_none());
+        assert!(rows.step().unwrap().is_none());
         drop(rows);
         // Dropped halfway, the statement is reset and runs again.
         let mut rows = select.query([Param::Integer(2)]).unwrap();
-        assert_eq!(rows.next().unwrap().unwrap().integer(0).unwrap(), 2);
+        assert_eq!(rows.step().unwrap().unwrap().integer(0).unwrap(), 2);
         drop(rows);
         let mut rows = select.query([Param::Integer(0)]).unwrap();
-        assert_eq!(rows.next().unwrap().unwrap().integer(0).unwrap(), 1);
+        assert_eq!(rows.step().unwrap().unwrap().integer(0).unwrap(), 1);
     }
 
     #[test]
