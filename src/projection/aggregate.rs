@@ -10,16 +10,16 @@
 //! (the only one that can decrypt) resolves by pushing an event that
 //! dominates them all.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::version::VersionVector;
 use crate::events::{Kind, Op, StoredEvent};
 
-/// One head of an aggregate: the routing metadata of an event (its payload
-/// stays in the log, found by `seq`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One head of an aggregate: the routing metadata of an event. The view row
+/// stores only its `seq` ([`super::views::heads_json`]); the rest, payload
+/// included, is the event in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub seq: u64,
     pub event_id: Uuid,
@@ -27,7 +27,6 @@ pub struct Head {
     pub op: Op,
     pub version: VersionVector,
     pub client_time: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<Uuid>,
 }
 
@@ -73,44 +72,6 @@ impl Head {
             parent_id: stored.event.parent_id,
         }
     }
-}
-
-/// The heads as a view row stores them: what `serde_json` writes for them,
-/// byte for byte (a property test checks), written directly. Every string
-/// in it is an id, an op or a time: nothing to escape.
-pub fn heads_json(heads: &[Head]) -> String {
-    let mut out = String::with_capacity(heads.len() * 256);
-    out.push('[');
-    for (i, head) in heads.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str("{\"seq\":");
-        out.push_str(itoa::Buffer::new().format(head.seq));
-        for (name, id) in [("event_id", head.event_id), ("device_id", head.device_id)] {
-            out.push_str(",\"");
-            out.push_str(name);
-            out.push_str("\":\"");
-            out.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
-            out.push('"');
-        }
-        out.push_str(",\"op\":\"");
-        out.push_str(head.op.as_str());
-        out.push_str("\",\"version\":");
-        head.version.write_json(&mut out);
-        out.push_str(",\"client_time\":\"");
-        // chrono's serde form of a time.
-        out.push_str(&head.client_time.to_rfc3339_opts(SecondsFormat::AutoSi, true));
-        out.push('"');
-        if let Some(parent) = head.parent_id {
-            out.push_str(",\"parent_id\":\"");
-            out.push_str(parent.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
-            out.push('"');
-        }
-        out.push('}');
-    }
-    out.push(']');
-    out
 }
 
 impl AggregateRow {
@@ -243,28 +204,7 @@ mod tests {
             .collect()
     }
 
-    fn head() -> impl Strategy<Value = Head> {
-        let time =
-            (0..253_402_300_800i64, prop_oneof![Just(0u32), Just(7_000_000), Just(123_000), 0..1_000_000_000u32]);
-        let version = proptest::collection::vec((any::<u128>(), any::<u64>()), 0..4);
-        (any::<u64>(), any::<(u128, u128)>(), any::<bool>(), version, time, proptest::option::of(any::<u128>()))
-            .prop_map(|(seq, (event, device), delete, version, (secs, nanos), parent)| Head {
-                seq,
-                event_id: Uuid::from_u128(event),
-                device_id: Uuid::from_u128(device),
-                op: if delete { Op::Delete } else { Op::Put },
-                version: version.into_iter().map(|(d, n)| (Uuid::from_u128(d), n)).collect(),
-                client_time: DateTime::from_timestamp(secs, nanos).unwrap(),
-                parent_id: parent.map(Uuid::from_u128),
-            })
-    }
-
     proptest! {
-        #[test]
-        fn the_direct_heads_json_is_serde_jsons(heads in proptest::collection::vec(head(), 0..4)) {
-            prop_assert_eq!(heads_json(&heads), serde_json::to_string(&heads).unwrap());
-        }
-
         #[test]
         fn any_permutation_with_duplicates_gives_the_same_views(
             events in events(),

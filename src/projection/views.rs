@@ -3,12 +3,13 @@
 
 use std::sync::{Arc, LazyLock};
 
-use libsql::{Connection, Row, Statement, Value};
+use libsql::{Connection, Row, Statement, Value, ValueType};
 use uuid::Uuid;
 
 use super::aggregate::{AggregateRow, Head};
 use super::version::VersionVector;
-use crate::events::Kind;
+use crate::clock::parse_rfc3339;
+use crate::events::{Kind, Op};
 use crate::store::{StoreError, StoreResult, WriteTx};
 
 /// The kinds devices push and pull, in a fixed order.
@@ -37,12 +38,18 @@ fn no_view(kind: Kind) -> StoreError {
     StoreError::Corrupt(format!("`{}` has no aggregate view", kind.as_str()))
 }
 
-/// Load and save statements for the views, reused across a batch (each is
-/// reset before use: libsql reuses bound values otherwise).
+/// Load and save statements for the views, and the read of a head's event,
+/// reused across a batch (each is reset before use: libsql reuses bound
+/// values otherwise).
 pub struct ViewStatements {
     load: [Option<Arc<Statement>>; 4],
     save: [Option<Arc<Statement>>; 4],
+    head: Option<Arc<Statement>>,
 }
+
+/// A head's event, by seq: what a view row leaves to the log.
+const HEAD_SQL: &str =
+    "SELECT seq, event_id, device_id, op, version, client_time, parent_id FROM events WHERE seq = ?1";
 
 /// The load and save SQL of each client kind, in [`CLIENT_KINDS`] order.
 static SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
@@ -65,7 +72,8 @@ static SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
 impl ViewStatements {
     /// Every view's statements, prepared on `conn`.
     pub async fn prepare(conn: &Connection) -> StoreResult<Self> {
-        let mut statements = Self { load: Default::default(), save: Default::default() };
+        let head = Some(Arc::new(conn.prepare(HEAD_SQL).await?));
+        let mut statements = Self { load: Default::default(), save: Default::default(), head };
         for (i, (load, save)) in SQL.iter().enumerate() {
             statements.load[i] = Some(Arc::new(conn.prepare(load).await?));
             statements.save[i] = Some(Arc::new(conn.prepare(save).await?));
@@ -75,7 +83,8 @@ impl ViewStatements {
 
     /// The statements of `kinds` only, from the writer's statement cache.
     pub async fn cached(tx: &mut WriteTx, kinds: impl IntoIterator<Item = Kind>) -> StoreResult<Self> {
-        let mut statements = Self { load: Default::default(), save: Default::default() };
+        let head = Some(tx.cached(HEAD_SQL).await?);
+        let mut statements = Self { load: Default::default(), save: Default::default(), head };
         for kind in kinds {
             let i = index(kind)?;
             if statements.load[i].is_none() {
@@ -87,13 +96,35 @@ impl ViewStatements {
         Ok(statements)
     }
 
+    /// The row of aggregate `id`, its heads read back from the log.
     pub async fn load(&self, kind: Kind, id: Uuid) -> StoreResult<Option<AggregateRow>> {
         let stmt = prepared(&self.load, kind)?;
         stmt.reset();
         let mut rows = stmt.query([id.to_string()]).await?;
         let row = rows.next().await?.map(|row| decode(kind, &row)).transpose();
+        drop(rows);
         stmt.reset();
-        row
+        let Some((mut row, seqs)) = row? else { return Ok(None) };
+        for seq in seqs {
+            row.heads.push(self.head(&row, seq).await?);
+        }
+        Ok(Some(row))
+    }
+
+    /// The head of `row` at `seq`, from its event.
+    async fn head(&self, row: &AggregateRow, seq: u64) -> StoreResult<Head> {
+        let stmt = self.head.as_deref().ok_or_else(|| StoreError::Corrupt("no head statement prepared".into()))?;
+        stmt.reset();
+        let mut rows = stmt.query([seq]).await?;
+        let head = match rows.next().await? {
+            Some(event) => decode_head(&event),
+            None => {
+                Err(StoreError::Corrupt(format!("{} {}: head seq {seq} is not in the log", row.kind.as_str(), row.id)))
+            }
+        };
+        drop(rows);
+        stmt.reset();
+        head
     }
 
     pub async fn save(&self, row: &AggregateRow) -> StoreResult<()> {
@@ -117,11 +148,34 @@ fn prepared(statements: &[Option<Arc<Statement>>; 4], kind: Kind) -> StoreResult
 /// The stored columns of every aggregate view, in the order of [`values`].
 pub const COLUMNS: &str = "id, parent_id, heads, version, deleted, conflict, updated_seq";
 
+/// The heads as a view row stores them: their seqs, in the heads' order (by
+/// event id), as a JSON array (`[9,11]`). The rest of a head is its event
+/// in the log, found by seq (ARCHITECTURE.md: "a view row holds its heads'
+/// seqs"): a row is a fifth of the size it had with whole heads, which is
+/// what replay writes, indexes and drops.
+pub fn heads_json(heads: &[Head]) -> String {
+    let mut out = String::with_capacity(2 + heads.len() * 8);
+    out.push('[');
+    for (i, head) in heads.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(itoa::Buffer::new().format(head.seq));
+    }
+    out.push(']');
+    out
+}
+
+/// The seqs of a row's heads, from [`heads_json`]'s text.
+pub fn parse_heads(text: &str) -> Option<Vec<u64>> {
+    serde_json::from_str(text).ok()
+}
+
 /// The column values a row is stored as, in the order of [`COLUMNS`]. `save`
 /// writes exactly these, so replay can compare and hash rows without a
 /// second encoding that could drift from the live one.
 pub fn values(row: &AggregateRow) -> StoreResult<Vec<Value>> {
-    let heads = super::aggregate::heads_json(&row.heads);
+    let heads = heads_json(&row.heads);
     Ok(vec![
         Value::Text(row.id.to_string()),
         row.parent_id.map_or(Value::Null, |id| Value::Text(id.to_string())),
@@ -133,27 +187,60 @@ pub fn values(row: &AggregateRow) -> StoreResult<Vec<Value>> {
     ])
 }
 
-/// A view row as pull sends it: its columns as stored (the projector writes
-/// ids, times and version vectors in their wire form, so pull passes the
-/// text through instead of parsing it into types and formatting it again),
-/// with the payload of the event at `updated_seq`: the projector's latest
-/// change to a row is always one of its heads ([`super::aggregate::apply`]
-/// puts every event it does not find stale among the heads), so a row
-/// without a conflict needs no other payload.
+/// A view row as pull sends it: its columns as stored (ids and the version
+/// vector in their wire form, so pull passes the text through instead of
+/// parsing it into types and formatting it again), with the event at
+/// `updated_seq`, read in the same statement: the projector's latest change
+/// to a row is always one of its heads ([`super::aggregate::apply`] puts
+/// every event it does not find stale among the heads), so a row without a
+/// conflict needs no other read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredChange {
     pub kind: Kind,
     pub id: String,
     pub parent_id: Option<String>,
-    /// JSON: the heads, as [`values`] stores them.
+    /// JSON: the heads' seqs, as [`values`] stores them.
     pub heads: String,
     /// JSON: the merged version vector.
     pub version: String,
     pub deleted: bool,
     pub conflict: bool,
     pub updated_seq: u64,
-    /// The payload of the event at `updated_seq` (`None` for a delete).
-    pub latest_payload: Option<Vec<u8>>,
+    /// The event at `updated_seq`.
+    pub latest: HeadEvent,
+}
+
+/// The event of a head as pull sends it, its columns as the log stores
+/// them: ids, op and version vector in their wire form (JSON for the
+/// vector), the client's time as RFC 3339 text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadEvent {
+    pub seq: u64,
+    pub event_id: String,
+    pub device_id: String,
+    pub op: String,
+    pub version: String,
+    pub client_time: String,
+    /// `None` for a delete.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// The columns [`HeadEvent::decode`] reads, from `events`.
+pub const HEAD_EVENT_COLUMNS: &str = "seq, event_id, device_id, op, version, client_time, payload";
+
+impl HeadEvent {
+    /// Reads [`HEAD_EVENT_COLUMNS`] from column `first` of `row` on.
+    pub fn decode(row: &Row, first: i32) -> StoreResult<Self> {
+        Ok(Self {
+            seq: row.get(first)?,
+            event_id: row.get(first + 1)?,
+            device_id: row.get(first + 2)?,
+            op: row.get(first + 3)?,
+            version: row.get(first + 4)?,
+            client_time: row.get(first + 5)?,
+            payload: row.get(first + 6)?,
+        })
+    }
 }
 
 /// The aggregates of some kinds changed after a cursor, in order of their
@@ -192,7 +279,8 @@ impl ChangedSince {
         for kind in kinds {
             let table = client_table(*kind)?;
             let sql = format!(
-                "SELECT v.id, v.parent_id, v.heads, v.version, v.deleted, v.conflict, v.updated_seq, e.payload \
+                "SELECT v.id, v.parent_id, v.heads, v.version, v.deleted, v.conflict, v.updated_seq, \
+                 e.seq, e.event_id, e.device_id, e.op, e.version, e.client_time, e.payload \
                  FROM {table} v LEFT JOIN events e ON e.seq = v.updated_seq \
                  WHERE v.updated_seq > ?1 ORDER BY v.updated_seq LIMIT ?2"
             );
@@ -227,35 +315,101 @@ impl ChangedSince {
 }
 
 fn stored_change(kind: Kind, row: &Row) -> StoreResult<StoredChange> {
+    let id: String = row.get(0)?;
+    let updated_seq = row.get(6)?;
+    if matches!(row.column_type(7)?, ValueType::Null) {
+        let kind = kind.as_str();
+        return Err(StoreError::Corrupt(format!(
+            "{kind} {id}: its latest change, seq {updated_seq}, is not in the log"
+        )));
+    }
     Ok(StoredChange {
         kind,
-        id: row.get(0)?,
         parent_id: row.get(1)?,
         heads: row.get(2)?,
         version: row.get(3)?,
         deleted: row.get::<i64>(4)? != 0,
         conflict: row.get::<i64>(5)? != 0,
-        updated_seq: row.get(6)?,
-        latest_payload: row.get(7)?,
+        updated_seq,
+        latest: HeadEvent::decode(row, 7)?,
+        id,
     })
 }
 
-/// Decodes the columns [`COLUMNS`].
-fn decode(kind: Kind, row: &Row) -> StoreResult<AggregateRow> {
+/// Decodes the columns [`COLUMNS`]: the row without its heads yet, and
+/// their seqs.
+fn decode(kind: Kind, row: &Row) -> StoreResult<(AggregateRow, Vec<u64>)> {
     let id: String = row.get(0)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("{} {id}: {what}", kind.as_str()));
     let parent: Option<String> = row.get(1)?;
-    let heads: String = row.get(2)?;
+    let heads = parse_heads(row.get_str(2)?).ok_or_else(|| corrupt("heads"))?;
     let version: String = row.get(3)?;
-    let heads: Vec<Head> = serde_json::from_str(&heads).map_err(|_| corrupt("heads"))?;
-    Ok(AggregateRow {
+    let row = AggregateRow {
         kind,
         id: Uuid::parse_str(&id).map_err(|_| corrupt("id"))?,
         parent_id: parent.map(|p| Uuid::parse_str(&p).map_err(|_| corrupt("parent_id"))).transpose()?,
-        heads,
+        heads: Vec::with_capacity(heads.len()),
         version: VersionVector::from_json(&version).map_err(|_| corrupt("version"))?,
         deleted: row.get::<i64>(4)? != 0,
         conflict: row.get::<i64>(5)? != 0,
         updated_seq: row.get(6)?,
+    };
+    Ok((row, heads))
+}
+
+/// Decodes [`HEAD_SQL`]'s columns.
+fn decode_head(row: &Row) -> StoreResult<Head> {
+    let seq: u64 = row.get(0)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));
+    let uuid = |idx: i32, what: &str| Uuid::parse_str(row.get_str(idx)?).map_err(|_| corrupt(what));
+    let parent_id = match row.column_type(6)? {
+        ValueType::Null => None,
+        _ => Some(uuid(6, "parent_id")?),
+    };
+    Ok(Head {
+        seq,
+        event_id: uuid(1, "event_id")?,
+        device_id: uuid(2, "device_id")?,
+        op: Op::parse(row.get_str(3)?).ok_or_else(|| corrupt("op"))?,
+        version: VersionVector::from_json(row.get_str(4)?).map_err(|_| corrupt("version"))?,
+        client_time: parse_rfc3339(row.get_str(5)?).ok_or_else(|| corrupt("client_time"))?,
+        parent_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn head(seq: u64) -> Head {
+        Head {
+            seq,
+            event_id: Uuid::new_v4(),
+            device_id: Uuid::new_v4(),
+            op: Op::Put,
+            version: VersionVector::default(),
+            client_time: Utc::now(),
+            parent_id: None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn heads_are_stored_as_the_json_array_of_their_seqs(seqs in proptest::collection::vec(any::<u64>(), 0..5)) {
+            let heads: Vec<Head> = seqs.iter().copied().map(head).collect();
+            let text = heads_json(&heads);
+            prop_assert_eq!(&text, &serde_json::to_string(&seqs).unwrap());
+            prop_assert_eq!(parse_heads(&text), Some(seqs));
+        }
+    }
+
+    #[test]
+    fn heads_that_are_not_an_array_of_seqs_do_not_parse() {
+        for bad in ["", "[", "[-1]", "[1.5]", "[\"1\"]", "[{\"seq\":1}]", "{}", "[18446744073709551616]"] {
+            assert_eq!(parse_heads(bad), None, "{bad}");
+        }
+    }
 }

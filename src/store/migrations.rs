@@ -44,6 +44,7 @@ pub const USER: &[Migration] = &[
     migration!("projections/memories.sql"),
     migration!("projections/tags.sql"),
     migration!("projections/embeddings.sql"),
+    migration!("schema/user/0003_view_heads_as_seqs.sql"),
 ];
 
 /// Applies every migration of `set` not yet recorded, and names those it

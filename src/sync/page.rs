@@ -1,20 +1,23 @@
 //! A pull page as the server writes it: [`PullResponse`](super::wire::PullResponse)'s
-//! shape, made from the views' stored text. The projector stores ids, times
-//! and version vectors in their wire form (JSON), so a row's heads and
-//! version are parsed into borrowed strings as the response is written and
-//! written out as they are, instead of being parsed into UUIDs, times and
-//! maps and formatted back again. Text that does not parse (a view not
-//! written by the projector) fails the response with a 500, never a panic.
+//! shape, made from the views' stored text and the log's. A view row holds
+//! its heads' seqs; each head is then its event in the log, whose ids, op
+//! and version vector are stored in their wire form (JSON for the vector),
+//! so they are parsed into borrowed strings as the response is written and
+//! written out as they are, instead of being parsed into UUIDs and maps and
+//! formatted back again. Text that does not parse (a view or log not written
+//! by this service) fails the response with a 500, never a panic.
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde::ser::{Error as _, SerializeStruct};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
 use super::wire::{serialize_payload, HexHash};
+use crate::clock::parse_rfc3339;
 use crate::events::append::Head;
 use crate::events::{Kind, Op};
-use crate::projection::views::StoredChange;
+use crate::projection::views::{parse_heads, HeadEvent, StoredChange};
 use crate::store::{StoreError, StoreResult};
 
 /// One page of `GET /sync/pull`.
@@ -32,77 +35,77 @@ fn head_hash<S: Serializer>(head: &Head, serializer: S) -> Result<S::Ok, S::Erro
     HexHash(head.hash).serialize(serializer)
 }
 
-/// A version vector as stored: device id → counter, in key order.
+/// A version vector as stored: device id → counter, in key order. Strings
+/// are borrowed: the service's JSON has no escapes.
 type StoredVersion<'a> = BTreeMap<&'a str, u64>;
-
-/// A head as the view stores it (`parent_id` is there too; pull sends the
-/// row's own). Strings are borrowed: the projector's JSON has no escapes.
-#[derive(Debug, Deserialize)]
-struct StoredHead<'a> {
-    seq: u64,
-    event_id: &'a str,
-    device_id: &'a str,
-    op: Op,
-    #[serde(borrow)]
-    version: StoredVersion<'a>,
-    client_time: &'a str,
-}
-
-fn parse_heads(heads: &str) -> serde_json::Result<Vec<StoredHead<'_>>> {
-    serde_json::from_str(heads)
-}
 
 fn parse_version(version: &str) -> serde_json::Result<StoredVersion<'_>> {
     serde_json::from_str(version)
 }
 
-/// A changed aggregate with the payloads of its heads.
+/// A changed aggregate with the events of its heads.
 #[derive(Debug)]
 pub struct PageChange {
     row: StoredChange,
-    /// The payload of each head, by the head's seq.
-    payloads: Vec<(u64, Option<Vec<u8>>)>,
+    /// The other heads' events (a conflict's), besides `row.latest`.
+    others: Vec<HeadEvent>,
 }
 
 impl PageChange {
-    /// The seqs of the heads whose payloads are still to be read: none for
-    /// a row without a conflict (its one head is its latest change, whose
-    /// payload came with the row), the others for a conflict.
+    /// The seqs of the heads whose events are still to be read: none for a
+    /// row without a conflict (its one head is its latest change, which
+    /// came with the row), the others for a conflict.
     pub fn other_head_seqs(row: &StoredChange) -> StoreResult<Vec<u64>> {
         if !row.conflict {
             return Ok(Vec::new());
         }
         let heads = parse_heads(&row.heads)
-            .map_err(|_| StoreError::Corrupt(format!("{} {}: heads", row.kind.as_str(), row.id)))?;
-        Ok(heads.iter().map(|head| head.seq).filter(|seq| *seq != row.updated_seq).collect())
+            .ok_or_else(|| StoreError::Corrupt(format!("{} {}: heads", row.kind.as_str(), row.id)))?;
+        Ok(heads.into_iter().filter(|seq| *seq != row.updated_seq).collect())
     }
 
-    /// `others`: the payloads of [`Self::other_head_seqs`], by seq.
-    pub fn new(mut row: StoredChange, others: Vec<(u64, Option<Vec<u8>>)>) -> Self {
-        let mut payloads = Vec::with_capacity(1 + others.len());
-        payloads.push((row.updated_seq, row.latest_payload.take()));
-        payloads.extend(others);
-        Self { row, payloads }
+    /// `others`: the events of [`Self::other_head_seqs`].
+    pub fn new(row: StoredChange, others: Vec<HeadEvent>) -> Self {
+        Self { row, others }
     }
 
     pub fn updated_seq(&self) -> u64 {
         self.row.updated_seq
     }
 
-    /// Payload bytes of all heads.
-    pub fn payload_bytes(&self) -> u64 {
-        self.payloads.iter().filter_map(|(_, p)| p.as_ref()).map(|p| p.len() as u64).sum()
+    fn events(&self) -> impl Iterator<Item = &HeadEvent> {
+        std::iter::once(&self.row.latest).chain(&self.others)
     }
 
-    fn payload(&self, seq: u64) -> Option<&Option<Vec<u8>>> {
-        self.payloads.iter().find(|(at, _)| *at == seq).map(|(_, payload)| payload)
+    /// Payload bytes of all heads.
+    pub fn payload_bytes(&self) -> u64 {
+        self.events().filter_map(|head| head.payload.as_ref()).map(|p| p.len() as u64).sum()
+    }
+
+    fn event(&self, seq: u64) -> Option<&HeadEvent> {
+        self.events().find(|head| head.seq == seq)
     }
 }
 
 /// [`HeadView`](super::wire::HeadView)'s shape.
 struct HeadOut<'a> {
-    head: StoredHead<'a>,
-    payload: Option<&'a [u8]>,
+    event: &'a HeadEvent,
+    op: Op,
+    version: StoredVersion<'a>,
+    client_time: DateTime<Utc>,
+}
+
+impl<'a> HeadOut<'a> {
+    fn new(event: &'a HeadEvent) -> Result<Self, String> {
+        let seq = event.seq;
+        Ok(Self {
+            event,
+            op: Op::parse(&event.op).ok_or_else(|| format!("event seq {seq}: op"))?,
+            version: parse_version(&event.version).map_err(|_| format!("event seq {seq}: version"))?,
+            // The log keeps microseconds always; the wire form is chrono's.
+            client_time: parse_rfc3339(&event.client_time).ok_or_else(|| format!("event seq {seq}: client_time"))?,
+        })
+    }
 }
 
 impl Serialize for HeadOut<'_> {
@@ -113,15 +116,15 @@ impl Serialize for HeadOut<'_> {
                 serialize_payload(self.0, serializer)
             }
         }
-        let head = &self.head;
+        let event = self.event;
         let mut out = serializer.serialize_struct("HeadView", 7)?;
-        out.serialize_field("event_id", head.event_id)?;
-        out.serialize_field("device_id", head.device_id)?;
-        out.serialize_field("seq", &head.seq)?;
-        out.serialize_field("op", &head.op)?;
-        out.serialize_field("version", &head.version)?;
-        out.serialize_field("payload", &self.payload.map(PayloadOut))?;
-        out.serialize_field("client_time", head.client_time)?;
+        out.serialize_field("event_id", &event.event_id)?;
+        out.serialize_field("device_id", &event.device_id)?;
+        out.serialize_field("seq", &event.seq)?;
+        out.serialize_field("op", &self.op)?;
+        out.serialize_field("version", &self.version)?;
+        out.serialize_field("payload", &event.payload.as_deref().map(PayloadOut))?;
+        out.serialize_field("client_time", &self.client_time)?;
         out.end()
     }
 }
@@ -131,21 +134,18 @@ impl Serialize for PageChange {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let row = &self.row;
         let version = parse_version(&row.version).map_err(S::Error::custom)?;
-        let heads = parse_heads(&row.heads).map_err(S::Error::custom)?;
-        // A head without a payload read (never so for rows the projector
-        // wrote) fails the response rather than sending a wrong payload.
-        let heads = heads
+        let seqs = parse_heads(&row.heads)
+            .ok_or_else(|| S::Error::custom(format!("{} {}: heads", row.kind.as_str(), row.id)))?;
+        // A head whose event was not read (never so for rows the projector
+        // wrote) fails the response rather than sending a wrong head.
+        let heads = seqs
             .into_iter()
-            .map(|head| match self.payload(head.seq) {
-                Some(payload) => Ok(HeadOut { payload: payload.as_deref(), head }),
-                None => Err(S::Error::custom(format!(
-                    "{} {}: no payload read for seq {}",
-                    row.kind.as_str(),
-                    row.id,
-                    head.seq
-                ))),
+            .map(|seq| match self.event(seq) {
+                Some(event) => HeadOut::new(event),
+                None => Err(format!("{} {}: no event read for head seq {seq}", row.kind.as_str(), row.id)),
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(S::Error::custom)?;
         let kind: Kind = row.kind;
         let mut out = serializer.serialize_struct("Change", 7)?;
         out.serialize_field("kind", &kind)?;
@@ -183,9 +183,23 @@ mod tests {
         }
     }
 
-    /// The typed change pull used to build, and the stored row it is built
-    /// from now. `payloads` in the order of `heads`; the row's latest change
-    /// is its head with the highest seq.
+    /// A head's event as the log stores it (its client time with
+    /// microseconds, as append writes it).
+    fn event_of(head: &Head, payload: Option<Vec<u8>>) -> HeadEvent {
+        HeadEvent {
+            seq: head.seq,
+            event_id: head.event_id.to_string(),
+            device_id: head.device_id.to_string(),
+            op: head.op.as_str().into(),
+            version: head.version.to_json(),
+            client_time: crate::clock::rfc3339(head.client_time),
+            payload,
+        }
+    }
+
+    /// The typed change pull used to build, and the stored row and events it
+    /// is built from now. `payloads` in the order of `heads`; the row's
+    /// latest change is its head with the highest seq.
     fn both(kind: Kind, heads: Vec<Head>, payloads: Vec<Option<Vec<u8>>>) -> (Change, PageChange) {
         let updated_seq = heads.iter().map(|h| h.seq).max().unwrap();
         let parent_id = heads.iter().find_map(|h| h.parent_id);
@@ -208,7 +222,9 @@ mod tests {
             libsql::Value::Text(text) => Some(text.clone()),
             _ => None,
         };
-        let by_seq: Vec<(u64, Option<Vec<u8>>)> = row.heads.iter().map(|h| h.seq).zip(payloads.clone()).collect();
+        let events: Vec<HeadEvent> = row.heads.iter().zip(payloads.clone()).map(|(h, p)| event_of(h, p)).collect();
+        let (latest, others): (Vec<HeadEvent>, Vec<HeadEvent>) =
+            events.into_iter().partition(|event| event.seq == updated_seq);
         let stored = StoredChange {
             kind,
             id: text(0).unwrap(),
@@ -218,12 +234,11 @@ mod tests {
             deleted: row.deleted,
             conflict: row.conflict,
             updated_seq,
-            latest_payload: by_seq.iter().find(|(seq, _)| *seq == updated_seq).unwrap().1.clone(),
+            latest: latest.into_iter().next().unwrap(),
         };
-        let others: Vec<(u64, Option<Vec<u8>>)> = by_seq.into_iter().filter(|(seq, _)| *seq != updated_seq).collect();
         assert_eq!(
             PageChange::other_head_seqs(&stored).unwrap(),
-            others.iter().map(|(seq, _)| *seq).collect::<Vec<_>>()
+            others.iter().map(|event| event.seq).collect::<Vec<_>>()
         );
         let page = PageChange::new(stored, others);
         let typed = Change {
@@ -279,24 +294,40 @@ mod tests {
     }
 
     #[test]
+    fn times_are_sent_in_chronos_form_whatever_their_digits() {
+        let device = Uuid::new_v4();
+        let at = |nanos: u32| {
+            let mut head = head(3, device, Op::Put, VersionVector::single(device, 1), None);
+            head.client_time = Utc.timestamp_opt(1_790_000_000, nanos).unwrap();
+            head
+        };
+        for nanos in [0, 120_000_000, 123_456_000] {
+            let (typed, page) = both(Kind::Entry, vec![at(nanos)], vec![None]);
+            assert_eq!(serde_json::to_vec(&page).unwrap(), serde_json::to_vec(&typed).unwrap());
+        }
+    }
+
+    #[test]
     fn stored_text_that_does_not_parse_is_an_error_never_a_panic() {
-        let head = |seq: u64| {
-            format!(
-                r#"{{"seq":{seq},"event_id":"{}","device_id":"{}","op":"put","version":{{}},"client_time":"t"}}"#,
-                Uuid::nil(),
-                Uuid::nil()
-            )
+        let event = |seq: u64| HeadEvent {
+            seq,
+            event_id: Uuid::nil().to_string(),
+            device_id: Uuid::nil().to_string(),
+            op: "put".into(),
+            version: "{}".into(),
+            client_time: "2026-11-30T10:00:00.000000Z".into(),
+            payload: Some(vec![1]),
         };
         let good = StoredChange {
             kind: Kind::Entry,
             id: Uuid::new_v4().to_string(),
             parent_id: None,
-            heads: format!("[{}]", head(1)),
+            heads: "[1]".into(),
             version: "{}".into(),
             deleted: false,
             conflict: false,
             updated_seq: 1,
-            latest_payload: Some(vec![1]),
+            latest: event(1),
         };
         assert!(PageChange::other_head_seqs(&good).unwrap().is_empty());
         assert!(serde_json::to_vec(&PageChange::new(good.clone(), Vec::new())).is_ok());
@@ -305,12 +336,17 @@ mod tests {
         assert!(
             matches!(PageChange::other_head_seqs(&conflict), Err(StoreError::Corrupt(msg)) if msg.ends_with("heads"))
         );
+        let conflict = StoredChange { heads: "[1,2]".into(), conflict: true, ..good.clone() };
+        assert_eq!(PageChange::other_head_seqs(&conflict).unwrap(), [2]);
         // Anything else fails the response.
         for bad in [
             StoredChange { heads: "[{\"seq\":1}]".into(), ..good.clone() },
             StoredChange { version: "{\"a\":-1}".into(), ..good.clone() },
-            // Its one head is not its latest change: no payload was read for it.
-            StoredChange { heads: format!("[{}]", head(2)), ..good.clone() },
+            StoredChange { latest: HeadEvent { op: "move".into(), ..event(1) }, ..good.clone() },
+            StoredChange { latest: HeadEvent { version: "[]".into(), ..event(1) }, ..good.clone() },
+            StoredChange { latest: HeadEvent { client_time: "yesterday".into(), ..event(1) }, ..good.clone() },
+            // Its one head is not its latest change: no event was read for it.
+            StoredChange { heads: "[2]".into(), ..good.clone() },
         ] {
             let change = PageChange::new(bad, Vec::new());
             assert!(serde_json::to_vec(&change).is_err());

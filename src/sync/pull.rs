@@ -18,8 +18,8 @@ use crate::events::Kind;
 use crate::http::codec::{Accepts, Format};
 use crate::http::QueryParams;
 use crate::ops::openapi::ErrorResponse;
-use crate::projection::views::{ChangedSince, CLIENT_KINDS};
-use crate::store::{StoreResult, UserDb};
+use crate::projection::views::{ChangedSince, HeadEvent, CLIENT_KINDS, HEAD_EVENT_COLUMNS};
+use crate::store::{StoreError, StoreResult, UserDb};
 
 pub const MAX_LIMIT: u64 = 1000;
 pub const DEFAULT_LIMIT: u64 = 500;
@@ -163,7 +163,7 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
     // One row more than the limit: whether there are more.
     let mut changed = ChangedSince::open(&snapshot, query.since, query.limit + 1, &query.kinds).await?;
     // For the other heads of a conflict: prepared on the first one.
-    let mut payload = None;
+    let mut read_event = None;
     let (mut changes, mut bytes, mut has_more) = (Vec::new(), 0u64, false);
     while let Some(row) = changed.next().await? {
         if changes.len() as u64 == query.limit || bytes >= MAX_PAGE_PAYLOAD_BYTES {
@@ -172,18 +172,18 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
         }
         let mut others = Vec::new();
         for seq in PageChange::other_head_seqs(&row)? {
-            let stmt = match payload.take() {
+            let stmt = match read_event.take() {
                 Some(stmt) => stmt,
-                None => snapshot.prepare("SELECT payload FROM events WHERE seq = ?1").await?,
+                None => snapshot.prepare(&format!("SELECT {HEAD_EVENT_COLUMNS} FROM events WHERE seq = ?1")).await?,
             };
-            others.push((seq, payload_of(&stmt, seq).await?));
-            payload = Some(stmt);
+            others.push(event_at(&stmt, seq).await?);
+            read_event = Some(stmt);
         }
         let change = PageChange::new(row, others);
         bytes += change.payload_bytes();
         changes.push(change);
     }
-    drop((changed, payload));
+    drop((changed, read_event));
     snapshot.commit().await?;
     let cursor = match changes.last() {
         _ if !has_more => head.seq,
@@ -193,16 +193,17 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
     Ok(Page { changes, cursor, has_more, head })
 }
 
-async fn payload_of(stmt: &libsql::Statement, seq: u64) -> StoreResult<Option<Vec<u8>>> {
+/// The event of a head, by seq ([`HEAD_EVENT_COLUMNS`]).
+async fn event_at(stmt: &libsql::Statement, seq: u64) -> StoreResult<HeadEvent> {
     stmt.reset();
     let mut rows = stmt.query([seq]).await?;
-    let payload = match rows.next().await? {
-        Some(row) => row.get(0)?,
-        None => None,
+    let event = match rows.next().await? {
+        Some(row) => HeadEvent::decode(&row, 0),
+        None => Err(StoreError::Corrupt(format!("a head at seq {seq} is not in the log"))),
     };
     drop(rows);
     stmt.reset();
-    Ok(payload)
+    event
 }
 
 pub fn cursor_ahead(since: u64, head: Head) -> ApiError {

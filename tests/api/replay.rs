@@ -129,6 +129,45 @@ async fn dropping_the_views_and_replaying_gives_identical_pulls_and_checksum() {
     assert!(run.stdout.contains(&format!("checksum {}", hex::encode(live))), "{}", run.stdout);
 }
 
+/// Heads as view rows stored them before `schema/user/0003_view_heads_as_seqs.sql`:
+/// whole, rebuilt here from the log.
+const WHOLE_HEADS: &str = "(SELECT json_group_array(json_object('seq', e.seq, 'event_id', e.event_id, \
+     'device_id', e.device_id, 'op', e.op, 'version', json(e.version), 'client_time', e.client_time) \
+     ORDER BY h.key) FROM json_each(heads) AS h JOIN events AS e ON e.seq = h.value)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_with_whole_heads_are_migrated_to_seqs_and_pull_the_same() {
+    let app = spawn_app().await;
+    let a = app.register().await;
+    let b = app.pair(&a, "B").await;
+    let seed: u64 = rand::random();
+    eprintln!("workload seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let seen = workload(&app, &[a.clone(), b.clone()], &mut rng, 60).await;
+    assert!(seen.contains("conflict"), "the workload produced no conflict");
+    let pulls = pull_all(&app, &a).await;
+    let live = checksum(&app, a.user_id).await;
+
+    let conn = app.open_user_db(a.user_id).await;
+    for table in ["entries", "memories", "tags", "embeddings"] {
+        conn.execute(&format!("UPDATE {table} SET heads = {WHOLE_HEADS}"), ()).await.unwrap();
+    }
+    let migration = "schema/user/0003_view_heads_as_seqs.sql";
+    conn.execute("DELETE FROM schema_migrations WHERE name = ?1", [migration]).await.unwrap();
+    let mut rows = conn.query("SELECT heads FROM entries WHERE conflict = 1 LIMIT 1", ()).await.unwrap();
+    let old: String = rows.next().await.unwrap().expect("a conflicting entry").get(0).unwrap();
+    assert!(old.starts_with("[{\"seq\":") && old.contains("},{\"seq\":"), "{old}");
+    assert_ne!(checksum(&app, a.user_id).await, live);
+
+    let run = echolia(app.data_dir(), &["migrate"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains(&format!("user {}: applied {migration}", a.user_id)), "{}", run.stdout);
+    assert_eq!(checksum(&app, a.user_id).await, live);
+    assert_eq!(pull_all(&app, &a).await, pulls);
+    let run = echolia(app.data_dir(), &["replay", "--check", "--user", &a.user_id.to_string()]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_while_devices_push_loses_nothing_and_check_finds_stale_views() {
     let app = spawn_app().await;
