@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, LazyLock};
 
+use chrono::{DateTime, Utc};
 use libsql::{Connection, Row, Statement, Value, ValueType};
 use uuid::Uuid;
 
@@ -38,18 +39,12 @@ fn no_view(kind: Kind) -> StoreError {
     StoreError::Corrupt(format!("`{}` has no aggregate view", kind.as_str()))
 }
 
-/// Load and save statements for the views, and the read of a head's event,
-/// reused across a batch (each is reset before use: libsql reuses bound
-/// values otherwise).
+/// Load and save statements for the views, reused across a batch (each is
+/// reset before use: libsql reuses bound values otherwise).
 pub struct ViewStatements {
     load: [Option<Arc<Statement>>; 4],
     save: [Option<Arc<Statement>>; 4],
-    head: Option<Arc<Statement>>,
 }
-
-/// A head's event, by seq: what a view row leaves to the log.
-const HEAD_SQL: &str =
-    "SELECT seq, event_id, device_id, op, version, client_time, parent_id FROM events WHERE seq = ?1";
 
 /// The load and save SQL of each client kind, in [`CLIENT_KINDS`] order.
 static SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
@@ -57,7 +52,15 @@ static SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
         .iter()
         .filter_map(|kind| table(*kind))
         .map(|table| {
-            let load = format!("SELECT {COLUMNS} FROM {table} WHERE id = ?1");
+            // One row per head, in the heads' order, with its event: a row
+            // whose heads name no event still comes back (NULL event
+            // columns), so it is an error rather than a missing row.
+            let load = format!(
+                "SELECT v.id, v.parent_id, v.heads, v.version, v.deleted, v.conflict, v.updated_seq, \
+                 e.seq, e.event_id, e.device_id, e.op, e.version, e.client_time, e.parent_id \
+                 FROM {table} AS v LEFT JOIN json_each(v.heads) AS h LEFT JOIN events AS e ON e.seq = h.value \
+                 WHERE v.id = ?1 ORDER BY h.key"
+            );
             let save = format!(
                 "INSERT INTO {table} ({COLUMNS}) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET \
@@ -72,8 +75,7 @@ static SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
 impl ViewStatements {
     /// Every view's statements, prepared on `conn`.
     pub async fn prepare(conn: &Connection) -> StoreResult<Self> {
-        let head = Some(Arc::new(conn.prepare(HEAD_SQL).await?));
-        let mut statements = Self { load: Default::default(), save: Default::default(), head };
+        let mut statements = Self { load: Default::default(), save: Default::default() };
         for (i, (load, save)) in SQL.iter().enumerate() {
             statements.load[i] = Some(Arc::new(conn.prepare(load).await?));
             statements.save[i] = Some(Arc::new(conn.prepare(save).await?));
@@ -83,8 +85,7 @@ impl ViewStatements {
 
     /// The statements of `kinds` only, from the writer's statement cache.
     pub async fn cached(tx: &mut WriteTx, kinds: impl IntoIterator<Item = Kind>) -> StoreResult<Self> {
-        let head = Some(tx.cached(HEAD_SQL).await?);
-        let mut statements = Self { load: Default::default(), save: Default::default(), head };
+        let mut statements = Self { load: Default::default(), save: Default::default() };
         for kind in kinds {
             let i = index(kind)?;
             if statements.load[i].is_none() {
@@ -100,31 +101,9 @@ impl ViewStatements {
     pub async fn load(&self, kind: Kind, id: Uuid) -> StoreResult<Option<AggregateRow>> {
         let stmt = prepared(&self.load, kind)?;
         stmt.reset();
-        let mut rows = stmt.query([id.to_string()]).await?;
-        let row = rows.next().await?.map(|row| decode(kind, &row)).transpose();
-        drop(rows);
+        let loaded = load_rows(kind, stmt.query([id.to_string()]).await?).await;
         stmt.reset();
-        let Some((mut row, seqs)) = row? else { return Ok(None) };
-        for seq in seqs {
-            row.heads.push(self.head(&row, seq).await?);
-        }
-        Ok(Some(row))
-    }
-
-    /// The head of `row` at `seq`, from its event.
-    async fn head(&self, row: &AggregateRow, seq: u64) -> StoreResult<Head> {
-        let stmt = self.head.as_deref().ok_or_else(|| StoreError::Corrupt("no head statement prepared".into()))?;
-        stmt.reset();
-        let mut rows = stmt.query([seq]).await?;
-        let head = match rows.next().await? {
-            Some(event) => decode_head(&event),
-            None => {
-                Err(StoreError::Corrupt(format!("{} {}: head seq {seq} is not in the log", row.kind.as_str(), row.id)))
-            }
-        };
-        drop(rows);
-        stmt.reset();
-        head
+        loaded
     }
 
     pub async fn save(&self, row: &AggregateRow) -> StoreResult<()> {
@@ -210,17 +189,17 @@ pub struct StoredChange {
     pub latest: HeadEvent,
 }
 
-/// The event of a head as pull sends it, its columns as the log stores
-/// them: ids, op and version vector in their wire form (JSON for the
-/// vector), the client's time as RFC 3339 text.
+/// The event of a head, as pull sends it: the version vector in its stored
+/// wire form (JSON), passed through.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadEvent {
     pub seq: u64,
-    pub event_id: String,
-    pub device_id: String,
-    pub op: String,
+    pub event_id: Uuid,
+    pub device_id: Uuid,
+    pub op: Op,
+    /// JSON, as the log stores it.
     pub version: String,
-    pub client_time: String,
+    pub client_time: DateTime<Utc>,
     /// `None` for a delete.
     pub payload: Option<Vec<u8>>,
 }
@@ -231,13 +210,16 @@ pub const HEAD_EVENT_COLUMNS: &str = "seq, event_id, device_id, op, version, cli
 impl HeadEvent {
     /// Reads [`HEAD_EVENT_COLUMNS`] from column `first` of `row` on.
     pub fn decode(row: &Row, first: i32) -> StoreResult<Self> {
+        let seq: u64 = row.get(first)?;
+        let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));
+        let uuid = |idx: i32, what: &str| Uuid::parse_str(row.get_str(first + idx)?).map_err(|_| corrupt(what));
         Ok(Self {
-            seq: row.get(first)?,
-            event_id: row.get(first + 1)?,
-            device_id: row.get(first + 2)?,
-            op: row.get(first + 3)?,
+            seq,
+            event_id: uuid(1, "event_id")?,
+            device_id: uuid(2, "device_id")?,
+            op: Op::parse(row.get_str(first + 3)?).ok_or_else(|| corrupt("op"))?,
             version: row.get(first + 4)?,
-            client_time: row.get(first + 5)?,
+            client_time: parse_rfc3339(row.get_str(first + 5)?).ok_or_else(|| corrupt("client_time"))?,
             payload: row.get(first + 6)?,
         })
     }
@@ -336,8 +318,27 @@ fn stored_change(kind: Kind, row: &Row) -> StoreResult<StoredChange> {
     })
 }
 
-/// Decodes the columns [`COLUMNS`]: the row without its heads yet, and
-/// their seqs.
+/// A row and its heads from the load statement's rows (one per head).
+async fn load_rows(kind: Kind, mut rows: libsql::Rows) -> StoreResult<Option<AggregateRow>> {
+    let Some(first) = rows.next().await? else { return Ok(None) };
+    let (mut row, seqs) = decode(kind, &first)?;
+    let corrupt = |what: String| StoreError::Corrupt(format!("{} {}: {what}", kind.as_str(), row.id));
+    let mut next = Some(first);
+    while let Some(event) = next {
+        if matches!(event.column_type(7)?, ValueType::Null) {
+            return Err(corrupt(format!("its heads {seqs:?} name an event not in the log")));
+        }
+        row.heads.push(decode_head(&event, 7)?);
+        next = rows.next().await?;
+    }
+    if !row.heads.iter().map(|head| head.seq).eq(seqs.iter().copied()) {
+        return Err(corrupt(format!("its heads {seqs:?} are not its events")));
+    }
+    Ok(Some(row))
+}
+
+/// Decodes the view's columns (the first seven): the row without its heads
+/// yet, and their seqs.
 fn decode(kind: Kind, row: &Row) -> StoreResult<(AggregateRow, Vec<u64>)> {
     let id: String = row.get(0)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("{} {id}: {what}", kind.as_str()));
@@ -357,12 +358,13 @@ fn decode(kind: Kind, row: &Row) -> StoreResult<(AggregateRow, Vec<u64>)> {
     Ok((row, heads))
 }
 
-/// Decodes [`HEAD_SQL`]'s columns.
-fn decode_head(row: &Row) -> StoreResult<Head> {
-    let seq: u64 = row.get(0)?;
+/// Decodes a head from its event's `seq, event_id, device_id, op, version,
+/// client_time, parent_id`, from column `first` of `row` on.
+fn decode_head(row: &Row, first: i32) -> StoreResult<Head> {
+    let seq: u64 = row.get(first)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));
-    let uuid = |idx: i32, what: &str| Uuid::parse_str(row.get_str(idx)?).map_err(|_| corrupt(what));
-    let parent_id = match row.column_type(6)? {
+    let uuid = |idx: i32, what: &str| Uuid::parse_str(row.get_str(first + idx)?).map_err(|_| corrupt(what));
+    let parent_id = match row.column_type(first + 6)? {
         ValueType::Null => None,
         _ => Some(uuid(6, "parent_id")?),
     };
@@ -370,16 +372,16 @@ fn decode_head(row: &Row) -> StoreResult<Head> {
         seq,
         event_id: uuid(1, "event_id")?,
         device_id: uuid(2, "device_id")?,
-        op: Op::parse(row.get_str(3)?).ok_or_else(|| corrupt("op"))?,
-        version: VersionVector::from_json(row.get_str(4)?).map_err(|_| corrupt("version"))?,
-        client_time: parse_rfc3339(row.get_str(5)?).ok_or_else(|| corrupt("client_time"))?,
+        op: Op::parse(row.get_str(first + 3)?).ok_or_else(|| corrupt("op"))?,
+        version: VersionVector::from_json(row.get_str(first + 4)?).map_err(|_| corrupt("version"))?,
+        client_time: parse_rfc3339(row.get_str(first + 5)?).ok_or_else(|| corrupt("client_time"))?,
         parent_id,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
+    use chrono::{SubsecRound, Utc};
     use proptest::prelude::*;
 
     use super::*;
@@ -404,6 +406,47 @@ mod tests {
             prop_assert_eq!(&text, &serde_json::to_string(&seqs).unwrap());
             prop_assert_eq!(parse_heads(&text), Some(seqs));
         }
+    }
+
+    #[tokio::test]
+    async fn a_row_loads_with_its_heads_events_and_heads_naming_no_event_are_an_error() {
+        use crate::store::{Backend, UserDb};
+        use crate::sync::push::apply_batch;
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = UserDb::open(&Backend::local(dir.path()), Uuid::new_v4(), true).await.unwrap();
+        let (a, b, entry) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let edit = |device: Uuid| crate::events::NewEvent {
+            event_id: Uuid::new_v4(),
+            kind: Kind::Entry,
+            aggregate_id: entry,
+            parent_id: None,
+            op: Op::Put,
+            version: VersionVector::single(device, 1),
+            payload: Some(vec![1]),
+            client_time: Utc::now().trunc_subsecs(6),
+        };
+        let (first, second) = (edit(a), edit(b));
+        let mut tx = db.begin_write().await.unwrap();
+        apply_batch(&mut tx, a, Utc::now(), vec![first.clone()]).await.unwrap();
+        apply_batch(&mut tx, b, Utc::now(), vec![second.clone()]).await.unwrap();
+        let views = ViewStatements::cached(&mut tx, [Kind::Entry]).await.unwrap();
+        let row = views.load(Kind::Entry, entry).await.unwrap().unwrap();
+        assert!(row.conflict);
+        let mut expected = [(first.event_id, a, 1), (second.event_id, b, 2)];
+        expected.sort();
+        let heads: Vec<_> = row.heads.iter().map(|h| (h.event_id, h.device_id, h.seq)).collect();
+        assert_eq!(heads, expected);
+        assert_eq!(row.heads[0].client_time, if expected[0].1 == a { first.client_time } else { second.client_time });
+        assert!(views.load(Kind::Entry, Uuid::new_v4()).await.unwrap().is_none());
+
+        for bad in ["[1,9]", "[9]", "[]", "[{\"seq\":1}]"] {
+            tx.execute("UPDATE entries SET heads = ?1", [bad]).await.unwrap();
+            assert!(views.load(Kind::Entry, entry).await.is_err(), "{bad}");
+        }
+        tx.execute("UPDATE entries SET heads = '[2,1]'", ()).await.unwrap();
+        let row = views.load(Kind::Entry, entry).await.unwrap().unwrap();
+        assert_eq!(row.heads.iter().map(|h| h.seq).collect::<Vec<_>>(), [2, 1]);
     }
 
     #[test]

@@ -1,22 +1,20 @@
 //! A pull page as the server writes it: [`PullResponse`](super::wire::PullResponse)'s
 //! shape, made from the views' stored text and the log's. A view row holds
-//! its heads' seqs; each head is then its event in the log, whose ids, op
-//! and version vector are stored in their wire form (JSON for the vector),
-//! so they are parsed into borrowed strings as the response is written and
-//! written out as they are, instead of being parsed into UUIDs and maps and
-//! formatted back again. Text that does not parse (a view or log not written
-//! by this service) fails the response with a 500, never a panic.
+//! its heads' seqs; each head is then its event in the log. Version vectors
+//! are stored in their wire form (JSON), so they are parsed into borrowed
+//! strings as the response is written and written out as they are, instead
+//! of being parsed into maps and formatted back again. Text that does not
+//! parse (a view or log not written by this service) fails the response with
+//! a 500, never a panic.
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use serde::ser::{Error as _, SerializeStruct};
 use serde::{Serialize, Serializer};
 
 use super::wire::{serialize_payload, HexHash};
-use crate::clock::parse_rfc3339;
 use crate::events::append::Head;
-use crate::events::{Kind, Op};
+use crate::events::Kind;
 use crate::projection::views::{parse_heads, HeadEvent, StoredChange};
 use crate::store::{StoreError, StoreResult};
 
@@ -90,22 +88,7 @@ impl PageChange {
 /// [`HeadView`](super::wire::HeadView)'s shape.
 struct HeadOut<'a> {
     event: &'a HeadEvent,
-    op: Op,
     version: StoredVersion<'a>,
-    client_time: DateTime<Utc>,
-}
-
-impl<'a> HeadOut<'a> {
-    fn new(event: &'a HeadEvent) -> Result<Self, String> {
-        let seq = event.seq;
-        Ok(Self {
-            event,
-            op: Op::parse(&event.op).ok_or_else(|| format!("event seq {seq}: op"))?,
-            version: parse_version(&event.version).map_err(|_| format!("event seq {seq}: version"))?,
-            // The log keeps microseconds always; the wire form is chrono's.
-            client_time: parse_rfc3339(&event.client_time).ok_or_else(|| format!("event seq {seq}: client_time"))?,
-        })
-    }
 }
 
 impl Serialize for HeadOut<'_> {
@@ -118,13 +101,13 @@ impl Serialize for HeadOut<'_> {
         }
         let event = self.event;
         let mut out = serializer.serialize_struct("HeadView", 7)?;
-        out.serialize_field("event_id", &event.event_id)?;
-        out.serialize_field("device_id", &event.device_id)?;
+        out.serialize_field("event_id", &event.event_id.hyphenated())?;
+        out.serialize_field("device_id", &event.device_id.hyphenated())?;
         out.serialize_field("seq", &event.seq)?;
-        out.serialize_field("op", &self.op)?;
+        out.serialize_field("op", &event.op)?;
         out.serialize_field("version", &self.version)?;
         out.serialize_field("payload", &event.payload.as_deref().map(PayloadOut))?;
-        out.serialize_field("client_time", &self.client_time)?;
+        out.serialize_field("client_time", &event.client_time)?;
         out.end()
     }
 }
@@ -141,7 +124,10 @@ impl Serialize for PageChange {
         let heads = seqs
             .into_iter()
             .map(|seq| match self.event(seq) {
-                Some(event) => HeadOut::new(event),
+                Some(event) => match parse_version(&event.version) {
+                    Ok(version) => Ok(HeadOut { event, version }),
+                    Err(_) => Err(format!("event seq {seq}: version")),
+                },
                 None => Err(format!("{} {}: no event read for head seq {seq}", row.kind.as_str(), row.id)),
             })
             .collect::<Result<Vec<_>, _>>()
@@ -183,16 +169,15 @@ mod tests {
         }
     }
 
-    /// A head's event as the log stores it (its client time with
-    /// microseconds, as append writes it).
+    /// A head's event as pull reads it from the log.
     fn event_of(head: &Head, payload: Option<Vec<u8>>) -> HeadEvent {
         HeadEvent {
             seq: head.seq,
-            event_id: head.event_id.to_string(),
-            device_id: head.device_id.to_string(),
-            op: head.op.as_str().into(),
+            event_id: head.event_id,
+            device_id: head.device_id,
+            op: head.op,
             version: head.version.to_json(),
-            client_time: crate::clock::rfc3339(head.client_time),
+            client_time: head.client_time,
             payload,
         }
     }
@@ -294,28 +279,14 @@ mod tests {
     }
 
     #[test]
-    fn times_are_sent_in_chronos_form_whatever_their_digits() {
-        let device = Uuid::new_v4();
-        let at = |nanos: u32| {
-            let mut head = head(3, device, Op::Put, VersionVector::single(device, 1), None);
-            head.client_time = Utc.timestamp_opt(1_790_000_000, nanos).unwrap();
-            head
-        };
-        for nanos in [0, 120_000_000, 123_456_000] {
-            let (typed, page) = both(Kind::Entry, vec![at(nanos)], vec![None]);
-            assert_eq!(serde_json::to_vec(&page).unwrap(), serde_json::to_vec(&typed).unwrap());
-        }
-    }
-
-    #[test]
     fn stored_text_that_does_not_parse_is_an_error_never_a_panic() {
         let event = |seq: u64| HeadEvent {
             seq,
-            event_id: Uuid::nil().to_string(),
-            device_id: Uuid::nil().to_string(),
-            op: "put".into(),
+            event_id: Uuid::nil(),
+            device_id: Uuid::nil(),
+            op: Op::Put,
             version: "{}".into(),
-            client_time: "2026-11-30T10:00:00.000000Z".into(),
+            client_time: Utc::now(),
             payload: Some(vec![1]),
         };
         let good = StoredChange {
@@ -342,9 +313,7 @@ mod tests {
         for bad in [
             StoredChange { heads: "[{\"seq\":1}]".into(), ..good.clone() },
             StoredChange { version: "{\"a\":-1}".into(), ..good.clone() },
-            StoredChange { latest: HeadEvent { op: "move".into(), ..event(1) }, ..good.clone() },
             StoredChange { latest: HeadEvent { version: "[]".into(), ..event(1) }, ..good.clone() },
-            StoredChange { latest: HeadEvent { client_time: "yesterday".into(), ..event(1) }, ..good.clone() },
             // Its one head is not its latest change: no event was read for it.
             StoredChange { heads: "[2]".into(), ..good.clone() },
         ] {
