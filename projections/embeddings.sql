@@ -1,6 +1,6 @@
 -- Read model: the current state of every `embedding` aggregate, folded from its events.
 -- Disposable: `echolia replay` rebuilds it from the log. Payloads stay in the log;
--- `heads` names them by seq (JSON, ordered by event id: [9, 11]); each head is its event in the log.
+-- `heads` names them by seq (JSON, ordered by event id: [9,11]); each head is its event in the log.
 CREATE TABLE embeddings (
     id          TEXT    PRIMARY KEY,
     parent_id   TEXT,                        -- the entry it belongs to

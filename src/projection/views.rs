@@ -50,16 +50,17 @@ pub struct ViewStatements {
 static SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
     CLIENT_KINDS
         .iter()
-        .filter_map(|kind| table(*kind))
-        .map(|table| {
-            // One row per head, in the heads' order, with its event: a row
-            // whose heads name no event still comes back (NULL event
-            // columns), so it is an error rather than a missing row.
+        .filter_map(|kind| table(*kind).map(|table| (kind.as_str(), table)))
+        .map(|(kind, table)| {
+            // One row per head, with its event: a head that names no event
+            // of this aggregate still comes back (NULL event columns), so it
+            // is an error rather than a missing head. `load_rows` puts the
+            // heads in their stored order (no sort here).
             let load = format!(
                 "SELECT v.id, v.parent_id, v.heads, v.version, v.deleted, v.conflict, v.updated_seq, \
                  e.seq, e.event_id, e.device_id, e.op, e.version, e.client_time, e.parent_id \
-                 FROM {table} AS v LEFT JOIN json_each(v.heads) AS h LEFT JOIN events AS e ON e.seq = h.value \
-                 WHERE v.id = ?1 ORDER BY h.key"
+                 FROM {table} AS v LEFT JOIN json_each(v.heads) AS h LEFT JOIN events AS e \
+                 ON e.seq = h.value AND e.aggregate_id = v.id AND e.kind = '{kind}' WHERE v.id = ?1"
             );
             let save = format!(
                 "INSERT INTO {table} ({COLUMNS}) \
@@ -145,9 +146,25 @@ pub fn heads_json(heads: &[Head]) -> String {
     out
 }
 
-/// The seqs of a row's heads, from [`heads_json`]'s text.
+/// The seqs of a row's heads, from [`heads_json`]'s text: at least one,
+/// none twice.
 pub fn parse_heads(text: &str) -> Option<Vec<u64>> {
-    serde_json::from_str(text).ok()
+    let seqs: Vec<u64> = serde_json::from_str(text).ok()?;
+    let unique = seqs.iter().enumerate().all(|(i, seq)| !seqs[..i].contains(seq));
+    (!seqs.is_empty() && unique).then_some(seqs)
+}
+
+/// Why a row's `heads` did not parse: heads stored whole are the shape
+/// before migration 0003 (a database an older binary wrote to after it).
+pub fn heads_error(kind: Kind, id: &str, text: &str) -> StoreError {
+    let kind = kind.as_str();
+    if text.starts_with("[{") {
+        return StoreError::Corrupt(format!(
+            "{kind} {id}: heads stored whole, as before migration 0003_view_heads_as_seqs: \
+             `echolia replay --user <id>` with this version rewrites them"
+        ));
+    }
+    StoreError::Corrupt(format!("{kind} {id}: heads"))
 }
 
 /// The column values a row is stored as, in the order of [`COLUMNS`]. `save`
@@ -230,7 +247,7 @@ impl HeadEvent {
 /// merged here. (One `UNION ALL` under an `ORDER BY` made SQLite copy every
 /// arm's rows, heads and all, into a temporary B-tree to sort them.) A row
 /// is read when it is taken, so a caller that stops early has read at most
-/// one row more per view; each row comes with the payload of its latest
+/// one row more per view; each row comes with the event of its latest
 /// change, joined in the same statement.
 pub struct ChangedSince {
     arms: Vec<Arm>,
@@ -263,8 +280,10 @@ impl ChangedSince {
             let sql = format!(
                 "SELECT v.id, v.parent_id, v.heads, v.version, v.deleted, v.conflict, v.updated_seq, \
                  e.seq, e.event_id, e.device_id, e.op, e.version, e.client_time, e.payload \
-                 FROM {table} v LEFT JOIN events e ON e.seq = v.updated_seq \
-                 WHERE v.updated_seq > ?1 ORDER BY v.updated_seq LIMIT ?2"
+                 FROM {table} v LEFT JOIN events e \
+                 ON e.seq = v.updated_seq AND e.aggregate_id = v.id AND e.kind = '{}' \
+                 WHERE v.updated_seq > ?1 ORDER BY v.updated_seq LIMIT ?2",
+                kind.as_str()
             );
             let mut arm = Arm { kind: *kind, rows: conn.query(&sql, (since, limit)).await?, next: None };
             arm.advance().await?;
@@ -318,21 +337,27 @@ fn stored_change(kind: Kind, row: &Row) -> StoreResult<StoredChange> {
     })
 }
 
-/// A row and its heads from the load statement's rows (one per head).
+/// A row and its heads from the load statement's rows (one per head, in
+/// no particular order), the heads put in their stored order.
 async fn load_rows(kind: Kind, mut rows: libsql::Rows) -> StoreResult<Option<AggregateRow>> {
     let Some(first) = rows.next().await? else { return Ok(None) };
     let (mut row, seqs) = decode(kind, &first)?;
     let corrupt = |what: String| StoreError::Corrupt(format!("{} {}: {what}", kind.as_str(), row.id));
+    let mut found = Vec::with_capacity(seqs.len());
     let mut next = Some(first);
     while let Some(event) = next {
         if matches!(event.column_type(7)?, ValueType::Null) {
-            return Err(corrupt(format!("its heads {seqs:?} name an event not in the log")));
+            return Err(corrupt(format!("its heads {seqs:?} name an event not of this aggregate in the log")));
         }
-        row.heads.push(decode_head(&event, 7)?);
+        found.push(decode_head(&event, 7)?);
         next = rows.next().await?;
     }
-    if !row.heads.iter().map(|head| head.seq).eq(seqs.iter().copied()) {
-        return Err(corrupt(format!("its heads {seqs:?} are not its events")));
+    for seq in &seqs {
+        let at = found.iter().position(|head| head.seq == *seq);
+        row.heads.push(found.swap_remove(at.ok_or_else(|| corrupt(format!("its head {seq} was not read")))?));
+    }
+    if !found.is_empty() {
+        return Err(corrupt(format!("more events than its heads {seqs:?}")));
     }
     Ok(Some(row))
 }
@@ -343,7 +368,8 @@ fn decode(kind: Kind, row: &Row) -> StoreResult<(AggregateRow, Vec<u64>)> {
     let id: String = row.get(0)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("{} {id}: {what}", kind.as_str()));
     let parent: Option<String> = row.get(1)?;
-    let heads = parse_heads(row.get_str(2)?).ok_or_else(|| corrupt("heads"))?;
+    let text = row.get_str(2)?;
+    let heads = parse_heads(text).ok_or_else(|| heads_error(kind, &id, text))?;
     let version: String = row.get(3)?;
     let row = AggregateRow {
         kind,
@@ -400,7 +426,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn heads_are_stored_as_the_json_array_of_their_seqs(seqs in proptest::collection::vec(any::<u64>(), 0..5)) {
+        fn heads_are_stored_as_the_json_array_of_their_seqs(seqs in proptest::collection::hash_set(any::<u64>(), 1..5)) {
+            let seqs: Vec<u64> = seqs.into_iter().collect();
             let heads: Vec<Head> = seqs.iter().copied().map(head).collect();
             let text = heads_json(&heads);
             prop_assert_eq!(&text, &serde_json::to_string(&seqs).unwrap());
@@ -440,10 +467,21 @@ mod tests {
         assert_eq!(row.heads[0].client_time, if expected[0].1 == a { first.client_time } else { second.client_time });
         assert!(views.load(Kind::Entry, Uuid::new_v4()).await.unwrap().is_none());
 
-        for bad in ["[1,9]", "[9]", "[]", "[{\"seq\":1}]"] {
+        for bad in ["[1,9]", "[9]", "[]", "[1,1]", "[{\"seq\":1}]"] {
             tx.execute("UPDATE entries SET heads = ?1", [bad]).await.unwrap();
             assert!(views.load(Kind::Entry, entry).await.is_err(), "{bad}");
         }
+        // Heads stored whole (the shape before migration 0003) say how to mend them.
+        tx.execute("UPDATE entries SET heads = '[{\"seq\":1}]'", ()).await.unwrap();
+        let err = views.load(Kind::Entry, entry).await.unwrap_err().to_string();
+        assert!(err.contains("echolia replay"), "{err}");
+        // A head naming another aggregate's event is not taken for this one's.
+        let other = Uuid::new_v4();
+        apply_batch(&mut tx, a, Utc::now(), vec![crate::events::NewEvent { aggregate_id: other, ..edit(a) }])
+            .await
+            .unwrap();
+        tx.execute("UPDATE entries SET heads = '[1,3]' WHERE id = ?1", [entry.to_string()]).await.unwrap();
+        assert!(views.load(Kind::Entry, entry).await.is_err());
         tx.execute("UPDATE entries SET heads = '[2,1]'", ()).await.unwrap();
         let row = views.load(Kind::Entry, entry).await.unwrap().unwrap();
         assert_eq!(row.heads.iter().map(|h| h.seq).collect::<Vec<_>>(), [2, 1]);
@@ -451,7 +489,8 @@ mod tests {
 
     #[test]
     fn heads_that_are_not_an_array_of_seqs_do_not_parse() {
-        for bad in ["", "[", "[-1]", "[1.5]", "[\"1\"]", "[{\"seq\":1}]", "{}", "[18446744073709551616]"] {
+        for bad in ["", "[", "[]", "[1,1]", "[-1]", "[1.5]", "[\"1\"]", "[{\"seq\":1}]", "{}", "[18446744073709551616]"]
+        {
             assert_eq!(parse_heads(bad), None, "{bad}");
         }
     }

@@ -22,11 +22,19 @@ use super::StoreResult;
 pub struct Migration {
     pub name: &'static str,
     pub sql: &'static str,
+    /// Empty: `sql` runs as it is. Otherwise `sql` runs once for each of
+    /// these tables that exists, `{table}` standing for its name: a view
+    /// table may have been dropped (views are disposable), and replay
+    /// recreates it from its projection file, in the current shape.
+    pub tables: &'static [&'static str],
 }
 
 macro_rules! migration {
     ($path:literal) => {
-        Migration { name: $path, sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $path)) }
+        migration!($path, [])
+    };
+    ($path:literal, $tables:expr) => {
+        Migration { name: $path, sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $path)), tables: &$tables }
     };
 }
 
@@ -44,7 +52,7 @@ pub const USER: &[Migration] = &[
     migration!("projections/memories.sql"),
     migration!("projections/tags.sql"),
     migration!("projections/embeddings.sql"),
-    migration!("schema/user/0003_view_heads_as_seqs.sql"),
+    migration!("schema/user/0003_view_heads_as_seqs.sql", ["entries", "memories", "tags", "embeddings"]),
 ];
 
 /// Applies every migration of `set` not yet recorded, and names those it
@@ -67,7 +75,15 @@ pub async fn apply(conn: &Connection, set: &[Migration]) -> StoreResult<Vec<&'st
     let pending = pending(&tx, set).await?;
     let now = crate::clock::rfc3339(chrono::Utc::now());
     for migration in &pending {
-        tx.execute_batch(migration.sql).await?;
+        if migration.tables.is_empty() {
+            tx.execute_batch(migration.sql).await?;
+        }
+        for table in migration.tables {
+            let exists = "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1";
+            if tx.query(exists, [*table]).await?.next().await?.is_some() {
+                tx.execute_batch(&migration.sql.replace("{table}", table)).await?;
+            }
+        }
         tx.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?1, ?2)", (migration.name, now.as_str()))
             .await?;
     }

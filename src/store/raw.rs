@@ -49,6 +49,7 @@ impl RawConn {
     /// Opens an existing database file for reading and writing, with the
     /// store's busy timeout, in SQLite's multi-thread mode.
     pub fn open(path: &Path) -> StoreResult<Self> {
+        libsql_started();
         let name = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| StoreError::Corrupt(format!("{}: a NUL byte in the path", path.display())))?;
         let mut db = ptr::null_mut();
@@ -127,6 +128,22 @@ impl RawConn {
         self.execute_batch("BEGIN IMMEDIATE")?;
         Ok(RawTx { conn: self, open: true })
     }
+}
+
+/// Lets libSQL configure SQLite before this module's first open starts it:
+/// libSQL asserts, once per process, that it can still choose SQLite's
+/// threading mode (`sqlite3_config` fails once SQLite has started), and a
+/// raw connection opened first would make every later libSQL open panic.
+fn libsql_started() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        // Its only effect here is libSQL's one-time setup; no file is opened.
+        #[allow(deprecated)]
+        let started = libsql::Database::open_in_memory();
+        if let Err(err) = started {
+            tracing::warn!(error = %err, "libSQL's setup before a raw connection failed");
+        }
+    });
 }
 
 /// The last error of connection `db` (after a call returned `rc`), as the
@@ -224,8 +241,8 @@ impl<'c> RawStatement<'c> {
             let too_long = || StoreError::Corrupt("a value too long to bind".into());
             // SAFETY: a valid statement and an index within its parameters.
             // Text and blobs are bound without a copy (`SQLITE_STATIC`: a
-            // NULL destructor): they outlive this call, and `execute` clears
-            // the bindings before the borrow ends.
+            // NULL destructor): they outlive the run (`'a: 's`), and the run
+            // clears the bindings when it ends (its rows dropped).
             let rc = unsafe {
                 match param {
                     Param::Null => ffi::sqlite3_bind_null(stmt, bound),
@@ -261,8 +278,8 @@ impl<'c> RawStatement<'c> {
 /// A statement being run, reset when dropped.
 struct Run<'s, 'c>(&'s mut RawStatement<'c>);
 
-/// The rows of one run of a statement, whose bound values (`'a`) they
-/// borrow; reset when dropped.
+/// The rows of one run of a statement (whose values, bound in place,
+/// outlive it: [`RawStatement::query`]); reset when dropped.
 pub struct RawRows<'s, 'c> {
     run: Run<'s, 'c>,
     /// The run has ended: a step now would start it over.
@@ -347,7 +364,7 @@ impl RawRow<'_> {
                 // SAFETY: a text column: `sqlite3_column_text` first, then
                 // `sqlite3_column_bytes` (the order SQLite asks for), gives
                 // its bytes without a conversion, valid until the next step.
-                let bytes = unsafe { self.bytes(idx, ffi::sqlite3_column_text(self.stmt.as_ptr(), idx)) };
+                let bytes = unsafe { self.bytes(idx, ffi::sqlite3_column_text(self.stmt.as_ptr(), idx)) }?;
                 std::str::from_utf8(bytes)
                     .map(Some)
                     .map_err(|_| StoreError::Corrupt(format!("column {idx} holds text that is not UTF-8")))
@@ -361,27 +378,29 @@ impl RawRow<'_> {
         match self.column_type(idx)? {
             ffi::SQLITE_NULL => Ok(None),
             // SAFETY: as for `text`, with `sqlite3_column_blob`.
-            ffi::SQLITE_BLOB => Ok(Some(unsafe { self.bytes(idx, ffi::sqlite3_column_blob(self.stmt.as_ptr(), idx)) })),
+            ffi::SQLITE_BLOB => unsafe { self.bytes(idx, ffi::sqlite3_column_blob(self.stmt.as_ptr(), idx)) }.map(Some),
             found => Err(self.mismatch(idx, found, "a blob")),
         }
     }
 
     /// The `sqlite3_column_bytes` bytes at `start`, which SQLite returned
-    /// for column `idx` of this row (NULL for an empty value).
+    /// for column `idx` of this row (NULL for an empty value, or when it ran
+    /// out of memory: an error).
     ///
     /// # Safety
     /// `start` is what `sqlite3_column_text` or `sqlite3_column_blob` just
     /// returned for a text or blob column `idx`.
-    unsafe fn bytes<T>(&self, idx: c_int, start: *const T) -> &[u8] {
+    unsafe fn bytes<T>(&self, idx: c_int, start: *const T) -> StoreResult<&[u8]> {
         // SAFETY (caller): the value's length, read after its pointer.
         let len = unsafe { ffi::sqlite3_column_bytes(self.stmt.as_ptr(), idx) };
         match usize::try_from(len) {
-            Ok(len) if len > 0 && !start.is_null() => {
+            Ok(0) => Ok(&[]),
+            Ok(len) if !start.is_null() => {
                 // SAFETY (caller): `len` bytes at `start`, owned by SQLite and
                 // left alone until the next step, which needs `&mut` rows.
-                unsafe { std::slice::from_raw_parts(start.cast::<u8>(), len) }
+                Ok(unsafe { std::slice::from_raw_parts(start.cast::<u8>(), len) })
             }
-            _ => &[],
+            _ => Err(failure(ffi::SQLITE_NOMEM, format!("out of memory reading column {idx}"))),
         }
     }
 }

@@ -125,7 +125,8 @@ impl UserDb {
     }
 
     /// A connection of this database outside libSQL's API ([`RawConn`]), for
-    /// replay's bulk writer; it writes only under [`UserDb::lock_writes`].
+    /// replay's scanners and bulk writer; it writes only under
+    /// [`UserDb::lock_writes`].
     pub fn open_raw(&self) -> StoreResult<RawConn> {
         self.check_live()?;
         let file = self

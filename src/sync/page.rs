@@ -15,8 +15,8 @@ use serde::{Serialize, Serializer};
 use super::wire::{serialize_payload, HexHash};
 use crate::events::append::Head;
 use crate::events::Kind;
-use crate::projection::views::{parse_heads, HeadEvent, StoredChange};
-use crate::store::{StoreError, StoreResult};
+use crate::projection::views::{heads_error, parse_heads, HeadEvent, StoredChange};
+use crate::store::StoreResult;
 
 /// One page of `GET /sync/pull`.
 #[derive(Debug, Serialize)]
@@ -57,8 +57,7 @@ impl PageChange {
         if !row.conflict {
             return Ok(Vec::new());
         }
-        let heads = parse_heads(&row.heads)
-            .ok_or_else(|| StoreError::Corrupt(format!("{} {}: heads", row.kind.as_str(), row.id)))?;
+        let heads = parse_heads(&row.heads).ok_or_else(|| heads_error(row.kind, &row.id, &row.heads))?;
         Ok(heads.into_iter().filter(|seq| *seq != row.updated_seq).collect())
     }
 
@@ -117,8 +116,8 @@ impl Serialize for PageChange {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let row = &self.row;
         let version = parse_version(&row.version).map_err(S::Error::custom)?;
-        let seqs = parse_heads(&row.heads)
-            .ok_or_else(|| S::Error::custom(format!("{} {}: heads", row.kind.as_str(), row.id)))?;
+        let seqs =
+            parse_heads(&row.heads).ok_or_else(|| S::Error::custom(heads_error(row.kind, &row.id, &row.heads)))?;
         // A head whose event was not read (never so for rows the projector
         // wrote) fails the response rather than sending a wrong head.
         let heads = seqs
@@ -155,6 +154,7 @@ mod tests {
     use crate::projection::aggregate::{AggregateRow, Head};
     use crate::projection::version::VersionVector;
     use crate::projection::views;
+    use crate::store::StoreError;
     use crate::sync::wire::{Change, HeadView, PullResponse};
 
     fn head(seq: u64, device: Uuid, op: Op, version: VersionVector, parent: Option<Uuid>) -> Head {
@@ -305,7 +305,7 @@ mod tests {
         // A conflict's heads are read when the row is.
         let conflict = StoredChange { heads: "[{\"seq\":1}]".into(), conflict: true, ..good.clone() };
         assert!(
-            matches!(PageChange::other_head_seqs(&conflict), Err(StoreError::Corrupt(msg)) if msg.ends_with("heads"))
+            matches!(PageChange::other_head_seqs(&conflict), Err(StoreError::Corrupt(msg)) if msg.contains("heads"))
         );
         let conflict = StoredChange { heads: "[1,2]".into(), conflict: true, ..good.clone() };
         assert_eq!(PageChange::other_head_seqs(&conflict).unwrap(), [2]);

@@ -18,7 +18,7 @@ use crate::events::Kind;
 use crate::http::codec::{Accepts, Format};
 use crate::http::QueryParams;
 use crate::ops::openapi::ErrorResponse;
-use crate::projection::views::{ChangedSince, HeadEvent, CLIENT_KINDS, HEAD_EVENT_COLUMNS};
+use crate::projection::views::{ChangedSince, HeadEvent, StoredChange, CLIENT_KINDS, HEAD_EVENT_COLUMNS};
 use crate::store::{StoreError, StoreResult, UserDb};
 
 pub const MAX_LIMIT: u64 = 1000;
@@ -174,9 +174,14 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
         for seq in PageChange::other_head_seqs(&row)? {
             let stmt = match read_event.take() {
                 Some(stmt) => stmt,
-                None => snapshot.prepare(&format!("SELECT {HEAD_EVENT_COLUMNS} FROM events WHERE seq = ?1")).await?,
+                None => {
+                    let sql = format!(
+                        "SELECT {HEAD_EVENT_COLUMNS} FROM events WHERE seq = ?1 AND aggregate_id = ?2 AND kind = ?3"
+                    );
+                    snapshot.prepare(&sql).await?
+                }
             };
-            others.push(event_at(&stmt, seq).await?);
+            others.push(event_at(&stmt, &row, seq).await?);
             read_event = Some(stmt);
         }
         let change = PageChange::new(row, others);
@@ -193,13 +198,17 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
     Ok(Page { changes, cursor, has_more, head })
 }
 
-/// The event of a head, by seq ([`HEAD_EVENT_COLUMNS`]).
-async fn event_at(stmt: &libsql::Statement, seq: u64) -> StoreResult<HeadEvent> {
+/// The event of `row`'s head at `seq` ([`HEAD_EVENT_COLUMNS`]).
+async fn event_at(stmt: &libsql::Statement, row: &StoredChange, seq: u64) -> StoreResult<HeadEvent> {
     stmt.reset();
-    let mut rows = stmt.query([seq]).await?;
+    let mut rows = stmt.query((seq, row.id.as_str(), row.kind.as_str())).await?;
     let event = match rows.next().await? {
-        Some(row) => HeadEvent::decode(&row, 0),
-        None => Err(StoreError::Corrupt(format!("a head at seq {seq} is not in the log"))),
+        Some(event) => HeadEvent::decode(&event, 0),
+        None => Err(StoreError::Corrupt(format!(
+            "{} {}: its head {seq} is not an event of it in the log",
+            row.kind.as_str(),
+            row.id
+        ))),
     };
     drop(rows);
     stmt.reset();
