@@ -227,6 +227,34 @@ pub const HEAD_EVENT_COLUMNS: &str = "seq, event_id, device_id, op, version, cli
 impl HeadEvent {
     /// Reads [`HEAD_EVENT_COLUMNS`] from column `first` of `row` on.
     pub fn decode(row: &Row, first: i32) -> StoreResult<Self> {
+        let head = HeadColumns::decode(row, first)?;
+        Ok(Self {
+            seq: head.seq,
+            event_id: head.event_id,
+            device_id: head.device_id,
+            op: head.op,
+            version: head.version.to_owned(),
+            client_time: head.client_time,
+            payload: row.get(first + 6)?,
+        })
+    }
+}
+
+/// What a head takes from its event, in the order of the columns `seq,
+/// event_id, device_id, op, version, client_time` (the version vector as
+/// stored): shared by the projector's heads and pull's.
+struct HeadColumns<'r> {
+    seq: u64,
+    event_id: Uuid,
+    device_id: Uuid,
+    op: Op,
+    version: &'r str,
+    client_time: DateTime<Utc>,
+}
+
+impl<'r> HeadColumns<'r> {
+    /// Reads them from column `first` of `row` on.
+    fn decode(row: &'r Row, first: i32) -> StoreResult<Self> {
         let seq: u64 = row.get(first)?;
         let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));
         let uuid = |idx: i32, what: &str| Uuid::parse_str(row.get_str(first + idx)?).map_err(|_| corrupt(what));
@@ -235,9 +263,8 @@ impl HeadEvent {
             event_id: uuid(1, "event_id")?,
             device_id: uuid(2, "device_id")?,
             op: Op::parse(row.get_str(first + 3)?).ok_or_else(|| corrupt("op"))?,
-            version: row.get(first + 4)?,
+            version: row.get_str(first + 4)?,
             client_time: parse_rfc3339(row.get_str(first + 5)?).ok_or_else(|| corrupt("client_time"))?,
-            payload: row.get(first + 6)?,
         })
     }
 }
@@ -387,20 +414,19 @@ fn decode(kind: Kind, row: &Row) -> StoreResult<(AggregateRow, Vec<u64>)> {
 /// Decodes a head from its event's `seq, event_id, device_id, op, version,
 /// client_time, parent_id`, from column `first` of `row` on.
 fn decode_head(row: &Row, first: i32) -> StoreResult<Head> {
-    let seq: u64 = row.get(first)?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));
-    let uuid = |idx: i32, what: &str| Uuid::parse_str(row.get_str(first + idx)?).map_err(|_| corrupt(what));
+    let head = HeadColumns::decode(row, first)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {}: {what}", head.seq));
     let parent_id = match row.column_type(first + 6)? {
         ValueType::Null => None,
-        _ => Some(uuid(6, "parent_id")?),
+        _ => Some(Uuid::parse_str(row.get_str(first + 6)?).map_err(|_| corrupt("parent_id"))?),
     };
     Ok(Head {
-        seq,
-        event_id: uuid(1, "event_id")?,
-        device_id: uuid(2, "device_id")?,
-        op: Op::parse(row.get_str(first + 3)?).ok_or_else(|| corrupt("op"))?,
-        version: VersionVector::from_json(row.get_str(first + 4)?).map_err(|_| corrupt("version"))?,
-        client_time: parse_rfc3339(row.get_str(first + 5)?).ok_or_else(|| corrupt("client_time"))?,
+        seq: head.seq,
+        event_id: head.event_id,
+        device_id: head.device_id,
+        op: head.op,
+        version: VersionVector::from_json(head.version).map_err(|_| corrupt("version"))?,
+        client_time: head.client_time,
         parent_id,
     })
 }
