@@ -7,10 +7,10 @@
 use chrono::{SubsecRound, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use echolia::events::hash::{canonical_bytes, expected_hash, link, ChainVerifier, GENESIS};
+use echolia::events::version::VersionVector;
 use echolia::events::{Kind, NewEvent, Op, StoredEvent};
 use echolia::http::codec::{from_msgpack, parse_msgpack};
-use echolia::projection::aggregate::Head;
-use echolia::projection::version::VersionVector;
+use echolia::projection::aggregate::AggregateHead;
 use echolia::sync::wire::{Change, ClientEvent, HeadView, HexHash, Payload, PullResponse, PushRequest};
 use uuid::Uuid;
 
@@ -112,7 +112,7 @@ fn pull_page() -> PullResponse {
     let changes = (0..PAGE_ROWS)
         .map(|i| {
             let version: VersionVector = devices.iter().map(|d| (*d, i as u64 + 1)).collect();
-            let head = Head {
+            let head = AggregateHead {
                 seq: i as u64 + 1,
                 event_id: Uuid::new_v4(),
                 device_id: devices[i % 2],

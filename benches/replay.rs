@@ -16,13 +16,13 @@
 use std::time::Instant;
 
 use chrono::Utc;
-use echolia::auth::devices::record;
 use echolia::events::device::{DeviceAction, DeviceProfile, DeviceType};
 use echolia::events::verify::verify_log;
-use echolia::events::{Kind, NewEvent, Op};
+use echolia::events::version::VersionVector;
+use echolia::events::{Kind, LogTx, NewEvent, Op};
 use echolia::projection::replay;
-use echolia::projection::version::VersionVector;
-use echolia::store::{Backend, UserDb, WriteTx};
+use echolia::store::{Backend, UserDb};
+use echolia::views::write::record_device;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use uuid::Uuid;
@@ -125,7 +125,7 @@ impl Generator {
 
 async fn generate(db: &UserDb, events: u64) {
     let devices: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
-    let mut tx: WriteTx = db.begin_write().await.unwrap();
+    let mut tx = LogTx::begin(&db).await.unwrap();
     for (i, device) in devices.iter().enumerate() {
         let profile = DeviceProfile {
             device_name: format!("device {i}"),
@@ -135,7 +135,7 @@ async fn generate(db: &UserDb, events: u64) {
             capabilities: serde_json::Map::new(),
         };
         let action = if i == 0 { DeviceAction::Registered(profile) } else { DeviceAction::Paired(profile) };
-        record(&mut tx, devices[0], *device, action, Utc::now()).await.unwrap();
+        record_device(&mut tx, devices[0], *device, action, Utc::now()).await.unwrap();
     }
     let mut generator = Generator { rng: StdRng::seed_from_u64(2026), devices, entries: Vec::new() };
     let (mut written, mut in_tx) = (3u64, 0usize);
@@ -150,7 +150,7 @@ async fn generate(db: &UserDb, events: u64) {
         }
         if in_tx >= PER_TX {
             tx.commit().await.unwrap();
-            tx = db.begin_write().await.unwrap();
+            tx = LogTx::begin(&db).await.unwrap();
             in_tx = 0;
         }
         if generator.entries.len() > 50_000 {

@@ -17,9 +17,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use echolia::app::{router, AppState};
 use echolia::clock::SystemClock;
 use echolia::config::Config;
+use echolia::events::version::VersionVector;
 use echolia::events::{Kind, NewEvent, Op, StoredEvent};
 use echolia::projection::aggregate::{self, AggregateRow};
-use echolia::projection::version::VersionVector;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use uuid::Uuid;

@@ -19,3 +19,4 @@ pub mod ops;
 pub mod projection;
 pub mod store;
 pub mod sync;
+pub mod views;

@@ -14,13 +14,13 @@ use crate::app::AppState;
 use crate::auth::UserAuth;
 use crate::clock::parse_rfc3339;
 use crate::error::ApiResult;
-use crate::events::append::read_head;
 use crate::events::log::{page_len, read_after};
+use crate::events::read_tip;
 use crate::ops::openapi::ErrorResponse;
-use crate::projection::devices;
 use crate::store::{query_opt, StoreError};
 use crate::sync::pull::MAX_PAGE_PAYLOAD_BYTES;
 use crate::sync::wire::write_ndjson;
+use crate::views::devices;
 
 /// Events read per chunk of an export.
 const EXPORT_PAGE: u64 = 500;
@@ -52,7 +52,7 @@ pub struct Account {
 #[tracing::instrument(skip_all)]
 pub async fn show(State(state): State<AppState>, auth: UserAuth) -> ApiResult<Json<Account>> {
     let conn = auth.db.read().await?;
-    let events = read_head(&conn).await?.seq;
+    let events = read_tip(&conn).await?.seq;
     let devices = devices::list(&conn).await?.iter().filter(|d| !d.is_revoked()).count() as u64;
     let control = state.control.conn().await?;
     let created_at = query_opt(&control, "SELECT created_at FROM users WHERE user_id = ?1", [auth.user_id.to_string()])
@@ -74,7 +74,7 @@ pub async fn show(State(state): State<AppState>, auth: UserAuth) -> ApiResult<Js
 #[tracing::instrument(skip_all)]
 pub async fn export(auth: UserAuth) -> ApiResult<Response> {
     // The log is append-only: everything up to today's head stays as it is.
-    let head = read_head(&*auth.db.read().await?).await?.seq;
+    let head = read_tip(&*auth.db.read().await?).await?.seq;
     let db = auth.db.clone();
     let chunks = futures_util::stream::try_unfold(0u64, move |since| {
         let db = db.clone();

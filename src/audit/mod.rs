@@ -15,9 +15,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::{Kind, Op};
 use crate::http::{ApiPath, QueryParams};
 use crate::ops::openapi::ErrorResponse;
-use crate::projection::devices;
 use crate::store::{StoreError, StoreResult};
 use crate::sync::pull::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::views::devices;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/audit/devices/{device_id}/history", get(history))

@@ -18,10 +18,13 @@ use crate::app::AppState;
 use crate::clock::parse_rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::events::device::{DeviceAction, DeviceType};
+use crate::events::LogTx;
 use crate::http::{ApiJson, ApiPath};
 use crate::ops::openapi::ErrorResponse;
-use crate::projection::devices::{self, DeviceRow};
-use crate::store::{StoreResult, WriteTx};
+use crate::projection::devices::DeviceRow;
+use crate::store::StoreResult;
+use crate::views::devices;
+use crate::views::write::record_device;
 
 /// A device as the apps see it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -53,25 +56,6 @@ pub struct UpdateDeviceRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub capabilities: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-/// Appends a device event and folds it into the `devices` view, in the
-/// caller's transaction. Returns the device's row after the event.
-pub async fn record(
-    tx: &mut WriteTx,
-    actor: Uuid,
-    device: Uuid,
-    action: DeviceAction,
-    now: DateTime<Utc>,
-) -> StoreResult<Option<DeviceRow>> {
-    let current = devices::load(tx, device).await?;
-    let counter = current.as_ref().map_or(0, |row| row.version) + 1;
-    let stored = tx.append(actor, now, action.into_event(device, counter, now)).await?;
-    let next = devices::apply(current, &stored)?;
-    if let Some(row) = &next {
-        devices::save(tx, row).await?;
-    }
-    Ok(next)
 }
 
 /// List the user's devices, revoked ones included.
@@ -117,8 +101,8 @@ pub async fn update_current(
         capabilities: req.capabilities.map(capabilities_field).transpose()?,
     };
     let now = state.clock.now();
-    let mut tx = auth.db.begin_write().await?;
-    let row = record(&mut tx, auth.device_id, auth.device_id, action, now).await?;
+    let mut tx = LogTx::begin(&auth.db).await?;
+    let row = record_device(&mut tx, auth.device_id, auth.device_id, action, now).await?;
     let Some(row) = row.filter(|row| !row.is_revoked()) else {
         return Err(ApiError::unauthorized("device_revoked", "this device has been revoked"));
     };
@@ -143,12 +127,12 @@ pub async fn revoke(
     ApiPath(target): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
     let now = state.clock.now();
-    let mut tx = auth.db.begin_write().await?;
+    let mut tx = LogTx::begin(&auth.db).await?;
     let Some(current) = devices::load(&tx, target).await? else {
         return Err(ApiError::not_found("device_not_found", format!("no device {target}")));
     };
     if !current.is_revoked() {
-        record(&mut tx, auth.device_id, target, DeviceAction::Revoked, now).await?;
+        record_device(&mut tx, auth.device_id, target, DeviceAction::Revoked, now).await?;
         sessions::revoke_refresh_tokens(&tx, target, now).await?;
         tx.commit().await?;
         tracing::info!("device revoked");

@@ -9,11 +9,13 @@ use base64::Engine;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{devices, keys, sessions, status, TokenResponse, UserAuth};
+use super::{keys, sessions, status, TokenResponse, UserAuth};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::events::device::{DeviceAction, DeviceProfile, DeviceType};
+use crate::events::LogTx;
 use crate::http::ApiJson;
+use crate::views::write::record_device;
 
 pub const MAX_DEVICE_NAME_CHARS: usize = 100;
 pub const MAX_PLATFORM_CHARS: usize = 64;
@@ -75,8 +77,8 @@ pub async fn register(
 
     let db = state.users.create(user_id).await?;
     let written = async {
-        let mut tx = db.begin_write().await?;
-        devices::record(&mut tx, device_id, device_id, DeviceAction::Registered(profile), now).await?;
+        let mut tx = LogTx::begin(&db).await?;
+        record_device(&mut tx, device_id, device_id, DeviceAction::Registered(profile), now).await?;
         sessions::open(&tx, device_id, now).await?;
         let tokens = state.auth.issue_session(&tx, user_id, device_id, now).await?;
         tx.commit().await?;
@@ -120,10 +122,10 @@ pub async fn pair_device(
     let now = state.clock.now();
     let new_device = Uuid::new_v4();
 
-    let mut tx = auth.db.begin_write().await?;
+    let mut tx = LogTx::begin(&auth.db).await?;
     // The approver may have been revoked since its token was checked.
     status::require_active_in(&tx, auth.device_id).await?;
-    devices::record(&mut tx, auth.device_id, new_device, DeviceAction::Paired(profile), now).await?;
+    record_device(&mut tx, auth.device_id, new_device, DeviceAction::Paired(profile), now).await?;
     sessions::open(&tx, new_device, now).await?;
     if let Some(envelope) = envelope {
         let epoch = keys::current_epoch(&tx).await?;

@@ -13,15 +13,17 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::enrol::key_envelope;
-use super::{devices, UserAuth};
+use super::UserAuth;
 use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::events::device::DeviceAction;
+use crate::events::LogTx;
 use crate::http::ApiJson;
 use crate::ops::openapi::ErrorResponse;
-use crate::projection::devices as device_view;
 use crate::store::{query_opt, StoreResult};
+use crate::views::devices as device_view;
+use crate::views::write::record_device;
 
 /// The user's current key epoch (1 until the first rotation).
 pub async fn current_epoch(conn: &Connection) -> StoreResult<u64> {
@@ -121,7 +123,7 @@ pub async fn rotate(
         sealed.push((entry.device_id, bytes));
     }
     let now = state.clock.now();
-    let mut tx = auth.db.begin_write().await?;
+    let mut tx = LogTx::begin(&auth.db).await?;
     super::status::require_active_in(&tx, auth.device_id).await?;
     let devices = device_view::list(&tx).await?;
     let mut named = HashSet::new();
@@ -158,7 +160,7 @@ pub async fn rotate(
         store_envelope(&tx, *device, req.key_epoch, envelope, now).await?;
     }
     let action = DeviceAction::KeysRotated { key_epoch: req.key_epoch };
-    devices::record(&mut tx, auth.device_id, auth.device_id, action, now).await?;
+    record_device(&mut tx, auth.device_id, auth.device_id, action, now).await?;
     tx.commit().await?;
     tracing::info!(key_epoch = req.key_epoch, devices = sealed.len(), "user key rotated");
     let mine = sealed.into_iter().find(|(device, _)| *device == auth.device_id).map(|(_, e)| STANDARD.encode(e));

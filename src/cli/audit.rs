@@ -16,9 +16,9 @@ use crate::events::device::DeviceAction;
 use crate::events::log::{read_filtered, LogFilter};
 use crate::events::verify::PAGE;
 use crate::events::{Kind, Op, StoredEvent};
-use crate::projection::devices;
-use crate::projection::views::ViewStatements;
 use crate::store::{StoreError, StoreResult};
+use crate::views::aggregates::ViewStatements;
+use crate::views::devices;
 
 #[derive(Debug, Clone)]
 pub struct AuditArgs {

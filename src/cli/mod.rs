@@ -23,7 +23,7 @@ use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
 use crate::config::{BackendKind, Config, LogFormat};
-use crate::events::append::read_head;
+use crate::events::read_tip;
 use crate::projection::sorted_log;
 use crate::store::{Backend, ControlDb, StoreError, StoreResult, UserDatabases, UserDb};
 use progress::Progress;
@@ -202,7 +202,7 @@ pub async fn run_users(storage: &Storage, target: Target, jobs: usize, job: Job)
     let started = Instant::now();
     if let Target::User(user) = target {
         let db = storage.user(user).await?;
-        let head = read_head(&*db.read().await?).await?.seq;
+        let head = read_tip(&*db.read().await?).await?.seq;
         let progress = Progress::new(format!("{} {user}", job.name()), head, "events");
         let done = run_job(job, user, &db, sorted_log::scanners(), &|events| progress.set(events)).await;
         progress.finish();

@@ -1,7 +1,10 @@
-//! The append path: inside the caller's `BEGIN IMMEDIATE` transaction, read
-//! the head once, then give each event the next `seq` and its link of the
-//! hash chain. `seq` is the table's primary key, so a second writer that
+//! The append path: inside the user's `BEGIN IMMEDIATE` transaction, read
+//! the log's tip once, then give each event the next `seq` and its link of
+//! the hash chain. `seq` is the table's primary key, so a second writer that
 //! raced past the lock (another process) fails instead of forking the chain.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use libsql::{Connection, Statement};
@@ -10,64 +13,116 @@ use uuid::Uuid;
 use super::hash::{canonical_bytes, link, GENESIS};
 use super::{NewEvent, StoredEvent};
 use crate::clock::rfc3339;
-use crate::store::{query_opt, StoreError, StoreResult};
+use crate::store::{query_opt, StoreError, StoreResult, UserDb, WriteTx};
 
-/// The newest position of a log.
+/// The newest position of a log: its last seq and hash (not an aggregate's
+/// head, which is a view's business).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Head {
+pub struct LogTip {
     pub seq: u64,
     pub hash: [u8; 32],
 }
 
-impl Head {
-    pub const EMPTY: Head = Head { seq: 0, hash: GENESIS };
+impl LogTip {
+    pub const EMPTY: LogTip = LogTip { seq: 0, hash: GENESIS };
 }
 
-/// Reads the head of the log (seq 0 and the zero hash when empty).
-pub async fn read_head(conn: &Connection) -> StoreResult<Head> {
+/// Reads the tip of the log (seq 0 and the zero hash when empty).
+pub async fn read_tip(conn: &Connection) -> StoreResult<LogTip> {
     let Some(row) = query_opt(conn, "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", ()).await? else {
-        return Ok(Head::EMPTY);
+        return Ok(LogTip::EMPTY);
     };
     let seq: u64 = row.get(0)?;
     let hash: Vec<u8> = row.get(1)?;
     let hash = hash.try_into().map_err(|_| StoreError::Corrupt(format!("seq {seq}: hash is not 32 bytes")))?;
-    Ok(Head { seq, hash })
+    Ok(LogTip { seq, hash })
 }
 
-/// The statement [`append`] runs, once per event.
+/// The statement [`LogTx::append`] runs, once per event.
 pub const INSERT: &str = "INSERT INTO events (seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, \
                       payload, client_time, received_at, hash) \
                       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
-/// Appends one event after `head` and moves `head` forward.
-pub async fn append(
-    insert: &Statement,
-    head: &mut Head,
-    device_id: Uuid,
-    received_at: DateTime<Utc>,
-    event: NewEvent,
-) -> StoreResult<StoredEvent> {
-    let seq = head.seq + 1;
-    let received_text = rfc3339(received_at);
-    let hash = link(&head.hash, &canonical_bytes(seq, device_id, &received_text, &event));
-    insert.reset();
-    insert
-        .execute(libsql::params![
-            seq,
-            event.event_id.to_string(),
-            device_id.to_string(),
-            event.kind.as_str(),
-            event.aggregate_id.to_string(),
-            event.parent_id.map(|id| id.to_string()),
-            event.op.as_str(),
-            event.version.to_json(),
-            event.payload.as_deref().map(libsql::Value::from),
-            rfc3339(event.client_time),
-            received_text,
-            hash.to_vec(),
-        ])
-        .await?;
-    insert.reset();
-    *head = Head { seq, hash };
-    Ok(StoredEvent { seq, device_id, received_at, hash, event })
+/// The user's write transaction, appending to its log: [`WriteTx`] plus
+/// the tip it read when it began. Dropped without [`LogTx::commit`], it
+/// rolls everything back.
+pub struct LogTx {
+    // Field order matters: the statement is released before the transaction ends.
+    /// The log insert, looked up in the writer's cache once per transaction.
+    insert: Option<Arc<Statement>>,
+    tip: LogTip,
+    tx: WriteTx,
+}
+
+impl LogTx {
+    /// Takes the user's write lock (`BEGIN IMMEDIATE`), then reads the tip.
+    pub async fn begin(db: &UserDb) -> StoreResult<Self> {
+        let tx = db.begin_write().await?;
+        let tip = read_tip(&tx).await?;
+        Ok(Self { insert: None, tip, tx })
+    }
+
+    /// Appends one event after the tip and moves the tip forward (its view
+    /// rows are the caller's to write, in this same transaction).
+    pub async fn append(
+        &mut self,
+        device_id: Uuid,
+        received_at: DateTime<Utc>,
+        event: NewEvent,
+    ) -> StoreResult<StoredEvent> {
+        let insert = match &self.insert {
+            Some(insert) => insert.clone(),
+            None => {
+                let insert = self.tx.cached(INSERT).await?;
+                self.insert.insert(insert).clone()
+            }
+        };
+        let seq = self.tip.seq + 1;
+        let received_text = rfc3339(received_at);
+        let hash = link(&self.tip.hash, &canonical_bytes(seq, device_id, &received_text, &event));
+        insert.reset();
+        insert
+            .execute(libsql::params![
+                seq,
+                event.event_id.to_string(),
+                device_id.to_string(),
+                event.kind.as_str(),
+                event.aggregate_id.to_string(),
+                event.parent_id.map(|id| id.to_string()),
+                event.op.as_str(),
+                event.version.to_json(),
+                event.payload.as_deref().map(libsql::Value::from),
+                rfc3339(event.client_time),
+                received_text,
+                hash.to_vec(),
+            ])
+            .await?;
+        insert.reset();
+        self.tip = LogTip { seq, hash };
+        self.tx.count_appended();
+        Ok(StoredEvent { seq, device_id, received_at, hash, event })
+    }
+
+    pub fn tip(&self) -> LogTip {
+        self.tip
+    }
+
+    pub async fn commit(mut self) -> StoreResult<()> {
+        self.insert = None;
+        self.tx.commit().await
+    }
+}
+
+impl Deref for LogTx {
+    type Target = WriteTx;
+
+    fn deref(&self) -> &WriteTx {
+        &self.tx
+    }
+}
+
+impl DerefMut for LogTx {
+    fn deref_mut(&mut self) -> &mut WriteTx {
+        &mut self.tx
+    }
 }

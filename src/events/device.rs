@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Kind, NewEvent, Op};
-use crate::projection::version::VersionVector;
+use crate::events::version::VersionVector;
 
 /// Form factor of a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{NewEvent, StoredEvent};
 use crate::clock::rfc3339;
-use crate::projection::version::VersionVector;
+use crate::events::version::VersionVector;
 
 /// The `prev_hash` of the first event.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -137,8 +137,8 @@ impl ChainVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::version::VersionVector;
     use crate::events::{Kind, Op};
-    use crate::projection::version::VersionVector;
     use chrono::{TimeZone, Utc};
     use proptest::prelude::*;
 

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{Kind, NewEvent, Op, StoredEvent};
 use crate::clock::{parse_rfc3339, rfc3339};
-use crate::projection::version::VersionVector;
+use crate::events::version::VersionVector;
 use crate::store::raw::{Param, RawConn, RawRow};
 use crate::store::{StoreError, StoreResult};
 

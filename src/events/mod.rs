@@ -5,12 +5,15 @@ pub mod device;
 pub mod hash;
 pub mod log;
 pub mod verify;
+pub mod version;
+
+pub use append::{read_tip, LogTip, LogTx};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::projection::version::VersionVector;
+use crate::events::version::VersionVector;
 
 /// What an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]

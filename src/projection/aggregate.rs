@@ -13,14 +13,14 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::version::VersionVector;
+use crate::events::version::VersionVector;
 use crate::events::{Kind, Op, StoredEvent};
 
 /// One head of an aggregate: the routing metadata of an event. The view row
 /// stores only its `seq` ([`super::views::heads_json`]); the rest, payload
 /// included, is the event in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
+pub struct AggregateHead {
     pub seq: u64,
     pub event_id: Uuid,
     pub device_id: Uuid,
@@ -38,7 +38,7 @@ pub struct AggregateRow {
     /// The parent (a tag's or embedding's entry), from the heads.
     pub parent_id: Option<Uuid>,
     /// Ordered by `event_id`, so the row does not depend on arrival order.
-    pub heads: Vec<Head>,
+    pub heads: Vec<AggregateHead>,
     /// The merge of the heads' version vectors.
     pub version: VersionVector,
     /// Every head is a delete.
@@ -60,9 +60,9 @@ pub enum Outcome {
     Stale,
 }
 
-impl Head {
+impl AggregateHead {
     pub fn of(stored: &StoredEvent) -> Self {
-        Head {
+        AggregateHead {
             seq: stored.seq,
             event_id: stored.event.event_id,
             device_id: stored.device_id,
@@ -75,7 +75,7 @@ impl Head {
 }
 
 impl AggregateRow {
-    fn from_heads(kind: Kind, id: Uuid, heads: Vec<Head>, updated_seq: u64) -> Self {
+    fn from_heads(kind: Kind, id: Uuid, heads: Vec<AggregateHead>, updated_seq: u64) -> Self {
         let mut version = VersionVector::default();
         for head in &heads {
             version.merge(&head.version);
@@ -97,7 +97,7 @@ impl AggregateRow {
 /// row (the same row when stale) and the outcome.
 pub fn apply(current: Option<AggregateRow>, stored: &StoredEvent) -> (AggregateRow, Outcome) {
     let event = &stored.event;
-    let head = Head::of(stored);
+    let head = AggregateHead::of(stored);
     let Some(row) = current else {
         return (AggregateRow::from_heads(event.kind, event.aggregate_id, vec![head], stored.seq), Outcome::Applied);
     };
@@ -105,7 +105,7 @@ pub fn apply(current: Option<AggregateRow>, stored: &StoredEvent) -> (AggregateR
     if is_stale {
         return (row, Outcome::Stale);
     }
-    let mut heads: Vec<Head> = row.heads.into_iter().filter(|h| !head.version.dominates(&h.version)).collect();
+    let mut heads: Vec<AggregateHead> = row.heads.into_iter().filter(|h| !head.version.dominates(&h.version)).collect();
     let at = heads.partition_point(|h| h.event_id < head.event_id);
     heads.insert(at, head);
     let outcome = if heads.len() == 1 { Outcome::Applied } else { Outcome::Conflict };

@@ -6,5 +6,3 @@ pub mod aggregate;
 pub mod devices;
 pub mod replay;
 pub mod sorted_log;
-pub mod version;
-pub mod views;

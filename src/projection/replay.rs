@@ -53,14 +53,15 @@ use uuid::Uuid;
 use super::aggregate::{self, AggregateRow, Outcome};
 use super::devices::{self, DeviceRow};
 use super::sorted_log::{self, SortedLog};
-use super::views::{self, ViewStatements};
-use crate::events::append::read_head;
 use crate::events::log::read_after;
+use crate::events::read_tip;
 use crate::events::{Kind, StoredEvent};
 use crate::store::raw::{Param, RawConn, RawStatement};
 use crate::store::{
     migrations, query_opt, PooledConn, ReplayLock, StoreError, StoreResult, UserDb, JOURNAL_SIZE_LIMIT,
 };
+use crate::views::aggregates::ViewStatements;
+use crate::views::{self, devices as device_rows};
 
 /// Events (or view rows) read or written per query or transaction.
 pub const PAGE: u64 = 10_000;
@@ -81,7 +82,7 @@ pub struct View {
 /// Every view, in the fixed order of the checksum, which is also the text
 /// order of their kinds (the order the sorted log comes in).
 pub const VIEWS: [View; 5] = [
-    View { table: "devices", kind: Kind::Device, key: "device_id", columns: devices::COLUMNS },
+    View { table: "devices", kind: Kind::Device, key: "device_id", columns: device_rows::COLUMNS },
     View { table: "embeddings", kind: Kind::Embedding, key: "id", columns: views::COLUMNS },
     View { table: "entries", kind: Kind::Entry, key: "id", columns: views::COLUMNS },
     View { table: "memories", kind: Kind::Memory, key: "id", columns: views::COLUMNS },
@@ -113,7 +114,7 @@ impl Folded {
     fn values(&self) -> StoreResult<Vec<Value>> {
         match self {
             Self::Aggregate(row) => views::values(row),
-            Self::Device(row) => devices::values(row),
+            Self::Device(row) => device_rows::values(row),
         }
     }
 }
@@ -458,7 +459,7 @@ pub async fn check(db: &Arc<UserDb>, progress: &OnProgress<'_>) -> StoreResult<C
 pub async fn check_with(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<CheckReport> {
     let conn = reader(db).await?;
     let snapshot = conn.transaction().await?;
-    let head = read_head(&snapshot).await?.seq;
+    let head = read_tip(&snapshot).await?.seq;
     let mut source = Source::open(db, head, scanners).await?;
     let (mut stored_hash, mut replayed_hash) = (ViewHasher::default(), ViewHasher::default());
     let mut report =
@@ -885,7 +886,7 @@ async fn fold_into(
     batches: &tokio::sync::mpsc::Sender<ToWrite>,
     progress: &OnProgress<'_>,
 ) -> StoreResult<(u64, u64)> {
-    let upto = read_head(&*db.read().await?).await?.seq;
+    let upto = read_tip(&*db.read().await?).await?.seq;
     let mut source = Source::open(db, upto, scanners).await?;
     let stopped = || StoreError::Corrupt("the shadow writer stopped".into());
     for view in VIEWS {
@@ -980,7 +981,7 @@ impl<'c> ShadowInserts<'c> {
 /// The old tables are dropped afterwards, outside the swap.
 pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
     let started = Instant::now();
-    let tx = db.begin_write().await?;
+    let tx = crate::events::LogTx::begin(db).await?;
     for view in VIEWS {
         if table_exists(&tx, view.table).await? {
             // The shadow's indexes were read from the live table's at the
@@ -998,7 +999,7 @@ pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
         tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.shadow(), view.table), ()).await?;
     }
     let tail = fold_tail(&tx, shadow.upto).await?;
-    let head = tx.head().seq;
+    let head = tx.tip().seq;
     tx.commit().await?;
     tracing::debug!(tail, ms = millis(started.elapsed()), "replay: views swapped in");
     // The new views are live: what follows only tidies up, and a failure
@@ -1037,9 +1038,9 @@ async fn fold_tail(conn: &Connection, upto: u64) -> StoreResult<u64> {
             let id = stored.event.aggregate_id;
             match stored.event.kind {
                 Kind::Device => {
-                    let current = devices::load(conn, id).await?;
+                    let current = device_rows::load(conn, id).await?;
                     if let Some(row) = devices::apply(current, stored)? {
-                        devices::save(conn, &row).await?;
+                        device_rows::save(conn, &row).await?;
                     }
                 }
                 kind => {
@@ -1195,13 +1196,13 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
-    use crate::auth::devices::record;
     use crate::events::device::{DeviceAction, DeviceProfile, DeviceType};
+    use crate::events::version::VersionVector;
     use crate::events::{NewEvent, Op};
     use crate::projection::sorted_log::Limits;
-    use crate::projection::version::VersionVector;
     use crate::store::Backend;
-    use crate::sync::push::apply_batch;
+    use crate::views::write::apply_batch;
+    use crate::views::write::record_device as record;
 
     struct Fixture {
         _dir: TempDir,
@@ -1226,13 +1227,13 @@ mod tests {
     }
 
     async fn device_event(db: &UserDb, actor: Uuid, device: Uuid, action: DeviceAction) {
-        let mut tx = db.begin_write().await.unwrap();
+        let mut tx = crate::events::LogTx::begin(db).await.unwrap();
         record(&mut tx, actor, device, action, Utc::now()).await.unwrap();
         tx.commit().await.unwrap();
     }
 
     async fn push(db: &UserDb, device: Uuid, events: Vec<NewEvent>) {
-        let mut tx = db.begin_write().await.unwrap();
+        let mut tx = crate::events::LogTx::begin(db).await.unwrap();
         apply_batch(&mut tx, device, Utc::now(), events).await.unwrap();
         tx.commit().await.unwrap();
     }
@@ -1374,7 +1375,7 @@ mod tests {
         let copy = "INSERT INTO events SELECT seq + 10, ?1, device_id, kind, aggregate_id, parent_id, op, version, \
                     payload, client_time, received_at, hash FROM events WHERE seq = (SELECT max(seq) FROM events)";
         conn.execute(copy, [Uuid::new_v4().to_string()]).await.unwrap();
-        let head = read_head(&conn).await.unwrap().seq;
+        let head = read_tip(&conn).await.unwrap().seq;
         let mut expected = read_after(&conn, 0, u64::MAX >> 1).await.unwrap();
         // Replay never reads the payloads of non-device events.
         expected.iter_mut().filter(|e| e.event.kind != Kind::Device).for_each(|e| e.event.payload = None);
@@ -1570,7 +1571,7 @@ mod tests {
         let report = rebuilding.await.unwrap().unwrap();
         assert_eq!(report.events, report.head);
         let checked = clean_check(&fx.db).await;
-        let head = read_head(&fx.db.read().await.unwrap()).await.unwrap().seq;
+        let head = read_tip(&fx.db.read().await.unwrap()).await.unwrap().seq;
         assert_eq!(checked.head, head, "every push is in the views");
     }
 
@@ -1588,9 +1589,9 @@ mod tests {
         let checked = clean_check(&fx.db).await;
         assert_eq!(checked.head, report.head);
         let conn = fx.db.read().await.unwrap();
-        let revoked = devices::load(&conn, fx.devices[2]).await.unwrap().unwrap();
+        let revoked = device_rows::load(&conn, fx.devices[2]).await.unwrap().unwrap();
         assert!(revoked.is_revoked());
-        assert!(devices::load(&conn, late).await.unwrap().is_some());
+        assert!(device_rows::load(&conn, late).await.unwrap().is_some());
     }
 
     #[test]

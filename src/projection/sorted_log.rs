@@ -32,8 +32,8 @@ use uuid::Uuid;
 
 use crate::events::hash::{put_optional_bytes, put_optional_uuid, put_version};
 use crate::events::log::scan_for_replay;
+use crate::events::version::VersionVector;
 use crate::events::{Kind, NewEvent, Op, StoredEvent};
-use crate::projection::version::VersionVector;
 use crate::store::{StoreError, StoreResult, UserDb};
 
 /// How scanners cut the log: fixed in production ([`Limits::default`]);

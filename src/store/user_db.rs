@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 
-use chrono::{DateTime, Utc};
 use libsql::{Connection, Database, Statement, Transaction, TransactionBehavior};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
@@ -14,8 +13,6 @@ use uuid::Uuid;
 use super::backend::REPLAY_LOCK_SUFFIX;
 use super::raw::RawConn;
 use super::{connect, memory, migrations, Backend, StoreError, StoreResult};
-use crate::events::append::{append, read_head, Head, INSERT};
-use crate::events::{NewEvent, StoredEvent};
 
 pub struct UserDb {
     user_id: Uuid,
@@ -103,7 +100,7 @@ impl UserDb {
     }
 
     /// Starts the one write transaction of this user: takes the user's lock
-    /// and its writer connection, then `BEGIN IMMEDIATE`, then reads the log head.
+    /// and its writer connection, then `BEGIN IMMEDIATE`.
     pub async fn begin_write(&self) -> StoreResult<WriteTx> {
         self.check_live()?;
         let mut guard = self.writer.clone().lock_owned().await;
@@ -121,7 +118,7 @@ impl UserDb {
         let tx = writer.conn.transaction_with_behavior(TransactionBehavior::Immediate).await;
         // Kept for the next writer whether `BEGIN` worked or not (busy from another process).
         *guard = Some(writer);
-        WriteTx::start(tx?, guard, self.appended.clone()).await
+        Ok(WriteTx { tx: tx?, appended: 0, counter: self.appended.clone(), guard })
     }
 
     /// A connection of this database outside libSQL's API ([`RawConn`]), for
@@ -193,10 +190,7 @@ const MAX_CACHED_STATEMENTS: usize = 32;
 /// everything back, so an error anywhere leaves the database as it was.
 pub struct WriteTx {
     // Field order matters: the transaction ends before the lock is released.
-    /// The log insert, looked up in the writer's cache once per transaction.
-    insert: Option<Arc<Statement>>,
     tx: Transaction,
-    head: Head,
     /// Events appended in this transaction; they count once it commits.
     appended: u64,
     counter: Arc<AtomicU64>,
@@ -204,15 +198,6 @@ pub struct WriteTx {
 }
 
 impl WriteTx {
-    async fn start(
-        tx: Transaction,
-        guard: OwnedMutexGuard<Option<Writer>>,
-        counter: Arc<AtomicU64>,
-    ) -> StoreResult<Self> {
-        let head = read_head(&tx).await?;
-        Ok(WriteTx { insert: None, tx, head, appended: 0, counter, guard })
-    }
-
     /// A statement for `sql` (one of a fixed set, never built from input),
     /// prepared once per writer connection. [`UserDb::begin_write`] resets
     /// every cached statement; callers reset before and after each use, as
@@ -231,32 +216,13 @@ impl WriteTx {
         Ok(statement)
     }
 
-    /// Appends one event to the log (its view rows are the caller's to write,
-    /// in this same transaction).
-    pub async fn append(
-        &mut self,
-        device_id: Uuid,
-        received_at: DateTime<Utc>,
-        event: NewEvent,
-    ) -> StoreResult<StoredEvent> {
-        let insert = match &self.insert {
-            Some(insert) => insert.clone(),
-            None => {
-                let insert = self.cached(INSERT).await?;
-                self.insert.insert(insert).clone()
-            }
-        };
-        let stored = append(&insert, &mut self.head, device_id, received_at, event).await?;
+    /// Notes one more event appended to the log, counted once this commits
+    /// (a rolled-back batch counts nothing).
+    pub fn count_appended(&mut self) {
         self.appended += 1;
-        Ok(stored)
     }
 
-    pub fn head(&self) -> Head {
-        self.head
-    }
-
-    pub async fn commit(mut self) -> StoreResult<()> {
-        self.insert = None;
+    pub async fn commit(self) -> StoreResult<()> {
         self.tx.commit().await?;
         self.counter.fetch_add(self.appended, Ordering::Relaxed);
         Ok(())

@@ -8,8 +8,8 @@ use super::pull::{cursor_ahead, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_PAYLOAD_BYTES
 use super::wire::{EventsResponse, LogEvent};
 use crate::auth::UserAuth;
 use crate::error::ApiResult;
-use crate::events::append::read_head;
 use crate::events::log::{page_len, read_after};
+use crate::events::read_tip;
 use crate::http::codec::Accepts;
 use crate::http::QueryParams;
 use crate::ops::openapi::ErrorResponse;
@@ -37,7 +37,7 @@ pub async fn events(
     let limit = params.number("limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
     let conn = auth.db.read().await?;
     let snapshot = conn.transaction().await?;
-    let head = read_head(&snapshot).await?;
+    let head = read_tip(&snapshot).await?;
     if since > head.seq {
         return Err(cursor_ahead(since, head));
     }

@@ -13,10 +13,11 @@ use serde::ser::{Error as _, SerializeStruct};
 use serde::{Serialize, Serializer};
 
 use super::wire::{serialize_payload, HexHash};
-use crate::events::append::Head;
 use crate::events::Kind;
-use crate::projection::views::{heads_error, parse_heads, HeadEvent, StoredChange};
+use crate::events::LogTip;
 use crate::store::StoreResult;
+use crate::views::changes::{StoredChange, StoredHead};
+use crate::views::{heads_error, parse_heads};
 
 /// One page of `GET /sync/pull`.
 #[derive(Debug, Serialize)]
@@ -26,10 +27,10 @@ pub struct Page {
     pub has_more: bool,
     /// The log head the page was read at; its hash is `head_hash` on the wire.
     #[serde(rename = "head_hash", serialize_with = "head_hash")]
-    pub head: Head,
+    pub head: LogTip,
 }
 
-fn head_hash<S: Serializer>(head: &Head, serializer: S) -> Result<S::Ok, S::Error> {
+fn head_hash<S: Serializer>(head: &LogTip, serializer: S) -> Result<S::Ok, S::Error> {
     HexHash(head.hash).serialize(serializer)
 }
 
@@ -46,7 +47,7 @@ fn parse_version(version: &str) -> serde_json::Result<StoredVersion<'_>> {
 pub struct PageChange {
     row: StoredChange,
     /// The other heads' events (a conflict's), besides `row.latest`.
-    others: Vec<HeadEvent>,
+    others: Vec<StoredHead>,
 }
 
 impl PageChange {
@@ -62,7 +63,7 @@ impl PageChange {
     }
 
     /// `others`: the events of [`Self::other_head_seqs`].
-    pub fn new(row: StoredChange, others: Vec<HeadEvent>) -> Self {
+    pub fn new(row: StoredChange, others: Vec<StoredHead>) -> Self {
         Self { row, others }
     }
 
@@ -70,7 +71,7 @@ impl PageChange {
         self.row.updated_seq
     }
 
-    fn events(&self) -> impl Iterator<Item = &HeadEvent> {
+    fn events(&self) -> impl Iterator<Item = &StoredHead> {
         std::iter::once(&self.row.latest).chain(&self.others)
     }
 
@@ -79,14 +80,14 @@ impl PageChange {
         self.events().filter_map(|head| head.payload.as_ref()).map(|p| p.len() as u64).sum()
     }
 
-    fn event(&self, seq: u64) -> Option<&HeadEvent> {
+    fn event(&self, seq: u64) -> Option<&StoredHead> {
         self.events().find(|head| head.seq == seq)
     }
 }
 
 /// [`HeadView`](super::wire::HeadView)'s shape.
 struct HeadOut<'a> {
-    event: &'a HeadEvent,
+    event: &'a StoredHead,
     version: StoredVersion<'a>,
 }
 
@@ -150,15 +151,15 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::events::version::VersionVector;
     use crate::events::{Kind, Op};
-    use crate::projection::aggregate::{AggregateRow, Head};
-    use crate::projection::version::VersionVector;
-    use crate::projection::views;
+    use crate::projection::aggregate::{AggregateHead, AggregateRow};
     use crate::store::StoreError;
     use crate::sync::wire::{Change, HeadView, PullResponse};
+    use crate::views;
 
-    fn head(seq: u64, device: Uuid, op: Op, version: VersionVector, parent: Option<Uuid>) -> Head {
-        Head {
+    fn head(seq: u64, device: Uuid, op: Op, version: VersionVector, parent: Option<Uuid>) -> AggregateHead {
+        AggregateHead {
             seq,
             event_id: Uuid::new_v4(),
             device_id: device,
@@ -170,8 +171,8 @@ mod tests {
     }
 
     /// A head's event as pull reads it from the log.
-    fn event_of(head: &Head, payload: Option<Vec<u8>>) -> HeadEvent {
-        HeadEvent {
+    fn event_of(head: &AggregateHead, payload: Option<Vec<u8>>) -> StoredHead {
+        StoredHead {
             seq: head.seq,
             event_id: head.event_id,
             device_id: head.device_id,
@@ -185,7 +186,7 @@ mod tests {
     /// The typed change pull used to build, and the stored row and events it
     /// is built from now. `payloads` in the order of `heads`; the row's
     /// latest change is its head with the highest seq.
-    fn both(kind: Kind, heads: Vec<Head>, payloads: Vec<Option<Vec<u8>>>) -> (Change, PageChange) {
+    fn both(kind: Kind, heads: Vec<AggregateHead>, payloads: Vec<Option<Vec<u8>>>) -> (Change, PageChange) {
         let updated_seq = heads.iter().map(|h| h.seq).max().unwrap();
         let parent_id = heads.iter().find_map(|h| h.parent_id);
         let mut version = VersionVector::default();
@@ -207,8 +208,8 @@ mod tests {
             libsql::Value::Text(text) => Some(text.clone()),
             _ => None,
         };
-        let events: Vec<HeadEvent> = row.heads.iter().zip(payloads.clone()).map(|(h, p)| event_of(h, p)).collect();
-        let (latest, others): (Vec<HeadEvent>, Vec<HeadEvent>) =
+        let events: Vec<StoredHead> = row.heads.iter().zip(payloads.clone()).map(|(h, p)| event_of(h, p)).collect();
+        let (latest, others): (Vec<StoredHead>, Vec<StoredHead>) =
             events.into_iter().partition(|event| event.seq == updated_seq);
         let stored = StoredChange {
             kind,
@@ -267,12 +268,8 @@ mod tests {
         ];
         let (typed, page): (Vec<Change>, Vec<PageChange>) = cases.into_iter().unzip();
         let typed = PullResponse { changes: typed, cursor: 12, has_more: true, head_hash: HexHash([7; 32]) };
-        let page = Page {
-            changes: page,
-            cursor: 12,
-            has_more: true,
-            head: crate::events::append::Head { seq: 12, hash: [7; 32] },
-        };
+        let page =
+            Page { changes: page, cursor: 12, has_more: true, head: crate::events::LogTip { seq: 12, hash: [7; 32] } };
         assert_eq!(serde_json::to_vec(&page).unwrap(), serde_json::to_vec(&typed).unwrap());
         assert_eq!(rmp_serde::to_vec_named(&page).unwrap(), rmp_serde::to_vec_named(&typed).unwrap());
         assert_eq!(page.changes.iter().map(PageChange::payload_bytes).collect::<Vec<_>>(), vec![3, 40, 17, 0]);
@@ -280,7 +277,7 @@ mod tests {
 
     #[test]
     fn stored_text_that_does_not_parse_is_an_error_never_a_panic() {
-        let event = |seq: u64| HeadEvent {
+        let event = |seq: u64| StoredHead {
             seq,
             event_id: Uuid::nil(),
             device_id: Uuid::nil(),
@@ -313,7 +310,7 @@ mod tests {
         for bad in [
             StoredChange { heads: "[{\"seq\":1}]".into(), ..good.clone() },
             StoredChange { version: "{\"a\":-1}".into(), ..good.clone() },
-            StoredChange { latest: HeadEvent { version: "[]".into(), ..event(1) }, ..good.clone() },
+            StoredChange { latest: StoredHead { version: "[]".into(), ..event(1) }, ..good.clone() },
             // Its one head is not its latest change: no event was read for it.
             StoredChange { heads: "[2]".into(), ..good.clone() },
         ] {

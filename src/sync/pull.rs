@@ -13,13 +13,14 @@ use super::wire::PullResponse;
 use crate::app::AppState;
 use crate::auth::UserAuth;
 use crate::error::{ApiError, ApiResult};
-use crate::events::append::{read_head, Head};
 use crate::events::Kind;
+use crate::events::{read_tip, LogTip};
 use crate::http::codec::{Accepts, Format};
 use crate::http::QueryParams;
 use crate::ops::openapi::ErrorResponse;
-use crate::projection::views::{ChangedSince, HeadEvent, StoredChange, CLIENT_KINDS, HEAD_EVENT_COLUMNS};
 use crate::store::{StoreError, StoreResult, UserDb};
+use crate::views::changes::{ChangedSince, StoredChange, StoredHead, STORED_HEAD_COLUMNS};
+use crate::views::CLIENT_KINDS;
 
 pub const MAX_LIMIT: u64 = 1000;
 pub const DEFAULT_LIMIT: u64 = 500;
@@ -93,7 +94,7 @@ pub async fn pull(
     if let Some(kept) = state.read_ahead.take(auth.user_id, &key).await {
         // Exactly what a read now would give, as long as the log has not moved.
         let conn = auth.db.read().await?;
-        let head = read_head(&conn).await?;
+        let head = read_tip(&conn).await?;
         // Back to the pool first: the next read-ahead takes it, cache and all.
         drop(conn);
         if head == kept.head {
@@ -156,7 +157,7 @@ async fn wait_for_page(state: &AppState, auth: &UserAuth, query: &PullQuery) -> 
 pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
     let conn = db.read().await?;
     let snapshot = conn.transaction().await?;
-    let head = read_head(&snapshot).await?;
+    let head = read_tip(&snapshot).await?;
     if query.since > head.seq {
         return Err(cursor_ahead(query.since, head));
     }
@@ -176,7 +177,7 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
                 Some(stmt) => stmt,
                 None => {
                     let sql = format!(
-                        "SELECT {HEAD_EVENT_COLUMNS} FROM events WHERE seq = ?1 AND aggregate_id = ?2 AND kind = ?3"
+                        "SELECT {STORED_HEAD_COLUMNS} FROM events WHERE seq = ?1 AND aggregate_id = ?2 AND kind = ?3"
                     );
                     snapshot.prepare(&sql).await?
                 }
@@ -198,12 +199,12 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
     Ok(Page { changes, cursor, has_more, head })
 }
 
-/// The event of `row`'s head at `seq` ([`HEAD_EVENT_COLUMNS`]).
-async fn event_at(stmt: &libsql::Statement, row: &StoredChange, seq: u64) -> StoreResult<HeadEvent> {
+/// The event of `row`'s head at `seq` ([`STORED_HEAD_COLUMNS`]).
+async fn event_at(stmt: &libsql::Statement, row: &StoredChange, seq: u64) -> StoreResult<StoredHead> {
     stmt.reset();
     let mut rows = stmt.query((seq, row.id.as_str(), row.kind.as_str())).await?;
     let event = match rows.next().await? {
-        Some(event) => HeadEvent::decode(&event, 0),
+        Some(event) => StoredHead::decode(&event, 0),
         None => Err(StoreError::Corrupt(format!(
             "{} {}: its head {seq} is not an event of it in the log",
             row.kind.as_str(),
@@ -215,6 +216,6 @@ async fn event_at(stmt: &libsql::Statement, row: &StoredChange, seq: u64) -> Sto
     event
 }
 
-pub fn cursor_ahead(since: u64, head: Head) -> ApiError {
+pub fn cursor_ahead(since: u64, head: LogTip) -> ApiError {
     ApiError::conflict("cursor_ahead", format!("since={since} is beyond the log head {}; resync from 0", head.seq))
 }

@@ -1,13 +1,10 @@
 //! `POST /sync/push`: a batch validated in full, then appended with the view
 //! rows it changes in one transaction. All or nothing.
 
-use std::collections::{HashMap, HashSet};
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::{DateTime, Datelike, SubsecRound, Utc};
-use libsql::Statement;
+use chrono::{Datelike, SubsecRound};
 use uuid::Uuid;
 
 use super::wire::{ClientEvent, HexHash, PushRequest, PushResponse, PushResult, PushStatus};
@@ -15,12 +12,10 @@ use crate::app::AppState;
 use crate::auth::status::require_active_in;
 use crate::auth::UserAuth;
 use crate::error::{ApiError, ApiResult};
-use crate::events::{log, Kind, NewEvent, Op};
+use crate::events::{Kind, LogTx, NewEvent, Op};
 use crate::http::codec::{Accepts, SyncBody};
 use crate::ops::openapi::ErrorResponse;
-use crate::projection::aggregate::{self, AggregateRow, Outcome};
-use crate::projection::views::ViewStatements;
-use crate::store::{StoreError, StoreResult, WriteTx};
+use crate::views::write::{apply_batch, BatchError, BatchResult, EventStatus};
 
 pub const MAX_BATCH_EVENTS: usize = 1000;
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -50,17 +45,18 @@ pub async fn push(
     let events = validate(auth.device_id, req.events)?;
     let now = state.clock.now();
 
-    let mut tx = auth.db.begin_write().await?;
+    let mut tx = LogTx::begin(&auth.db).await?;
     // The device may have been revoked while this request waited for the lock.
     require_active_in(&tx, auth.device_id).await?;
     let results = apply_batch(&mut tx, auth.device_id, now, events).await?;
-    let head = tx.head();
+    let tip = tx.tip();
     tx.commit().await?;
-    state.notifier.notify(auth.user_id, head.seq);
-    let conflicts = results.iter().filter(|result| result.status == PushStatus::Conflict).count();
+    state.notifier.notify(auth.user_id, tip.seq);
+    let conflicts = results.iter().filter(|result| result.status == EventStatus::Conflict).count();
     state.metrics.conflicts_created(conflicts as u64);
 
-    let body = PushResponse { cursor: head.seq, head_hash: HexHash(head.hash), results };
+    let results = results.into_iter().map(push_result).collect();
+    let body = PushResponse { cursor: tip.seq, head_hash: HexHash(tip.hash), results };
     Ok(format.respond(StatusCode::OK, &body))
 }
 
@@ -120,15 +116,6 @@ fn validate_event(device: Uuid, index: usize, event: ClientEvent) -> ApiResult<N
     })
 }
 
-/// Why a batch was refused after validation.
-#[derive(Debug, thiserror::Error)]
-pub enum BatchError {
-    #[error("events[{index}]: event_id {event_id} is already in the log with other content")]
-    EventIdReused { index: usize, event_id: Uuid },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 impl From<BatchError> for ApiError {
     fn from(err: BatchError) -> Self {
         match err {
@@ -138,66 +125,12 @@ impl From<BatchError> for ApiError {
     }
 }
 
-/// Appends a validated batch and folds it into the views, inside `tx`.
-/// View rows touched several times are written once, at the end.
-pub async fn apply_batch(
-    tx: &mut WriteTx,
-    device: Uuid,
-    now: DateTime<Utc>,
-    events: Vec<NewEvent>,
-) -> Result<Vec<PushResult>, BatchError> {
-    let find = tx.cached("SELECT seq FROM events WHERE event_id = ?1").await?;
-    let kinds: HashSet<Kind> = events.iter().map(|event| event.kind).collect();
-    let views = ViewStatements::cached(tx, kinds).await?;
-    let mut rows: HashMap<(Kind, Uuid), AggregateRow> = HashMap::new();
-    let mut dirty: HashSet<(Kind, Uuid)> = HashSet::new();
-    let mut results = Vec::with_capacity(events.len());
-
-    for (index, event) in events.into_iter().enumerate() {
-        if let Some(seq) = seq_of(&find, event.event_id).await? {
-            let original = log::read_one(tx, seq).await?;
-            if original.is_some_and(|o| o.device_id == device && o.event == event) {
-                results.push(PushResult { event_id: event.event_id.hyphenated(), seq, status: PushStatus::Duplicate });
-                continue;
-            }
-            return Err(BatchError::EventIdReused { index, event_id: event.event_id });
-        }
-
-        let key = (event.kind, event.aggregate_id);
-        let stored = tx.append(device, now, event).await?;
-        let current = match rows.remove(&key) {
-            Some(row) => Some(row),
-            None => views.load(key.0, key.1).await?,
-        };
-        let (row, outcome) = aggregate::apply(current, &stored);
-        if outcome != Outcome::Stale {
-            dirty.insert(key);
-        }
-        rows.insert(key, row);
-        let status = match outcome {
-            Outcome::Applied => PushStatus::Applied,
-            Outcome::Conflict => PushStatus::Conflict,
-            Outcome::Stale => PushStatus::Stale,
-        };
-        results.push(PushResult { event_id: stored.event.event_id.hyphenated(), seq: stored.seq, status });
-    }
-    for key in &dirty {
-        if let Some(row) = rows.get(key) {
-            views.save(row).await?;
-        }
-    }
-    Ok(results)
-}
-
-/// The seq of an event already in the log, by its id.
-async fn seq_of(find: &Statement, event_id: Uuid) -> StoreResult<Option<u64>> {
-    find.reset();
-    let mut rows = find.query([event_id.to_string()]).await?;
-    let seq = match rows.next().await? {
-        Some(row) => Some(row.get(0)?),
-        None => None,
+fn push_result(result: BatchResult) -> PushResult {
+    let status = match result.status {
+        EventStatus::Applied => PushStatus::Applied,
+        EventStatus::Conflict => PushStatus::Conflict,
+        EventStatus::Stale => PushStatus::Stale,
+        EventStatus::Duplicate => PushStatus::Duplicate,
     };
-    drop(rows);
-    find.reset();
-    Ok(seq)
+    PushResult { event_id: result.event_id.hyphenated(), seq: result.seq, status }
 }

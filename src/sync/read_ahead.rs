@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use axum::body::Bytes;
 use uuid::Uuid;
 
-use crate::events::append::Head;
 use crate::events::Kind;
+use crate::events::LogTip;
 use crate::http::codec::Format;
 
 /// Encoded pages kept at most, all users together.
@@ -48,7 +48,7 @@ pub struct PageKey {
 /// the budget until it is dropped.
 #[derive(Debug)]
 pub struct Kept {
-    pub head: Head,
+    pub head: LogTip,
     pub body: Bytes,
     /// The page's cursor when it has more after it.
     pub next: Option<u64>,
@@ -57,7 +57,7 @@ pub struct Kept {
 
 /// What a read-ahead read: the log head, the encoded page, its cursor if it
 /// has more after it.
-pub type Read = (Head, Vec<u8>, Option<u64>);
+pub type Read = (LogTip, Vec<u8>, Option<u64>);
 
 impl Drop for Kept {
     fn drop(&mut self) {
@@ -194,8 +194,8 @@ mod tests {
         PageKey { since, limit: 10, kinds: vec![Kind::Entry], format: Format::Json }
     }
 
-    fn head(seq: u64) -> Head {
-        Head { seq, hash: [seq as u8; 32] }
+    fn head(seq: u64) -> LogTip {
+        LogTip { seq, hash: [seq as u8; 32] }
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use axum::response::Response;
 use super::wire::{HexHash, StatusResponse};
 use crate::auth::UserAuth;
 use crate::error::ApiResult;
-use crate::events::append::read_head;
+use crate::events::read_tip;
 use crate::http::codec::Accepts;
 use crate::ops::openapi::ErrorResponse;
 use crate::store::query_opt;
@@ -21,7 +21,7 @@ use crate::store::query_opt;
 pub async fn status(auth: UserAuth, Accepts(format): Accepts) -> ApiResult<Response> {
     let conn = auth.db.read().await?;
     let snapshot = conn.transaction().await?;
-    let head = read_head(&snapshot).await?;
+    let head = read_tip(&snapshot).await?;
     let counts = query_opt(
         &snapshot,
         "SELECT (SELECT count(*) FROM entries WHERE deleted = 0), (SELECT count(*) FROM memories WHERE deleted = 0), \

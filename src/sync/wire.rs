@@ -16,9 +16,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
+use crate::events::version::VersionVector;
 use crate::events::{Kind, Op, StoredEvent};
-use crate::projection::aggregate::Head;
-use crate::projection::version::VersionVector;
+use crate::projection::aggregate::AggregateHead;
 
 /// Opaque bytes: base64 (standard, padded) in JSON, `bin` in MessagePack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +166,7 @@ pub struct HeadView {
 }
 
 impl HeadView {
-    pub fn new(head: Head, payload: Option<Vec<u8>>) -> Self {
+    pub fn new(head: AggregateHead, payload: Option<Vec<u8>>) -> Self {
         HeadView {
             event_id: head.event_id.hyphenated(),
             device_id: head.device_id.hyphenated(),
@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_pull_response_decodes_on_the_client_in_both_formats() {
-        let head = Head {
+        let head = AggregateHead {
             seq: 7,
             event_id: Uuid::new_v4(),
             device_id: Uuid::new_v4(),

@@ -57,7 +57,7 @@ async fn device_actions_are_events_in_a_verified_chain() {
             folded.insert(event.event.aggregate_id, row);
         }
     }
-    let stored = echolia::projection::devices::list(&conn).await.unwrap();
+    let stored = echolia::views::devices::list(&conn).await.unwrap();
     let mut stored_by_id: Vec<_> = stored.into_iter().map(|row| (row.device_id, row)).collect();
     stored_by_id.sort_by_key(|(id, _)| *id);
     assert_eq!(stored_by_id, folded.into_iter().collect::<Vec<_>>());

@@ -27,13 +27,15 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::enrol::{key_envelope, profile};
-use super::{devices, keys, sessions, status, TokenResponse, UserAuth};
+use super::{keys, sessions, status, TokenResponse, UserAuth};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::events::device::{DeviceAction, DeviceType};
+use crate::events::LogTx;
 use crate::http::{ApiJson, ApiPath, QueryParams};
 use crate::ops::openapi::ErrorResponse;
-use crate::projection::devices as device_view;
+use crate::views::devices as device_view;
+use crate::views::write::record_device;
 use store::{Pairing, Status};
 
 /// How long a code can be claimed and approved.
@@ -267,9 +269,9 @@ pub async fn approve(
     // device's collection takes that lock too, so it never sees a decision
     // whose device is not committed.
     let new_device = Uuid::new_v4();
-    let mut tx = auth.db.begin_write().await?;
+    let mut tx = LogTx::begin(&auth.db).await?;
     status::require_active_in(&tx, auth.device_id).await?;
-    devices::record(&mut tx, auth.device_id, new_device, DeviceAction::Paired(profile), now).await?;
+    record_device(&mut tx, auth.device_id, new_device, DeviceAction::Paired(profile), now).await?;
     sessions::open(&tx, new_device, now).await?;
     let epoch = keys::current_epoch(&tx).await?;
     keys::store_envelope(&tx, new_device, epoch, &envelope, now).await?;

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use echolia::projection::version::VersionVector;
+use echolia::events::version::VersionVector;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use echolia::projection::version::VersionVector;
+use echolia::events::version::VersionVector;
 use echolia::sync::wire::{ClientEvent, PushRequest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use echolia::projection::version::VersionVector;
+use echolia::events::version::VersionVector;
 use echolia::sync::wire::PushRequest;
 use rand::rngs::StdRng;
 use rand::SeedableRng;

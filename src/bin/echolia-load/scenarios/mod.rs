@@ -10,8 +10,8 @@ mod steady;
 use std::time::{Duration, Instant};
 
 use chrono::{SubsecRound, Utc};
+use echolia::events::version::VersionVector;
 use echolia::events::{Kind, Op};
-use echolia::projection::version::VersionVector;
 use echolia::sync::wire::{Change, ClientEvent, Payload, PushRequest};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use rand::rngs::StdRng;

@@ -1,0 +1,131 @@
+//! The write path: events appended to the log and folded into their views,
+//! in the caller's transaction ([`LogTx`]), so a push or a device action is
+//! all or nothing. Pushes, the server's own `device` events and replay's swap
+//! all go through here.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use libsql::Statement;
+use uuid::Uuid;
+
+use super::aggregates::ViewStatements;
+use super::devices;
+use crate::events::device::DeviceAction;
+use crate::events::{log, Kind, LogTx, NewEvent};
+use crate::projection::aggregate::{self, AggregateRow, Outcome};
+use crate::projection::devices::{self as device_fold, DeviceRow};
+use crate::store::{StoreError, StoreResult};
+
+/// What became of one pushed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStatus {
+    /// In the log, the aggregate's only head.
+    Applied,
+    /// In the log, a head beside others.
+    Conflict,
+    /// In the log, dominated: not in the view.
+    Stale,
+    /// Already in the log under this `event_id`: nothing appended.
+    Duplicate,
+}
+
+/// One pushed event's place in the log and what became of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchResult {
+    pub event_id: Uuid,
+    pub seq: u64,
+    pub status: EventStatus,
+}
+
+/// Why a batch was refused after validation.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("events[{index}]: event_id {event_id} is already in the log with other content")]
+    EventIdReused { index: usize, event_id: Uuid },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Appends a validated batch and folds it into the views, inside `tx`.
+/// View rows touched several times are written once, at the end.
+pub async fn apply_batch(
+    tx: &mut LogTx,
+    device: Uuid,
+    now: DateTime<Utc>,
+    events: Vec<NewEvent>,
+) -> Result<Vec<BatchResult>, BatchError> {
+    let find = tx.cached("SELECT seq FROM events WHERE event_id = ?1").await?;
+    let kinds: HashSet<Kind> = events.iter().map(|event| event.kind).collect();
+    let views = ViewStatements::cached(tx, kinds).await?;
+    let mut rows: HashMap<(Kind, Uuid), AggregateRow> = HashMap::new();
+    let mut dirty: HashSet<(Kind, Uuid)> = HashSet::new();
+    let mut results = Vec::with_capacity(events.len());
+
+    for (index, event) in events.into_iter().enumerate() {
+        if let Some(seq) = seq_of(&find, event.event_id).await? {
+            let original = log::read_one(tx, seq).await?;
+            if original.is_some_and(|o| o.device_id == device && o.event == event) {
+                results.push(BatchResult { event_id: event.event_id, seq, status: EventStatus::Duplicate });
+                continue;
+            }
+            return Err(BatchError::EventIdReused { index, event_id: event.event_id });
+        }
+
+        let key = (event.kind, event.aggregate_id);
+        let stored = tx.append(device, now, event).await?;
+        let current = match rows.remove(&key) {
+            Some(row) => Some(row),
+            None => views.load(key.0, key.1).await?,
+        };
+        let (row, outcome) = aggregate::apply(current, &stored);
+        if outcome != Outcome::Stale {
+            dirty.insert(key);
+        }
+        rows.insert(key, row);
+        let status = match outcome {
+            Outcome::Applied => EventStatus::Applied,
+            Outcome::Conflict => EventStatus::Conflict,
+            Outcome::Stale => EventStatus::Stale,
+        };
+        results.push(BatchResult { event_id: stored.event.event_id, seq: stored.seq, status });
+    }
+    for key in &dirty {
+        if let Some(row) = rows.get(key) {
+            views.save(row).await?;
+        }
+    }
+    Ok(results)
+}
+
+/// The seq of an event already in the log, by its id.
+async fn seq_of(find: &Statement, event_id: Uuid) -> StoreResult<Option<u64>> {
+    find.reset();
+    let mut rows = find.query([event_id.to_string()]).await?;
+    let seq = match rows.next().await? {
+        Some(row) => Some(row.get(0)?),
+        None => None,
+    };
+    drop(rows);
+    find.reset();
+    Ok(seq)
+}
+
+/// Appends a device event and folds it into the `devices` view, in the
+/// caller's transaction. Returns the device's row after the event.
+pub async fn record_device(
+    tx: &mut LogTx,
+    actor: Uuid,
+    device: Uuid,
+    action: DeviceAction,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<DeviceRow>> {
+    let current = devices::load(tx, device).await?;
+    let counter = current.as_ref().map_or(0, |row| row.version) + 1;
+    let stored = tx.append(actor, now, action.into_event(device, counter, now)).await?;
+    let next = device_fold::apply(current, &stored)?;
+    if let Some(row) = &next {
+        devices::save(tx, row).await?;
+    }
+    Ok(next)
+}
