@@ -11,7 +11,7 @@ use echolia::events::version::VersionVector;
 use echolia::events::{Kind, NewEvent, Op, StoredEvent};
 use echolia::http::codec::{from_msgpack, parse_msgpack};
 use echolia::projection::aggregate::AggregateHead;
-use echolia::sync::wire::{Change, ClientEvent, HeadView, HexHash, Payload, PullResponse, PushRequest};
+use echolia::sync::wire::{Change, ChangeHead, ClientEvent, HexHash, Payload, PullResponse, PushRequest};
 use uuid::Uuid;
 
 const PAYLOAD: usize = 512;
@@ -128,7 +128,7 @@ fn pull_page() -> PullResponse {
                 deleted: false,
                 conflict: false,
                 version,
-                heads: vec![HeadView::new(head, Some(payload()))],
+                heads: vec![ChangeHead::new(head, Some(payload()))],
             }
         })
         .collect();

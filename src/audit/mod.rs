@@ -12,11 +12,11 @@ use crate::app::AppState;
 use crate::auth::UserAuth;
 use crate::clock::parse_rfc3339;
 use crate::error::{ApiError, ApiResult};
+use crate::events::log::{DEFAULT_LIMIT, MAX_LIMIT};
 use crate::events::{Kind, Op};
 use crate::http::{ApiPath, QueryParams};
 use crate::ops::openapi::ErrorResponse;
 use crate::store::{StoreError, StoreResult};
-use crate::sync::pull::{DEFAULT_LIMIT, MAX_LIMIT};
 use crate::views::devices;
 
 pub fn router() -> Router<AppState> {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{CliError, Outcome, Storage};
 use crate::events::log::read_after;
 use crate::events::verify::PAGE;
-use crate::sync::wire::write_ndjson;
+use crate::events::wire::write_ndjson;
 
 /// Streams a user's log from one snapshot, a page at a time. Returns the
 /// number of events written.

@@ -12,6 +12,14 @@ use crate::events::version::VersionVector;
 use crate::store::raw::{Param, RawConn, RawRow};
 use crate::store::{StoreError, StoreResult};
 
+/// Items a page of the log or of the views holds at most (`limit`), and by default.
+pub const MAX_LIMIT: u64 = 1000;
+pub const DEFAULT_LIMIT: u64 = 500;
+/// A page ends once it holds this many payload bytes (so it holds at most
+/// this plus one item's): with up to 1,000 items of up to 1 MiB each,
+/// `limit` alone would not bound memory.
+pub const MAX_PAGE_PAYLOAD_BYTES: u64 = 8 * 1024 * 1024;
+
 const COLUMNS: &str =
     "seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, payload, client_time, received_at, hash";
 

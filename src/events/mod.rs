@@ -6,6 +6,7 @@ pub mod hash;
 pub mod log;
 pub mod verify;
 pub mod version;
+pub mod wire;
 
 pub use append::{read_tip, LogTip, LogTx};
 

@@ -4,11 +4,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::pull::{cursor_ahead, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_PAYLOAD_BYTES};
+use super::pull::cursor_ahead;
 use super::wire::{EventsResponse, LogEvent};
 use crate::auth::UserAuth;
 use crate::error::ApiResult;
-use crate::events::log::{page_len, read_after};
+use crate::events::log::{page_len, read_after, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_PAYLOAD_BYTES};
 use crate::events::read_tip;
 use crate::http::codec::Accepts;
 use crate::http::QueryParams;

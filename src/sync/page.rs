@@ -85,13 +85,13 @@ impl PageChange {
     }
 }
 
-/// [`HeadView`](super::wire::HeadView)'s shape.
-struct HeadOut<'a> {
+/// A stored head written in [`ChangeHead`](super::wire::ChangeHead)'s shape, its version vector passed through as stored.
+struct HeadAsChange<'a> {
     event: &'a StoredHead,
     version: StoredVersion<'a>,
 }
 
-impl Serialize for HeadOut<'_> {
+impl Serialize for HeadAsChange<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         struct PayloadOut<'a>(&'a [u8]);
         impl Serialize for PayloadOut<'_> {
@@ -100,7 +100,7 @@ impl Serialize for HeadOut<'_> {
             }
         }
         let event = self.event;
-        let mut out = serializer.serialize_struct("HeadView", 7)?;
+        let mut out = serializer.serialize_struct("ChangeHead", 7)?;
         out.serialize_field("event_id", &event.event_id.hyphenated())?;
         out.serialize_field("device_id", &event.device_id.hyphenated())?;
         out.serialize_field("seq", &event.seq)?;
@@ -125,7 +125,7 @@ impl Serialize for PageChange {
             .into_iter()
             .map(|seq| match self.event(seq) {
                 Some(event) => match parse_version(&event.version) {
-                    Ok(version) => Ok(HeadOut { event, version }),
+                    Ok(version) => Ok(HeadAsChange { event, version }),
                     Err(_) => Err(format!("event seq {seq}: version")),
                 },
                 None => Err(format!("{} {}: no event read for head seq {seq}", row.kind.as_str(), row.id)),
@@ -155,7 +155,7 @@ mod tests {
     use crate::events::{Kind, Op};
     use crate::projection::aggregate::{AggregateHead, AggregateRow};
     use crate::store::StoreError;
-    use crate::sync::wire::{Change, HeadView, PullResponse};
+    use crate::sync::wire::{Change, ChangeHead, PullResponse};
     use crate::views;
 
     fn head(seq: u64, device: Uuid, op: Op, version: VersionVector, parent: Option<Uuid>) -> AggregateHead {
@@ -234,7 +234,7 @@ mod tests {
             deleted: row.deleted,
             conflict: row.conflict,
             version: row.version.clone(),
-            heads: row.heads.into_iter().zip(payloads).map(|(h, p)| HeadView::new(h, p)).collect(),
+            heads: row.heads.into_iter().zip(payloads).map(|(h, p)| ChangeHead::new(h, p)).collect(),
         };
         (typed, page)
     }

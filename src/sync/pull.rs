@@ -13,6 +13,7 @@ use super::wire::PullResponse;
 use crate::app::AppState;
 use crate::auth::UserAuth;
 use crate::error::{ApiError, ApiResult};
+use crate::events::log::{DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_PAYLOAD_BYTES};
 use crate::events::Kind;
 use crate::events::{read_tip, LogTip};
 use crate::http::codec::{Accepts, Format};
@@ -22,14 +23,7 @@ use crate::store::{StoreError, StoreResult, UserDb};
 use crate::views::changes::{ChangedSince, StoredChange, StoredHead, STORED_HEAD_COLUMNS};
 use crate::views::CLIENT_KINDS;
 
-pub const MAX_LIMIT: u64 = 1000;
-pub const DEFAULT_LIMIT: u64 = 500;
 pub const MAX_WAIT_SECS: u64 = 60;
-/// A page ends once it holds this many payload bytes (so it holds at most
-/// this plus one item's; reading it also reads, and drops, the next row of
-/// each kind): with up to 1,000 items of up to 1 MiB each, `limit` alone
-/// would not bound memory.
-pub const MAX_PAGE_PAYLOAD_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A parsed pull request.
 #[derive(Debug, Clone)]
