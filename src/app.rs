@@ -7,13 +7,14 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::rate_limit::IpRateLimiter;
 use crate::auth::{self, Auth};
@@ -84,14 +85,22 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    let mut app = Router::new()
-        .route("/health", get(health::health))
-        .merge(auth::router(&state).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
+/// The API's routes and their OpenAPI document, built together: a route is
+/// registered with `routes!` from its handler's `#[utoipa::path]`, so none is
+/// served undocumented.
+fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .merge(auth::router(state).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
         .merge(audit::router().merge(account::router()).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
-        .merge(sync::router());
+        .merge(sync::router())
+        .split_for_parts()
+}
+
+pub fn router(state: AppState) -> Router {
+    let (mut app, doc) = api(&state);
     if state.config.is_development() {
-        app = app.merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+        app = app.merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", doc));
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -4,10 +4,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -24,8 +25,8 @@ use crate::views::devices;
 /// Events read per chunk of an export.
 const EXPORT_PAGE: u64 = 500;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/account", get(show).delete(delete)).route("/account/export", get(export))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(show, delete)).routes(routes!(export))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

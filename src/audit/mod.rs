@@ -1,10 +1,11 @@
 //! Audit: what each device did, from the log. Metadata only — never payloads.
 
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use libsql::Connection;
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
@@ -19,8 +20,8 @@ use crate::ops::openapi::ErrorResponse;
 use crate::store::{StoreError, StoreResult};
 use crate::views::devices;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/audit/devices/{device_id}/history", get(history))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(history))
 }
 
 /// One action of a device.

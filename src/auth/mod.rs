@@ -13,11 +13,11 @@ pub mod sessions;
 pub mod status;
 pub mod tokens;
 
-use axum::routing::{delete, get, patch, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use libsql::Connection;
 use serde::Serialize;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 pub use extractor::UserAuth;
@@ -112,28 +112,25 @@ impl Auth {
     }
 }
 
-pub fn router(state: &AppState) -> Router<AppState> {
-    Router::new()
-        .route(
-            "/auth/register",
-            post(enrol::register)
-                .route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_registrations)),
-        )
-        .route("/auth/pair-device", post(enrol::pair_device))
-        .route("/auth/pairing", post(pairing::start))
-        .route(
-            "/auth/pairing/claim",
-            post(pairing::claim)
-                .route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_claims)),
-        )
-        .route("/auth/pairing/{pairing_id}", get(pairing::show))
-        .route("/auth/pairing/{pairing_id}/approve", post(pairing::approve))
-        .route("/auth/pairing/{pairing_id}/reject", post(pairing::reject))
-        .route("/auth/pairing/{pairing_id}/result", get(pairing::result))
-        .route("/auth/keys", get(keys::show))
-        .route("/auth/keys/rotate", post(keys::rotate))
-        .route("/auth/refresh", post(refresh::refresh))
-        .route("/auth/devices", get(devices::list))
-        .route("/auth/devices/current", patch(devices::update_current))
-        .route("/auth/device/{device_id}", delete(devices::revoke))
+/// The auth routes, each documented by its handler's `#[utoipa::path]`.
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(enrol::register).map(|route| {
+            route.route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_registrations))
+        }))
+        .routes(routes!(enrol::pair_device))
+        .routes(routes!(pairing::start))
+        .routes(routes!(pairing::claim).map(|route| {
+            route.route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_claims))
+        }))
+        .routes(routes!(pairing::show))
+        .routes(routes!(pairing::approve))
+        .routes(routes!(pairing::reject))
+        .routes(routes!(pairing::result))
+        .routes(routes!(keys::show))
+        .routes(routes!(keys::rotate))
+        .routes(routes!(refresh::refresh))
+        .routes(routes!(devices::list))
+        .routes(routes!(devices::update_current))
+        .routes(routes!(devices::revoke))
 }

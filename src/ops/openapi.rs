@@ -1,5 +1,9 @@
 //! The OpenAPI document of every route, served at `/openapi.json` with a
 //! Swagger UI at `/docs` (vendored assets: works offline) in development.
+//!
+//! Only what belongs to no route lives here (info, tags, security scheme,
+//! shared schemas): each area's router registers its routes with
+//! `utoipa_axum::routes!`, which adds their paths (`app::api`).
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -78,31 +82,6 @@ Operations: `GET /metrics` (Prometheus text) is served on its own listener, `MET
 127.0.0.1:9090), never on this API's port (here it is 404 like any unknown path), so it is not part of \
 this document.",
         license(name = "AGPL-3.0-only"),
-    ),
-    paths(
-        crate::ops::health::health,
-        crate::auth::enrol::register,
-        crate::auth::enrol::pair_device,
-        crate::auth::refresh::refresh,
-        crate::auth::devices::list,
-        crate::auth::devices::update_current,
-        crate::auth::devices::revoke,
-        crate::auth::pairing::start,
-        crate::auth::pairing::claim,
-        crate::auth::pairing::show,
-        crate::auth::pairing::approve,
-        crate::auth::pairing::reject,
-        crate::auth::pairing::result,
-        crate::auth::keys::show,
-        crate::auth::keys::rotate,
-        crate::audit::history,
-        crate::account::show,
-        crate::account::export,
-        crate::account::delete,
-        crate::sync::push::push,
-        crate::sync::pull::pull,
-        crate::sync::log::events,
-        crate::sync::status::status,
     ),
     components(schemas(ErrorResponse, ErrorDetail)),
     modifiers(&BearerAuth),

@@ -10,18 +10,18 @@ pub mod status;
 pub mod wire;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
-use axum::Router;
 use tower_http::compression::CompressionLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sync/push", post(push::push))
-        .route("/sync/pull", get(pull::pull))
-        .route("/sync/events", get(log::events))
-        .route("/sync/status", get(status::status))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(push::push))
+        .routes(routes!(pull::pull))
+        .routes(routes!(log::events))
+        .routes(routes!(status::status))
         .layer(DefaultBodyLimit::max(push::MAX_BATCH_BYTES))
         .layer(CompressionLayer::new())
 }

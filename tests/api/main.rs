@@ -10,6 +10,7 @@ mod helpers;
 mod keys_audit_account;
 mod load;
 mod metrics;
+mod openapi;
 mod pairing;
 mod replay;
 mod storage;
