@@ -102,13 +102,30 @@ const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+    error: ErrorFields<'a>,
 }
 
 #[derive(Serialize)]
-struct ErrorDetail<'a> {
+struct ErrorFields<'a> {
     code: &'a str,
     message: &'a str,
+}
+
+/// Every error: `{"error": {"code", "message"}}` (the OpenAPI schema of
+/// what [`ApiError`] renders; handlers name it in their responses).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorResponse {
+    error: ErrorDetail,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `validation_failed`, `device_revoked`.
+    code: String,
+    /// For a person; names the offending field where there is one.
+    message: String,
 }
 
 impl IntoResponse for ApiError {
@@ -125,7 +142,7 @@ impl IntoResponse for ApiError {
                 ("internal error", None)
             }
         };
-        let body = ErrorBody { error: ErrorDetail { code: self.code(), message } };
+        let body = ErrorBody { error: ErrorFields { code: self.code(), message } };
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

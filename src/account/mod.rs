@@ -15,10 +15,10 @@ use crate::app::AppState;
 use crate::auth::UserAuth;
 use crate::clock::parse_rfc3339;
 use crate::error::ApiResult;
+use crate::error::ErrorResponse;
 use crate::events::log::{page_len, read_after, MAX_PAGE_PAYLOAD_BYTES};
 use crate::events::read_tip;
 use crate::events::wire::write_ndjson;
-use crate::ops::openapi::ErrorResponse;
 use crate::store::{query_opt, StoreError};
 use crate::views::devices;
 

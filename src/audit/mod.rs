@@ -12,11 +12,11 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::UserAuth;
 use crate::clock::parse_rfc3339;
+use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::events::log::{DEFAULT_LIMIT, MAX_LIMIT};
 use crate::events::{Kind, Op};
 use crate::http::{ApiPath, QueryParams};
-use crate::ops::openapi::ErrorResponse;
 use crate::store::{StoreError, StoreResult};
 use crate::views::devices;
 

@@ -60,11 +60,11 @@ pub struct PairDeviceRequest {
 #[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
     responses(
         (status = 201, description = "User and device created", body = TokenResponse),
-        (status = 400, description = "Malformed JSON", body = crate::ops::openapi::ErrorResponse),
-        (status = 413, description = "Body over 1 MiB", body = crate::ops::openapi::ErrorResponse),
-        (status = 415, description = "Not `application/json`", body = crate::ops::openapi::ErrorResponse),
-        (status = 422, description = "A field is missing or invalid", body = crate::ops::openapi::ErrorResponse),
-        (status = 429, description = "Too many registrations from this address (see `Retry-After`)", body = crate::ops::openapi::ErrorResponse),
+        (status = 400, description = "Malformed JSON", body = crate::error::ErrorResponse),
+        (status = 413, description = "Body over 1 MiB", body = crate::error::ErrorResponse),
+        (status = 415, description = "Not `application/json`", body = crate::error::ErrorResponse),
+        (status = 422, description = "A field is missing or invalid", body = crate::error::ErrorResponse),
+        (status = 429, description = "Too many registrations from this address (see `Retry-After`)", body = crate::error::ErrorResponse),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn register(
@@ -107,9 +107,9 @@ pub async fn register(
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Device enrolled; tokens for the new device", body = TokenResponse),
-        (status = 401, description = "Missing, invalid or revoked token", body = crate::ops::openapi::ErrorResponse),
-        (status = 413, description = "Body over 1 MiB or key envelope over 64 KiB", body = crate::ops::openapi::ErrorResponse),
-        (status = 422, description = "A field is missing or invalid", body = crate::ops::openapi::ErrorResponse),
+        (status = 401, description = "Missing, invalid or revoked token", body = crate::error::ErrorResponse),
+        (status = 413, description = "Body over 1 MiB or key envelope over 64 KiB", body = crate::error::ErrorResponse),
+        (status = 422, description = "A field is missing or invalid", body = crate::error::ErrorResponse),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn pair_device(

@@ -11,9 +11,9 @@ use super::status::{self, DeviceStatus};
 use super::tokens::TokenType;
 use super::TokenResponse;
 use crate::app::AppState;
+use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::http::ApiJson;
-use crate::ops::openapi::ErrorResponse;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RefreshRequest {

@@ -8,21 +8,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-/// Every error: `{"error": {"code", "message"}}`.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorResponse {
-    error: ErrorDetail,
-}
-
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorDetail {
-    /// Stable snake_case code, e.g. `validation_failed`, `device_revoked`.
-    code: String,
-    /// For a person; names the offending field where there is one.
-    message: String,
-}
+use crate::error::{ErrorDetail, ErrorResponse};
 
 #[derive(OpenApi)]
 #[openapi(

@@ -6,9 +6,9 @@ use axum::response::Response;
 use super::wire::{HexHash, StatusResponse};
 use crate::auth::UserAuth;
 use crate::error::ApiResult;
+use crate::error::ErrorResponse;
 use crate::events::read_tip;
 use crate::http::codec::Accepts;
-use crate::ops::openapi::ErrorResponse;
 use crate::store::query_opt;
 
 /// Sync status of the user.
