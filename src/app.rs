@@ -16,11 +16,12 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth;
 use crate::auth::rate_limit::IpRateLimiter;
-use crate::auth::{self, Auth};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::identity::Auth;
 use crate::ops::metrics::{self, Metrics};
 use crate::ops::{health, openapi::ApiDoc, telemetry};
 use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
@@ -66,7 +67,7 @@ impl AppState {
         crate::store::memory::set_soft_limit(&control.conn().await?, limit).await?;
         let secret = match &config.jwt_secret {
             Some(secret) => secret.clone(),
-            None => auth::secret::load_or_create(&config.data_dir)?,
+            None => crate::identity::secret::load_or_create(&config.data_dir)?,
         };
         Ok(Self {
             clock,

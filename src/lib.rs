@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod identity;
 pub mod ops;
 pub mod projection;
 pub mod store;

@@ -116,7 +116,7 @@ pub async fn delete(State(state): State<AppState>, auth: UserAuth) -> ApiResult<
     let control = state.control.conn().await?;
     let tx = control.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await?;
     tx.execute("DELETE FROM users WHERE user_id = ?1", [user.to_string()]).await?;
-    crate::auth::pairing::store::delete_user(&tx, user).await?;
+    crate::identity::pairings::delete_user(&tx, user).await?;
     tx.commit().await?;
     state.users.delete(user).await?;
     drop(writing);

@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::enrol::{capabilities_field, device_name_field};
-use super::status::DeviceStatus;
-use super::{sessions, UserAuth};
+use super::UserAuth;
 use crate::app::AppState;
 use crate::clock::parse_rfc3339;
 use crate::error::ErrorResponse;
@@ -21,6 +20,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::device::{DeviceAction, DeviceType};
 use crate::events::LogTx;
 use crate::http::{ApiJson, ApiPath};
+use crate::identity::sessions;
+use crate::identity::status::DeviceStatus;
 use crate::projection::devices::DeviceRow;
 use crate::store::StoreResult;
 use crate::views::devices;

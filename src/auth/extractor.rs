@@ -8,10 +8,10 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use uuid::Uuid;
 
-use super::sessions;
-use super::tokens::TokenType;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::identity::sessions;
+use crate::identity::tokens::TokenType;
 use crate::store::{StoreError, UserDb};
 
 /// An authenticated device of a user, with that user's database.

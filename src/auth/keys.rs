@@ -124,7 +124,7 @@ pub async fn rotate(
     }
     let now = state.clock.now();
     let mut tx = LogTx::begin(&auth.db).await?;
-    super::status::require_active_in(&tx, auth.device_id).await?;
+    crate::identity::status::require_active_in(&tx, auth.device_id).await?;
     let devices = device_view::list(&tx).await?;
     let mut named = HashSet::new();
     for (i, (device, _)) in sealed.iter().enumerate() {

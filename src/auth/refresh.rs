@@ -6,14 +6,14 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 
-use super::sessions::{self, RefreshState};
-use super::status::{self, DeviceStatus};
-use super::tokens::TokenType;
-use super::TokenResponse;
 use crate::app::AppState;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::http::ApiJson;
+use crate::identity::sessions::{self, RefreshState};
+use crate::identity::status::{self, DeviceStatus};
+use crate::identity::tokens::TokenType;
+use crate::identity::TokenResponse;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RefreshRequest {

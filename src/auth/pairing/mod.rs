@@ -11,7 +11,6 @@
 //! control database, so a restart loses none.
 
 pub mod code;
-pub mod store;
 
 use std::time::Duration;
 
@@ -27,16 +26,17 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::enrol::{key_envelope, profile};
-use super::{keys, sessions, status, TokenResponse, UserAuth};
+use super::{keys, UserAuth};
 use crate::app::AppState;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::events::device::{DeviceAction, DeviceType};
 use crate::events::LogTx;
 use crate::http::{ApiJson, ApiPath, QueryParams};
+use crate::identity::pairings::{self as store, Pairing, Status};
+use crate::identity::{sessions, status, TokenResponse};
 use crate::views::devices as device_view;
 use crate::views::write::record_device;
-use store::{Pairing, Status};
 
 /// How long a code can be claimed and approved.
 pub const PAIRING_TTL: chrono::Duration = chrono::Duration::minutes(10);
