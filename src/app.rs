@@ -1,8 +1,7 @@
-//! The application: shared state, the router, and the server loop.
+//! The application: the areas' routers composed into one, and the server loop.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -16,75 +15,15 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth;
-use crate::auth::rate_limit::IpRateLimiter;
-use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::identity::Auth;
-use crate::ops::metrics::{self, Metrics};
+use crate::ops::metrics;
 use crate::ops::{health, openapi::ApiDoc, telemetry};
-use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
-use crate::sync::{
-    self,
-    notify::{Notifier, Shutdown},
-    read_ahead::ReadAhead,
-};
-use crate::{account, audit};
+use crate::state::AppState;
+use crate::{account, audit, auth, sync};
 
 /// Largest body the auth routes read.
 pub const AUTH_BODY_LIMIT: usize = 1024 * 1024;
-
-/// Everything a handler may need; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub clock: Arc<dyn Clock>,
-    pub control: Arc<ControlDb>,
-    pub users: Arc<UserDatabases>,
-    pub auth: Arc<Auth>,
-    pub register_limiter: Arc<IpRateLimiter>,
-    pub claim_limiter: Arc<IpRateLimiter>,
-    /// Wakes long-polls of a user when it pushes.
-    pub notifier: Arc<Notifier>,
-    /// Wakes the new device waiting on a pairing when it is decided.
-    pub pairing_updates: Arc<Notifier>,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: Arc<Shutdown>,
-    /// The next page of each user's paged pull, read while the device decodes this one.
-    pub read_ahead: Arc<ReadAhead>,
-}
-
-impl AppState {
-    /// Opens storage and prepares the keys. Fails on a store that cannot be
-    /// opened, never on a client's doing.
-    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
-        let backend = match config.database_backend {
-            crate::config::BackendKind::Local => Backend::local(&config.data_dir),
-        };
-        let control = ControlDb::open(&backend).await?;
-        let limit = u64::from(config.sqlite_memory_limit_mb) * 1024 * 1024;
-        crate::store::memory::set_soft_limit(&control.conn().await?, limit).await?;
-        let secret = match &config.jwt_secret {
-            Some(secret) => secret.clone(),
-            None => crate::identity::secret::load_or_create(&config.data_dir)?,
-        };
-        Ok(Self {
-            clock,
-            control: Arc::new(control),
-            users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),
-            auth: Arc::new(Auth::new(secret.expose())),
-            register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
-            claim_limiter: Arc::new(IpRateLimiter::per_minute(config.pairing_claim_rate_limit)),
-            notifier: Arc::default(),
-            read_ahead: Arc::default(),
-            pairing_updates: Arc::default(),
-            metrics: Arc::default(),
-            shutdown: Arc::default(),
-            config: Arc::new(config),
-        })
-    }
-}
 
 /// The API's routes and their OpenAPI document, built together: a route is
 /// registered with `routes!` from its handler's `#[utoipa::path]`, so none is
@@ -175,10 +114,10 @@ pub async fn serve(
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let api = axum::serve(listeners.api, app).with_graceful_shutdown(async move {
         shutdown.await;
-        stopping.trigger();
+        stopping.cancel();
     });
-    let metrics =
-        axum::serve(listeners.metrics, metrics_app).with_graceful_shutdown(async move { metrics_stop.wait().await });
+    let metrics = axum::serve(listeners.metrics, metrics_app)
+        .with_graceful_shutdown(async move { metrics_stop.cancelled().await });
     tokio::try_join!(api.into_future(), metrics.into_future())?;
     Ok(())
 }

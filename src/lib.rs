@@ -18,6 +18,7 @@ pub mod http;
 pub mod identity;
 pub mod ops;
 pub mod projection;
+pub mod state;
 pub mod store;
 pub mod sync;
 pub mod views;

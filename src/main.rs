@@ -11,11 +11,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
-use echolia::app::{self, AppState};
+use echolia::app;
 use echolia::cli::{self, audit::AuditArgs, CliError, Job, Outcome, Storage, Target};
 use echolia::clock::{parse_rfc3339, SystemClock};
 use echolia::config::Config;
 use echolia::ops::telemetry;
+use echolia::state::AppState;
 
 #[derive(Debug, Parser)]
 #[command(name = "echolia", version, about = "Echolia Sync: zero-knowledge sync backend")]

@@ -8,10 +8,10 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::identity::sessions;
 use crate::identity::tokens::TokenType;
+use crate::state::AppState;
 use crate::store::{StoreError, UserDb};
 
 /// An authenticated device of a user, with that user's database.

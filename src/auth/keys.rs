@@ -14,13 +14,13 @@ use uuid::Uuid;
 
 use super::enrol::key_envelope;
 use super::UserAuth;
-use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::events::device::DeviceAction;
 use crate::events::LogTx;
 use crate::http::ApiJson;
+use crate::state::AppState;
 use crate::store::{query_opt, StoreResult};
 use crate::views::devices as device_view;
 use crate::views::write::record_device;

@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 pub use extractor::UserAuth;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// The auth routes, each documented by its handler's `#[utoipa::path]`.
 pub fn router(state: &AppState) -> OpenApiRouter<AppState> {

@@ -1,43 +1,16 @@
-//! Per-client-IP rate limits (GCRA, from `governor`): the limit per minute
-//! is also the burst. A rejected request gets 429 with `Retry-After`.
+//! The per-client-IP rate limits of the auth routes
+//! ([`IpRateLimiter`](crate::state::rate_limit::IpRateLimiter)), as route
+//! middleware: a rejected request gets 429 with `Retry-After`.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::app::AppState;
-use crate::error::ApiError;
 use crate::http::ClientIp;
 use crate::ops::metrics::Limiter;
-
-/// Past this many tracked addresses, idle ones are forgotten.
-const MAX_TRACKED: usize = 10_000;
-
-pub struct IpRateLimiter {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-    clock: DefaultClock,
-}
-
-impl IpRateLimiter {
-    pub fn per_minute(limit: NonZeroU32) -> Self {
-        Self { limiter: RateLimiter::keyed(Quota::per_minute(limit)), clock: DefaultClock::default() }
-    }
-
-    pub fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
-        if self.limiter.len() > MAX_TRACKED {
-            self.limiter.retain_recent();
-        }
-        self.limiter.check_key(&ip).map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.clock.now());
-            ApiError::rate_limited(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
-        })
-    }
-}
+use crate::state::AppState;
 
 /// Middleware for `POST /auth/register`: runs before the body is read, so
 /// every attempt counts.

@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 
-use crate::app::AppState;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::http::ApiJson;
@@ -14,6 +13,7 @@ use crate::identity::sessions::{self, RefreshState};
 use crate::identity::status::{self, DeviceStatus};
 use crate::identity::tokens::TokenType;
 use crate::identity::TokenResponse;
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RefreshRequest {

@@ -28,7 +28,7 @@ use crate::http::QueryParams;
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn events(
-    State(_state): State<crate::app::AppState>,
+    State(_state): State<crate::state::AppState>,
     auth: UserAuth,
     Accepts(format): Accepts,
     params: QueryParams,

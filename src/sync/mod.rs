@@ -1,11 +1,9 @@
 //! Sync: devices push event batches and pull what changed since a cursor.
 
 pub mod log;
-pub mod notify;
 pub mod page;
 pub mod pull;
 pub mod push;
-pub mod read_ahead;
 pub mod status;
 pub mod wire;
 
@@ -14,7 +12,7 @@ use tower_http::compression::CompressionLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

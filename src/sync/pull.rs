@@ -8,9 +8,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::page::{Page, PageChange};
-use super::read_ahead::PageKey;
 use super::wire::PullResponse;
-use crate::app::AppState;
 use crate::auth::UserAuth;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
@@ -19,6 +17,8 @@ use crate::events::Kind;
 use crate::events::{read_tip, LogTip};
 use crate::http::codec::{Accepts, Format};
 use crate::http::QueryParams;
+use crate::state::read_ahead::PageKey;
+use crate::state::AppState;
 use crate::store::{StoreError, StoreResult, UserDb};
 use crate::views::changes::{ChangedSince, StoredChange, StoredHead, STORED_HEAD_COLUMNS};
 use crate::views::CLIENT_KINDS;
@@ -109,7 +109,7 @@ pub async fn pull(
 }
 
 /// Reads and encodes the page after this one in the background, for the
-/// device's next pull ([`super::read_ahead`]). Only a page with changes is
+/// device's next pull ([`crate::state::read_ahead`]). Only a page with changes is
 /// kept: a long-poll must not be answered with an empty one.
 fn read_next(state: &AppState, auth: &UserAuth, query: &PullQuery, format: Format, cursor: u64) {
     let next = PullQuery { since: cursor, wait: Duration::ZERO, ..query.clone() };
@@ -142,7 +142,7 @@ async fn wait_for_page(state: &AppState, auth: &UserAuth, query: &PullQuery) -> 
         tokio::select! {
             woke = pushes.changed() => if woke.is_err() { return Ok(page) },
             () = tokio::time::sleep_until(deadline) => return Ok(page),
-            () = state.shutdown.wait() => return Ok(page),
+            () = state.shutdown.cancelled() => return Ok(page),
         }
     }
 }

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::Utc;
-use echolia::app::{self, AppState};
+use echolia::app;
 use echolia::clock::ManualClock;
 use echolia::config::Config;
+use echolia::state::AppState;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;

@@ -27,7 +27,6 @@ use uuid::Uuid;
 
 use super::enrol::{key_envelope, profile};
 use super::{keys, UserAuth};
-use crate::app::AppState;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::events::device::{DeviceAction, DeviceType};
@@ -35,6 +34,7 @@ use crate::events::LogTx;
 use crate::http::{ApiJson, ApiPath, QueryParams};
 use crate::identity::pairings::{self as store, Pairing, Status};
 use crate::identity::{sessions, status, TokenResponse};
+use crate::state::AppState;
 use crate::views::devices as device_view;
 use crate::views::write::record_device;
 
@@ -391,7 +391,7 @@ pub async fn result(
         tokio::select! {
             _ = updates.changed() => {}
             () = tokio::time::sleep_until(expiry) => {}
-            () = state.shutdown.wait() => {
+            () = state.shutdown.cancelled() => {
                 return Ok((StatusCode::ACCEPTED, Json(PendingResult { status: pairing.status.as_str() })).into_response());
             }
         }

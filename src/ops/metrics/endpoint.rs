@@ -14,8 +14,8 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::text::{self, Exposition, Kind};
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// How long a measured disk usage is served before walking `DATA_DIR` again.
 pub const DISK_USAGE_TTL: Duration = Duration::from_secs(15);

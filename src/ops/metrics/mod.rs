@@ -65,7 +65,7 @@ impl Metrics {
         self.pulls.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A pull answered with a page read ahead ([`crate::sync::read_ahead`]).
+    /// A pull answered with a page read ahead ([`crate::state::read_ahead`]).
     pub fn pull_read_ahead(&self) {
         self.pulls_read_ahead.fetch_add(1, Ordering::Relaxed);
     }

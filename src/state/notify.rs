@@ -36,27 +36,6 @@ impl Notifier {
     }
 }
 
-/// Resolves when the server starts shutting down, so long-polls answer early.
-#[derive(Debug)]
-pub struct Shutdown(watch::Sender<bool>);
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self(watch::channel(false).0)
-    }
-}
-
-impl Shutdown {
-    pub fn trigger(&self) {
-        self.0.send_replace(true);
-    }
-
-    pub async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|stopping| *stopping).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

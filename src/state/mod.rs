@@ -1,0 +1,73 @@
+//! What every request shares, built once at start: configuration, storage,
+//! the identity service, and the in-process state of the areas (long-poll
+//! wake-ups, pull pages read ahead, per-IP limits). Handlers take it as
+//! `State<AppState>`; it depends only on the layers below the areas.
+
+pub mod notify;
+pub mod rate_limit;
+pub mod read_ahead;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::identity::Auth;
+use crate::ops::metrics::Metrics;
+use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
+use notify::Notifier;
+use rate_limit::IpRateLimiter;
+use read_ahead::ReadAhead;
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    pub control: Arc<ControlDb>,
+    pub users: Arc<UserDatabases>,
+    pub auth: Arc<Auth>,
+    pub register_limiter: Arc<IpRateLimiter>,
+    pub claim_limiter: Arc<IpRateLimiter>,
+    /// Wakes long-polls of a user when it pushes.
+    pub notifier: Arc<Notifier>,
+    /// Wakes the new device waiting on a pairing when it is decided.
+    pub pairing_updates: Arc<Notifier>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server starts shutting down, so long-polls answer early.
+    pub shutdown: CancellationToken,
+    /// The next page of each user's paged pull, read while the device decodes this one.
+    pub read_ahead: Arc<ReadAhead>,
+}
+
+impl AppState {
+    /// Opens storage and prepares the keys. Fails on a store that cannot be
+    /// opened, never on a client's doing.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let backend = match config.database_backend {
+            crate::config::BackendKind::Local => Backend::local(&config.data_dir),
+        };
+        let control = ControlDb::open(&backend).await?;
+        let limit = u64::from(config.sqlite_memory_limit_mb) * 1024 * 1024;
+        crate::store::memory::set_soft_limit(&control.conn().await?, limit).await?;
+        let secret = match &config.jwt_secret {
+            Some(secret) => secret.clone(),
+            None => crate::identity::secret::load_or_create(&config.data_dir)?,
+        };
+        Ok(Self {
+            clock,
+            control: Arc::new(control),
+            users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),
+            auth: Arc::new(Auth::new(secret.expose())),
+            register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
+            claim_limiter: Arc::new(IpRateLimiter::per_minute(config.pairing_claim_rate_limit)),
+            notifier: Arc::default(),
+            read_ahead: Arc::default(),
+            pairing_updates: Arc::default(),
+            metrics: Arc::default(),
+            shutdown: CancellationToken::new(),
+            config: Arc::new(config),
+        })
+    }
+}

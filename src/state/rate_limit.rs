@@ -1,0 +1,34 @@
+//! Per-client-IP rate limits (GCRA, from `governor`): the limit per minute
+//! is also the burst.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::error::ApiError;
+
+/// Past this many tracked addresses, idle ones are forgotten.
+const MAX_TRACKED: usize = 10_000;
+
+pub struct IpRateLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+}
+
+impl IpRateLimiter {
+    pub fn per_minute(limit: NonZeroU32) -> Self {
+        Self { limiter: RateLimiter::keyed(Quota::per_minute(limit)), clock: DefaultClock::default() }
+    }
+
+    pub fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
+        if self.limiter.len() > MAX_TRACKED {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(&ip).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            ApiError::rate_limited(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+        })
+    }
+}
