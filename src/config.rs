@@ -52,25 +52,9 @@ pub enum BackendKind {
     Local,
 }
 
-/// Secret bytes that never show in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self(bytes)
-    }
-
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
+/// Secret bytes that never show in `Debug` output or logs, and are zeroed
+/// when dropped; read with [`secrecy::ExposeSecret`].
+pub type Secret = secrecy::SecretSlice<u8>;
 
 /// A configuration value that cannot be used, naming its variable.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +98,7 @@ impl Config {
                     format!("must be at least {MIN_JWT_SECRET_BYTES} bytes, got {}", secret.len()),
                 ))
             }
-            Some(secret) => Some(Secret::new(secret.into_bytes())),
+            Some(secret) => Some(Secret::from(secret.into_bytes())),
             None if environment == Environment::Production => {
                 return Err(invalid("JWT_SECRET", "required when ENVIRONMENT=production"))
             }

@@ -23,7 +23,7 @@ pub fn load_or_create(data_dir: &Path) -> StoreResult<Secret> {
                 .and_then(|()| file.sync_all())
                 .map_err(|err| StoreError::io(format!("writing {}", path.display()), err))?;
             tracing::info!(path = %path.display(), "generated a development JWT secret");
-            Ok(Secret::new(fresh.into_bytes()))
+            Ok(Secret::from(fresh.into_bytes()))
         }
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
             let stored =
@@ -35,7 +35,7 @@ pub fn load_or_create(data_dir: &Path) -> StoreResult<Secret> {
                     path.display()
                 )));
             }
-            Ok(Secret::new(trimmed))
+            Ok(Secret::from(trimmed))
         }
         Err(err) => Err(StoreError::io(format!("creating {}", path.display()), err)),
     }
@@ -55,9 +55,11 @@ mod tests {
 
     #[test]
     fn generated_once_then_reused() {
+        use secrecy::ExposeSecret;
+
         let dir = tempfile::tempdir().unwrap();
         let first = load_or_create(dir.path()).unwrap();
-        assert!(first.expose().len() >= MIN_JWT_SECRET_BYTES);
-        assert_eq!(load_or_create(dir.path()).unwrap(), first);
+        assert!(first.expose_secret().len() >= MIN_JWT_SECRET_BYTES);
+        assert_eq!(load_or_create(dir.path()).unwrap().expose_secret(), first.expose_secret());
     }
 }

@@ -9,6 +9,7 @@ pub mod read_ahead;
 
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -59,7 +60,7 @@ impl AppState {
             clock,
             control: Arc::new(control),
             users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),
-            auth: Arc::new(Auth::new(secret.expose())),
+            auth: Arc::new(Auth::new(secret.expose_secret())),
             register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
             claim_limiter: Arc::new(IpRateLimiter::per_minute(config.pairing_claim_rate_limit)),
             notifier: Arc::default(),
