@@ -146,9 +146,8 @@ impl Config {
 
 /// libSQL's local calls block the thread that makes them, through every
 /// commit's fsync: with three runtime threads a core (at least four), one
-/// can compute while others wait on the disk. Measured with `echolia-load
-/// --scenario steady --no-pull` on 2 cores: 6 threads pushed ≈ 29 % more
-/// than 2, and 12 no more than 6.
+/// can compute while others wait on the disk (measured by `benches/load.sh`'s
+/// push runs; docs/push-path.md).
 fn default_worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     (cores * 3).max(4)

@@ -49,7 +49,7 @@ it is `event_id_reused` (409). `client_time` is kept to the microsecond.\n\
 - A `client_time` must fall in the years 0000–9999.\n\
 - Any UUID is accepted as an `event_id` or a new `aggregate_id`; time-ordered ones (version 7, RFC 9562) \
 are recommended: the log and the views index them, and ids that grow with time are appended at the end \
-of those indexes instead of landing on a random page of each (pushes run ≈ 30% faster, benches/README.md).\n\
+of those indexes instead of landing on a random page of each (faster pushes: benches/README.md).\n\
 \n\
 Pairing, keys and account:\n\
 - A claim with a wrong, used or expired code is 404 `pairing_not_found` (and counted); the claim may \

@@ -62,9 +62,7 @@ pub async fn set_soft_limit(conn: &libsql::Connection, bytes: u64) -> StoreResul
 /// contention an arena of its own, up to eight per core, and memory freed in
 /// one arena serves only that arena: with a dozen runtime and blocking
 /// threads touching a thousand user databases, that is resident memory
-/// nobody uses. Fleet runs (benches/README.md): peak RSS 262–267 MiB with two
-/// arenas, 274–281 MiB without; push throughput unchanged. Call before any
-/// thread starts.
+/// nobody uses (docs/sqlite-memory.md). Call before any thread starts.
 pub fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
@@ -91,21 +89,10 @@ fn soft_limit() -> u64 {
 }
 
 /// Lets a reader's page cache grow up to the soft limit, when one is in
-/// force, so that the soft limit alone bounds it. SQLite (built with
-/// `SQLITE_ENABLE_MEMORY_MANAGEMENT`, as libsql is) keeps every connection's
-/// pages in one process-wide LRU, and a cache at its own `cache_size` grows
-/// by taking that LRU's oldest page, whoever holds it. A cache below its
-/// size allocates instead, and once the pages of all caches add up to the
-/// sum of their sizes, every page it allocates makes SQLite free the next
-/// page anyone unpins: usually a B-tree interior page it is about to need
-/// again. A user's writer, which reaches its size and then takes over the
-/// readers' pages, left a fresh reader stuck there, reading the same
-/// interior pages again for every row: a cold pull of 60,000 entries made
-/// ≈ 122,000 reads instead of ≈ 17,000 in most runs (benches/README.md).
-/// With readers allowed up to the soft limit the sum of sizes does not bind;
-/// they grow until SQLite nears the soft limit, and then take the process's
-/// oldest pages like everyone else. Writers keep SQLite's default size:
-/// larger writer caches cost the push path ≈ 5 % for nothing it reads twice.
+/// force, so that the soft limit alone bounds it: below its own size, a
+/// cache in SQLite's shared LRU evicts the pages it is about to read again
+/// once the writers have taken the budget (docs/sqlite-memory.md). Writers
+/// keep SQLite's default size: larger ones made pushes slower and the process larger.
 pub async fn size_reader_cache(conn: &libsql::Connection) -> StoreResult<()> {
     if let Some(kib) = reader_cache_kib(soft_limit()) {
         conn.execute_batch(&format!("PRAGMA cache_size = -{kib}")).await?;

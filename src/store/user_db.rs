@@ -24,7 +24,7 @@ pub struct UserDb {
     /// SQLite's lock (`BEGIN IMMEDIATE` still arbitrates between processes).
     /// Always the same connection: its page cache stays valid from one commit
     /// to the next, and queued writers hold no connection while they wait
-    /// (32 concurrent pushes: 70 MiB peak instead of 117, benches/README.md).
+    /// (docs/push-path.md).
     writer: Arc<Mutex<Option<Writer>>>,
     /// Idle connections for reads, reused so page caches stay warm between requests.
     idle: Arc<SyncMutex<Vec<Connection>>>,
@@ -174,7 +174,7 @@ pub struct WriteLock {
 
 /// The connection a user's writes go through, with the statements the
 /// write paths prepared on it: kept from one transaction to the next, since
-/// preparing them again for every push took ≈ 7% of its CPU (benches/README.md).
+/// preparing them again for every push showed in its profile (docs/push-path.md).
 struct Writer {
     /// By SQL text. The write paths use a fixed set of statements (a dozen),
     /// so this stays small; [`MAX_CACHED_STATEMENTS`] bounds it regardless.

@@ -159,7 +159,12 @@ async fn the_new_device_long_polls_for_the_result() {
         let resp = waiting.await.unwrap();
         (Instant::now(), resp.status())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Waiting for the decision before it is made: only the wake-up answers it early.
+    let started = Instant::now();
+    while app.state.pairing_updates.waiting() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the result request never waited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(!waiter.is_finished());
     assert_eq!(approve(&app, &desktop, &pairing_id, b"sealed").await.status(), StatusCode::OK);
     let approved_at = Instant::now();

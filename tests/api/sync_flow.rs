@@ -245,6 +245,21 @@ fn pulls_read_ahead(scrape: &str) -> f64 {
     gauge(scrape, "echolia_pulls_read_ahead_total")
 }
 
+/// Scrapes until the server counts `n` long-polls waiting for a push (up to 10 s):
+/// from then on, only a wake-up answers them early.
+async fn wait_for_long_polls(app: &TestApp, n: f64) {
+    let started = Instant::now();
+    loop {
+        let scrape = app.scrape().await;
+        let waiting = scrape.lines().find_map(|line| line.strip_prefix("echolia_long_polls_waiting "));
+        if waiting.map_or(0.0, |value| value.trim().parse().unwrap()) == n {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{n} long-polls never waited:\n{scrape}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_read_ahead_are_the_pages_a_fresh_read_gives() {
     let app = spawn_app().await;
@@ -331,7 +346,7 @@ async fn a_long_poll_wakes_within_a_second_of_a_push() {
         let resp = waiting.await.unwrap();
         (Instant::now(), resp.json::<Value>().await.unwrap())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_long_polls(&app, 1.0).await;
     assert!(!waiter.is_finished(), "nothing new: the pull waits");
     let entry = Uuid::new_v4();
     app.push_ok(&a, &[event("entry", entry, "put", &[(a.device_id, 1)], Some(b"wake up"))]).await;
@@ -460,7 +475,7 @@ async fn a_graceful_stop_answers_waiting_long_polls() {
     let waiting =
         app.client.get(app.url(&format!("/sync/pull?since={head}&wait=60"))).bearer_auth(&a.access_token).send();
     let waiter = tokio::spawn(waiting);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_long_polls(&app, 1.0).await;
     let started = Instant::now();
     app.stop().await;
     let resp = waiter.await.unwrap().unwrap();
@@ -475,15 +490,26 @@ async fn a_revocation_ends_a_waiting_long_poll() {
     let head = app.pull(&b, "since=0").await["cursor"].as_u64().unwrap();
     let waiting =
         app.client.get(app.url(&format!("/sync/pull?since={head}&wait=30"))).bearer_auth(&b.access_token).send();
-    let waiter = tokio::spawn(waiting);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiter = tokio::spawn(async move {
+        let resp = waiting.await.unwrap();
+        (Instant::now(), resp)
+    });
+    // Waiting before the revocation: only the push's wake-up can end it early.
+    wait_for_long_polls(&app, 1.0).await;
+    assert!(!waiter.is_finished(), "nothing new: the pull waits");
     assert_eq!(
         app.delete(&format!("/auth/device/{}", b.device_id), &a.access_token).await.status(),
         StatusCode::NO_CONTENT
     );
     app.push_ok(&a, &[event("entry", Uuid::new_v4(), "put", &[(a.device_id, 1)], Some(b"not for b"))]).await;
-    let resp = waiter.await.unwrap().unwrap();
+    let pushed_at = Instant::now();
+    let (answered_at, resp) = waiter.await.unwrap();
+    assert!(
+        answered_at.duration_since(pushed_at) < Duration::from_secs(5),
+        "woken by the push, long before its 30 s wait ends"
+    );
     assert_error(resp, StatusCode::UNAUTHORIZED, "device_revoked").await;
+    wait_for_long_polls(&app, 0.0).await;
 }
 
 #[tokio::test]

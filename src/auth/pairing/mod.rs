@@ -389,7 +389,7 @@ pub async fn result(
         let expiry =
             deadline.min(tokio::time::Instant::now() + (pairing.expires_at - now).to_std().unwrap_or_default());
         tokio::select! {
-            _ = updates.changed() => {}
+            _ = state.pairing_updates.changed(&mut updates) => {}
             () = tokio::time::sleep_until(expiry) => {}
             () = state.shutdown.cancelled() => {
                 return Ok((StatusCode::ACCEPTED, Json(PendingResult { status: pairing.status.as_str() })).into_response());
