@@ -125,7 +125,7 @@ impl Generator {
 
 async fn generate(db: &UserDb, events: u64) {
     let devices: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
-    let mut tx = LogTx::begin(&db).await.unwrap();
+    let mut tx = LogTx::begin(db).await.unwrap();
     for (i, device) in devices.iter().enumerate() {
         let profile = DeviceProfile {
             device_name: format!("device {i}"),
@@ -150,7 +150,7 @@ async fn generate(db: &UserDb, events: u64) {
         }
         if in_tx >= PER_TX {
             tx.commit().await.unwrap();
-            tx = LogTx::begin(&db).await.unwrap();
+            tx = LogTx::begin(db).await.unwrap();
             in_tx = 0;
         }
         if generator.entries.len() > 50_000 {

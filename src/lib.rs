@@ -1,9 +1,28 @@
 //! Echolia Sync: a zero-knowledge, event-sourced sync backend.
 //!
-//! Layout follows the architecture: `store` (databases and backends),
-//! `events` (the log and its hash chain), `projection` (pure read-model
-//! folds), `auth`, `ops`, `cli` (the operator commands), and `http`
-//! plumbing shared by the areas.
+//! The modules form layers; each imports only from the layers below it:
+//!
+//! 1. `clock`, `config` — time and settings;
+//! 2. `store` — databases, backends, migrations;
+//! 3. `error` (the one error type of the API), `events` — the log: event
+//!    types, version vectors, wire form, hash chain, append;
+//! 4. `projection` — the pure folds of the log into view rows;
+//! 5. `views` — the views as stored, and the write path that appends and
+//!    folds in one transaction;
+//! 6. `replay` — operator rebuilds and checks of the views; `identity` —
+//!    tokens, sessions, device statuses, pairings; `http` — body codecs and
+//!    extractors that need no state;
+//! 7. `state` — what every request shares, built once at start;
+//! 8. the areas, each with its routes: `auth`, `sync`, `audit`, `account`,
+//!    `ops` (health, metrics, OpenAPI); an area never imports another's;
+//! 9. `app` — composes the areas' routers and serves; `cli` — the operator
+//!    commands.
+//!
+//! `unsafe` code lives only in `store::raw` and `store::memory` (SQLite's C
+//! API), each block with its safety argument.
+
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod account;
 pub mod app;

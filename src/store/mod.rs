@@ -3,8 +3,10 @@
 
 pub mod backend;
 pub mod control;
+#[allow(unsafe_code)]
 pub mod memory;
 pub mod migrations;
+#[allow(unsafe_code)]
 pub mod raw;
 pub mod user_db;
 pub mod users;

@@ -152,7 +152,7 @@ fn libsql_started() {
 /// # Safety
 /// `db` is an open connection.
 unsafe fn last_error(db: *mut ffi::sqlite3, rc: c_int) -> StoreError {
-    // SAFETY (caller): an open connection; the message is NUL-terminated and
+    // SAFETY: by this function's contract, an open connection; the message is NUL-terminated and
     // copied before any other call on the connection.
     let (code, message) = unsafe {
         let message = ffi::sqlite3_errmsg(db);
@@ -391,12 +391,12 @@ impl RawRow<'_> {
     /// `start` is what `sqlite3_column_text` or `sqlite3_column_blob` just
     /// returned for a text or blob column `idx`.
     unsafe fn bytes<T>(&self, idx: c_int, start: *const T) -> StoreResult<&[u8]> {
-        // SAFETY (caller): the value's length, read after its pointer.
+        // SAFETY: by this function's contract, the value's length, read after its pointer.
         let len = unsafe { ffi::sqlite3_column_bytes(self.stmt.as_ptr(), idx) };
         match usize::try_from(len) {
             Ok(0) => Ok(&[]),
             Ok(len) if !start.is_null() => {
-                // SAFETY (caller): `len` bytes at `start`, owned by SQLite and
+                // SAFETY: by this function's contract, `len` bytes at `start`, owned by SQLite and
                 // left alone until the next step, which needs `&mut` rows.
                 Ok(unsafe { std::slice::from_raw_parts(start.cast::<u8>(), len) })
             }
@@ -445,6 +445,8 @@ mod tests {
             let sql = CString::new(sql).unwrap();
             let mut stmt = ptr::null_mut();
             let mut rows = Vec::new();
+            // SAFETY: an open connection; the statement is finalized before
+            // it goes, and each text is copied before the next step.
             unsafe {
                 assert_eq!(ffi::sqlite3_prepare_v2(self.db.as_ptr(), sql.as_ptr(), -1, &mut stmt, ptr::null_mut()), 0);
                 while ffi::sqlite3_step(stmt) == ffi::SQLITE_ROW {
@@ -510,6 +512,7 @@ mod tests {
         let (_dir, path) = scratch();
         let (first, second) = (RawConn::open(&path).unwrap(), RawConn::open(&path).unwrap());
         let _tx = first.begin_immediate().unwrap();
+        // SAFETY: an open connection.
         unsafe { ffi::sqlite3_busy_timeout(second.db.as_ptr(), 10) };
         assert!(matches!(second.begin_immediate(), Err(StoreError::Busy(_))));
     }
