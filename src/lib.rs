@@ -17,5 +17,6 @@ pub mod events;
 pub mod http;
 pub mod ops;
 pub mod projection;
+pub mod replay;
 pub mod store;
 pub mod sync;

@@ -4,7 +4,5 @@
 
 pub mod aggregate;
 pub mod devices;
-pub mod replay;
-pub mod sorted_log;
 pub mod version;
 pub mod views;

@@ -5,8 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use echolia::projection::replay::{self, VIEWS};
 use echolia::projection::version::VersionVector;
+use echolia::replay::{self, VIEWS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;

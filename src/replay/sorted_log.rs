@@ -477,7 +477,7 @@ impl SortedLog {
         tracing::debug!(
             scanned,
             runs = runs.len(),
-            ms = super::replay::millis(started.elapsed()),
+            ms = super::millis(started.elapsed()),
             "replay: log read into sorted runs"
         );
         Ok(Self { merge: Merge::new(runs)?, scanned })

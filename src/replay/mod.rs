@@ -4,7 +4,7 @@
 //!
 //! The log is read sequentially, by a scanner per core, and sorted by `(kind,
 //! aggregate_id, seq)` outside SQLite, in bounded memory spilling to
-//! temporary files ([`super::sorted_log`]). Each aggregate's events thus
+//! temporary files ([`sorted_log`]). Each aggregate's events thus
 //! arrive together and in log order, which is all a projector needs (a row
 //! depends only on its own aggregate's events, and the fold is
 //! order-independent anyway), so each row is folded in memory and written
@@ -50,13 +50,15 @@ use libsql::{Connection, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::aggregate::{self, AggregateRow, Outcome};
-use super::devices::{self, DeviceRow};
-use super::sorted_log::{self, SortedLog};
-use super::views::{self, ViewStatements};
+pub mod sorted_log;
+
+use self::sorted_log::SortedLog;
 use crate::events::append::read_head;
 use crate::events::log::read_after;
 use crate::events::{Kind, StoredEvent};
+use crate::projection::aggregate::{self, AggregateRow, Outcome};
+use crate::projection::devices::{self, DeviceRow};
+use crate::projection::views::{self, ViewStatements};
 use crate::store::raw::{Param, RawConn, RawStatement};
 use crate::store::{
     migrations, query_opt, PooledConn, ReplayLock, StoreError, StoreResult, UserDb, JOURNAL_SIZE_LIMIT,
@@ -682,7 +684,7 @@ pub async fn build_shadow(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress
 }
 
 /// For the phase timings replay logs at debug level.
-pub(super) fn millis(duration: Duration) -> u64 {
+fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -1194,11 +1196,11 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use tempfile::TempDir;
 
+    use super::sorted_log::Limits;
     use super::*;
     use crate::auth::devices::record;
     use crate::events::device::{DeviceAction, DeviceProfile, DeviceType};
     use crate::events::{NewEvent, Op};
-    use crate::projection::sorted_log::Limits;
     use crate::projection::version::VersionVector;
     use crate::store::Backend;
     use crate::sync::push::apply_batch;
