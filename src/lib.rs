@@ -2,8 +2,8 @@
 //!
 //! Layout follows the architecture: `store` (databases and backends),
 //! `events` (the log and its hash chain), `projection` (pure read-model
-//! folds), `auth`, `ops`, `cli` (the operator commands), and `http`
-//! plumbing shared by the areas.
+//! folds), `replay` (views rebuilt or checked from the log), `auth`, `ops`,
+//! `cli` (the operator commands), and `http` plumbing shared by the areas.
 
 pub mod account;
 pub mod app;

@@ -10,17 +10,18 @@ use crate::store::{StoreError, StoreResult};
 /// Rows encoded by the folding side, packed into two buffers; the writing
 /// side binds them in place. Each side thus frees only what it allocated:
 /// with glibc's allocator, values allocated on one thread and freed on
-/// another took the writing side twice the time.
+/// another slowed the writing side (`benches/replay.rs`).
 pub(super) struct RowBatch {
     columns: usize,
     text: String,
     blobs: Vec<u8>,
-    cells: Vec<BatchValue>,
+    values: Vec<BatchValue>,
     pub(super) rows: usize,
 }
 
+/// A value of a batched row; text and blobs as ranges of the batch's buffers.
 #[derive(Clone, Copy)]
-pub(super) enum BatchValue {
+enum BatchValue {
     Null,
     Integer(i64),
     Real(f64),
@@ -31,7 +32,7 @@ pub(super) enum BatchValue {
 impl RowBatch {
     pub(super) fn new(view: View) -> Self {
         let columns = view.column_names().count();
-        Self { columns, text: String::new(), blobs: Vec::new(), cells: Vec::new(), rows: 0 }
+        Self { columns, text: String::new(), blobs: Vec::new(), values: Vec::new(), rows: 0 }
     }
 
     pub(super) fn push(&mut self, values: Vec<Value>) -> StoreResult<()> {
@@ -39,7 +40,7 @@ impl RowBatch {
             return Err(StoreError::Corrupt(format!("a row of {} values for {} columns", values.len(), self.columns)));
         }
         for value in values {
-            let cell = match value {
+            let packed = match value {
                 Value::Null => BatchValue::Null,
                 Value::Integer(n) => BatchValue::Integer(n),
                 Value::Real(x) => BatchValue::Real(x),
@@ -54,7 +55,7 @@ impl RowBatch {
                     BatchValue::Blob(start, self.blobs.len())
                 }
             };
-            self.cells.push(cell);
+            self.values.push(packed);
         }
         self.rows += 1;
         Ok(())
@@ -63,11 +64,11 @@ impl RowBatch {
     /// The values of rows `rows`, in order, borrowed.
     fn params(&self, rows: std::ops::Range<usize>) -> StoreResult<Vec<Param<'_>>> {
         let lost = || StoreError::Corrupt("replay lost a packed value".into());
-        let cells = self.cells.get(rows.start * self.columns..rows.end * self.columns).ok_or_else(lost)?;
-        cells
+        let values = self.values.get(rows.start * self.columns..rows.end * self.columns).ok_or_else(lost)?;
+        values
             .iter()
-            .map(|cell| {
-                Ok(match *cell {
+            .map(|value| {
+                Ok(match *value {
                     BatchValue::Null => Param::Null,
                     BatchValue::Integer(n) => Param::Integer(n),
                     BatchValue::Real(x) => Param::Real(x),
@@ -79,9 +80,9 @@ impl RowBatch {
     }
 }
 
-/// Rows a shadow insert statement writes at once: a statement per row made
-/// the per-statement work (binding, stepping, resetting) about a third of
-/// the writing side.
+/// Rows a shadow insert statement writes at once: with a statement per row,
+/// the per-statement work (binding, stepping, resetting) weighed on the
+/// writing side (`benches/replay.rs`).
 const ROWS_PER_INSERT: usize = 64;
 
 /// The insert statements of one view's shadow.

@@ -7,14 +7,12 @@ use std::sync::Arc;
 use crate::store::{StoreError, StoreResult, UserDb};
 
 /// Copies the shadows' pages from the write-ahead log into the database file
-/// on a connection and thread of its own while the next batches are written:
-/// replay's writer does not checkpoint (`wal_autocheckpoint = 0`), which took
-/// half of its time. Every [`WAIT_EVERY`] commits the writer waits for a
-/// checkpoint begun after its last commit, so that its next transaction
-/// starts the log over: the WAL stays within about that many transactions instead
-/// of growing with the rebuild (and the server's own commits meanwhile find
-/// little to checkpoint). A failed checkpoint is logged and the rebuild goes
-/// on: checkpoints move pages, they decide nothing.
+/// while the next batches are written (replay's writer runs with
+/// `wal_autocheckpoint = 0`). Every [`WAIT_EVERY`] commits the writer waits
+/// for a checkpoint begun after its last commit, so its next transaction
+/// starts the log over and the WAL stays bounded (docs/replay.md). A failed
+/// checkpoint is logged and the rebuild goes on: checkpoints move pages, they
+/// decide nothing.
 pub(super) struct Checkpointer {
     /// Commits the writer has made.
     commits: Arc<AtomicU64>,
@@ -24,9 +22,9 @@ pub(super) struct Checkpointer {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Commits of replay's writer between two waits for a checkpoint: the WAL
-/// peaked at 156 MB for a million events, against 45 MB with 8, and the
-/// writer waited a third as long as with 16 (benches/README.md).
+/// Commits of replay's writer between two waits for a checkpoint: fewer
+/// make the writer wait more (`checkpoint_wait_ms` in replay's debug log),
+/// more let the WAL grow. Weigh a change with `benches/replay.rs`.
 const WAIT_EVERY: u64 = 32;
 
 impl Checkpointer {

@@ -14,7 +14,7 @@ use crate::events::append::read_head;
 use crate::store::raw::RawConn;
 use crate::store::{ReplayLock, StoreError, StoreResult, UserDb, JOURNAL_SIZE_LIMIT};
 
-/// Shadow tables filled from the log up to `upto`, waiting for [`swap`].
+/// Shadow tables filled from the log up to `upto`, waiting for [`swap`](super::swap()).
 pub struct Shadow {
     pub upto: u64,
     pub events: u64,
@@ -79,13 +79,11 @@ pub async fn build_shadow(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress
 /// goes on with the next view.
 ///
 /// The connection is replay's own ([`RawConn`]: rows are bound straight
-/// from their packed buffers), writes under the user's write lock, and
-/// commits with `synchronous = NORMAL`: in WAL mode a crash can lose its
-/// last commits but not corrupt the database, and the shadows are worth
-/// nothing until the swap, which commits on the user's writer connection
-/// with `synchronous = FULL`, syncing the write-ahead log with every frame
-/// before its own. It leaves checkpoints to a [`Checkpointer`], handed back
-/// with the number of rows written (`None` if the folding side stopped
+/// from their batch's buffers), writes under the user's write lock, and
+/// commits with `synchronous = NORMAL`: a crash can lose its last commits,
+/// which are worth nothing until the swap commits with `synchronous = FULL`
+/// (docs/replay.md). It leaves checkpoints to a [`Checkpointer`], handed
+/// back with the number of rows written (`None` if the folding side stopped
 /// short: its error tells why).
 fn write_shadows(
     db: &UserDb,
@@ -148,6 +146,7 @@ enum WriterPhase {
     CheckpointWait,
 }
 
+/// The writing side's connection and checkpointer, and its time by phase.
 struct ShadowWriter<'a> {
     db: &'a UserDb,
     conn: &'a RawConn,
@@ -230,6 +229,6 @@ async fn fold_into(
 /// Page cache of the shadow writer, which also bounds the memory its index
 /// builds sort in (SQLite's sorter holds up to a cache's worth before it
 /// spills to temporary files). Its inserts append, so they need few pages:
-/// with 8 MiB instead of 32 a replay of 1,000,000 events peaked at 114–126
-/// MiB instead of 143–150, in the same time (benches/README.md).
+/// a larger cache raised replay's peak memory, not its speed (the peak RSS
+/// of `benches/replay.rs`).
 const WRITER_CACHE_KIB: u32 = 8 * 1024;

@@ -1,9 +1,10 @@
 //! The log of one user in `(kind, aggregate_id, seq)` order, for replay: an
 //! external merge sort done here rather than by SQLite, in bounded memory
 //! whatever the log size. Scanners read the log in seq order, each its own
-//! range on its own connection and thread, into sorted runs ([`runs`]) of
-//! compact records ([`record`]), merged one event at a time. Why and how:
-//! docs/replay.md.
+//! range on its own connection and thread, into sorted runs (`runs.rs`) of
+//! compact records (`record.rs`), merged one event at a time. They need no
+//! common snapshot: every event at or below the caller's head is immutable.
+//! Why and how: docs/replay.md.
 
 mod record;
 mod runs;
