@@ -277,18 +277,19 @@ impl<'r> HeadColumns<'r> {
 /// one row more per view; each row comes with the event of its latest
 /// change, joined in the same statement.
 pub struct ChangedSince {
-    arms: Vec<Arm>,
+    walks: Vec<ViewWalk>,
 }
 
-struct Arm {
+/// One view's walk in its `updated_seq` index.
+struct ViewWalk {
     kind: Kind,
     rows: libsql::Rows,
-    /// The arm's next row; `None` once it is exhausted (never stepped again:
+    /// The walk's next row; `None` once it is exhausted (never stepped again:
     /// SQLite would run a finished statement from the start).
     next: Option<StoredChange>,
 }
 
-impl Arm {
+impl ViewWalk {
     async fn advance(&mut self) -> StoreResult<()> {
         self.next = match self.rows.next().await? {
             Some(row) => Some(stored_change(self.kind, &row)?),
@@ -301,7 +302,7 @@ impl Arm {
 impl ChangedSince {
     /// Up to `limit` rows of each of `kinds` changed after `since`.
     pub async fn open(conn: &Connection, since: u64, limit: u64, kinds: &[Kind]) -> StoreResult<Self> {
-        let mut arms = Vec::with_capacity(kinds.len());
+        let mut walks = Vec::with_capacity(kinds.len());
         for kind in kinds {
             let table = client_table(*kind)?;
             let sql = format!(
@@ -312,31 +313,31 @@ impl ChangedSince {
                  WHERE v.updated_seq > ?1 ORDER BY v.updated_seq LIMIT ?2",
                 kind.as_str()
             );
-            let mut arm = Arm { kind: *kind, rows: conn.query(&sql, (since, limit)).await?, next: None };
-            arm.advance().await?;
-            if arm.next.is_some() {
-                arms.push(arm);
+            let mut walk = ViewWalk { kind: *kind, rows: conn.query(&sql, (since, limit)).await?, next: None };
+            walk.advance().await?;
+            if walk.next.is_some() {
+                walks.push(walk);
             }
         }
-        Ok(Self { arms })
+        Ok(Self { walks })
     }
 
     /// The next row in `updated_seq` order (each seq changes one aggregate,
     /// so there are no ties).
     pub async fn next(&mut self) -> StoreResult<Option<StoredChange>> {
         let first = self
-            .arms
+            .walks
             .iter()
             .enumerate()
-            .filter_map(|(i, arm)| arm.next.as_ref().map(|row| (i, row.updated_seq)))
+            .filter_map(|(i, walk)| walk.next.as_ref().map(|row| (i, row.updated_seq)))
             .min_by_key(|(_, seq)| *seq)
             .map(|(i, _)| i);
         let Some(i) = first else { return Ok(None) };
-        let arm = &mut self.arms[i];
-        let row = arm.next.take();
-        arm.advance().await?;
-        if arm.next.is_none() {
-            self.arms.swap_remove(i);
+        let walk = &mut self.walks[i];
+        let row = walk.next.take();
+        walk.advance().await?;
+        if walk.next.is_none() {
+            self.walks.swap_remove(i);
         }
         Ok(row)
     }
