@@ -20,7 +20,7 @@ use echolia::events::device::{DeviceAction, DeviceProfile, DeviceType};
 use echolia::events::verify::verify_log;
 use echolia::events::version::VersionVector;
 use echolia::events::{Kind, LogTx, NewEvent, Op};
-use echolia::projection::replay;
+use echolia::replay;
 use echolia::store::{Backend, UserDb};
 use echolia::views::write::record_device;
 use rand::rngs::StdRng;

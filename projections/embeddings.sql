@@ -15,7 +15,7 @@ CREATE TABLE embeddings (
 -- column: replay fills a shadow table in key order and builds this index
 -- once, in one sort, instead of inserting into it at random. Replay builds it
 -- on the shadow before the swap, so its name alternates between this one and
--- this one with `_replay` appended (`src/projection/replay.rs`).
+-- this one with `_replay` appended (`src/replay/schema.rs`).
 CREATE UNIQUE INDEX embeddings_by_updated_seq ON embeddings (updated_seq);
 
 -- Its name alternates the same way.

@@ -37,6 +37,7 @@ pub mod http;
 pub mod identity;
 pub mod ops;
 pub mod projection;
+pub mod replay;
 pub mod state;
 pub mod store;
 pub mod sync;

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::config::{BackendKind, Config, LogFormat};
 use crate::events::read_tip;
-use crate::projection::sorted_log;
+use crate::replay::sorted_log;
 use crate::store::{Backend, ControlDb, StoreError, StoreResult, UserDatabases, UserDb};
 use progress::Progress;
 
@@ -186,7 +186,7 @@ async fn run_job(
     user: Uuid,
     db: &Arc<UserDb>,
     scanners: u64,
-    progress: &crate::projection::replay::OnProgress<'_>,
+    progress: &crate::replay::OnProgress<'_>,
 ) -> StoreResult<Done> {
     match job {
         Job::Replay => replay::rebuild_one(user, db, scanners, progress).await,

@@ -1,6 +1,6 @@
 //! `echolia replay --user <id> | --all [--check]`: the views rebuilt from the
 //! log and swapped in, or (with `--check`) rebuilt in memory and compared.
-//! The work is [`crate::projection::replay`]; this formats its reports.
+//! The work is [`crate::replay`]; this formats its reports.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,7 +8,7 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use super::{per_second, Done};
-use crate::projection::replay::{self, OnProgress};
+use crate::replay::{self, OnProgress};
 use crate::store::{StoreResult, UserDb};
 
 pub async fn rebuild_one(user: Uuid, db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<Done> {

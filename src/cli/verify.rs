@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::Done;
 use crate::events::verify::verify_log;
-use crate::projection::replay::OnProgress;
+use crate::replay::OnProgress;
 use crate::store::{StoreResult, UserDb};
 
 pub async fn verify_one(user: Uuid, db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<Done> {

@@ -37,7 +37,7 @@ pub fn canonical_bytes(seq: u64, device_id: Uuid, received_at: &str, event: &New
 }
 
 // The pieces of the layout, big-endian. Replay's sorted log
-// (`projection::sorted_log`) writes its records with them too.
+// (`replay::sorted_log`) writes its records with them too.
 
 /// `1` and the id, or `0`.
 pub(crate) fn put_optional_uuid(out: &mut Vec<u8>, id: Option<Uuid>) {

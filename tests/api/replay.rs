@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use echolia::events::version::VersionVector;
-use echolia::projection::replay::{self, VIEWS};
+use echolia::replay::{self, VIEWS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
