@@ -13,10 +13,27 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::ClientIp;
-use crate::ops::metrics::Limiter;
 
 /// Past this many tracked addresses, idle ones are forgotten.
 const MAX_TRACKED: usize = 10_000;
+
+/// The per-IP rate limiters, as `echolia_rate_limited_total` labels them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limiter {
+    Register,
+    PairingClaim,
+}
+
+impl Limiter {
+    pub const ALL: [Limiter; 2] = [Limiter::Register, Limiter::PairingClaim];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limiter::Register => "register",
+            Limiter::PairingClaim => "pairing_claim",
+        }
+    }
+}
 
 pub struct IpRateLimiter {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -63,7 +80,7 @@ async fn enforce(state: &AppState, which: Limiter, ip: IpAddr, req: Request, nex
     match limiter.check(ip) {
         Ok(()) => next.run(req).await,
         Err(err) => {
-            state.metrics.rate_limited(which);
+            metrics::counter!("echolia_rate_limited_total", "limiter" => which.as_str()).increment(1);
             tracing::info!("rate limited");
             err.into_response()
         }

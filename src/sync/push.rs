@@ -58,7 +58,7 @@ pub async fn push(
     tx.commit().await?;
     state.notifier.notify(auth.user_id, head.seq);
     let conflicts = results.iter().filter(|result| result.status == PushStatus::Conflict).count();
-    state.metrics.conflicts_created(conflicts as u64);
+    metrics::counter!("echolia_conflicts_created_total").increment(conflicts as u64);
 
     let body = PushResponse { cursor: head.seq, head_hash: HexHash(head.hash), results };
     Ok(format.respond(StatusCode::OK, &body))

@@ -1,167 +1,98 @@
-//! What the service counts for operators, and `GET /metrics` (Prometheus
-//! text) on its own listener, `METRICS_ADDR`. No label ever holds a user or
-//! device id: routes are templates, and the daily-active set of user ids
-//! stays in this process.
+//! What the service counts for operators, through the `metrics` facade (`metrics::counter!("echolia_x_total")
+//! .increment(1)` anywhere below a request), served as Prometheus text by `GET /metrics` on its own listener.
 //!
-//! Counters live here as plain atomics the hot paths bump; the store keeps
-//! its own figures (events appended, open databases) and the scrape reads
-//! them, with the users directory and the disk usage, at scrape time.
+//! Each [`Metrics`] (one per `AppState`) owns its recorder rather than a process-global one, so servers sharing
+//! a process (the integration tests) never count into each other. [`Metrics::scope`] makes it the facade's
+//! recorder while a future is polled or dropped: [`track`] wraps each request, and tasks spawned for one.
 
-pub mod endpoint;
-pub mod requests;
-pub mod text;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
-
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::{middleware::Next, response::IntoResponse, response::Response, routing::get, Router};
 use chrono::{DateTime, Datelike, Utc};
 use dashmap::DashMap;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, with_local_recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use tokio::time::Instant;
 use uuid::Uuid;
 
-pub use endpoint::router;
-use requests::RequestMetrics;
-use text::{Exposition, Kind};
+use crate::{app::AppState, auth::rate_limit::Limiter, error::ApiError};
 
-/// Past this many distinct models, LLM tokens count under `other`.
-const MAX_MODELS: usize = 64;
+/// Seconds; long-polls (up to 60 s) land in `+Inf`.
+const DURATION_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const METHODS: [&str; 9] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE"];
 
-/// The per-IP rate limiters, as `echolia_rate_limited_total` labels them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limiter {
-    Register,
-    PairingClaim,
+/// The README's Metrics table, the contract dashboards rely on, as rows of (name, labelled, type, what it
+/// counts). Each family's HELP is taken from it, so the two cannot drift.
+fn families() -> impl Iterator<Item = (&'static str, bool, &'static str, &'static str)> {
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).lines().filter_map(|row| {
+        let (series, rest) = row.strip_prefix("| `").filter(|row| row.starts_with("echolia_"))?.split_once("` | ")?;
+        let (kind, help) = rest.strip_suffix(" |")?.split_once(" | ")?;
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        Some((name, !labels.is_empty(), kind, help))
+    })
 }
 
-impl Limiter {
-    pub const ALL: [Limiter; 2] = [Limiter::Register, Limiter::PairingClaim];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Limiter::Register => "register",
-            Limiter::PairingClaim => "pairing_claim",
-        }
-    }
-}
-
-#[derive(Debug, Default)]
+/// One server's metrics. Not `Debug`: the daily-active ids must never reach a log line.
 pub struct Metrics {
-    pub requests: RequestMetrics,
-    pulls: AtomicU64,
-    /// Of those, pages read ahead while the device decoded the one before.
-    pulls_read_ahead: AtomicU64,
-    long_polls_waiting: AtomicI64,
-    conflicts_created: AtomicU64,
-    /// Pairing claims with a wrong, used or expired code.
-    pairing_failures: AtomicU64,
-    /// Requests refused by a per-IP rate limit, by [`Limiter`].
-    rate_limited: [AtomicU64; Limiter::ALL.len()],
-    daily_active: DailyActive,
-    llm_tokens: DashMap<String, AtomicU64>,
-    disk_usage: endpoint::DiskUsage,
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    /// Users by the last UTC day they made an authenticated request.
+    active: DashMap<Uuid, i32>,
+    /// The disk usage last measured, and when; locked while measuring, so concurrent scrapes share one walk.
+    disk_usage: tokio::sync::Mutex<Option<(Instant, u64)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        // Only an empty list is refused.
+        let builder = PrometheusBuilder::new().set_buckets(&DURATION_BUCKETS);
+        let recorder = builder.unwrap_or_else(|_| PrometheusBuilder::new()).build_recorder();
+        let (handle, active, disk_usage) = (recorder.handle(), DashMap::new(), Default::default());
+        let metrics = Metrics { recorder: Arc::new(recorder), handle, active, disk_usage };
+        with_local_recorder(&*metrics.recorder, || {
+            for (name, labelled, kind, help) in families() {
+                match kind {
+                    "counter" => describe_counter!(name, help),
+                    "gauge" => describe_gauge!(name, help),
+                    _ => describe_histogram!(name, help),
+                }
+                // Counters start at 0 with the process, the limiters' and the waiting gauge too.
+                if kind == "counter" && !labelled {
+                    counter!(name).absolute(0);
+                }
+            }
+            for limiter in Limiter::ALL {
+                counter!("echolia_rate_limited_total", "limiter" => limiter.as_str()).absolute(0);
+            }
+            gauge!("echolia_long_polls_waiting").set(0);
+        });
+        metrics
+    }
 }
 
 impl Metrics {
-    /// A pull answered with a page (a long-poll counts once, when it answers).
-    pub fn pull_answered(&self) {
-        self.pulls.fetch_add(1, Ordering::Relaxed);
+    /// `future`, recording into this server's metrics on whatever thread polls it.
+    pub fn scope<F: Future>(&self, future: F) -> Scoped<F> {
+        Scoped { recorder: self.recorder.clone(), future: Some(Box::pin(future)) }
     }
 
-    /// A pull answered with a page read ahead ([`crate::sync::read_ahead`]).
-    pub fn pull_read_ahead(&self) {
-        self.pulls_read_ahead.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A long-poll starts waiting; it stops counting when the guard drops,
-    /// however it ends (answered, shut down, or its client gone).
-    pub fn long_poll_waiting(&self) -> WaitingGuard<'_> {
-        self.long_polls_waiting.fetch_add(1, Ordering::Relaxed);
-        WaitingGuard(&self.long_polls_waiting)
-    }
-
-    /// Push results with status `conflict`, after their batch committed.
-    pub fn conflicts_created(&self, count: u64) {
-        self.conflicts_created.fetch_add(count, Ordering::Relaxed);
-    }
-
-    pub fn pairing_failed(&self) {
-        self.pairing_failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn pairing_failures(&self) -> u64 {
-        self.pairing_failures.load(Ordering::Relaxed)
-    }
-
-    pub fn rate_limited(&self, limiter: Limiter) {
-        self.rate_limited[limiter as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// An authenticated request of `user` at `now` (UTC days).
+    /// An authenticated request of `user` at `now`.
     pub fn user_active(&self, user: Uuid, now: DateTime<Utc>) {
-        self.daily_active.record(user, day_of(now));
+        // The later day wins: a request that read the clock just before midnight must not move a user back.
+        self.active.entry(user).and_modify(|seen| *seen = (*seen).max(day_of(now))).or_insert(day_of(now));
     }
 
-    /// Tokens used through the LLM proxy, by model name as the upstream gave it.
-    pub fn llm_tokens(&self, model: &str, tokens: u64) {
-        if let Some(count) = self.llm_tokens.get(model) {
-            count.fetch_add(tokens, Ordering::Relaxed);
-            return;
-        }
-        // Racing first uses of new models may pass the bound by a few: harmless.
-        let model = if self.llm_tokens.len() < MAX_MODELS { model } else { "other" };
-        self.llm_tokens.entry(model.to_owned()).or_default().fetch_add(tokens, Ordering::Relaxed);
-    }
-
-    /// Writes the families this struct holds; `now` picks the current day.
-    pub fn render(&self, text: &mut Exposition, now: DateTime<Utc>) {
-        self.requests.render(text);
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
-        text.single("echolia_pulls_total", Kind::Counter, "Pulls answered with a page.", Some(load(&self.pulls)));
-        text.single(
-            "echolia_pulls_read_ahead_total",
-            Kind::Counter,
-            "Pulls answered with a page read ahead while the device decoded the one before.",
-            Some(load(&self.pulls_read_ahead)),
-        );
-        let waiting = self.long_polls_waiting.load(Ordering::Relaxed) as f64;
-        text.single(
-            "echolia_long_polls_waiting",
-            Kind::Gauge,
-            "Pulls (`wait` > 0) waiting for a push now.",
-            Some(waiting),
-        );
-        let conflicts = load(&self.conflicts_created);
-        let help = "Pushed events that became a conflicting head (push status `conflict`).";
-        text.single("echolia_conflicts_created_total", Kind::Counter, help, Some(conflicts));
-        let active = self.daily_active.count(day_of(now)) as f64;
-        let help = "Distinct users with an authenticated request today (UTC).";
-        text.single("echolia_daily_active_users", Kind::Gauge, help, Some(active));
-        let failures = load(&self.pairing_failures);
-        let help = "Pairing claims with a wrong, used or expired code.";
-        text.single("echolia_pairing_failures_total", Kind::Counter, help, Some(failures));
-
-        let name = "echolia_rate_limited_total";
-        text.family(name, Kind::Counter, "Requests refused by a per-client-IP rate limit, by limiter.");
-        for limiter in Limiter::ALL {
-            text.sample(name, &[("limiter", limiter.as_str())], load(&self.rate_limited[limiter as usize]));
-        }
-
-        let name = "echolia_llm_tokens_total";
-        text.family(name, Kind::Counter, "Tokens used through the LLM proxy, by model.");
-        let mut models: Vec<(String, f64)> =
-            self.llm_tokens.iter().map(|m| (m.key().clone(), load(m.value()))).collect();
-        models.sort_by(|a, b| a.0.cmp(&b.0));
-        for (model, tokens) in &models {
-            text.sample(name, &[("model", model)], *tokens);
-        }
-    }
-}
-
-/// Keeps a long-poll counted as waiting while it lives.
-#[must_use = "the long-poll counts as waiting only while the guard lives"]
-pub struct WaitingGuard<'a>(&'a AtomicI64);
-
-impl Drop for WaitingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+    /// Users active on `now`'s day; those last seen before are forgotten.
+    fn daily_active(&self, now: DateTime<Utc>) -> usize {
+        let day = day_of(now);
+        self.active.retain(|_, seen| *seen >= day);
+        self.active.iter().filter(|seen| *seen.value() == day).count()
     }
 }
 
@@ -169,39 +100,104 @@ fn day_of(time: DateTime<Utc>) -> i32 {
     time.date_naive().num_days_from_ce()
 }
 
-/// The users seen today. Each id maps to the last day it was seen, so a
-/// day change needs no coordination: only today's entries count, and the
-/// first request of a new day drops the older ones.
-#[derive(Default)]
-struct DailyActive {
-    day: AtomicI32,
-    users: DashMap<Uuid, i32>,
+/// A future polled and dropped with its server's recorder current ([`Metrics::scope`]).
+pub struct Scoped<F> {
+    recorder: Arc<PrometheusRecorder>,
+    future: Option<Pin<Box<F>>>,
 }
 
-impl DailyActive {
-    fn record(&self, user: Uuid, day: i32) {
-        // A plain load first: the read-modify-write happens once a day.
-        if self.day.load(Ordering::Relaxed) < day && self.day.fetch_max(day, Ordering::Relaxed) < day {
-            self.users.retain(|_, seen| *seen >= day);
-        }
-        if self.users.get(&user).is_some_and(|seen| *seen >= day) {
-            return;
-        }
-        // A request that read the clock just before midnight must not move
-        // a user seen on the new day back to the old one.
-        self.users.entry(user).and_modify(|seen| *seen = (*seen).max(day)).or_insert(day);
-    }
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
 
-    fn count(&self, day: i32) -> usize {
-        self.users.iter().filter(|seen| *seen.value() == day).count()
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        with_local_recorder(&*this.recorder, || this.future.as_mut().map_or(Poll::Pending, |f| f.as_mut().poll(cx)))
     }
 }
 
-/// Counts only: the ids must never reach a log line through `{:?}`.
-impl std::fmt::Debug for DailyActive {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DailyActive").field("users", &self.users.len()).finish_non_exhaustive()
+impl<F> Drop for Scoped<F> {
+    fn drop(&mut self) {
+        let future = self.future.take();
+        with_local_recorder(&*self.recorder, || drop(future));
     }
+}
+
+/// Middleware (outermost in the API's layer stack): scopes each request to its server's recorder, and counts
+/// and times it once dropped, so a request whose client went away (e.g. a long-poll) counts too, as 499. The
+/// route is the template, never the raw path (it may hold ids); other methods are `other`: bounded labels.
+pub fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Scoped<impl Future<Output = Response>> {
+    metrics.scope(async move {
+        let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+        let method = METHODS.into_iter().find(|known| *known == req.method().as_str()).unwrap_or("other");
+        let started = Instant::now();
+        let mut status = scopeguard::guard(499, move |status: u16| {
+            let labels = [("route", route), ("method", method.to_owned())];
+            histogram!("echolia_http_request_duration_seconds", &labels).record(started.elapsed());
+            let labels = [labels[0].clone(), labels[1].clone(), ("status", status.to_string())];
+            counter!("echolia_http_requests_total", &labels).increment(1);
+        });
+        let response = next.run(req).await;
+        *status = response.status().as_u16();
+        response
+    })
+}
+
+/// The metrics listener's router. It starts the recorder's upkeep too, which folds histogram samples into their
+/// buckets between scrapes (the exporter's own listener would), for as long as the state lives.
+pub fn router(state: AppState) -> Router {
+    tokio::spawn(upkeep(Arc::downgrade(&state.metrics)));
+    Router::new()
+        .route("/metrics", get(|State(state): State<AppState>| async move { render(&state).await }))
+        .fallback(|| async { ApiError::not_found("not_found", "this listener serves only GET /metrics") })
+        .with_state(state)
+}
+
+async fn upkeep(metrics: Weak<Metrics>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    while let (_, Some(metrics)) = (every.tick().await, metrics.upgrade()) {
+        metrics.handle.run_upkeep();
+    }
+}
+
+/// A scrape: the figures only storage knows are set first. One it cannot give now keeps its last value (and is
+/// logged) rather than failing the scrape.
+async fn render(state: &AppState) -> impl IntoResponse {
+    let metrics = &state.metrics;
+    let users =
+        state.control.user_count().await.inspect_err(|err| tracing::warn!(error = %err, "metrics: no users count"));
+    let disk = disk_usage(state).await;
+    with_local_recorder(&*metrics.recorder, || {
+        counter!("echolia_events_appended_total").absolute(state.users.events_appended());
+        gauge!("echolia_open_user_databases").set(state.users.open_count() as f64);
+        gauge!("echolia_sqlite_memory_bytes").set(crate::store::memory::used_bytes() as f64);
+        gauge!("echolia_pull_read_ahead_bytes").set(state.read_ahead.kept_bytes() as f64);
+        gauge!("echolia_daily_active_users").set(metrics.daily_active(state.clock.now()) as f64);
+        if let Ok(users) = users {
+            gauge!("echolia_user_databases").set(users as f64);
+        }
+        if let Some(bytes) = disk {
+            gauge!("echolia_database_disk_bytes").set(bytes as f64);
+        }
+    });
+    // The exporter parts families with blank lines, and leaves out those with no sample yet.
+    let mut body = metrics.handle.render().replace("\n\n", "\n");
+    let undeclared: Vec<_> = families().filter(|(name, ..)| !body.contains(&format!("# TYPE {name} "))).collect();
+    for (name, _, kind, help) in undeclared {
+        body.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    }
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+}
+
+/// Bytes on disk, walking `DATA_DIR` at most every 15 s.
+async fn disk_usage(state: &AppState) -> Option<u64> {
+    let mut cached = state.metrics.disk_usage.lock().await;
+    if cached.is_none_or(|(measured, _)| measured.elapsed() >= Duration::from_secs(15)) {
+        match state.users.backend().total_storage_bytes().await {
+            Ok(bytes) => *cached = Some((Instant::now(), bytes)),
+            Err(err) => tracing::warn!(error = %err, "metrics: cannot measure the databases on disk"),
+        }
+    }
+    cached.map(|(_, bytes)| bytes)
 }
 
 #[cfg(test)]
@@ -210,35 +206,13 @@ mod tests {
 
     #[test]
     fn daily_actives_are_distinct_and_start_again_each_day() {
-        let active = DailyActive::default();
-        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-        active.record(alice, 10);
-        active.record(alice, 10);
-        active.record(bob, 10);
-        assert_eq!(active.count(10), 2);
-        active.record(bob, 11);
-        assert_eq!(active.count(11), 1);
-        assert_eq!(active.users.len(), 1, "yesterday's ids are dropped");
-        active.record(alice, 10); // a request that read the clock just before midnight
-        assert_eq!(active.count(11), 1);
-        assert_eq!(active.count(12), 0, "a day with no request yet");
-    }
-
-    #[test]
-    fn the_waiting_gauge_follows_its_guards_and_models_are_bounded() {
-        let metrics = Metrics::default();
-        let first = metrics.long_poll_waiting();
-        let second = metrics.long_poll_waiting();
-        assert_eq!(metrics.long_polls_waiting.load(Ordering::Relaxed), 2);
-        drop((first, second));
-        assert_eq!(metrics.long_polls_waiting.load(Ordering::Relaxed), 0);
-
-        for index in 0..MAX_MODELS + 5 {
-            metrics.llm_tokens(&format!("model-{index}"), 1);
-        }
-        metrics.llm_tokens("model-0", 9);
-        assert_eq!(metrics.llm_tokens.len(), MAX_MODELS + 1);
-        assert_eq!(metrics.llm_tokens.get("other").unwrap().load(Ordering::Relaxed), 5);
-        assert_eq!(metrics.llm_tokens.get("model-0").unwrap().load(Ordering::Relaxed), 10);
+        let (metrics, (alice, bob), today) = (Metrics::default(), (Uuid::new_v4(), Uuid::new_v4()), Utc::now());
+        let tomorrow = today + chrono::TimeDelta::days(1);
+        [alice, alice, bob].iter().for_each(|user| metrics.user_active(*user, today));
+        assert_eq!(metrics.daily_active(today), 2);
+        metrics.user_active(bob, tomorrow);
+        metrics.user_active(bob, today); // a request that read the clock just before midnight
+        assert_eq!(metrics.daily_active(tomorrow), 1);
+        assert_eq!(metrics.active.len(), 1, "yesterday's ids are dropped");
     }
 }
