@@ -55,7 +55,7 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(CatchPanicLayer::custom(|_panic| ApiError::internal("a handler panicked").into_response()))
         // Outermost, so it sees every answer (a caught panic's 500 too).
-        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::requests::track))
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         .with_state(state)
 }
 

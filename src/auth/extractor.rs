@@ -38,7 +38,7 @@ impl FromRequestParts<AppState> for UserAuth {
         span.record("device_id", tracing::field::display(claims.did));
         if state.auth.statuses().touch_due(claims.sub, claims.did) {
             let (db, device) = (db.clone(), claims.did);
-            tokio::spawn(async move {
+            tokio::spawn(state.metrics.scope(async move {
                 let touched = match db.read().await {
                     Ok(conn) => sessions::touch(&conn, device, now).await,
                     Err(err) => Err(err),
@@ -47,7 +47,7 @@ impl FromRequestParts<AppState> for UserAuth {
                     Ok(()) | Err(StoreError::UserNotFound(_)) => {}
                     Err(err) => tracing::warn!(error = %err, "could not record last_seen_at"),
                 }
-            });
+            }));
         }
         Ok(UserAuth { user_id: claims.sub, device_id: claims.did, db })
     }

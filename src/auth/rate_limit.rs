@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::http::ClientIp;
-use crate::ops::metrics::Limiter;
+use crate::state::rate_limit::Limiter;
 use crate::state::AppState;
 
 /// Middleware for `POST /auth/register`: runs before the body is read, so
@@ -36,7 +36,7 @@ async fn enforce(state: &AppState, which: Limiter, ip: IpAddr, req: Request, nex
     match limiter.check(ip) {
         Ok(()) => next.run(req).await,
         Err(err) => {
-            state.metrics.rate_limited(which);
+            metrics::counter!("echolia_rate_limited_total", "limiter" => which.as_str()).increment(1);
             tracing::info!("rate limited");
             err.into_response()
         }

@@ -3,6 +3,7 @@
 //! wake-ups, pull pages read ahead, per-IP limits). Handlers take it as
 //! `State<AppState>`; it depends only on the layers below the areas.
 
+pub mod metrics;
 pub mod notify;
 pub mod rate_limit;
 pub mod read_ahead;
@@ -12,10 +13,10 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
+use self::metrics::Metrics;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::identity::Auth;
-use crate::ops::metrics::Metrics;
 use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
 use notify::Notifier;
 use rate_limit::IpRateLimiter;

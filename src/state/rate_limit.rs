@@ -9,6 +9,24 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::error::ApiError;
 
+/// The per-IP rate limiters, as `echolia_rate_limited_total` labels them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limiter {
+    Register,
+    PairingClaim,
+}
+
+impl Limiter {
+    pub const ALL: [Limiter; 2] = [Limiter::Register, Limiter::PairingClaim];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limiter::Register => "register",
+            Limiter::PairingClaim => "pairing_claim",
+        }
+    }
+}
+
 /// Past this many tracked addresses, idle ones are forgotten.
 const MAX_TRACKED: usize = 10_000;
 

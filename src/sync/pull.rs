@@ -95,8 +95,8 @@ pub async fn pull(
             if let Some(cursor) = kept.next {
                 read_next(&state, &auth, &query, format, cursor);
             }
-            state.metrics.pull_answered();
-            state.metrics.pull_read_ahead();
+            metrics::counter!("echolia_pulls_total").increment(1);
+            metrics::counter!("echolia_pulls_read_ahead_total").increment(1);
             return Ok(format.respond_encoded(StatusCode::OK, kept.body.clone()));
         }
     }
@@ -104,7 +104,7 @@ pub async fn pull(
     if page.has_more {
         read_next(&state, &auth, &query, format, page.cursor);
     }
-    state.metrics.pull_answered();
+    metrics::counter!("echolia_pulls_total").increment(1);
     Ok(format.respond(StatusCode::OK, &page))
 }
 
@@ -115,11 +115,12 @@ fn read_next(state: &AppState, auth: &UserAuth, query: &PullQuery, format: Forma
     let next = PullQuery { since: cursor, wait: Duration::ZERO, ..query.clone() };
     let key = PageKey { since: cursor, limit: next.limit, kinds: next.kinds.clone(), format };
     let db = auth.db.clone();
-    state.read_ahead.start(auth.user_id, key, async move {
+    let read = state.metrics.scope(async move {
         let page = read_page(&db, &next).await.ok().filter(|page| !page.changes.is_empty())?;
         let body = format.encode(&page).ok()?;
         Some((page.head, body, page.has_more.then_some(page.cursor)))
     });
+    state.read_ahead.start(auth.user_id, key, read);
 }
 
 /// The first page with changes, or the empty one once `wait` ends (or the
@@ -138,7 +139,11 @@ async fn wait_for_page(state: &AppState, auth: &UserAuth, query: &PullQuery) -> 
         if !page.changes.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(page);
         }
-        waiting.get_or_insert_with(|| state.metrics.long_poll_waiting());
+        waiting.get_or_insert_with(|| {
+            let gauge = metrics::gauge!("echolia_long_polls_waiting");
+            gauge.increment(1);
+            scopeguard::guard(gauge, |gauge| gauge.decrement(1))
+        });
         tokio::select! {
             woke = pushes.changed() => if woke.is_err() { return Ok(page) },
             () = tokio::time::sleep_until(deadline) => return Ok(page),

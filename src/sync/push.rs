@@ -53,7 +53,7 @@ pub async fn push(
     tx.commit().await?;
     state.notifier.notify(auth.user_id, tip.seq);
     let conflicts = results.iter().filter(|result| result.status == EventStatus::Conflict).count();
-    state.metrics.conflicts_created(conflicts as u64);
+    metrics::counter!("echolia_conflicts_created_total").increment(conflicts as u64);
 
     let results = results.into_iter().map(push_result).collect();
     let body = PushResponse { cursor: tip.seq, head_hash: HexHash(tip.hash), results };

@@ -276,3 +276,27 @@ async fn rate_limits_and_failed_pairing_claims_are_counted_by_limiter() {
     assert_eq!(scrape.requests("/auth/register", "POST", 429), 1.0);
     assert_eq!(scrape.requests("/auth/pairing/claim", "POST", 404), 2.0);
 }
+
+/// The README's Metrics table is the contract dashboards rely on: a scrape has every family it lists, with the
+/// type it gives, and no family it does not list.
+#[tokio::test]
+async fn a_scrape_has_every_family_the_readme_lists_and_no_other() {
+    let app = spawn_app().await;
+    app.register().await;
+    let scrape = Scrape::of(&app).await;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("\n## Metrics\n").nth(1).unwrap().split("\n## ").next().unwrap();
+    let mut listed = Vec::new();
+    for row in section.lines().filter_map(|line| line.strip_prefix("| `echolia_")) {
+        let (series, rest) = row.split_once("` | ").unwrap();
+        let (name, kind) =
+            (format!("echolia_{}", series.split('{').next().unwrap()), rest.split(" | ").next().unwrap());
+        assert!(scrape.has_family(&name, kind), "no {kind} `{name}` in the scrape:\n{}", scrape.body);
+        listed.push(name);
+    }
+    assert!(listed.len() >= 16, "the README's table was not found: {listed:?}");
+    for declared in scrape.body.lines().filter_map(|line| line.strip_prefix("# TYPE ")) {
+        let name = declared.split(' ').next().unwrap();
+        assert!(listed.iter().any(|listed| listed == name), "`{name}` is not in the README's Metrics table");
+    }
+}

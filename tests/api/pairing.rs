@@ -221,17 +221,25 @@ async fn wrong_codes_tokens_users_and_repeats_are_refused() {
     let desktop = app.register().await;
     let stranger = app.register().await;
     let phone = NewDevice::new();
-    let failures = || app.state.metrics.pairing_failures();
+    // Read from a scrape: the counter lives in the server's recorder.
+    let failures = || async {
+        let body = app.scrape().await;
+        body.lines()
+            .find_map(|line| line.strip_prefix("echolia_pairing_failures_total "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
 
     assert_error(claim(&app, &phone.claim_body("ZZZZ-ZZZZ")).await, StatusCode::NOT_FOUND, "pairing_not_found").await;
     assert_error(claim(&app, &phone.claim_body("not a code")).await, StatusCode::NOT_FOUND, "pairing_not_found").await;
-    assert_eq!(failures(), 2, "failed claims are counted");
+    assert_eq!(failures().await, 2, "failed claims are counted");
 
     let started = start(&app, &desktop).await;
     let code = started["code"].as_str().unwrap();
     assert_eq!(claim(&app, &phone.claim_body(code)).await.status(), StatusCode::ACCEPTED);
     assert_error(claim(&app, &phone.claim_body(code)).await, StatusCode::NOT_FOUND, "pairing_not_found").await;
-    assert_eq!(failures(), 3, "a reused code is a failed claim");
+    assert_eq!(failures().await, 3, "a reused code is a failed claim");
     let pairing_id = started["pairing_id"].as_str().unwrap();
 
     // Another pairing's claim token does not open this one.

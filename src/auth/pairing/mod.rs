@@ -197,7 +197,7 @@ pub async fn claim(
     let device = profile(req.device_name, req.device_type, req.platform, req.public_key, req.capabilities)?;
     let now = state.clock.now();
     let failed = || {
-        state.metrics.pairing_failed();
+        metrics::counter!("echolia_pairing_failures_total").increment(1);
         tracing::info!("pairing claim failed");
         not_found()
     };
