@@ -11,7 +11,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::auth::UserAuth;
 use crate::clock::parse_rfc3339;
 use crate::error::ApiResult;
 use crate::error::ErrorResponse;
@@ -19,6 +18,7 @@ use crate::events::log::{page_len, read_after, MAX_PAGE_PAYLOAD_BYTES};
 use crate::events::read_tip;
 use crate::events::wire::write_ndjson;
 use crate::state::AppState;
+use crate::state::UserAuth;
 use crate::store::{query_opt, StoreError};
 use crate::views::devices;
 

@@ -9,7 +9,6 @@ use utoipa_axum::routes;
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
-use crate::auth::UserAuth;
 use crate::clock::parse_rfc3339;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
@@ -17,6 +16,7 @@ use crate::events::log::{DEFAULT_LIMIT, MAX_LIMIT};
 use crate::events::{Kind, Op};
 use crate::http::{ApiPath, QueryParams};
 use crate::state::AppState;
+use crate::state::UserAuth;
 use crate::store::{StoreError, StoreResult};
 use crate::views::devices;
 

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::enrol::{capabilities_field, device_name_field};
-use super::UserAuth;
 use crate::clock::parse_rfc3339;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
@@ -23,6 +22,7 @@ use crate::identity::sessions;
 use crate::identity::status::DeviceStatus;
 use crate::projection::devices::DeviceRow;
 use crate::state::AppState;
+use crate::state::UserAuth;
 use crate::store::StoreResult;
 use crate::views::devices;
 use crate::views::write::record_device;

@@ -9,13 +9,14 @@ use base64::Engine;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{keys, UserAuth};
+use super::keys;
 use crate::error::{ApiError, ApiResult};
 use crate::events::device::{DeviceAction, DeviceProfile, DeviceType};
 use crate::events::LogTx;
 use crate::http::ApiJson;
 use crate::identity::{sessions, status, TokenResponse};
 use crate::state::AppState;
+use crate::state::UserAuth;
 use crate::views::write::record_device;
 
 pub const MAX_DEVICE_NAME_CHARS: usize = 100;

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::enrol::key_envelope;
-use super::UserAuth;
 use crate::clock::rfc3339;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
@@ -21,6 +20,7 @@ use crate::events::device::DeviceAction;
 use crate::events::LogTx;
 use crate::http::ApiJson;
 use crate::state::AppState;
+use crate::state::UserAuth;
 use crate::store::{query_opt, StoreResult};
 use crate::views::devices as device_view;
 use crate::views::write::record_device;

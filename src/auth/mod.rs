@@ -3,7 +3,6 @@
 
 pub mod devices;
 pub mod enrol;
-pub mod extractor;
 pub mod keys;
 pub mod pairing;
 pub mod rate_limit;
@@ -11,8 +10,6 @@ pub mod refresh;
 
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
-
-pub use extractor::UserAuth;
 
 use crate::state::AppState;
 

@@ -1,12 +1,14 @@
 //! What every request shares, built once at start: configuration, storage,
 //! the identity service, and the in-process state of the areas (long-poll
-//! wake-ups, pull pages read ahead, per-IP limits). Handlers take it as
+//! wake-ups, pull pages read ahead, per-IP limits, metrics), and the
+//! extractor of the authenticated caller ([`UserAuth`]). Handlers take it as
 //! `State<AppState>`; it depends only on the layers below the areas.
 
 pub mod metrics;
 pub mod notify;
 pub mod rate_limit;
 pub mod read_ahead;
+pub mod user_auth;
 
 use std::sync::Arc;
 
@@ -21,6 +23,8 @@ use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
 use notify::Notifier;
 use rate_limit::IpRateLimiter;
 use read_ahead::ReadAhead;
+
+pub use user_auth::UserAuth;
 
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone)]
@@ -71,5 +75,12 @@ impl AppState {
             shutdown: CancellationToken::new(),
             config: Arc::new(config),
         })
+    }
+}
+
+/// What `ClientIp` reads: the settings, for `TRUSTED_PROXIES`.
+impl axum::extract::FromRef<AppState> for Arc<Config> {
+    fn from_ref(state: &AppState) -> Self {
+        state.config.clone()
     }
 }

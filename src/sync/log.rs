@@ -6,13 +6,13 @@ use axum::response::Response;
 
 use super::pull::cursor_ahead;
 use super::wire::{EventsResponse, LogEvent};
-use crate::auth::UserAuth;
 use crate::error::ApiResult;
 use crate::error::ErrorResponse;
 use crate::events::log::{page_len, read_after, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_PAYLOAD_BYTES};
 use crate::events::read_tip;
 use crate::http::codec::Accepts;
 use crate::http::QueryParams;
+use crate::state::UserAuth;
 
 /// The raw event log after a cursor.
 #[utoipa::path(get, path = "/sync/events", tag = "sync", security(("bearer" = [])),

@@ -9,7 +9,6 @@ use axum::response::Response;
 
 use super::page::{Page, PageChange};
 use super::wire::PullResponse;
-use crate::auth::UserAuth;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::events::log::{DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_PAYLOAD_BYTES};
@@ -19,6 +18,7 @@ use crate::http::codec::{Accepts, Format};
 use crate::http::QueryParams;
 use crate::state::read_ahead::PageKey;
 use crate::state::AppState;
+use crate::state::UserAuth;
 use crate::store::{StoreError, StoreResult, UserDb};
 use crate::views::changes::{ChangedSince, StoredChange, StoredHead, STORED_HEAD_COLUMNS};
 use crate::views::CLIENT_KINDS;

@@ -8,13 +8,13 @@ use chrono::{Datelike, SubsecRound};
 use uuid::Uuid;
 
 use super::wire::{ClientEvent, HexHash, PushRequest, PushResponse, PushResult, PushStatus};
-use crate::auth::UserAuth;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{Kind, LogTx, NewEvent, Op};
 use crate::http::codec::{Accepts, SyncBody};
 use crate::identity::status::require_active_in;
 use crate::state::AppState;
+use crate::state::UserAuth;
 use crate::views::write::{apply_batch, BatchError, BatchResult, EventStatus};
 
 pub const MAX_BATCH_EVENTS: usize = 1000;

@@ -4,11 +4,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::wire::{HexHash, StatusResponse};
-use crate::auth::UserAuth;
 use crate::error::ApiResult;
 use crate::error::ErrorResponse;
 use crate::events::read_tip;
 use crate::http::codec::Accepts;
+use crate::state::UserAuth;
 use crate::store::query_opt;
 
 /// Sync status of the user.

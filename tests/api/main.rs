@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod helpers;
 mod keys_audit_account;
+mod layers;
 mod load;
 mod metrics;
 mod openapi;

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::enrol::{key_envelope, profile};
-use super::{keys, UserAuth};
+use super::keys;
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
 use crate::events::device::{DeviceAction, DeviceType};
@@ -35,6 +35,7 @@ use crate::http::{ApiJson, ApiPath, QueryParams};
 use crate::identity::pairings::{self as store, Pairing, Status};
 use crate::identity::{sessions, status, TokenResponse};
 use crate::state::AppState;
+use crate::state::UserAuth;
 use crate::views::devices as device_view;
 use crate::views::write::record_device;
 
