@@ -1,6 +1,6 @@
 //! Replay throughput and memory on one user with a big log.
 //!
-//! The log is generated straight through the append path (`WriteTx::append`,
+//! The log is generated straight through the append path (`LogTx::append`,
 //! 10,000 events a transaction: far faster than HTTP), with a journal-like
 //! mix: entries created and edited a few times, sometimes concurrently by a
 //! second device and then merged, tags and embeddings of entries, memories,
