@@ -8,7 +8,6 @@ mod cli;
 mod crash;
 mod helpers;
 mod keys_audit_account;
-mod load;
 mod metrics;
 mod openapi;
 mod pairing;
