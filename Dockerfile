@@ -7,7 +7,8 @@ WORKDIR /src
 
 # The whole context (trimmed by .dockerignore): the binary embeds schema/*.sql and
 # projections/*.sql with include_str!, and Cargo checks every target the manifest
-# names (tests/, benches/) even when building only the binary.
+# names (tests/, benches/) and every workspace member (load/) even when building only
+# the binary, which does not compile the members' dependencies.
 COPY . .
 
 RUN cargo build --release --locked --bin echolia

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the load scenarios of benches/README.md, each against a fresh release
 # server on a temporary DATA_DIR, and writes every report to $OUT.
-#   cargo build --release && benches/load.sh            (OUT=/tmp/echolia-load-figures by default)
+#   cargo build --release --workspace && benches/load.sh   (OUT=/tmp/echolia-load-figures by default)
+# (--workspace: the server and the load generator, a member of its own.)
 # Server and load generator share this machine, as the targets ask.
 set -euo pipefail
 BIN=${CARGO_TARGET_DIR:-target}/release

@@ -9,7 +9,6 @@ mod crash;
 mod helpers;
 mod keys_audit_account;
 mod layers;
-mod load;
 mod metrics;
 mod openapi;
 mod pairing;

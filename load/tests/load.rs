@@ -2,11 +2,59 @@
 //! server: a tiny steady run, a tiny long-poll run, and a server that is
 //! not there.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::Arc;
 
+use echolia::app;
+use echolia::clock::SystemClock;
+use echolia::config::Config;
+use echolia::state::AppState;
 use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
 
-use crate::helpers::{spawn_app, user_db_files};
+/// A server in this process on random ports, with a temporary `DATA_DIR`.
+/// Dropping it starts the server's graceful shutdown.
+struct TestApp {
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    _shutdown: oneshot::Sender<()>,
+    dir: TempDir,
+}
+
+impl TestApp {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let env = HashMap::from([
+        ("DATA_DIR", dir.path().display().to_string()),
+        ("REGISTER_RATE_LIMIT", "100000".to_owned()),
+        ("BIND_ADDR", "127.0.0.1:0".to_owned()),
+        ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
+    ]);
+    let config = Config::from_lookup(|name| env.get(name).cloned()).unwrap();
+    let state = AppState::build(config, Arc::new(SystemClock)).await.unwrap();
+    let listeners = app::Listeners::bind(&state.config).await.unwrap();
+    let (addr, metrics_addr) = listeners.local_addrs().unwrap();
+    let (shutdown, stop) = oneshot::channel::<()>();
+    tokio::spawn(app::serve(listeners, state, async {
+        let _ = stop.await;
+    }));
+    TestApp { addr, metrics_addr, _shutdown: shutdown, dir }
+}
+
+/// The users' database files under `DATA_DIR/users`.
+fn user_db_files(app: &TestApp) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(app.dir.path().join("users")).unwrap();
+    entries.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "db")).collect()
+}
 
 /// Runs the binary off the runtime's threads, so the in-process server keeps serving.
 async fn load(args: &[&str]) -> Output {
