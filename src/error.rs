@@ -111,8 +111,8 @@ struct ErrorFields<'a> {
     message: &'a str,
 }
 
-/// Every error: `{"error": {"code", "message"}}` (the OpenAPI schema of
-/// what [`ApiError`] renders; handlers name it in their responses).
+// The OpenAPI schema of what `ApiError` renders; handlers name it in their responses.
+/// Every error: `{"error": {"code", "message"}}`.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct ErrorResponse {

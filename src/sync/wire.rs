@@ -79,7 +79,9 @@ pub struct PushResponse {
 }
 
 /// A head of an aggregate, with its payload.
+// The schema keeps the name client code was generated from.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = HeadView)]
 pub struct ChangeHead {
     #[schema(value_type = String, format = Uuid)]
     pub event_id: Hyphenated,
