@@ -123,10 +123,17 @@ impl Jws {
 /// moment the chain must be valid at.
 #[derive(Debug, Deserialize)]
 struct Dated {
-    #[serde(rename = "signedDate")]
+    #[serde(rename = "signedDate", default, deserialize_with = "millis")]
     signed_date: Option<i64>,
-    #[serde(rename = "receiptCreationDate")]
+    #[serde(rename = "receiptCreationDate", default, deserialize_with = "millis")]
     receipt_creation_date: Option<i64>,
+}
+
+/// A date in milliseconds; Xcode's StoreKit testing writes some with a
+/// fraction, which is dropped.
+fn millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let value = Option::<f64>::deserialize(deserializer)?;
+    Ok(value.filter(|ms| ms.is_finite()).map(|ms| ms.trunc() as i64))
 }
 
 /// Accepts any extended key usage: Apple's certificates name none that matter
@@ -152,12 +159,16 @@ pub struct Transaction {
     pub product_id: Option<String>,
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    #[serde(default, deserialize_with = "millis")]
     pub purchase_date: Option<i64>,
+    #[serde(default, deserialize_with = "millis")]
     pub expires_date: Option<i64>,
+    #[serde(default, deserialize_with = "millis")]
     pub revocation_date: Option<i64>,
     pub app_account_token: Option<String>,
     pub in_app_ownership_type: Option<String>,
     pub environment: Option<String>,
+    #[serde(default, deserialize_with = "millis")]
     pub signed_date: Option<i64>,
 }
 
@@ -167,8 +178,10 @@ pub struct Transaction {
 pub struct RenewalInfo {
     pub original_transaction_id: Option<String>,
     pub auto_renew_status: Option<i64>,
+    #[serde(default, deserialize_with = "millis")]
     pub grace_period_expires_date: Option<i64>,
     pub environment: Option<String>,
+    #[serde(default, deserialize_with = "millis")]
     pub signed_date: Option<i64>,
 }
 
@@ -180,6 +193,7 @@ pub struct Notification {
     pub subtype: Option<String>,
     #[serde(rename = "notificationUUID")]
     pub notification_uuid: String,
+    #[serde(default, deserialize_with = "millis")]
     pub signed_date: Option<i64>,
     pub data: Option<NotificationData>,
     pub summary: Option<NotificationApp>,

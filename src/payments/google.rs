@@ -41,8 +41,11 @@ pub struct PushRequest {
 pub struct PushMessage {
     /// Base64 of the `DeveloperNotification` JSON.
     pub data: Option<String>,
-    #[serde(rename = "messageId", alias = "message_id")]
-    pub message_id: String,
+    /// Pub/Sub sends the id under both names.
+    #[serde(rename = "messageId")]
+    pub message_id: Option<String>,
+    #[serde(rename = "message_id")]
+    pub message_id_snake: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,7 +265,13 @@ pub async fn notification(
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .ok_or_else(|| ApiError::invalid_field("message.data", "is not a base64 developer notification"))?;
-    let message_id = body.message.message_id.as_str();
+    let message_id = body
+        .message
+        .message_id
+        .as_deref()
+        .or(body.message.message_id_snake.as_deref())
+        .filter(|id| !id.is_empty() && id.len() <= 200)
+        .ok_or_else(|| ApiError::invalid_field("message.messageId", "is missing"))?;
     let control = state.control.conn().await?;
     if entitlements::seen(&control, Source::Google, message_id).await? {
         return Ok(done("duplicate"));

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{assert_error, spawn_app_with, Session, TestApp};
-use crate::payments_apple::{account_tier, entitlement};
+use crate::payments_apple::{account_tier, bearer, entitlement};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/payments");
 const PACKAGE: &str = "com.example.echolia";
@@ -210,7 +210,7 @@ async fn push_ok(app: &TestApp, message_id: &str, notification: &Value) -> Strin
 async fn post_subscription(app: &TestApp, session: &Session, token: &str) -> reqwest::Response {
     app.post(
         "/payments/google/subscriptions",
-        Some(&session.access_token),
+        Some(&bearer(app, session)),
         &json!({"product_id": PRODUCT, "purchase_token": token}),
     )
     .await
