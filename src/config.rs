@@ -241,7 +241,8 @@ fn apple_store(get: &impl Fn(&str) -> Option<String>) -> Result<Result<AppleStor
     let mut root_certs = Vec::new();
     for path in get("APPLE_ROOT_CERTS").unwrap_or_default().split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let bytes = std::fs::read(path).map_err(|err| invalid("APPLE_ROOT_CERTS", format!("`{path}`: {err}")))?;
-        let der = der_or_pem(&bytes).ok_or_else(|| invalid("APPLE_ROOT_CERTS", format!("`{path}` is not a DER or PEM certificate")))?;
+        let der = der_or_pem(&bytes)
+            .ok_or_else(|| invalid("APPLE_ROOT_CERTS", format!("`{path}` is not a DER or PEM certificate")))?;
         root_certs.push(der);
     }
     let bundle_id = get("APPLE_BUNDLE_ID");
@@ -253,7 +254,9 @@ fn apple_store(get: &impl Fn(&str) -> Option<String>) -> Result<Result<AppleStor
         missing.push("APPLE_APP_APPLE_ID");
     }
     Ok(match bundle_id {
-        Some(bundle_id) if missing.is_empty() => Ok(AppleStoreConfig { bundle_id, environment, app_apple_id, root_certs }),
+        Some(bundle_id) if missing.is_empty() => {
+            Ok(AppleStoreConfig { bundle_id, environment, app_apple_id, root_certs })
+        }
         _ => Err(Missing(missing)),
     })
 }
@@ -317,8 +320,9 @@ fn service_account(path: &str) -> Result<GoogleServiceAccount, ConfigError> {
         token_uri: Option<String>,
     }
     let bytes = std::fs::read(path).map_err(|err| invalid(VARIABLE, format!("`{path}`: {err}")))?;
-    let file: KeyFile = serde_json::from_slice(&bytes)
-        .map_err(|_| invalid(VARIABLE, format!("`{path}` is not a service-account key file (client_email, private_key)")))?;
+    let file: KeyFile = serde_json::from_slice(&bytes).map_err(|_| {
+        invalid(VARIABLE, format!("`{path}` is not a service-account key file (client_email, private_key)"))
+    })?;
     jsonwebtoken::EncodingKey::from_rsa_pem(file.private_key.as_bytes())
         .map_err(|_| invalid(VARIABLE, format!("`{path}`: private_key is not an RSA key in PEM")))?;
     let token_uri = file.token_uri.unwrap_or_else(|| "https://oauth2.googleapis.com/token".into());
@@ -423,10 +427,54 @@ mod tests {
             ("MAX_OPEN_DATABASES", "-1"),
             ("SQLITE_MEMORY_LIMIT_MB", "lots"),
             ("WORKER_THREADS", "0"),
+            ("APPLE_ENVIRONMENT", "Xcode"),
+            ("APPLE_APP_APPLE_ID", "abc"),
+            ("APPLE_ROOT_CERTS", "/nonexistent/root.der"),
+            ("GOOGLE_ENVIRONMENT", "test"),
+            ("GOOGLE_SERVICE_ACCOUNT_FILE", "/nonexistent/key.json"),
+            ("GOOGLE_API_BASE_URL", "ftp://example.com"),
+            ("GOOGLE_OIDC_JWKS_URL", "example.com/certs"),
         ] {
             let err = load(&[(name, value)]).unwrap_err();
             assert_eq!(err.variable, name, "{value}");
         }
+    }
+
+    #[test]
+    fn stores_missing_settings_are_named_not_fatal() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.apple.unwrap_err(), Missing(vec!["APPLE_BUNDLE_ID", "APPLE_APP_APPLE_ID"]));
+        assert_eq!(config.google.unwrap_err(), Missing(vec!["GOOGLE_PACKAGE_NAME", "GOOGLE_SERVICE_ACCOUNT_FILE"]));
+        assert_eq!(config.google_pubsub.unwrap_err(), Missing(vec!["GOOGLE_PUBSUB_AUDIENCE"]));
+        let sandbox = load(&[("APPLE_BUNDLE_ID", "com.example"), ("APPLE_ENVIRONMENT", "sandbox")]).unwrap();
+        let apple = sandbox.apple.unwrap();
+        assert_eq!(
+            (apple.environment, apple.app_apple_id, apple.root_certs.len()),
+            (StoreEnvironment::Sandbox, None, 0)
+        );
+        let production = load(&[("APPLE_BUNDLE_ID", "com.example")]).unwrap();
+        assert_eq!(production.apple.unwrap_err(), Missing(vec!["APPLE_APP_APPLE_ID"]));
+        // DER and PEM roots both read as DER.
+        let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/apple/certs");
+        let roots = format!("{certs}/testCA.pem, {certs}/testCA.der");
+        let config = load(&[("APPLE_ROOT_CERTS", &roots)]).unwrap();
+        let der = std::fs::read(format!("{certs}/testCA.der")).unwrap();
+        assert_eq!(config.apple.unwrap_err().0.len(), 2);
+        let config =
+            load(&[("APPLE_ROOT_CERTS", &roots), ("APPLE_BUNDLE_ID", "b"), ("APPLE_APP_APPLE_ID", "1")]).unwrap();
+        assert_eq!(config.apple.unwrap().root_certs, vec![der.clone(), der]);
+        // A file that is not a certificate stops the server.
+        let dir = tempfile::tempdir().unwrap();
+        let bogus = dir.path().join("root.pem");
+        std::fs::write(&bogus, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let err = load(&[("APPLE_ROOT_CERTS", bogus.to_str().unwrap())]).unwrap_err();
+        assert_eq!(err.variable, "APPLE_ROOT_CERTS");
+        let key = dir.path().join("key.json");
+        std::fs::write(&key, r#"{"client_email": "a@b", "private_key": "not a key"}"#).unwrap();
+        assert_eq!(
+            load(&[("GOOGLE_SERVICE_ACCOUNT_FILE", key.to_str().unwrap())]).unwrap_err().variable,
+            "GOOGLE_SERVICE_ACCOUNT_FILE"
+        );
     }
 
     #[test]

@@ -99,14 +99,15 @@ impl Jws {
     /// Splits and decodes a compact JWS; says nothing about who signed it.
     pub fn parse(jws: &str) -> Result<Self, AppleError> {
         let mut parts = jws.trim().split('.');
-        let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AppleError::Malformed("a compact JWS has three dot-separated parts"));
         };
         let decode = |part: &str| URL_SAFE_NO_PAD.decode(part.trim_end_matches('='));
         let header_bytes = decode(header).map_err(|_| AppleError::Malformed("the header is not base64url"))?;
-        let header: JwsHeader =
-            serde_json::from_slice(&header_bytes).map_err(|_| AppleError::Malformed("the header is not a JWS header"))?;
+        let header: JwsHeader = serde_json::from_slice(&header_bytes)
+            .map_err(|_| AppleError::Malformed("the header is not a JWS header"))?;
         let payload_bytes = decode(payload).map_err(|_| AppleError::Malformed("the payload is not base64url"))?;
         let signature = decode(signature).map_err(|_| AppleError::Malformed("the signature is not base64url"))?;
         let signing_input = jws.trim().rsplit_once('.').map(|(input, _)| input.as_bytes().to_vec()).unwrap_or_default();
@@ -303,7 +304,8 @@ impl AppleVerifier {
         let Some(x5c) = &jws.header.x5c else { return Err(AppleError::Malformed("the header has no x5c")) };
         let [leaf, intermediate, _ignored] = x5c.as_slice() else { return Err(AppleError::ChainLength) };
         let leaf = STANDARD.decode(leaf).map_err(|_| AppleError::Certificate("x5c[0] is not base64"))?;
-        let intermediate = STANDARD.decode(intermediate).map_err(|_| AppleError::Certificate("x5c[1] is not base64"))?;
+        let intermediate =
+            STANDARD.decode(intermediate).map_err(|_| AppleError::Certificate("x5c[1] is not base64"))?;
         let dated: Dated = jws.payload_as()?;
         let effective_ms = dated.signed_date.or(dated.receipt_creation_date).unwrap_or(now_ms);
         let key = self.leaf_key(&leaf, &intermediate, effective_ms)?;
@@ -316,11 +318,14 @@ impl AppleVerifier {
     /// Steps 2 and 3: the leaf's public key (an uncompressed P-256 point) once
     /// its chain to a configured root holds at `effective_ms`.
     pub fn leaf_key(&self, leaf: &[u8], intermediate: &[u8], effective_ms: i64) -> Result<Vec<u8>, AppleError> {
-        let seconds = u64::try_from(effective_ms / 1000).map_err(|_| AppleError::Malformed("signedDate is negative"))?;
+        let seconds =
+            u64::try_from(effective_ms / 1000).map_err(|_| AppleError::Malformed("signedDate is negative"))?;
         let leaf_der = CertificateDer::from(leaf);
-        let end_entity = EndEntityCert::try_from(&leaf_der).map_err(|_| AppleError::Certificate("x5c[0] is not a certificate"))?;
+        let end_entity =
+            EndEntityCert::try_from(&leaf_der).map_err(|_| AppleError::Certificate("x5c[0] is not a certificate"))?;
         let intermediates = [CertificateDer::from(intermediate)];
-        let root_ders: Vec<CertificateDer<'_>> = self.roots.iter().map(|root| CertificateDer::from(root.as_slice())).collect();
+        let root_ders: Vec<CertificateDer<'_>> =
+            self.roots.iter().map(|root| CertificateDer::from(root.as_slice())).collect();
         let anchors: Vec<TrustAnchor<'_>> =
             root_ders.iter().filter_map(|root| webpki::anchor_from_trusted_cert(root).ok()).collect();
         let time = UnixTime::since_unix_epoch(Duration::from_secs(seconds));
@@ -366,8 +371,15 @@ pub fn notification_update(
     let status = match (notification.notification_type.as_str(), notification.subtype.as_deref()) {
         // A purchase, a renewal, a plan change, an extension, a refund undone:
         // the transaction says it all (a revoked one stays revoked).
-        ("SUBSCRIBED" | "DID_RENEW" | "OFFER_REDEEMED" | "DID_CHANGE_RENEWAL_PREF" | "RENEWAL_EXTENDED"
-        | "REFUND_REVERSED", _) => from_transaction.status,
+        (
+            "SUBSCRIBED"
+            | "DID_RENEW"
+            | "OFFER_REDEEMED"
+            | "DID_CHANGE_RENEWAL_PREF"
+            | "RENEWAL_EXTENDED"
+            | "REFUND_REVERSED",
+            _,
+        ) => from_transaction.status,
         ("DID_FAIL_TO_RENEW", Some("GRACE_PERIOD")) => Status::Grace,
         ("DID_FAIL_TO_RENEW", _) | ("GRACE_PERIOD_EXPIRED", _) => Status::BillingRetry,
         ("EXPIRED", _) => Status::Expired,
@@ -457,7 +469,8 @@ mod tests {
 
     #[test]
     fn apples_production_chain_is_accepted_under_the_bundled_root_only() {
-        let (leaf, intermediate) = (read("chain/apple_prod_signing_leaf.der"), read("chain/apple_wwdr_g6_intermediate.der"));
+        let (leaf, intermediate) =
+            (read("chain/apple_prod_signing_leaf.der"), read("chain/apple_wwdr_g6_intermediate.der"));
         let bundled = AppleVerifier::new(Vec::new(), "com.example".into(), StoreEnvironment::Production, Some(1));
         assert_eq!(bundled.leaf_key(&leaf, &intermediate, EFFECTIVE_MS).unwrap().len(), 65);
         assert_eq!(read("chain/apple_root_ca_g3.der"), APPLE_ROOT_CA_G3, "the bundled root is Apple's");

@@ -256,7 +256,8 @@ impl PlayClient {
         }
         let token = self.access_token(http, now).await?;
         let url = format!("{}/subscriptions/{product_id}/tokens/{purchase_token}:acknowledge", self.purchases_url());
-        let response = http.post(url).bearer_auth(token).json(&serde_json::json!({})).timeout(CALL_TIMEOUT).send().await?;
+        let response =
+            http.post(url).bearer_auth(token).json(&serde_json::json!({})).timeout(CALL_TIMEOUT).send().await?;
         match response.status().as_u16() {
             200..=299 => Ok(()),
             status => Err(GoogleError::Upstream(format!("acknowledge answered {status}"))),
@@ -330,14 +331,16 @@ impl PushVerifier {
             return Err(PushAuthError::Invalid);
         }
         let kid = header.kid.ok_or(PushAuthError::Invalid)?;
-        let key = self.key(http, &kid, now.timestamp()).await.map_err(PushAuthError::Keys)?.ok_or(PushAuthError::Invalid)?;
+        let key =
+            self.key(http, &kid, now.timestamp()).await.map_err(PushAuthError::Keys)?.ok_or(PushAuthError::Invalid)?;
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_audience(&[&self.config.audience]);
         validation.set_issuer(&["https://accounts.google.com", "accounts.google.com"]);
         // Expiry against the service's clock, below.
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "aud", "iss"]);
-        let claims = jsonwebtoken::decode::<PushClaims>(token, &key, &validation).map_err(|_| PushAuthError::Invalid)?;
+        let claims =
+            jsonwebtoken::decode::<PushClaims>(token, &key, &validation).map_err(|_| PushAuthError::Invalid)?;
         if claims.claims.exp + 60 < now.timestamp() {
             return Err(PushAuthError::Invalid);
         }

@@ -101,7 +101,8 @@ pub async fn transaction(
     let applied = entitlements::apply(&tx, &update, Some(auth.user_id), now).await?;
     tx.commit().await?;
     let outcome = if applied == Applied::Applied { "applied" } else { "stale" };
-    metrics::counter!("echolia_store_updates_total", "store" => "apple", "via" => "app", "outcome" => outcome).increment(1);
+    metrics::counter!("echolia_store_updates_total", "store" => "apple", "via" => "app", "outcome" => outcome)
+        .increment(1);
     Ok(Json(EntitlementResponse { entitlement: entitlement_of(&state, auth.user_id, now).await? }))
 }
 
@@ -148,9 +149,9 @@ pub async fn notification(
         .map(|jws| verifier.renewal_info(jws, now_ms))
         .transpose()
         .map_err(rejected)?;
-    let update = transaction
-        .as_ref()
-        .and_then(|transaction| verify::notification_update(&notification, transaction, renewal.as_ref(), verifier.environment()));
+    let update = transaction.as_ref().and_then(|transaction| {
+        verify::notification_update(&notification, transaction, renewal.as_ref(), verifier.environment())
+    });
     let user = known_user(&control, transaction.as_ref().and_then(|t| t.app_account_token.as_deref())).await?;
 
     let tx = control.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await?;

@@ -203,8 +203,14 @@ async fn store(
 /// Records a notification that changes nothing.
 async fn ignore(state: &AppState, message_id: &str, kind: &str) -> ApiResult<Json<NotificationOutcome>> {
     let control = state.control.conn().await?;
-    let received =
-        Received { source: Source::Google, notification_id: message_id, kind, store_id: None, outcome: "ignored", signed_at: None };
+    let received = Received {
+        source: Source::Google,
+        notification_id: message_id,
+        kind,
+        store_id: None,
+        outcome: "ignored",
+        signed_at: None,
+    };
     let fresh = entitlements::record(&control, &received, state.clock.now()).await?;
     Ok(done(if fresh { "ignored" } else { "duplicate" }))
 }
@@ -279,22 +285,20 @@ pub async fn notification(
     if notification.package_name != client.package_name() {
         return ignore(&state, message_id, "other_package").await;
     }
-    let (purchase_token, kind, revoked, product_id) = match (
-        &notification.subscription_notification,
-        &notification.voided_purchase_notification,
-    ) {
-        (Some(sub), _) => (
-            sub.purchase_token.as_str(),
-            sub.notification_type.to_string(),
-            sub.notification_type == SUBSCRIPTION_REVOKED,
-            sub.subscription_id.as_deref().unwrap_or_default(),
-        ),
-        (None, Some(voided)) if voided.product_type.unwrap_or(1) == 1 => {
-            (voided.purchase_token.as_str(), "voided".to_owned(), true, "")
-        }
-        // Test notifications, one-time products, voided one-time products.
-        _ => return ignore(&state, message_id, "other").await,
-    };
+    let (purchase_token, kind, revoked, product_id) =
+        match (&notification.subscription_notification, &notification.voided_purchase_notification) {
+            (Some(sub), _) => (
+                sub.purchase_token.as_str(),
+                sub.notification_type.to_string(),
+                sub.notification_type == SUBSCRIPTION_REVOKED,
+                sub.subscription_id.as_deref().unwrap_or_default(),
+            ),
+            (None, Some(voided)) if voided.product_type.unwrap_or(1) == 1 => {
+                (voided.purchase_token.as_str(), "voided".to_owned(), true, "")
+            }
+            // Test notifications, one-time products, voided one-time products.
+            _ => return ignore(&state, message_id, "other").await,
+        };
     let purchase = match client.subscription(&state.http, purchase_token, now).await {
         Ok(purchase) => purchase,
         Err(GoogleError::UnknownPurchase) => return ignore(&state, message_id, &kind).await,
@@ -307,7 +311,10 @@ pub async fn notification(
     let user = known_user(&control, purchase.account_id()).await?;
     if purchase.needs_acknowledgement()
         && gives_access(update.status)
-        && notification.subscription_notification.as_ref().is_some_and(|n| n.notification_type == SUBSCRIPTION_PURCHASED)
+        && notification
+            .subscription_notification
+            .as_ref()
+            .is_some_and(|n| n.notification_type == SUBSCRIPTION_PURCHASED)
     {
         client.acknowledge(&state.http, &update.product_id, purchase_token, now).await.map_err(upstream)?;
     }

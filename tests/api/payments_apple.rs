@@ -8,8 +8,8 @@ use base64::Engine;
 use chrono::{Duration, Utc};
 use echolia::clock::Clock;
 use echolia::config::StoreEnvironment;
-use echolia::identity::tokens::TokenType;
 use echolia::entitlements::apple::{AppleError, AppleVerifier, Jws, Notification, RenewalInfo, Transaction};
+use echolia::identity::tokens::TokenType;
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 use reqwest::StatusCode;
@@ -65,7 +65,11 @@ fn b64(der: &[u8]) -> String {
 
 /// The test chain as Apple sends it: leaf, intermediate, root.
 fn test_x5c() -> Vec<String> {
-    vec![b64(&vector("chain/test_leaf.der")), b64(&vector("chain/test_intermediate.der")), b64(&vector("chain/test_root_ca.der"))]
+    vec![
+        b64(&vector("chain/test_leaf.der")),
+        b64(&vector("chain/test_intermediate.der")),
+        b64(&vector("chain/test_root_ca.der")),
+    ]
 }
 
 /// A compact JWS of `payload` with `header`, signed ES256 by `key`.
@@ -183,7 +187,12 @@ fn every_signed_vector_is_judged_as_apples_readme_says_by_the_verifier() {
     let now = now_ms();
     let sandbox = sandbox_verifier("com.example");
     let production = |app_id| {
-        AppleVerifier::new(vec![vector("certs/testCA.der")], "com.example".into(), StoreEnvironment::Production, Some(app_id))
+        AppleVerifier::new(
+            vec![vector("certs/testCA.der")],
+            "com.example".into(),
+            StoreEnvironment::Production,
+            Some(app_id),
+        )
     };
 
     // testNotification: its x5c[2] is another self-signed root; x5c[2] is ignored.
@@ -198,7 +207,10 @@ fn every_signed_vector_is_judged_as_apples_readme_says_by_the_verifier() {
     let transaction_info = vector_text("mock_signed_data/transactionInfo");
     let decoded = sandbox.transaction(&transaction_info, now).unwrap();
     assert_eq!((decoded.bundle_id.as_deref(), decoded.signed_date), (Some("com.example"), Some(1_672_956_154_000)));
-    assert_eq!(sandbox_verifier("com.example.x").transaction(&transaction_info, now).unwrap_err(), AppleError::AppIdentifier);
+    assert_eq!(
+        sandbox_verifier("com.example.x").transaction(&transaction_info, now).unwrap_err(),
+        AppleError::AppIdentifier
+    );
 
     let renewal_info = vector_text("mock_signed_data/renewalInfo");
     assert_eq!(sandbox.renewal_info(&renewal_info, now).unwrap().signed_date, Some(1_672_956_154_000));
@@ -206,7 +218,10 @@ fn every_signed_vector_is_judged_as_apples_readme_says_by_the_verifier() {
     assert!(sandbox_verifier("com.examplex").renewal_info(&renewal_info, now).is_ok());
 
     let wrong_bundle = vector_text("mock_signed_data/wrongBundleId");
-    assert_eq!(sandbox_verifier("com.examplex").notification(&wrong_bundle, now).unwrap_err(), AppleError::AppIdentifier);
+    assert_eq!(
+        sandbox_verifier("com.examplex").notification(&wrong_bundle, now).unwrap_err(),
+        AppleError::AppIdentifier
+    );
     assert_eq!(sandbox.notification(&wrong_bundle, now).unwrap_err(), AppleError::AppIdentifier);
 
     let missing_x5c = vector_text("mock_signed_data/missingX5CHeaderClaim");
@@ -223,7 +238,8 @@ fn xcode_vectors_decode_as_data_but_are_never_trusted() {
     let xcode_bundle = "com.example.naturelab.backyardbirds.example";
     for root in [None, Some(vector("certs/testCA.der"))] {
         for environment in [StoreEnvironment::Production, StoreEnvironment::Sandbox] {
-            let verifier = AppleVerifier::new(root.clone().into_iter().collect(), xcode_bundle.into(), environment, Some(1));
+            let verifier =
+                AppleVerifier::new(root.clone().into_iter().collect(), xcode_bundle.into(), environment, Some(1));
             let transaction = vector_text("xcode/xcode-signed-transaction");
             // One self-signed certificate in x5c: not a chain to any root.
             assert_eq!(verifier.transaction(&transaction, now).unwrap_err(), AppleError::ChainLength);
@@ -319,9 +335,17 @@ async fn apples_vectors_through_the_routes() {
     let payload = transaction("chain-1", now + 86_400_000, now, None);
     let der = |path: &str| b64(&vector(path));
     let chains = [
-        vec![der("chain/test_leaf_for_invalid_oid_intermediate.der"), der("chain/test_intermediate_invalid_oid.der"), der("chain/test_root_ca.der")],
+        vec![
+            der("chain/test_leaf_for_invalid_oid_intermediate.der"),
+            der("chain/test_intermediate_invalid_oid.der"),
+            der("chain/test_root_ca.der"),
+        ],
         vec![der("chain/test_leaf_invalid_oid.der"), der("chain/test_intermediate.der"), der("chain/test_root_ca.der")],
-        vec![der("chain/apple_prod_signing_leaf.der"), der("chain/apple_wwdr_g6_intermediate.der"), der("chain/apple_root_ca_g3.der")],
+        vec![
+            der("chain/apple_prod_signing_leaf.der"),
+            der("chain/apple_wwdr_g6_intermediate.der"),
+            der("chain/apple_root_ca_g3.der"),
+        ],
         vec![der("chain/test_intermediate.der"), der("chain/test_root_ca.der")],
         vec!["abc".into(), der("chain/test_intermediate.der"), der("chain/test_root_ca.der")],
         vec![STANDARD.encode("abc"), der("chain/test_intermediate.der"), der("chain/test_root_ca.der")],
@@ -383,10 +407,8 @@ async fn forged_signed_data_is_rejected() {
     let none = format!("{}.{}.", encode(&json!({"alg": "none", "x5c": test_x5c()})), encode(&payload));
     // HS256 keyed with the leaf's key (its PEM and its raw scalar).
     let hs256 = |secret: &[u8]| {
-        let header = jsonwebtoken::Header {
-            x5c: Some(test_x5c()),
-            ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
-        };
+        let header =
+            jsonwebtoken::Header { x5c: Some(test_x5c()), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256) };
         jsonwebtoken::encode(&header, &payload, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
     };
     let pem_secret = hs256(vector_text("certs/testLeaf.key").as_bytes());
@@ -440,7 +462,10 @@ async fn renewal_grace_refund_and_replays_move_the_entitlement() {
     let user = app.register().await;
     let original = "1000000001";
     let free = entitlement(&app, &user).await;
-    assert_eq!(free, json!({"tier": "free", "status": "expired", "expires_at": null, "source": null, "product_id": null}));
+    assert_eq!(
+        free,
+        json!({"tier": "free", "status": "expired", "expires_at": null, "source": null, "product_id": null})
+    );
     assert_eq!(account_tier(&app, &user).await, "free");
 
     // The purchase, posted by the app.
@@ -533,8 +558,13 @@ async fn renewal_grace_refund_and_replays_move_the_entitlement() {
     // The refund is reversed.
     app.clock.advance(Duration::hours(1));
     let t6 = app.clock.now();
-    let (_, reversed) =
-        notification("REFUND_REVERSED", None, ms(t6), &transaction(original, ms(t4 + month), ms(t6), Some(user.user_id)), None);
+    let (_, reversed) = notification(
+        "REFUND_REVERSED",
+        None,
+        ms(t6),
+        &transaction(original, ms(t4 + month), ms(t6), Some(user.user_id)),
+        None,
+    );
     assert_eq!(notify(&app, &reversed).await, "applied");
     assert_eq!(entitlement(&app, &user).await["tier"], "pro");
 
@@ -669,7 +699,11 @@ async fn missing_store_settings_answer_503_naming_them() {
     let resp = post_notification(&app, "a.b.c").await;
     assert_error(resp, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
     let resp = app
-        .post("/payments/google/subscriptions", Some(&user.access_token), &json!({"product_id": "p", "purchase_token": "t"}))
+        .post(
+            "/payments/google/subscriptions",
+            Some(&user.access_token),
+            &json!({"product_id": "p", "purchase_token": "t"}),
+        )
         .await;
     let message = assert_error(resp, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
     assert!(message.contains("GOOGLE_PACKAGE_NAME") && message.contains("GOOGLE_SERVICE_ACCOUNT_FILE"), "{message}");
@@ -683,7 +717,8 @@ async fn missing_store_settings_answer_503_naming_them() {
     let app = spawn_app_with(&[("APPLE_BUNDLE_ID", "com.example"), ("APPLE_ENVIRONMENT", "Production")]).await;
     let user = app.register().await;
     let message =
-        assert_error(post_transaction(&app, &user, "a.b.c").await, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
+        assert_error(post_transaction(&app, &user, "a.b.c").await, StatusCode::SERVICE_UNAVAILABLE, "not_configured")
+            .await;
     assert!(message.contains("APPLE_APP_APPLE_ID") && !message.contains("APPLE_BUNDLE_ID"), "{message}");
 }
 

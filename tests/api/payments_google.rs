@@ -107,8 +107,14 @@ async fn fake_google() -> (SocketAddr, Shared) {
     let app = Router::new()
         .route("/token", post(token))
         .route("/certs", get(|| async { Json(jwks()) }))
-        .route("/androidpublisher/v3/applications/{package}/purchases/subscriptionsv2/tokens/{token}", get(subscription))
-        .route("/androidpublisher/v3/applications/{package}/purchases/subscriptions/{product}/tokens/{token}", post(acknowledge))
+        .route(
+            "/androidpublisher/v3/applications/{package}/purchases/subscriptionsv2/tokens/{token}",
+            get(subscription),
+        )
+        .route(
+            "/androidpublisher/v3/applications/{package}/purchases/subscriptions/{product}/tokens/{token}",
+            post(acknowledge),
+        )
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -222,7 +228,10 @@ async fn a_play_purchase_is_read_acknowledged_and_linked() {
     let app = google_app(addr, "Sandbox").await;
     let (alice, bob) = (app.register().await, app.register().await);
     let expiry = app.clock.now() + Duration::days(30);
-    fake.lock().unwrap().subscriptions.insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_ACTIVE", expiry, Some(alice.user_id)));
+    fake.lock()
+        .unwrap()
+        .subscriptions
+        .insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_ACTIVE", expiry, Some(alice.user_id)));
 
     let resp = post_subscription(&app, &alice, "tok-1").await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -235,9 +244,11 @@ async fn a_play_purchase_is_read_acknowledged_and_linked() {
 
     // Again: read again, already acknowledged, the OAuth token reused.
     assert_eq!(post_subscription(&app, &alice, "tok-1").await.status(), StatusCode::OK);
-    let fake_state = fake.lock().unwrap();
-    assert_eq!((fake_state.token_requests, fake_state.api_calls, fake_state.acknowledged.len()), (1, 2, 1));
-    drop(fake_state);
+    let counts = {
+        let fake = fake.lock().unwrap();
+        (fake.token_requests, fake.api_calls, fake.acknowledged.len())
+    };
+    assert_eq!(counts, (1, 2, 1));
 
     // Bob cannot claim Alice's purchase; an unknown token is refused.
     let resp = post_subscription(&app, &bob, "tok-1").await;
@@ -264,7 +275,10 @@ async fn sandbox_and_production_purchases_never_mix() {
     let app = google_app(addr, "Production").await;
     let user = app.register().await;
     let expiry = app.clock.now() + Duration::days(30);
-    fake.lock().unwrap().subscriptions.insert("tok-test".into(), purchase("SUBSCRIPTION_STATE_ACTIVE", expiry, Some(user.user_id)));
+    fake.lock()
+        .unwrap()
+        .subscriptions
+        .insert("tok-test".into(), purchase("SUBSCRIPTION_STATE_ACTIVE", expiry, Some(user.user_id)));
     let resp = post_subscription(&app, &user, "tok-test").await;
     assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "wrong_environment").await;
     let outcome = push_ok(&app, "m-1", &subscription_notification(4, "tok-test")).await;
@@ -284,7 +298,10 @@ async fn push_notifications_need_googles_token_for_our_audience() {
     let (addr, fake) = fake_google().await;
     let app = google_app(addr, "Sandbox").await;
     let now = app.clock.now();
-    fake.lock().unwrap().subscriptions.insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_ACTIVE", now + Duration::days(30), None));
+    fake.lock()
+        .unwrap()
+        .subscriptions
+        .insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_ACTIVE", now + Duration::days(30), None));
     let body = push_body("m-auth", &subscription_notification(4, "tok-1"));
     let other_key = {
         // Same claims, signed with a key Google never published.
@@ -324,7 +341,10 @@ async fn notifications_reread_the_subscription_dedupe_and_retire_linked_tokens()
     let month = Duration::days(30);
 
     // A purchase the app never posted: linked by obfuscatedExternalAccountId, acknowledged.
-    fake.lock().unwrap().subscriptions.insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_ACTIVE", now + month, Some(user.user_id)));
+    fake.lock()
+        .unwrap()
+        .subscriptions
+        .insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_ACTIVE", now + month, Some(user.user_id)));
     assert_eq!(push_ok(&app, "m-1", &subscription_notification(4, "tok-1")).await, "applied");
     assert_eq!(entitlement(&app, &user).await["tier"], "pro");
     assert_eq!(fake.lock().unwrap().acknowledged.len(), 1);
@@ -334,13 +354,19 @@ async fn notifications_reread_the_subscription_dedupe_and_retire_linked_tokens()
     // Grace period: access until the grace end.
     app.clock.advance(month + Duration::hours(1));
     let grace_end = app.clock.now() + Duration::days(7);
-    fake.lock().unwrap().subscriptions.insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_IN_GRACE_PERIOD", grace_end, Some(user.user_id)));
+    fake.lock()
+        .unwrap()
+        .subscriptions
+        .insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_IN_GRACE_PERIOD", grace_end, Some(user.user_id)));
     assert_eq!(push_ok(&app, "m-2", &subscription_notification(6, "tok-1")).await, "applied");
     let grace = entitlement(&app, &user).await;
     assert_eq!((grace["tier"].as_str(), grace["status"].as_str()), (Some("pro"), Some("grace")));
 
     // On hold: billing retry, no access.
-    fake.lock().unwrap().subscriptions.insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_ON_HOLD", grace_end, Some(user.user_id)));
+    fake.lock()
+        .unwrap()
+        .subscriptions
+        .insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_ON_HOLD", grace_end, Some(user.user_id)));
     assert_eq!(push_ok(&app, "m-3", &subscription_notification(5, "tok-1")).await, "applied");
     assert_eq!(entitlement(&app, &user).await["status"], "billing_retry");
     // An older notification delivered late reads today's state: still on hold.
@@ -349,12 +375,18 @@ async fn notifications_reread_the_subscription_dedupe_and_retire_linked_tokens()
 
     // Recovered, then upgraded: the new token replaces the old one.
     let renewed = app.clock.now() + month;
-    fake.lock().unwrap().subscriptions.insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_ACTIVE", renewed, Some(user.user_id)));
+    fake.lock()
+        .unwrap()
+        .subscriptions
+        .insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_ACTIVE", renewed, Some(user.user_id)));
     assert_eq!(push_ok(&app, "m-4", &subscription_notification(1, "tok-1")).await, "applied");
     let mut upgraded = purchase("SUBSCRIPTION_STATE_ACTIVE", renewed + month, None);
     upgraded["linkedPurchaseToken"] = json!("tok-1");
     fake.lock().unwrap().subscriptions.insert("tok-2".into(), upgraded);
-    fake.lock().unwrap().subscriptions.insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_EXPIRED", renewed, Some(user.user_id)));
+    fake.lock()
+        .unwrap()
+        .subscriptions
+        .insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_EXPIRED", renewed, Some(user.user_id)));
     assert_eq!(push_ok(&app, "m-5", &subscription_notification(4, "tok-2")).await, "applied");
     let after = entitlement(&app, &user).await;
     assert_eq!(after["tier"], "pro", "the new token is linked to the old one's user");
