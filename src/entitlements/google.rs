@@ -187,7 +187,7 @@ impl PlayClient {
         let mut cached = self.token.lock().await;
         let now_secs = now.timestamp();
         if let Some((token, expires)) = cached.as_ref() {
-            if *expires - TOKEN_MARGIN_SECS > now_secs {
+            if expires.saturating_sub(TOKEN_MARGIN_SECS) > now_secs {
                 return Ok(token.clone());
             }
         }
@@ -213,7 +213,7 @@ impl PlayClient {
             return Err(GoogleError::Upstream(format!("the token endpoint answered {}", response.status())));
         }
         let token: TokenResponse = response.json().await?;
-        *cached = Some((token.access_token.clone(), now_secs + token.expires_in));
+        *cached = Some((token.access_token.clone(), now_secs.saturating_add(token.expires_in)));
         metrics::counter!("echolia_google_oauth_tokens_total").increment(1);
         Ok(token.access_token)
     }
@@ -341,7 +341,7 @@ impl PushVerifier {
         validation.set_required_spec_claims(&["exp", "aud", "iss"]);
         let claims =
             jsonwebtoken::decode::<PushClaims>(token, &key, &validation).map_err(|_| PushAuthError::Invalid)?;
-        if claims.claims.exp + 60 < now.timestamp() {
+        if claims.claims.exp.saturating_add(60) < now.timestamp() {
             return Err(PushAuthError::Invalid);
         }
         if let Some(expected) = &self.config.service_account_email {

@@ -330,6 +330,22 @@ async fn push_notifications_need_googles_token_for_our_audience() {
     assert_eq!(push_ok(&app, "m-test", &test).await, "duplicate");
     let other = json!({"packageName": "com.other", "subscriptionNotification": {"notificationType": 4, "purchaseToken": "tok-1"}});
     assert_eq!(push_ok(&app, "m-other", &other).await, "ignored");
+
+    // A purchase no user is known for: recorded, answered 200; the app's post links it.
+    assert_eq!(push_ok(&app, "m-orphan", &subscription_notification(4, "tok-1")).await, "unlinked");
+    let user = app.register().await;
+    assert_eq!(post_subscription(&app, &user, "tok-1").await.status(), StatusCode::OK);
+    assert_eq!(entitlement(&app, &user).await["tier"], "pro");
+    // A refund (voided purchase) takes access away at once.
+    let voided = json!({
+        "version": "1.0",
+        "packageName": PACKAGE,
+        "eventTimeMillis": "1767225600000",
+        "voidedPurchaseNotification": {"purchaseToken": "tok-1", "orderId": "GPA.1", "productType": 1, "refundType": 1},
+    });
+    assert_eq!(push_ok(&app, "m-voided", &voided).await, "applied");
+    let refunded = entitlement(&app, &user).await;
+    assert_eq!((refunded["tier"].as_str(), refunded["status"].as_str()), (Some("free"), Some("revoked")));
 }
 
 #[tokio::test]
