@@ -33,6 +33,74 @@ pub struct Config {
     pub sqlite_memory_limit_mb: u32,
     /// Threads of the async runtime.
     pub worker_threads: NonZeroUsize,
+    /// The App Store, or the variables it still needs.
+    pub apple: Result<AppleStoreConfig, Missing>,
+    /// The Play Store (Play Developer API), or the variables it still needs.
+    pub google: Result<GooglePlayConfig, Missing>,
+    /// Play Store notifications (Pub/Sub push), or the variables they still need.
+    pub google_pubsub: Result<PubSubConfig, Missing>,
+}
+
+/// The variables an optional feature still needs (it answers 503
+/// `not_configured` naming them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing(pub Vec<&'static str>);
+
+/// Which of a store's environments this server serves: sandbox (test)
+/// purchases and production ones never mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEnvironment {
+    Production,
+    Sandbox,
+}
+
+impl StoreEnvironment {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Production => "production",
+            Self::Sandbox => "sandbox",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AppleStoreConfig {
+    pub bundle_id: String,
+    pub environment: StoreEnvironment,
+    /// Required in production (notifications name it).
+    pub app_apple_id: Option<i64>,
+    /// DER roots from `APPLE_ROOT_CERTS`; empty: the bundled Apple Root CA - G3.
+    pub root_certs: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GooglePlayConfig {
+    pub package_name: String,
+    pub environment: StoreEnvironment,
+    pub service_account: GoogleServiceAccount,
+    /// Where the Play Developer API answers (tests point it at a fake).
+    pub api_base_url: String,
+}
+
+/// The parts of a service-account key file used.
+#[derive(Debug, Clone)]
+pub struct GoogleServiceAccount {
+    pub client_email: String,
+    /// PEM, PKCS#8 RSA.
+    pub private_key: Secret,
+    /// The OAuth token endpoint (`token_uri` of the key file).
+    pub token_uri: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PubSubConfig {
+    /// The `aud` of the push subscription's OIDC token.
+    pub audience: String,
+    /// When set, the token's `email` must be this service account.
+    pub service_account_email: Option<String>,
+    /// Google's OIDC signing keys (JWKS).
+    pub jwks_url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +204,9 @@ impl Config {
             max_open_databases: parse_or("MAX_OPEN_DATABASES", get("MAX_OPEN_DATABASES"), "1000")?,
             sqlite_memory_limit_mb: parse_or("SQLITE_MEMORY_LIMIT_MB", get("SQLITE_MEMORY_LIMIT_MB"), "128")?,
             worker_threads: parse_or("WORKER_THREADS", get("WORKER_THREADS"), &default_worker_threads().to_string())?,
+            apple: apple_store(&get)?,
+            google: google_play(&get)?,
+            google_pubsub: google_pubsub(&get)?,
         })
     }
 
@@ -151,6 +222,132 @@ impl Config {
 fn default_worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     (cores * 3).max(4)
+}
+
+fn store_environment(variable: &'static str, value: Option<String>) -> Result<StoreEnvironment, ConfigError> {
+    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("production") => Ok(StoreEnvironment::Production),
+        Some("sandbox") => Ok(StoreEnvironment::Sandbox),
+        Some(_) => Err(invalid(variable, "must be Production or Sandbox")),
+    }
+}
+
+/// `APPLE_*`: the bundle id names the app; production needs its Apple id.
+fn apple_store(get: &impl Fn(&str) -> Option<String>) -> Result<Result<AppleStoreConfig, Missing>, ConfigError> {
+    let environment = store_environment("APPLE_ENVIRONMENT", get("APPLE_ENVIRONMENT"))?;
+    let app_apple_id = get("APPLE_APP_APPLE_ID")
+        .map(|id| id.parse::<i64>().map_err(|_| invalid("APPLE_APP_APPLE_ID", format!("`{id}` is not a number"))))
+        .transpose()?;
+    let mut root_certs = Vec::new();
+    for path in get("APPLE_ROOT_CERTS").unwrap_or_default().split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bytes = std::fs::read(path).map_err(|err| invalid("APPLE_ROOT_CERTS", format!("`{path}`: {err}")))?;
+        let der = der_or_pem(&bytes)
+            .ok_or_else(|| invalid("APPLE_ROOT_CERTS", format!("`{path}` is not a DER or PEM certificate")))?;
+        root_certs.push(der);
+    }
+    let bundle_id = get("APPLE_BUNDLE_ID");
+    let mut missing = Vec::new();
+    if bundle_id.is_none() {
+        missing.push("APPLE_BUNDLE_ID");
+    }
+    if environment == StoreEnvironment::Production && app_apple_id.is_none() {
+        missing.push("APPLE_APP_APPLE_ID");
+    }
+    Ok(match bundle_id {
+        Some(bundle_id) if missing.is_empty() => {
+            Ok(AppleStoreConfig { bundle_id, environment, app_apple_id, root_certs })
+        }
+        _ => Err(Missing(missing)),
+    })
+}
+
+/// A certificate file as DER: DER as it is, or the first PEM block.
+fn der_or_pem(bytes: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let der = match std::str::from_utf8(bytes).ok().filter(|text| text.contains("-----BEGIN")) {
+        Some(text) => {
+            let body: String = text
+                .lines()
+                .skip_while(|line| !line.starts_with("-----BEGIN"))
+                .skip(1)
+                .take_while(|line| !line.starts_with("-----END"))
+                .collect();
+            base64::engine::general_purpose::STANDARD.decode(body.trim()).ok()?
+        }
+        None => bytes.to_vec(),
+    };
+    use x509_parser::prelude::FromDer;
+    x509_parser::certificate::X509Certificate::from_der(&der).ok()?;
+    Some(der)
+}
+
+/// `GOOGLE_*` for the Play Developer API.
+fn google_play(get: &impl Fn(&str) -> Option<String>) -> Result<Result<GooglePlayConfig, Missing>, ConfigError> {
+    let environment = store_environment("GOOGLE_ENVIRONMENT", get("GOOGLE_ENVIRONMENT"))?;
+    let api_base_url = get("GOOGLE_API_BASE_URL").unwrap_or_else(|| "https://androidpublisher.googleapis.com".into());
+    if !api_base_url.starts_with("http://") && !api_base_url.starts_with("https://") {
+        return Err(invalid("GOOGLE_API_BASE_URL", "must be an http(s) URL"));
+    }
+    let service_account = get("GOOGLE_SERVICE_ACCOUNT_FILE").map(|path| service_account(&path)).transpose()?;
+    let package_name = get("GOOGLE_PACKAGE_NAME");
+    Ok(match (package_name, service_account) {
+        (Some(package_name), Some(service_account)) => Ok(GooglePlayConfig {
+            package_name,
+            environment,
+            service_account,
+            api_base_url: api_base_url.trim_end_matches('/').to_owned(),
+        }),
+        (package_name, service_account) => {
+            let mut missing = Vec::new();
+            if package_name.is_none() {
+                missing.push("GOOGLE_PACKAGE_NAME");
+            }
+            if service_account.is_none() {
+                missing.push("GOOGLE_SERVICE_ACCOUNT_FILE");
+            }
+            Err(Missing(missing))
+        }
+    })
+}
+
+/// Reads a service-account key file (JSON, as the Cloud console gives it).
+fn service_account(path: &str) -> Result<GoogleServiceAccount, ConfigError> {
+    const VARIABLE: &str = "GOOGLE_SERVICE_ACCOUNT_FILE";
+    #[derive(serde::Deserialize)]
+    struct KeyFile {
+        client_email: String,
+        private_key: String,
+        token_uri: Option<String>,
+    }
+    let bytes = std::fs::read(path).map_err(|err| invalid(VARIABLE, format!("`{path}`: {err}")))?;
+    let file: KeyFile = serde_json::from_slice(&bytes).map_err(|_| {
+        invalid(VARIABLE, format!("`{path}` is not a service-account key file (client_email, private_key)"))
+    })?;
+    jsonwebtoken::EncodingKey::from_rsa_pem(file.private_key.as_bytes())
+        .map_err(|_| invalid(VARIABLE, format!("`{path}`: private_key is not an RSA key in PEM")))?;
+    let token_uri = file.token_uri.unwrap_or_else(|| "https://oauth2.googleapis.com/token".into());
+    if !token_uri.starts_with("http://") && !token_uri.starts_with("https://") {
+        return Err(invalid(VARIABLE, format!("`{path}`: token_uri must be an http(s) URL")));
+    }
+    Ok(GoogleServiceAccount {
+        client_email: file.client_email,
+        private_key: Secret::from(file.private_key.into_bytes()),
+        token_uri,
+    })
+}
+
+/// `GOOGLE_PUBSUB_*` for real-time developer notifications.
+fn google_pubsub(get: &impl Fn(&str) -> Option<String>) -> Result<Result<PubSubConfig, Missing>, ConfigError> {
+    let jwks_url = get("GOOGLE_OIDC_JWKS_URL").unwrap_or_else(|| "https://www.googleapis.com/oauth2/v3/certs".into());
+    if !jwks_url.starts_with("http://") && !jwks_url.starts_with("https://") {
+        return Err(invalid("GOOGLE_OIDC_JWKS_URL", "must be an http(s) URL"));
+    }
+    Ok(match get("GOOGLE_PUBSUB_AUDIENCE") {
+        Some(audience) => {
+            Ok(PubSubConfig { audience, service_account_email: get("GOOGLE_PUBSUB_SERVICE_ACCOUNT"), jwks_url })
+        }
+        None => Err(Missing(vec!["GOOGLE_PUBSUB_AUDIENCE"])),
+    })
 }
 
 fn parse_or<T>(variable: &'static str, value: Option<String>, default: &str) -> Result<T, ConfigError>
@@ -230,10 +427,54 @@ mod tests {
             ("MAX_OPEN_DATABASES", "-1"),
             ("SQLITE_MEMORY_LIMIT_MB", "lots"),
             ("WORKER_THREADS", "0"),
+            ("APPLE_ENVIRONMENT", "Xcode"),
+            ("APPLE_APP_APPLE_ID", "abc"),
+            ("APPLE_ROOT_CERTS", "/nonexistent/root.der"),
+            ("GOOGLE_ENVIRONMENT", "test"),
+            ("GOOGLE_SERVICE_ACCOUNT_FILE", "/nonexistent/key.json"),
+            ("GOOGLE_API_BASE_URL", "ftp://example.com"),
+            ("GOOGLE_OIDC_JWKS_URL", "example.com/certs"),
         ] {
             let err = load(&[(name, value)]).unwrap_err();
             assert_eq!(err.variable, name, "{value}");
         }
+    }
+
+    #[test]
+    fn stores_missing_settings_are_named_not_fatal() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.apple.unwrap_err(), Missing(vec!["APPLE_BUNDLE_ID", "APPLE_APP_APPLE_ID"]));
+        assert_eq!(config.google.unwrap_err(), Missing(vec!["GOOGLE_PACKAGE_NAME", "GOOGLE_SERVICE_ACCOUNT_FILE"]));
+        assert_eq!(config.google_pubsub.unwrap_err(), Missing(vec!["GOOGLE_PUBSUB_AUDIENCE"]));
+        let sandbox = load(&[("APPLE_BUNDLE_ID", "com.example"), ("APPLE_ENVIRONMENT", "sandbox")]).unwrap();
+        let apple = sandbox.apple.unwrap();
+        assert_eq!(
+            (apple.environment, apple.app_apple_id, apple.root_certs.len()),
+            (StoreEnvironment::Sandbox, None, 0)
+        );
+        let production = load(&[("APPLE_BUNDLE_ID", "com.example")]).unwrap();
+        assert_eq!(production.apple.unwrap_err(), Missing(vec!["APPLE_APP_APPLE_ID"]));
+        // DER and PEM roots both read as DER.
+        let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/apple/certs");
+        let roots = format!("{certs}/testCA.pem, {certs}/testCA.der");
+        let config = load(&[("APPLE_ROOT_CERTS", &roots)]).unwrap();
+        let der = std::fs::read(format!("{certs}/testCA.der")).unwrap();
+        assert_eq!(config.apple.unwrap_err().0.len(), 2);
+        let config =
+            load(&[("APPLE_ROOT_CERTS", &roots), ("APPLE_BUNDLE_ID", "b"), ("APPLE_APP_APPLE_ID", "1")]).unwrap();
+        assert_eq!(config.apple.unwrap().root_certs, vec![der.clone(), der]);
+        // A file that is not a certificate stops the server.
+        let dir = tempfile::tempdir().unwrap();
+        let bogus = dir.path().join("root.pem");
+        std::fs::write(&bogus, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let err = load(&[("APPLE_ROOT_CERTS", bogus.to_str().unwrap())]).unwrap_err();
+        assert_eq!(err.variable, "APPLE_ROOT_CERTS");
+        let key = dir.path().join("key.json");
+        std::fs::write(&key, r#"{"client_email": "a@b", "private_key": "not a key"}"#).unwrap();
+        assert_eq!(
+            load(&[("GOOGLE_SERVICE_ACCOUNT_FILE", key.to_str().unwrap())]).unwrap_err().variable,
+            "GOOGLE_SERVICE_ACCOUNT_FILE"
+        );
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //!    folds in one transaction;
 //! 6. `replay` — operator rebuilds and checks of the views; `identity` —
 //!    tokens, sessions, device statuses, pairings; `http` — body codecs and
-//!    extractors that need no state;
+//!    extractors that need no state; `entitlements` — store subscriptions,
+//!    the tier they give, the stores' verifiers and API clients;
 //! 7. `state` — what every request shares, built once at start;
 //! 8. the areas, each with its routes: `auth`, `sync`, `audit`, `account`,
-//!    `ops` (health, metrics, OpenAPI); an area never imports another's;
+//!    `payments`, `ops` (health, metrics, OpenAPI); an area never imports
+//!    another's;
 //! 9. `app` — composes the areas' routers and serves; `cli` — the operator
 //!    commands.
 //!
@@ -31,11 +33,13 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod entitlements;
 pub mod error;
 pub mod events;
 pub mod http;
 pub mod identity;
 pub mod ops;
+pub mod payments;
 pub mod projection;
 pub mod replay;
 pub mod state;

@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::clock::parse_rfc3339;
+use crate::entitlements;
 use crate::error::ApiResult;
 use crate::error::ErrorResponse;
 use crate::events::log::{page_len, read_after, MAX_PAGE_PAYLOAD_BYTES};
@@ -39,7 +40,8 @@ pub struct Account {
     pub events: u64,
     /// Size of the user's database on disk (with its WAL).
     pub storage_bytes: u64,
-    /// `free` until subscriptions exist.
+    /// `free` or `pro` (an App Store or Play Store subscription giving access
+    /// now; details at `GET /account/entitlement`).
     pub tier: &'static str,
 }
 
@@ -60,8 +62,9 @@ pub async fn show(State(state): State<AppState>, auth: UserAuth) -> ApiResult<Js
         .map(|row| row.get::<String>(0))
         .transpose()?
         .and_then(|text| parse_rfc3339(&text));
+    let tier = entitlements::tier(&control, auth.user_id, state.clock.now(), state.stores.live).await?;
     let storage_bytes = state.users.backend().user_storage_bytes(auth.user_id).await?;
-    Ok(Json(Account { user_id: auth.user_id, created_at, devices, events, storage_bytes, tier: "free" }))
+    Ok(Json(Account { user_id: auth.user_id, created_at, devices, events, storage_bytes, tier: tier.as_str() }))
 }
 
 /// The whole log as NDJSON, one event per line as in `/sync/events`, streamed.
@@ -117,6 +120,7 @@ pub async fn delete(State(state): State<AppState>, auth: UserAuth) -> ApiResult<
     let tx = control.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await?;
     tx.execute("DELETE FROM users WHERE user_id = ?1", [user.to_string()]).await?;
     crate::identity::pairings::delete_user(&tx, user).await?;
+    entitlements::delete_user(&tx, user).await?;
     tx.commit().await?;
     state.users.delete(user).await?;
     drop(writing);

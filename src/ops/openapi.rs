@@ -62,7 +62,37 @@ approving or rejecting a decided one is 409 `pairing_already_decided` (rejecting
 - The key epoch starts at 1. `GET /auth/keys` answers `key_envelope: null` for a device that holds the \
 user key itself (the first device, before any rotation).\n\
 - `GET /account/export` streams the log up to its head at the time of the request; `devices` in \
-`GET /account` counts devices not revoked; `tier` is `free` until subscriptions exist.\n\
+`GET /account` counts devices not revoked; its `tier` is that of `GET /account/entitlement`.\n\
+\n\
+Payments:\n\
+- `GET /account/entitlement` without any subscription: `tier: free`, `status: expired`, `source`, \
+`expires_at` and `product_id` null. With several, the one giving access the longest is shown, else the \
+latest news. `expires_at` is when the access of the status shown ends: the period end when `active`, the \
+grace end when `grace`; null when nothing gives access.\n\
+- Refused signed data answers 422 with `invalid_signature` (not signed by Apple: format, algorithm, chain, \
+OIDs, validity at `signedDate`, signature), `wrong_app` (another bundle id or, in production, app Apple id; \
+also renewal info posted as a transaction) or `wrong_environment` (sandbox data on a production server or \
+the reverse). A transaction Apple signed that names no `originalTransactionId`, `productId` or \
+`signedDate` is 422 `validation_failed`; a consumable is 422 `unsupported_product`. Xcode-signed \
+(StoreKit testing) data is never trusted.\n\
+- A transaction without `appAccountToken` is linked to the caller, moving it from another account if it \
+was linked there (as RevenueCat's default transfer does); with one naming another user it is 403 \
+`app_account_token_mismatch` (Play: `obfuscatedExternalAccountId`, 403 `account_mismatch`).\n\
+- Posting a transaction older (by `signedDate`) than what the server holds answers 200 and changes \
+nothing but the link. The webhooks answer 200 `{\"outcome\"}`: `applied`, `stale`, `unlinked` (no \
+user known yet: recorded, the app's post links it), `ignored` (a type that changes no access, another \
+app's, the other environment's, an unknown purchase token) or `duplicate`.\n\
+- App Store types: SUBSCRIBED, DID_RENEW, OFFER_REDEEMED, DID_CHANGE_RENEWAL_PREF, RENEWAL_EXTENDED, \
+REFUND_REVERSED take the state of their transaction (active, or revoked if it carries a revocation); \
+DID_FAIL_TO_RENEW is `grace` with subtype GRACE_PERIOD (until the renewal info's \
+`gracePeriodExpiresDate`), else `billing_retry`; GRACE_PERIOD_EXPIRED is `billing_retry`; EXPIRED is \
+`expired`; REFUND and REVOKE are `revoked`; the rest (TEST, DID_CHANGE_RENEWAL_STATUS, PRICE_INCREASE, \
+…) are recorded and ignored. Play states: ACTIVE and CANCELED are `active` until the expiry, \
+IN_GRACE_PERIOD `grace`, ON_HOLD `billing_retry`, the rest (EXPIRED, PAUSED, PENDING) `expired`; \
+SUBSCRIPTION_REVOKED and voided purchases are `revoked`. Any consumable or one-time product is ignored.\n\
+- The Play routes answer 502 `upstream_error` or 504 `upstream_timeout` when Google fails; a push \
+without Google's OIDC token for the configured audience is 401 `invalid_token`. A store whose settings \
+are missing answers 503 `not_configured` naming them.\n\
 \n\
 Operations: `GET /metrics` (Prometheus text) is served on its own listener, `METRICS_ADDR` (default \
 127.0.0.1:9090), never on this API's port (here it is 404 like any unknown path), so it is not part of \
@@ -77,6 +107,7 @@ this document.",
         (name = "keys", description = "Key envelopes and rotation"),
         (name = "audit", description = "What each device did (metadata only)"),
         (name = "account", description = "Account info, export, deletion"),
+        (name = "payments", description = "App Store and Play Store purchases, store notifications, the entitlement"),
         (name = "sync", description = "Push event batches, pull changes since a cursor (JSON or MessagePack)"),
         (name = "operations", description = "Health (Prometheus metrics are on METRICS_ADDR, not this API)"),
     )

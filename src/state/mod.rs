@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use self::metrics::Metrics;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::entitlements::Stores;
 use crate::identity::Auth;
 use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
 use notify::Notifier;
@@ -45,6 +46,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The next page of each user's paged pull, read while the device decodes this one.
     pub read_ahead: Arc<ReadAhead>,
+    /// The one HTTP client for upstream calls (each request sets its own timeout).
+    pub http: reqwest::Client,
+    /// The App Store verifier, the Play Developer API client, the Pub/Sub token check.
+    pub stores: Arc<Stores>,
 }
 
 impl AppState {
@@ -61,7 +66,12 @@ impl AppState {
             Some(secret) => secret.clone(),
             None => crate::identity::secret::load_or_create(&config.data_dir)?,
         };
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|err| StoreError::io("building the HTTP client", std::io::Error::other(err)))?;
         Ok(Self {
+            http,
+            stores: Arc::new(Stores::from_config(&config)),
             clock,
             control: Arc::new(control),
             users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),

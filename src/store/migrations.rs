@@ -38,10 +38,13 @@ macro_rules! migration {
     };
 }
 
-/// The control database: users directory (pairing sessions, entitlements and
-/// webhook dedupe join it in later migrations).
-pub const CONTROL: &[Migration] =
-    &[migration!("schema/control/0001_users.sql"), migration!("schema/control/0002_pairings.sql")];
+/// The control database: users directory, pairing sessions, store
+/// subscriptions (entitlements) and store-notification dedupe.
+pub const CONTROL: &[Migration] = &[
+    migration!("schema/control/0001_users.sql"),
+    migration!("schema/control/0002_pairings.sql"),
+    migration!("schema/control/0003_entitlements.sql"),
+];
 
 /// Every user database: the event log, auth state, then the read models.
 pub const USER: &[Migration] = &[

@@ -12,6 +12,8 @@ mod layers;
 mod metrics;
 mod openapi;
 mod pairing;
+mod payments_apple;
+mod payments_google;
 mod replay;
 mod storage;
 mod sync_bad_input;
