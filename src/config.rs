@@ -74,6 +74,12 @@ pub struct AppleStoreConfig {
     pub root_certs: Vec<Vec<u8>>,
 }
 
+/// Set to `true` to let a production server (`ENVIRONMENT=production`,
+/// `APPLE_ENVIRONMENT=Production`) trust `APPLE_ROOT_CERTS`; without it such
+/// a server refuses to start (exit 2): trusting a test root in production
+/// would let anyone holding its key grant themselves `pro`.
+pub const APPLE_ALLOW_CUSTOM_ROOTS: &str = "APPLE_ALLOW_CUSTOM_ROOTS";
+
 #[derive(Debug, Clone)]
 pub struct GooglePlayConfig {
     pub package_name: String,
@@ -97,8 +103,9 @@ pub struct GoogleServiceAccount {
 pub struct PubSubConfig {
     /// The `aud` of the push subscription's OIDC token.
     pub audience: String,
-    /// When set, the token's `email` must be this service account.
-    pub service_account_email: Option<String>,
+    /// The push subscription's service account: the token's `email` must be
+    /// it (any Google Cloud user can get a Google-signed token for any audience).
+    pub service_account_email: String,
     /// Google's OIDC signing keys (JWKS).
     pub jwks_url: String,
 }
@@ -204,7 +211,7 @@ impl Config {
             max_open_databases: parse_or("MAX_OPEN_DATABASES", get("MAX_OPEN_DATABASES"), "1000")?,
             sqlite_memory_limit_mb: parse_or("SQLITE_MEMORY_LIMIT_MB", get("SQLITE_MEMORY_LIMIT_MB"), "128")?,
             worker_threads: parse_or("WORKER_THREADS", get("WORKER_THREADS"), &default_worker_threads().to_string())?,
-            apple: apple_store(&get)?,
+            apple: apple_store(&get, environment)?,
             google: google_play(&get)?,
             google_pubsub: google_pubsub(&get)?,
         })
@@ -233,8 +240,16 @@ fn store_environment(variable: &'static str, value: Option<String>) -> Result<St
 }
 
 /// `APPLE_*`: the bundle id names the app; production needs its Apple id.
-fn apple_store(get: &impl Fn(&str) -> Option<String>) -> Result<Result<AppleStoreConfig, Missing>, ConfigError> {
+fn apple_store(
+    get: &impl Fn(&str) -> Option<String>,
+    server: Environment,
+) -> Result<Result<AppleStoreConfig, Missing>, ConfigError> {
     let environment = store_environment("APPLE_ENVIRONMENT", get("APPLE_ENVIRONMENT"))?;
+    let allow_custom_roots = match get(APPLE_ALLOW_CUSTOM_ROOTS).as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(invalid(APPLE_ALLOW_CUSTOM_ROOTS, "must be true or false")),
+    };
     let app_apple_id = get("APPLE_APP_APPLE_ID")
         .map(|id| id.parse::<i64>().map_err(|_| invalid("APPLE_APP_APPLE_ID", format!("`{id}` is not a number"))))
         .transpose()?;
@@ -244,6 +259,19 @@ fn apple_store(get: &impl Fn(&str) -> Option<String>) -> Result<Result<AppleStor
         let der = der_or_pem(&bytes)
             .ok_or_else(|| invalid("APPLE_ROOT_CERTS", format!("`{path}` is not a DER or PEM certificate")))?;
         root_certs.push(der);
+    }
+    if !root_certs.is_empty()
+        && server == Environment::Production
+        && environment == StoreEnvironment::Production
+        && !allow_custom_roots
+    {
+        return Err(invalid(
+            "APPLE_ROOT_CERTS",
+            format!(
+                "replaces Apple's root on a production server with APPLE_ENVIRONMENT=Production; \
+                 unset it, or set {APPLE_ALLOW_CUSTOM_ROOTS}=true if you really mean it"
+            ),
+        ));
     }
     let bundle_id = get("APPLE_BUNDLE_ID");
     let mut missing = Vec::new();
@@ -342,11 +370,14 @@ fn google_pubsub(get: &impl Fn(&str) -> Option<String>) -> Result<Result<PubSubC
     if !jwks_url.starts_with("http://") && !jwks_url.starts_with("https://") {
         return Err(invalid("GOOGLE_OIDC_JWKS_URL", "must be an http(s) URL"));
     }
-    Ok(match get("GOOGLE_PUBSUB_AUDIENCE") {
-        Some(audience) => {
-            Ok(PubSubConfig { audience, service_account_email: get("GOOGLE_PUBSUB_SERVICE_ACCOUNT"), jwks_url })
-        }
-        None => Err(Missing(vec!["GOOGLE_PUBSUB_AUDIENCE"])),
+    Ok(match (get("GOOGLE_PUBSUB_AUDIENCE"), get("GOOGLE_PUBSUB_SERVICE_ACCOUNT")) {
+        (Some(audience), Some(service_account_email)) => Ok(PubSubConfig { audience, service_account_email, jwks_url }),
+        (audience, account) => Err(Missing(
+            [(audience.is_none(), "GOOGLE_PUBSUB_AUDIENCE"), (account.is_none(), "GOOGLE_PUBSUB_SERVICE_ACCOUNT")]
+                .into_iter()
+                .filter_map(|(missing, name)| missing.then_some(name))
+                .collect(),
+        )),
     })
 }
 
@@ -430,6 +461,7 @@ mod tests {
             ("APPLE_ENVIRONMENT", "Xcode"),
             ("APPLE_APP_APPLE_ID", "abc"),
             ("APPLE_ROOT_CERTS", "/nonexistent/root.der"),
+            ("APPLE_ALLOW_CUSTOM_ROOTS", "yes"),
             ("GOOGLE_ENVIRONMENT", "test"),
             ("GOOGLE_SERVICE_ACCOUNT_FILE", "/nonexistent/key.json"),
             ("GOOGLE_API_BASE_URL", "ftp://example.com"),
@@ -445,7 +477,13 @@ mod tests {
         let config = load(&[]).unwrap();
         assert_eq!(config.apple.unwrap_err(), Missing(vec!["APPLE_BUNDLE_ID", "APPLE_APP_APPLE_ID"]));
         assert_eq!(config.google.unwrap_err(), Missing(vec!["GOOGLE_PACKAGE_NAME", "GOOGLE_SERVICE_ACCOUNT_FILE"]));
-        assert_eq!(config.google_pubsub.unwrap_err(), Missing(vec!["GOOGLE_PUBSUB_AUDIENCE"]));
+        assert_eq!(
+            config.google_pubsub.unwrap_err(),
+            Missing(vec!["GOOGLE_PUBSUB_AUDIENCE", "GOOGLE_PUBSUB_SERVICE_ACCOUNT"])
+        );
+        // The audience alone is not enough: any Google Cloud user can get a token for it.
+        let audience_only = load(&[("GOOGLE_PUBSUB_AUDIENCE", "https://x.example/webhooks/google")]).unwrap();
+        assert_eq!(audience_only.google_pubsub.unwrap_err(), Missing(vec!["GOOGLE_PUBSUB_SERVICE_ACCOUNT"]));
         let sandbox = load(&[("APPLE_BUNDLE_ID", "com.example"), ("APPLE_ENVIRONMENT", "sandbox")]).unwrap();
         let apple = sandbox.apple.unwrap();
         assert_eq!(
@@ -475,6 +513,30 @@ mod tests {
             load(&[("GOOGLE_SERVICE_ACCOUNT_FILE", key.to_str().unwrap())]).unwrap_err().variable,
             "GOOGLE_SERVICE_ACCOUNT_FILE"
         );
+    }
+
+    #[test]
+    fn a_production_server_refuses_custom_apple_roots_unless_allowed() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/apple/certs/testCA.der");
+        let secret = "x".repeat(32);
+        let production = [
+            ("ENVIRONMENT", "production"),
+            ("JWT_SECRET", secret.as_str()),
+            ("APPLE_BUNDLE_ID", "com.example"),
+            ("APPLE_APP_APPLE_ID", "1"),
+            ("APPLE_ROOT_CERTS", root),
+        ];
+        let err = load(&production).unwrap_err();
+        assert_eq!(err.variable, "APPLE_ROOT_CERTS");
+        assert!(err.message.contains(APPLE_ALLOW_CUSTOM_ROOTS), "{}", err.message);
+        let allowed = [&production[..], &[(APPLE_ALLOW_CUSTOM_ROOTS, "true")]].concat();
+        assert_eq!(load(&allowed).unwrap().apple.unwrap().root_certs.len(), 1);
+        // A sandbox store, or a development server, may use them (tests do).
+        let sandbox = [&production[..], &[("APPLE_ENVIRONMENT", "Sandbox")]].concat();
+        assert!(load(&sandbox).unwrap().apple.is_ok());
+        assert!(load(&production[2..]).unwrap().apple.is_ok());
+        // Without custom roots production starts as before.
+        assert!(load(&production[..4]).unwrap().apple.is_ok());
     }
 
     #[test]

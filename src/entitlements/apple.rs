@@ -12,6 +12,10 @@
 //! 4. the signature, with the leaf's P-256 key;
 //! 5. then the payload's bundle id, app Apple id (production) and environment.
 //!
+//! Beyond Apple's libraries: a `signedDate` more than [`MAX_CLOCK_SKEW_MS`]
+//! ahead of our clock is refused, since news is ordered by it and a date far
+//! ahead would pin a subscription's state for good.
+//!
 //! No revocation check (OCSP): a server that cannot reach Apple still works.
 
 use std::time::Duration;
@@ -37,6 +41,14 @@ const LEAF_OID: &[u64] = &[1, 2, 840, 113635, 100, 6, 11, 1];
 /// The intermediate's extension: Apple Worldwide Developer Relations CA.
 const INTERMEDIATE_OID: &[u64] = &[1, 2, 840, 113635, 100, 6, 2, 1];
 
+/// How far ahead of our clock a payload's `signedDate` may be.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// The only product type that gives an entitlement: its transactions carry
+/// the end of the period paid for (a non-consumable or a non-renewing
+/// subscription has no `expiresDate` and would give `pro` forever).
+pub const AUTO_RENEWABLE: &str = "Auto-Renewable Subscription";
+
 /// What Apple's chains use: P-256 and P-384 keys, SHA-256 and SHA-384.
 static ALGORITHMS: &[&dyn SignatureVerificationAlgorithm] = &[
     webpki::ring::ECDSA_P256_SHA256,
@@ -61,6 +73,8 @@ pub enum AppleError {
     Chain(String),
     #[error("the signature does not verify")]
     Signature,
+    #[error("signedDate is in the future")]
+    FutureDate,
     /// Signed by Apple, for another app (bundle id or app Apple id).
     #[error("signed for another app")]
     AppIdentifier,
@@ -275,6 +289,13 @@ impl AppleVerifier {
     /// A notification (`signedPayload`) for this app in this environment.
     pub fn notification(&self, jws: &str, now_ms: i64) -> Result<Notification, AppleError> {
         let notification: Notification = self.verified(jws, now_ms)?;
+        self.check_notification(&notification)?;
+        Ok(notification)
+    }
+
+    /// Step 5 for a notification Apple signed: `AppIdentifier` or
+    /// `Environment` if it is for another app or the other environment.
+    pub fn check_notification(&self, notification: &Notification) -> Result<(), AppleError> {
         let (bundle_id, app_apple_id, environment) = if let Some(data) = &notification.data {
             (data.bundle_id.clone(), data.app_apple_id, data.environment.clone())
         } else if let Some(summary) = &notification.summary {
@@ -292,7 +313,7 @@ impl AppleVerifier {
         if environment.as_deref() != Some(apple_name(self.environment)) {
             return Err(AppleError::Environment);
         }
-        Ok(notification)
+        Ok(())
     }
 
     /// Steps 1 to 4: the payload of a JWS Apple signed, as `T`.
@@ -308,6 +329,9 @@ impl AppleVerifier {
             STANDARD.decode(intermediate).map_err(|_| AppleError::Certificate("x5c[1] is not base64"))?;
         let dated: Dated = jws.payload_as()?;
         let effective_ms = dated.signed_date.or(dated.receipt_creation_date).unwrap_or(now_ms);
+        if effective_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+            return Err(AppleError::FutureDate);
+        }
         let key = self.leaf_key(&leaf, &intermediate, effective_ms)?;
         ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &key)
             .verify(&jws.signing_input, &jws.signature)
@@ -342,6 +366,12 @@ impl AppleVerifier {
     }
 }
 
+/// Whether a transaction is of an auto-renewable subscription with an end:
+/// the only purchases that give an entitlement.
+pub fn is_auto_renewable(transaction: &Transaction) -> bool {
+    transaction.kind.as_deref() == Some(AUTO_RENEWABLE) && transaction.expires_date.is_some()
+}
+
 /// What a verified transaction says: active until it expires, or revoked
 /// (refunded, or family sharing withdrawn) from its revocation on. `None`
 /// if it names no original transaction, product or signed date.
@@ -360,13 +390,17 @@ pub fn transaction_update(transaction: &Transaction, environment: StoreEnvironme
 }
 
 /// What a notification changes, given its verified transaction and renewal
-/// info; `None` for the types that change no access (recorded, ignored).
+/// info; `None` for the types that change no access and for products that
+/// are not auto-renewable subscriptions (recorded, ignored).
 pub fn notification_update(
     notification: &Notification,
     transaction: &Transaction,
     renewal: Option<&RenewalInfo>,
     environment: StoreEnvironment,
 ) -> Option<Update> {
+    if !is_auto_renewable(transaction) {
+        return None;
+    }
     let from_transaction = transaction_update(transaction, environment)?;
     let status = match (notification.notification_type.as_str(), notification.subtype.as_deref()) {
         // A purchase, a renewal, a plan change, an extension, a refund undone:

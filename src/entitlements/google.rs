@@ -218,6 +218,30 @@ impl PlayClient {
         Ok(token.access_token)
     }
 
+    /// Sends the request `build` makes with an access token; if Google
+    /// answers 401 (the token was revoked or rotated before its expiry), drops
+    /// it from the cache and tries once more with a new one.
+    async fn send_authorized(
+        &self,
+        http: &reqwest::Client,
+        now: DateTime<Utc>,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, GoogleError> {
+        let token = self.access_token(http, now).await?;
+        let response = build(&token).timeout(CALL_TIMEOUT).send().await?;
+        if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        {
+            let mut cached = self.token.lock().await;
+            if cached.as_ref().is_some_and(|(held, _)| *held == token) {
+                *cached = None;
+            }
+        }
+        let token = self.access_token(http, now).await?;
+        Ok(build(&token).timeout(CALL_TIMEOUT).send().await?)
+    }
+
     fn purchases_url(&self) -> String {
         format!("{}/androidpublisher/v3/applications/{}/purchases", self.config.api_base_url, self.config.package_name)
     }
@@ -232,9 +256,8 @@ impl PlayClient {
         if !is_safe_id(purchase_token) {
             return Err(GoogleError::UnknownPurchase);
         }
-        let token = self.access_token(http, now).await?;
         let url = format!("{}/subscriptionsv2/tokens/{purchase_token}", self.purchases_url());
-        let response = http.get(url).bearer_auth(token).timeout(CALL_TIMEOUT).send().await?;
+        let response = self.send_authorized(http, now, |token| http.get(&url).bearer_auth(token)).await?;
         match response.status().as_u16() {
             200 => Ok(response.json().await?),
             400 | 404 | 410 => Err(GoogleError::UnknownPurchase),
@@ -254,10 +277,10 @@ impl PlayClient {
         if !is_safe_id(purchase_token) || !is_safe_id(product_id) {
             return Err(GoogleError::UnknownPurchase);
         }
-        let token = self.access_token(http, now).await?;
         let url = format!("{}/subscriptions/{product_id}/tokens/{purchase_token}:acknowledge", self.purchases_url());
-        let response =
-            http.post(url).bearer_auth(token).json(&serde_json::json!({})).timeout(CALL_TIMEOUT).send().await?;
+        let response = self
+            .send_authorized(http, now, |token| http.post(&url).bearer_auth(token).json(&serde_json::json!({})))
+            .await?;
         match response.status().as_u16() {
             200..=299 => Ok(()),
             status => Err(GoogleError::Upstream(format!("acknowledge answered {status}"))),
@@ -324,7 +347,8 @@ impl PushVerifier {
     }
 
     /// Checks `token` (the bearer of a push request): signed by Google,
-    /// for our audience, not expired at `now`, from the configured account.
+    /// for our audience, not expired at `now`, naming the configured service
+    /// account as its `email` (and not saying it is unverified).
     pub async fn verify(&self, http: &reqwest::Client, token: &str, now: DateTime<Utc>) -> Result<(), PushAuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| PushAuthError::Invalid)?;
         if header.alg != Algorithm::RS256 {
@@ -344,10 +368,13 @@ impl PushVerifier {
         if claims.claims.exp.saturating_add(60) < now.timestamp() {
             return Err(PushAuthError::Invalid);
         }
-        if let Some(expected) = &self.config.service_account_email {
-            if claims.claims.email.as_deref() != Some(expected.as_str()) || claims.claims.email_verified != Some(true) {
-                return Err(PushAuthError::Invalid);
-            }
+        // Any Google Cloud user can have Google sign a token for our audience:
+        // only the push subscription's own service account is let in.
+        let expected = &self.config.service_account_email;
+        if !claims.claims.email.as_deref().is_some_and(|email| email.eq_ignore_ascii_case(expected))
+            || claims.claims.email_verified == Some(false)
+        {
+            return Err(PushAuthError::Invalid);
         }
         Ok(())
     }

@@ -130,6 +130,25 @@ pub enum Applied {
 /// links the subscription to `user` when given (a link is not news: it holds
 /// whatever the order). Run it inside the caller's transaction.
 pub async fn apply(conn: &Connection, update: &Update, user: Option<Uuid>, now: DateTime<Utc>) -> StoreResult<Applied> {
+    apply_if(conn, update, user, now, false).await
+}
+
+/// [`apply`] for a transaction an app posted, which may be an old one the
+/// store signed again (Apple re-signs a transaction whenever the app reads
+/// it): it also needs to end no earlier than the state held, and at the
+/// same end it does not replace the grace or billing-retry state it cannot
+/// express, unless it revokes.
+pub async fn apply_from_app(conn: &Connection, update: &Update, user: Uuid, now: DateTime<Utc>) -> StoreResult<Applied> {
+    apply_if(conn, update, Some(user), now, true).await
+}
+
+async fn apply_if(
+    conn: &Connection,
+    update: &Update,
+    user: Option<Uuid>,
+    now: DateTime<Utc>,
+    no_shorter: bool,
+) -> StoreResult<Applied> {
     let changed = conn
         .execute(
             "INSERT INTO store_subscriptions \
@@ -139,7 +158,12 @@ pub async fn apply(conn: &Connection, update: &Update, user: Option<Uuid>, now: 
                product_id = excluded.product_id, status = excluded.status, expires_at = excluded.expires_at, \
                grace_expires_at = excluded.grace_expires_at, signed_at = excluded.signed_at, \
                updated_at = excluded.updated_at \
-             WHERE excluded.signed_at >= store_subscriptions.signed_at",
+             WHERE excluded.signed_at >= store_subscriptions.signed_at \
+               AND (?11 = 0 OR store_subscriptions.expires_at IS NULL \
+                 OR excluded.expires_at > store_subscriptions.expires_at \
+                 OR (excluded.expires_at = store_subscriptions.expires_at \
+                   AND (excluded.status = 'revoked' \
+                     OR store_subscriptions.status NOT IN ('grace', 'billing_retry'))))",
             vec![
                 Value::from(update.source.as_str()),
                 Value::from(update.environment.as_str()),
@@ -151,6 +175,7 @@ pub async fn apply(conn: &Connection, update: &Update, user: Option<Uuid>, now: 
                 update.grace_expires_at.map_or(Value::Null, Value::from),
                 Value::from(update.signed_at),
                 Value::from(rfc3339(now)),
+                Value::from(i64::from(no_shorter)),
             ],
         )
         .await?;
@@ -265,6 +290,14 @@ pub struct Stores {
 
 impl Stores {
     pub fn from_config(config: &Config) -> Self {
+        if let Ok(apple) = &config.apple {
+            if !apple.root_certs.is_empty() && apple.environment == StoreEnvironment::Production {
+                tracing::warn!(
+                    "APPLE_ROOT_CERTS replaces Apple's root for production App Store data: \
+                     whoever holds those roots' keys can grant pro"
+                );
+            }
+        }
         let apple = config.apple.clone().map(|apple| {
             apple::AppleVerifier::new(apple.root_certs, apple.bundle_id, apple.environment, apple.app_apple_id)
         });
@@ -496,6 +529,37 @@ mod tests {
         // A deleted user's subscriptions are unlinked.
         delete_user(&conn, user).await.unwrap();
         assert_eq!(entitlement(&conn, user, now, sandbox).await.unwrap(), Entitlement::none());
+    }
+
+    #[tokio::test]
+    async fn an_apps_transaction_never_shortens_the_state_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = ControlDb::open(&Backend::local(dir.path())).await.unwrap();
+        let conn = control.conn().await.unwrap();
+        let now = Utc::now();
+        let ms = now.timestamp_millis();
+        let user = Uuid::new_v4();
+        let renewed = update("t-1", StoreEnvironment::Sandbox, Status::Active, ms + 2 * HOUR, ms);
+        apply(&conn, &renewed, Some(user), now).await.unwrap();
+        // The first period's transaction, signed again later.
+        let first = update("t-1", StoreEnvironment::Sandbox, Status::Active, ms + HOUR, ms + 10);
+        assert_eq!(apply_from_app(&conn, &first, user, now).await.unwrap(), Applied::Stale);
+        // A store notification is the store's word: it applies.
+        assert_eq!(apply(&conn, &first, None, now).await.unwrap(), Applied::Applied);
+        // A later end from the app applies.
+        let later = update("t-1", StoreEnvironment::Sandbox, Status::Active, ms + 3 * HOUR, ms + 20);
+        assert_eq!(apply_from_app(&conn, &later, user, now).await.unwrap(), Applied::Applied);
+        // Grace at the same end is kept; a revocation at the same end is not.
+        let mut grace = update("t-1", StoreEnvironment::Sandbox, Status::Grace, ms + 3 * HOUR, ms + 30);
+        grace.grace_expires_at = Some(ms + 4 * HOUR);
+        apply(&conn, &grace, None, now).await.unwrap();
+        let same_end = update("t-1", StoreEnvironment::Sandbox, Status::Active, ms + 3 * HOUR, ms + 40);
+        assert_eq!(apply_from_app(&conn, &same_end, user, now).await.unwrap(), Applied::Stale);
+        let revoked = update("t-1", StoreEnvironment::Sandbox, Status::Revoked, ms + 3 * HOUR, ms + 50);
+        assert_eq!(apply_from_app(&conn, &revoked, user, now).await.unwrap(), Applied::Applied);
+        // Still ordered by signed date.
+        let older = update("t-1", StoreEnvironment::Sandbox, Status::Active, ms + 9 * HOUR, ms + 45);
+        assert_eq!(apply_from_app(&conn, &older, user, now).await.unwrap(), Applied::Stale);
     }
 
     #[tokio::test]

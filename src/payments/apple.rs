@@ -8,7 +8,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{entitlement_of, known_user, not_configured, EntitlementResponse, NotificationOutcome};
-use crate::entitlements::apple::{self as verify, AppleError, AppleVerifier};
+use crate::entitlements::apple::{self as verify, AppleError, AppleVerifier, Notification};
 use crate::entitlements::{self, Applied, Received, Source};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::http::json::ApiJson;
@@ -33,7 +33,8 @@ fn verifier(state: &AppState) -> ApiResult<&AppleVerifier> {
 }
 
 /// 422: `wrong_app` and `wrong_environment` are signed by Apple for someone
-/// else; everything else is `invalid_signature`.
+/// else; everything else is `invalid_signature` (also a `signedDate` ahead
+/// of our clock).
 fn rejected(err: AppleError) -> ApiError {
     let store = "apple";
     let reason = match &err {
@@ -66,9 +67,9 @@ fn rejected(err: AppleError) -> ApiError {
             body = ErrorResponse),
         (status = 413, description = "Body too large", body = ErrorResponse),
         (status = 415, description = "Not JSON", body = ErrorResponse),
-        (status = 422, description = "`invalid_signature` (not signed by Apple: signature, chain, format), `wrong_app` \
-            (another bundle id), `wrong_environment` (sandbox vs production), `unsupported_product` (a consumable), \
-            `validation_failed`", body = ErrorResponse),
+        (status = 422, description = "`invalid_signature` (not signed by Apple: signature, chain, format, a \
+            `signedDate` in the future), `wrong_app` (another bundle id), `wrong_environment` (sandbox vs production), \
+            `unsupported_product` (not an auto-renewable subscription), `validation_failed`", body = ErrorResponse),
         (status = 503, description = "`not_configured`: the App Store settings are missing (named in the message)",
             body = ErrorResponse),
     ))]
@@ -90,15 +91,21 @@ pub async fn transaction(
             ));
         }
     }
-    if transaction.kind.as_deref() == Some("Consumable") {
-        return Err(ApiError::unprocessable("unsupported_product", "a consumable purchase gives no entitlement"));
-    }
     let update = verify::transaction_update(&transaction, verifier.environment()).ok_or_else(|| {
         ApiError::invalid_field("signed_transaction", "names no originalTransactionId, productId or signedDate")
     })?;
+    if !verify::is_auto_renewable(&transaction) {
+        return Err(ApiError::unprocessable(
+            "unsupported_product",
+            "only auto-renewable subscriptions give an entitlement (not consumables, non-consumables or \
+             non-renewing subscriptions)",
+        ));
+    }
     let control = state.control.conn().await?;
     let tx = control.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await?;
-    let applied = entitlements::apply(&tx, &update, Some(auth.user_id), now).await?;
+    // The app may post an old transaction Apple signed again today: it never
+    // shortens what the server holds.
+    let applied = entitlements::apply_from_app(&tx, &update, auth.user_id, now).await?;
     tx.commit().await?;
     let outcome = if applied == Applied::Applied { "applied" } else { "stale" };
     metrics::counter!("echolia_store_updates_total", "store" => "apple", "via" => "app", "outcome" => outcome)
@@ -108,16 +115,19 @@ pub async fn transaction(
 
 /// App Store Server Notifications V2 (set this URL in App Store Connect).
 /// Idempotent by `notificationUUID`; a notification older than the state held
-/// (by `signedDate`) is recorded and changes nothing.
+/// (by `signedDate`) is recorded and changes nothing. Apple retries what is not
+/// answered 2xx, so a notification Apple signed for another app or the other
+/// environment is recorded and answered 200 `ignored`.
 #[utoipa::path(post, path = "/webhooks/apple", tag = "payments",
     request_body = NotificationRequest,
     responses(
-        (status = 200, description = "Received (also a redelivery, and a notification for a subscription no user \
-            has claimed yet)", body = NotificationOutcome),
+        (status = 200, description = "Received (also a redelivery, a notification for a subscription no user \
+            has claimed yet, and one Apple signed for another app or the other environment: `ignored`)",
+            body = NotificationOutcome),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 413, description = "Body too large", body = ErrorResponse),
         (status = 415, description = "Not JSON", body = ErrorResponse),
-        (status = 422, description = "`invalid_signature`, `wrong_app`, `wrong_environment`, `validation_failed`",
+        (status = 422, description = "`invalid_signature` (not signed by Apple), `validation_failed`",
             body = ErrorResponse),
         (status = 503, description = "`not_configured`: the App Store settings are missing", body = ErrorResponse),
     ))]
@@ -129,7 +139,7 @@ pub async fn notification(
     let verifier = verifier(&state)?;
     let now = state.clock.now();
     let now_ms = now.timestamp_millis();
-    let notification = verifier.notification(&body.signed_payload, now_ms).map_err(rejected)?;
+    let notification: Notification = verifier.verified(&body.signed_payload, now_ms).map_err(rejected)?;
     let kind = match &notification.subtype {
         Some(subtype) => format!("{}/{subtype}", notification.notification_type),
         None => notification.notification_type.clone(),
@@ -139,16 +149,27 @@ pub async fn notification(
         return Ok(done("duplicate"));
     }
     let data = notification.data.as_ref();
-    let transaction = data
-        .and_then(|data| data.signed_transaction_info.as_deref())
-        .map(|jws| verifier.transaction(jws, now_ms))
-        .transpose()
-        .map_err(rejected)?;
-    let renewal = data
-        .and_then(|data| data.signed_renewal_info.as_deref())
-        .map(|jws| verifier.renewal_info(jws, now_ms))
-        .transpose()
-        .map_err(rejected)?;
+    let inner = verifier.check_notification(&notification).and_then(|()| {
+        let transaction = data
+            .and_then(|data| data.signed_transaction_info.as_deref())
+            .map(|jws| verifier.transaction(jws, now_ms))
+            .transpose()?;
+        let renewal = data
+            .and_then(|data| data.signed_renewal_info.as_deref())
+            .map(|jws| verifier.renewal_info(jws, now_ms))
+            .transpose()?;
+        Ok((transaction, renewal))
+    });
+    let (transaction, renewal) = match inner {
+        Ok(inner) => inner,
+        // Signed by Apple for someone else: an answer other than 2xx would
+        // only make Apple retry it for days.
+        Err(err @ (AppleError::AppIdentifier | AppleError::Environment)) => {
+            tracing::warn!(kind = %kind, reason = %err, "App Store notification for another app or environment");
+            return ignore(&state, &notification, &kind, now).await;
+        }
+        Err(err) => return Err(rejected(err)),
+    };
     let update = transaction.as_ref().and_then(|transaction| {
         verify::notification_update(&notification, transaction, renewal.as_ref(), verifier.environment())
     });
@@ -186,6 +207,31 @@ pub async fn notification(
     tracing::info!(kind = %kind, outcome, "App Store notification");
     metrics::counter!("echolia_store_updates_total", "store" => "apple", "via" => "notification", "outcome" => outcome)
         .increment(1);
+    Ok(done(outcome))
+}
+
+/// Records a notification that changes nothing; `ignored` (or `duplicate`).
+async fn ignore(
+    state: &AppState,
+    notification: &Notification,
+    kind: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ApiResult<Json<NotificationOutcome>> {
+    let control = state.control.conn().await?;
+    let received = Received {
+        source: Source::Apple,
+        notification_id: &notification.notification_uuid,
+        kind,
+        store_id: None,
+        outcome: "ignored",
+        signed_at: notification.signed_date,
+    };
+    let fresh = entitlements::record(&control, &received, now).await?;
+    let outcome = if fresh { "ignored" } else { "duplicate" };
+    if fresh {
+        metrics::counter!("echolia_store_updates_total", "store" => "apple", "via" => "notification", "outcome" => outcome)
+            .increment(1);
+    }
     Ok(done(outcome))
 }
 

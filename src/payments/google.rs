@@ -228,14 +228,14 @@ fn done(outcome: &'static str) -> Json<NotificationOutcome> {
 #[utoipa::path(post, path = "/webhooks/google", tag = "payments",
     request_body = PushRequest,
     responses(
-        (status = 200, description = "Received (also a redelivery, a test notification, another app's)",
-            body = NotificationOutcome),
+        (status = 200, description = "Received (also a redelivery, a test notification, another app's, one whose \
+            `message.data` is not a developer notification: `ignored`)", body = NotificationOutcome),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
-        (status = 401, description = "`invalid_token`: no valid Google OIDC token for our audience", body = ErrorResponse),
+        (status = 401, description = "`invalid_token`: no valid Google OIDC token for our audience from \
+            `GOOGLE_PUBSUB_SERVICE_ACCOUNT`", body = ErrorResponse),
         (status = 413, description = "Body too large", body = ErrorResponse),
         (status = 415, description = "Not JSON", body = ErrorResponse),
-        (status = 422, description = "`validation_failed`: `message.data` is not a developer notification",
-            body = ErrorResponse),
+        (status = 422, description = "`validation_failed`: no `message.messageId`", body = ErrorResponse),
         (status = 502, description = "`upstream_error`: Google's keys or the Play Developer API failed (Pub/Sub retries)",
             body = ErrorResponse),
         (status = 503, description = "`not_configured`: the Play Store or Pub/Sub settings are missing",
@@ -265,12 +265,6 @@ pub async fn notification(
         }
         Err(PushAuthError::Keys(err)) => return Err(upstream(err)),
     }
-    let data = body.message.data.as_deref().unwrap_or_default();
-    let notification: DeveloperNotification = STANDARD
-        .decode(data)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| ApiError::invalid_field("message.data", "is not a base64 developer notification"))?;
     let message_id = body
         .message
         .message_id
@@ -282,6 +276,14 @@ pub async fn notification(
     if entitlements::seen(&control, Source::Google, message_id).await? {
         return Ok(done("duplicate"));
     }
+    let data = body.message.data.as_deref().unwrap_or_default();
+    let decoded: Option<DeveloperNotification> =
+        STANDARD.decode(data).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    // Authenticated, so Google's: an error would only make Pub/Sub retry it for days.
+    let Some(notification) = decoded else {
+        tracing::warn!("Play Store notification whose data is not a developer notification");
+        return ignore(&state, message_id, "undecodable").await;
+    };
     if notification.package_name != client.package_name() {
         return ignore(&state, message_id, "other_package").await;
     }
