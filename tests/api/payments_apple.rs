@@ -155,6 +155,16 @@ async fn notify(app: &TestApp, signed_payload: &str) -> String {
     body["outcome"].as_str().unwrap().to_owned()
 }
 
+/// The outcome a notification was recorded with, if it was.
+async fn recorded_outcome(app: &TestApp, notification_id: &str) -> Option<String> {
+    let control = app.state.control.conn().await.unwrap();
+    let mut rows = control
+        .query("SELECT outcome FROM store_notifications WHERE notification_id = ?1", [notification_id])
+        .await
+        .unwrap();
+    rows.next().await.unwrap().map(|row| row.get::<String>(0).unwrap())
+}
+
 async fn post_transaction(app: &TestApp, session: &Session, jws: &str) -> reqwest::Response {
     app.post("/payments/apple/transactions", Some(&bearer(app, session)), &json!({"signed_transaction": jws})).await
 }
@@ -304,8 +314,14 @@ async fn apples_vectors_through_the_routes() {
     assert_eq!(notify(&app, &test_notification).await, "ignored");
     assert_eq!(notify(&app, &test_notification).await, "duplicate");
 
-    let resp = post_notification(&app, &vector_text("mock_signed_data/wrongBundleId")).await;
-    assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "wrong_app").await;
+    // Signed by Apple for another app: recorded and answered 200 (Apple retries anything else).
+    // It shares the TEST notification's notificationUUID: a server of its own.
+    let other = apple_app().await;
+    let wrong_bundle = vector_text("mock_signed_data/wrongBundleId");
+    assert_eq!(notify(&other, &wrong_bundle).await, "ignored");
+    assert_eq!(notify(&other, &wrong_bundle).await, "duplicate");
+    let uuid = Jws::parse(&wrong_bundle).unwrap().payload_as::<Value>().unwrap()["notificationUUID"].clone();
+    assert_eq!(recorded_outcome(&other, uuid.as_str().unwrap()).await.as_deref(), Some("ignored"));
     let resp = post_notification(&app, &vector_text("mock_signed_data/missingX5CHeaderClaim")).await;
     assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid_signature").await;
 
@@ -386,8 +402,11 @@ async fn production_servers_trust_only_apples_root_and_production_payloads() {
         ])
         .await;
         let user = app.register().await;
-        let resp = post_notification(&app, &vector_text("mock_signed_data/testNotification")).await;
-        assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, code).await;
+        // Apple signed it, for the other environment or app: 200 `ignored`, so Apple stops sending it.
+        let test_notification = vector_text("mock_signed_data/testNotification");
+        assert_eq!(notify(&app, &test_notification).await, "ignored", "{code}");
+        assert_eq!(recorded_outcome(&app, "9ad56bd2-0bc6-42e0-af24-fd996d87a1e6").await.as_deref(), Some("ignored"));
+        // A transaction the app posts is still refused, naming why.
         let resp = post_transaction(&app, &user, &sign(&transaction("p-2", now + 86_400_000, now, None))).await;
         assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "wrong_environment").await;
         assert_eq!(entitlement(&app, &user).await["tier"], "free");
@@ -433,20 +452,48 @@ async fn forged_signed_data_is_rejected() {
     // Another key, the test chain's header.
     let other_key = SigningKey::from_slice(&[7u8; 32]).unwrap();
     let wrong_key = sign_with(&json!({"alg": "ES256", "x5c": test_x5c()}), &payload, &other_key);
+    // A leaf with Apple's leaf OID issued by the trusted root itself, sent
+    // with the genuine intermediate: a valid path, but not leaf → intermediate → root.
+    let direct_key = SigningKey::from(
+        p256::SecretKey::from_sec1_pem(&std::fs::read_to_string(format!("{FIXTURES}/direct_leaf.key")).unwrap())
+            .unwrap(),
+    );
+    let direct_x5c = vec![
+        b64(&std::fs::read(format!("{FIXTURES}/direct_leaf.der")).unwrap()),
+        b64(&vector("chain/test_intermediate.der")),
+        b64(&vector("chain/test_root_ca.der")),
+    ];
+    let direct = sign_with(&json!({"alg": "ES256", "x5c": direct_x5c}), &payload, &direct_key);
 
-    for (name, jws) in [
-        ("alg none", &none),
-        ("HS256, PEM secret", &pem_secret),
-        ("HS256, scalar secret", &scalar_secret),
-        ("chain of two", &two),
-        ("self-made chain", &self_made),
-        ("tampered payload", &tampered),
-        ("another key", &wrong_key),
-    ] {
+    // Each is refused by the check meant for it.
+    let verifier = sandbox_verifier("com.example");
+    let one_intermediate = AppleError::Chain("the leaf must be issued by the intermediate".into());
+    let cases: [(&str, &String, fn(&AppleError) -> bool); 8] = [
+        ("alg none", &none, |err| *err == AppleError::Algorithm),
+        ("HS256, PEM secret", &pem_secret, |err| *err == AppleError::Algorithm),
+        ("HS256, scalar secret", &scalar_secret, |err| *err == AppleError::Algorithm),
+        ("chain of two", &two, |err| *err == AppleError::ChainLength),
+        // Not a path to the configured root at all (webpki's own words).
+        ("self-made chain", &self_made, |err| {
+            matches!(err, AppleError::Chain(why) if why != "the leaf must be issued by the intermediate")
+        }),
+        ("tampered payload", &tampered, |err| *err == AppleError::Signature),
+        ("another key", &wrong_key, |err| *err == AppleError::Signature),
+        ("leaf issued by the root", &direct, |err| {
+            *err == AppleError::Chain("the leaf must be issued by the intermediate".into())
+        }),
+    ];
+    for (name, jws, expected) in cases {
+        let err = verifier.transaction(jws, now).unwrap_err();
+        assert!(expected(&err), "{name}: {err:?}");
         let resp = post_transaction(&app, &user, jws).await;
         let message = assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid_signature").await;
         assert!(!message.contains(&user.user_id.to_string()), "{name}: {message}");
     }
+    // The directly issued leaf is otherwise sound: only the one-intermediate check refuses it.
+    let direct_der = std::fs::read(format!("{FIXTURES}/direct_leaf.der")).unwrap();
+    let err = verifier.leaf_key(&direct_der, &vector("chain/test_intermediate.der"), now).unwrap_err();
+    assert_eq!(err, one_intermediate);
     // The self-made chain also fails against the bundled Apple root.
     let bundled = AppleVerifier::new(Vec::new(), "com.example".into(), StoreEnvironment::Sandbox, None);
     assert!(matches!(bundled.transaction(&self_made, now), Err(AppleError::Chain(_))));
@@ -709,7 +756,7 @@ async fn missing_store_settings_answer_503_naming_them() {
     assert!(message.contains("GOOGLE_PACKAGE_NAME") && message.contains("GOOGLE_SERVICE_ACCOUNT_FILE"), "{message}");
     let resp = app.post("/webhooks/google", None, &json!({"message": {"messageId": "1", "data": ""}})).await;
     let message = assert_error(resp, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
-    assert!(message.contains("GOOGLE_PUBSUB_AUDIENCE"), "{message}");
+    assert!(message.contains("GOOGLE_PUBSUB_AUDIENCE") && message.contains("GOOGLE_PUBSUB_SERVICE_ACCOUNT"), "{message}");
     // GET /account/entitlement works without any store.
     assert_eq!(entitlement(&app, &user).await["tier"], "free");
 
@@ -746,4 +793,133 @@ async fn bad_bodies_get_clear_errors() {
         let resp = post_notification(&app, jws).await;
         assert!(resp.status() == StatusCode::UNPROCESSABLE_ENTITY || resp.status() == StatusCode::PAYLOAD_TOO_LARGE);
     }
+}
+
+#[tokio::test]
+async fn only_auto_renewable_subscriptions_give_an_entitlement() {
+    let app = apple_app().await;
+    let user = app.register().await;
+    let now = app.clock.now();
+    for (i, kind) in ["Non-Consumable", "Non-Renewing Subscription", "Consumable"].into_iter().enumerate() {
+        // As Apple signs them: no expiresDate (a non-renewing subscription's end is the app's business).
+        let mut purchase = transaction(&format!("800000000{i}"), 0, ms(now), Some(user.user_id));
+        purchase["type"] = json!(kind);
+        purchase.as_object_mut().unwrap().remove("expiresDate");
+        let resp = post_transaction(&app, &user, &sign(&purchase)).await;
+        assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "unsupported_product").await;
+        // Its notification (a refund, say, or ONE_TIME_CHARGE) is recorded and ignored.
+        for kind in ["ONE_TIME_CHARGE", "SUBSCRIBED"] {
+            let (uuid, signed) = notification(kind, None, ms(now), &purchase, None);
+            assert_eq!(notify(&app, &signed).await, "ignored", "{kind}");
+            assert_eq!(recorded_outcome(&app, &uuid).await.as_deref(), Some("ignored"));
+        }
+        assert_eq!(entitlement(&app, &user).await["tier"], "free", "{kind}");
+    }
+    // An auto-renewable subscription without an end is refused as well.
+    let mut endless = transaction("8000000009", 0, ms(now), Some(user.user_id));
+    endless.as_object_mut().unwrap().remove("expiresDate");
+    let resp = post_transaction(&app, &user, &sign(&endless)).await;
+    assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "unsupported_product").await;
+    // The same purchase as a subscription is what counts.
+    let subscription = transaction("8000000010", ms(now + Duration::days(30)), ms(now), Some(user.user_id));
+    assert_eq!(post_transaction(&app, &user, &sign(&subscription)).await.status(), StatusCode::OK);
+    assert_eq!(entitlement(&app, &user).await["tier"], "pro");
+}
+
+#[tokio::test]
+async fn a_signed_date_ahead_of_the_clock_is_refused_and_pins_nothing() {
+    let app = apple_app().await;
+    let user = app.register().await;
+    let now = app.clock.now();
+    let month = Duration::days(30);
+    let original = "9000000001";
+    let ahead = now + Duration::days(365);
+    let future = transaction(original, ms(ahead + month), ms(ahead), Some(user.user_id));
+    assert_eq!(sandbox_verifier("com.example").transaction(&sign(&future), ms(now)).unwrap_err(), AppleError::FutureDate);
+    let message =
+        assert_error(post_transaction(&app, &user, &sign(&future)).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_signature")
+            .await;
+    assert!(message.contains("signedDate"), "{message}");
+    // A notification signed "next year", around a transaction signed now.
+    let current = transaction(original, ms(now + month), ms(now), Some(user.user_id));
+    let (uuid, pinned) = notification("DID_RENEW", None, ms(ahead), &current, None);
+    let resp = post_notification(&app, &pinned).await;
+    assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid_signature").await;
+    assert_eq!(recorded_outcome(&app, &uuid).await, None, "not recorded: Apple's real one may follow");
+    // A few minutes of clock skew are fine.
+    let (_, skewed) = notification("SUBSCRIBED", None, ms(now + Duration::minutes(4)), &current, None);
+    assert_eq!(notify(&app, &skewed).await, "applied");
+    // And the news that follows still applies: nothing was pinned in the future.
+    app.clock.advance(Duration::minutes(10));
+    let t1 = app.clock.now();
+    let mut refunded = transaction(original, ms(now + month), ms(t1), Some(user.user_id));
+    refunded["revocationDate"] = json!(ms(t1));
+    let (_, refund) = notification("REFUND", None, ms(t1), &refunded, None);
+    assert_eq!(notify(&app, &refund).await, "applied");
+    assert_eq!(entitlement(&app, &user).await["status"], "revoked");
+}
+
+#[tokio::test]
+async fn an_old_transaction_signed_again_never_shortens_the_subscription() {
+    let app = apple_app().await;
+    let user = app.register().await;
+    let original = "9100000001";
+    let month = Duration::days(30);
+    let t0 = app.clock.now();
+    let first = transaction(original, ms(t0 + month), ms(t0), Some(user.user_id));
+    assert_eq!(post_transaction(&app, &user, &sign(&first)).await.status(), StatusCode::OK);
+    // Renewed: the store says the second period runs to t0 + 2 months.
+    app.clock.advance(month - Duration::hours(1));
+    let t1 = app.clock.now();
+    let second = transaction(original, ms(t0 + month * 2), ms(t1), Some(user.user_id));
+    let (_, renew) = notification("DID_RENEW", None, ms(t1), &second, None);
+    assert_eq!(notify(&app, &renew).await, "applied");
+    // The app posts the first period's transaction, which Apple signed again just now.
+    app.clock.advance(Duration::hours(2));
+    let resigned = transaction(original, ms(t0 + month), ms(app.clock.now()), Some(user.user_id));
+    let resp = post_transaction(&app, &user, &sign(&resigned)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let shown: Value = resp.json().await.unwrap();
+    assert_eq!(shown["entitlement"]["tier"], "pro", "the first period ended, the second did not");
+    let expires = chrono::DateTime::parse_from_rfc3339(shown["entitlement"]["expires_at"].as_str().unwrap()).unwrap();
+    assert_eq!(expires.timestamp_millis(), ms(t0 + month * 2));
+
+    // In a grace period, the same period's transaction signed again keeps the grace.
+    app.clock.advance(month);
+    let t2 = app.clock.now();
+    let grace_end = t2 + Duration::days(16);
+    let (_, grace) = notification(
+        "DID_FAIL_TO_RENEW",
+        Some("GRACE_PERIOD"),
+        ms(t2),
+        &transaction(original, ms(t0 + month * 2), ms(t2), Some(user.user_id)),
+        Some(&renewal(original, ms(t2), Some(ms(grace_end)))),
+    );
+    assert_eq!(notify(&app, &grace).await, "applied");
+    app.clock.advance(Duration::minutes(1));
+    let same_period = transaction(original, ms(t0 + month * 2), ms(app.clock.now()), Some(user.user_id));
+    assert_eq!(post_transaction(&app, &user, &sign(&same_period)).await.status(), StatusCode::OK);
+    let in_grace = entitlement(&app, &user).await;
+    assert_eq!((in_grace["tier"].as_str(), in_grace["status"].as_str()), (Some("pro"), Some("grace")));
+    // A renewal the app sees first (billing recovered) moves it on.
+    let t3 = app.clock.now();
+    let third = transaction(original, ms(t3 + month), ms(t3), Some(user.user_id));
+    assert_eq!(post_transaction(&app, &user, &sign(&third)).await.status(), StatusCode::OK);
+    assert_eq!(entitlement(&app, &user).await["status"], "active");
+}
+
+#[tokio::test]
+async fn bodies_over_256_kib_are_413() {
+    let app = apple_app().await;
+    let user = app.register().await;
+    let big = "A".repeat(300 * 1024);
+    let resp = post_notification(&app, &big).await;
+    assert_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large").await;
+    let resp = post_transaction(&app, &user, &big).await;
+    assert_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large").await;
+    let resp = app.post("/webhooks/google", None, &json!({"message": {"messageId": "1", "data": big}})).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Just under the limit is read (and refused for what it is).
+    let resp = post_notification(&app, &"A".repeat(250 * 1024)).await;
+    assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid_signature").await;
 }

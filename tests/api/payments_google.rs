@@ -36,6 +36,10 @@ struct Fake {
     token_requests: usize,
     api_calls: usize,
     token_uri: String,
+    /// The access token the API accepts: the last one issued.
+    valid_token: String,
+    /// The API refuses every token.
+    reject_all: bool,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -60,12 +64,18 @@ async fn token(State(fake): State<Shared>, body: String) -> Result<Json<Value>, 
     let claims = jsonwebtoken::decode::<Value>(assertion, &key, &validation).map_err(|_| AxumStatus::UNAUTHORIZED)?;
     assert_eq!(claims.claims["scope"], "https://www.googleapis.com/auth/androidpublisher");
     assert_eq!(claims.claims["iss"], "play@example.iam.gserviceaccount.com");
-    fake.lock().unwrap().token_requests += 1;
-    Ok(Json(json!({"access_token": ACCESS_TOKEN, "expires_in": 3599, "token_type": "Bearer"})))
+    let mut fake = fake.lock().unwrap();
+    fake.token_requests += 1;
+    let issued = format!("{ACCESS_TOKEN}-{}", fake.token_requests);
+    fake.valid_token = issued.clone();
+    Ok(Json(json!({"access_token": issued, "expires_in": 3599, "token_type": "Bearer"})))
 }
 
-fn authorized(headers: &HeaderMap) -> bool {
-    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {ACCESS_TOKEN}"))
+fn authorized(headers: &HeaderMap, fake: &Shared) -> bool {
+    let fake = fake.lock().unwrap();
+    let expected = format!("Bearer {}", fake.valid_token);
+    !fake.reject_all
+        && headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str())
 }
 
 async fn subscription(
@@ -73,7 +83,7 @@ async fn subscription(
     Path((package, token)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AxumStatus> {
-    if !authorized(&headers) {
+    if !authorized(&headers, &fake) {
         return Err(AxumStatus::UNAUTHORIZED);
     }
     let mut fake = fake.lock().unwrap();
@@ -89,7 +99,7 @@ async fn acknowledge(
     Path((_package, product, token)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> AxumStatus {
-    if !authorized(&headers) {
+    if !authorized(&headers, &fake) {
         return AxumStatus::UNAUTHORIZED;
     }
     let Some(token) = token.strip_suffix(":acknowledge") else { return AxumStatus::NOT_FOUND };
@@ -164,8 +174,11 @@ fn purchase(state: &str, expiry: DateTime<Utc>, account: Option<Uuid>) -> Value 
 
 /// A push token as Google signs it for the push subscription.
 fn oidc_token(audience: &str, email: &str, expires: DateTime<Utc>) -> String {
-    let header = Header { kid: Some("test-key-1".into()), ..Header::new(Algorithm::RS256) };
-    let claims = json!({
+    sign_claims(&push_claims(audience, email, expires), &private_key())
+}
+
+fn push_claims(audience: &str, email: &str, expires: DateTime<Utc>) -> Value {
+    json!({
         "iss": "https://accounts.google.com",
         "aud": audience,
         "email": email,
@@ -173,8 +186,13 @@ fn oidc_token(audience: &str, email: &str, expires: DateTime<Utc>) -> String {
         "iat": (expires - Duration::hours(1)).timestamp(),
         "exp": expires.timestamp(),
         "sub": "1234567890",
-    });
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(private_key().as_bytes()).unwrap()).unwrap()
+    })
+}
+
+/// RS256 under Google's published key id `test-key-1`, with the key `pem`.
+fn sign_claims(claims: &Value, pem: &str) -> String {
+    let header = Header { kid: Some("test-key-1".into()), ..Header::new(Algorithm::RS256) };
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()).unwrap()
 }
 
 fn push_body(message_id: &str, notification: &Value) -> Value {
@@ -308,21 +326,51 @@ async fn push_notifications_need_googles_token_for_our_audience() {
         let header = Header { kid: Some("test-key-1".into()), ..Header::new(Algorithm::HS256) };
         jsonwebtoken::encode(&header, &json!({"aud": AUDIENCE, "iss": "https://accounts.google.com", "exp": (now + Duration::hours(1)).timestamp()}), &EncodingKey::from_secret(b"secret")).unwrap()
     };
-    for token in [
-        None,
-        Some("garbage".to_owned()),
-        Some(oidc_token("https://attacker.example/", PUSH_ACCOUNT, now + Duration::hours(1))),
-        Some(oidc_token(AUDIENCE, "someone@example.com", now + Duration::hours(1))),
-        Some(oidc_token(AUDIENCE, PUSH_ACCOUNT, now - Duration::hours(1))),
-        Some(other_key),
+    let hour = now + Duration::hours(1);
+    let claims = |change: &dyn Fn(&mut Value)| {
+        let mut claims = push_claims(AUDIENCE, PUSH_ACCOUNT, hour);
+        change(&mut claims);
+        sign_claims(&claims, &private_key())
+    };
+    let other_rsa_key = std::fs::read_to_string(format!("{FIXTURES}/google_other_key.pem")).unwrap();
+    for (name, token) in [
+        ("none", None),
+        ("garbage", Some("garbage".to_owned())),
+        ("another audience", Some(oidc_token("https://attacker.example/", PUSH_ACCOUNT, hour))),
+        ("another account", Some(oidc_token(AUDIENCE, "someone@example.com", hour))),
+        ("expired", Some(oidc_token(AUDIENCE, PUSH_ACCOUNT, now - Duration::hours(1)))),
+        ("HS256", Some(other_key)),
+        // RS256 under Google's key id, signed with a key Google never published.
+        ("another RSA key", Some(sign_claims(&push_claims(AUDIENCE, PUSH_ACCOUNT, hour), &other_rsa_key))),
+        ("another issuer", Some(claims(&|c| c["iss"] = json!("https://attacker.example")))),
+        ("no email", Some(claims(&|c| drop(c.as_object_mut().unwrap().remove("email"))))),
+        ("unverified email", Some(claims(&|c| c["email_verified"] = json!(false)))),
     ] {
         let resp = push(&app, token.as_deref(), &body).await;
         assert_error(resp, StatusCode::UNAUTHORIZED, "invalid_token").await;
+        assert_eq!(fake.lock().unwrap().api_calls, 0, "{name}: nothing read for a refused push");
     }
-    assert_eq!(fake.lock().unwrap().api_calls, 0, "nothing read for a refused push");
-    // Malformed data, with a good token.
-    let token = oidc_token(AUDIENCE, PUSH_ACCOUNT, now + Duration::hours(1));
-    let resp = push(&app, Some(&token), &json!({"message": {"messageId": "m-bad", "data": "not base64!"}})).await;
+    // The same claims, signed by the published key, pass: the refusals above are the checks'.
+    assert_eq!(push(&app, Some(&claims(&|_| {})), &body).await.status(), StatusCode::OK);
+    // Without `email_verified`, the email alone is checked; the account's case does not matter.
+    let body = push_body("m-auth-2", &subscription_notification(4, "tok-1"));
+    let token = claims(&|c| {
+        c.as_object_mut().unwrap().remove("email_verified");
+        c["email"] = json!(PUSH_ACCOUNT.to_uppercase());
+    });
+    assert_eq!(push(&app, Some(&token), &body).await.status(), StatusCode::OK);
+    // Undecodable data, with a good token: recorded and ignored (an error would make Pub/Sub retry it for days).
+    let token = oidc_token(AUDIENCE, PUSH_ACCOUNT, hour);
+    for data in [json!("not base64!"), json!(STANDARD.encode("{\"not\": \"a notification\"}")), Value::Null] {
+        let message_id = format!("m-bad-{data}");
+        let resp = push(&app, Some(&token), &json!({"message": {"messageId": message_id, "data": data}})).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.json::<Value>().await.unwrap()["outcome"], "ignored");
+        let resp = push(&app, Some(&token), &json!({"message": {"messageId": message_id, "data": data}})).await;
+        assert_eq!(resp.json::<Value>().await.unwrap()["outcome"], "duplicate");
+    }
+    // No messageId is not a Pub/Sub push.
+    let resp = push(&app, Some(&token), &json!({"message": {"data": "e30="}})).await;
     assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     // Test notifications and other apps' are recorded and ignored.
     let test = json!({"version": "1.0", "packageName": PACKAGE, "eventTimeMillis": "1", "testNotification": {"version": "1.0"}});
@@ -418,4 +466,45 @@ async fn notifications_reread_the_subscription_dedupe_and_retire_linked_tokens()
     let revoked = entitlement(&app, &user).await;
     assert_eq!((revoked["tier"].as_str(), revoked["status"].as_str()), (Some("free"), Some("revoked")));
     assert_eq!(account_tier(&app, &user).await, "free");
+}
+
+#[tokio::test]
+async fn a_push_subscription_without_its_service_account_is_not_configured() {
+    let (addr, _fake) = fake_google().await;
+    let app = spawn_app_with(&[
+        ("GOOGLE_PUBSUB_AUDIENCE", AUDIENCE),
+        ("GOOGLE_OIDC_JWKS_URL", &format!("http://{addr}/certs")),
+    ])
+    .await;
+    // A token any Google Cloud user could get for our audience.
+    let token = oidc_token(AUDIENCE, "anyone@example.com", app.clock.now() + Duration::hours(1));
+    let resp = push(&app, Some(&token), &push_body("m-1", &subscription_notification(4, "tok-1"))).await;
+    let message = assert_error(resp, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
+    assert!(message.contains("GOOGLE_PUBSUB_SERVICE_ACCOUNT") && !message.contains("GOOGLE_PUBSUB_AUDIENCE"), "{message}");
+}
+
+#[tokio::test]
+async fn a_revoked_oauth_token_is_dropped_and_the_call_retried_once() {
+    let (addr, fake) = fake_google().await;
+    let app = google_app(addr, "Sandbox").await;
+    let user = app.register().await;
+    let expiry = app.clock.now() + Duration::days(30);
+    fake.lock()
+        .unwrap()
+        .subscriptions
+        .insert("tok-1".into(), purchase("SUBSCRIPTION_STATE_ACTIVE", expiry, Some(user.user_id)));
+    assert_eq!(post_subscription(&app, &user, "tok-1").await.status(), StatusCode::OK);
+    assert_eq!(fake.lock().unwrap().token_requests, 1);
+    // Google stops accepting the cached token well before its expiry.
+    fake.lock().unwrap().valid_token = "rotated".into();
+    assert_eq!(post_subscription(&app, &user, "tok-1").await.status(), StatusCode::OK);
+    assert_eq!(fake.lock().unwrap().token_requests, 2, "a new token after the 401");
+    // The new one is cached.
+    assert_eq!(post_subscription(&app, &user, "tok-1").await.status(), StatusCode::OK);
+    assert_eq!(fake.lock().unwrap().token_requests, 2);
+    // Once only: when no token works, it is an upstream error, not a loop.
+    fake.lock().unwrap().reject_all = true;
+    let resp = post_subscription(&app, &user, "tok-1").await;
+    assert_error(resp, StatusCode::BAD_GATEWAY, "upstream_error").await;
+    assert_eq!(fake.lock().unwrap().token_requests, 3, "one new token, one retry");
 }
