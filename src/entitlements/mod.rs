@@ -138,7 +138,12 @@ pub async fn apply(conn: &Connection, update: &Update, user: Option<Uuid>, now: 
 /// it): it also needs to end no earlier than the state held, and at the
 /// same end it does not replace the grace or billing-retry state it cannot
 /// express, unless it revokes.
-pub async fn apply_from_app(conn: &Connection, update: &Update, user: Uuid, now: DateTime<Utc>) -> StoreResult<Applied> {
+pub async fn apply_from_app(
+    conn: &Connection,
+    update: &Update,
+    user: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<Applied> {
     apply_if(conn, update, Some(user), now, true).await
 }
 

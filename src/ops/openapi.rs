@@ -70,18 +70,25 @@ Payments:\n\
 latest news. `expires_at` is when the access of the status shown ends: the period end when `active`, the \
 grace end when `grace`; null when nothing gives access.\n\
 - Refused signed data answers 422 with `invalid_signature` (not signed by Apple: format, algorithm, chain, \
-OIDs, validity at `signedDate`, signature), `wrong_app` (another bundle id or, in production, app Apple id; \
-also renewal info posted as a transaction) or `wrong_environment` (sandbox data on a production server or \
-the reverse). A transaction Apple signed that names no `originalTransactionId`, `productId` or \
-`signedDate` is 422 `validation_failed`; a consumable is 422 `unsupported_product`. Xcode-signed \
-(StoreKit testing) data is never trusted.\n\
+OIDs, validity at `signedDate`, signature; also a `signedDate` more than 5 minutes ahead of the server's \
+clock), `wrong_app` (another bundle id or, in production, app Apple id; also renewal info posted as a \
+transaction) or `wrong_environment` (sandbox data on a production server or the reverse). A transaction \
+Apple signed that names no `originalTransactionId`, `productId` or `signedDate` is 422 \
+`validation_failed`; anything but an auto-renewable subscription with an `expiresDate` (a consumable, a \
+non-consumable, a non-renewing subscription) is 422 `unsupported_product`. Xcode-signed (StoreKit \
+testing) data is never trusted. `POST /webhooks/apple` answers 422 only for `invalid_signature` and \
+`validation_failed`: a notification Apple signed for another app or the other environment is recorded \
+and answered 200 `ignored`, since Apple retries anything but 2xx.\n\
 - A transaction without `appAccountToken` is linked to the caller, moving it from another account if it \
 was linked there (as RevenueCat's default transfer does); with one naming another user it is 403 \
 `app_account_token_mismatch` (Play: `obfuscatedExternalAccountId`, 403 `account_mismatch`).\n\
 - Posting a transaction older (by `signedDate`) than what the server holds answers 200 and changes \
-nothing but the link. The webhooks answer 200 `{\"outcome\"}`: `applied`, `stale`, `unlinked` (no \
-user known yet: recorded, the app's post links it), `ignored` (a type that changes no access, another \
-app's, the other environment's, an unknown purchase token) or `duplicate`.\n\
+nothing but the link; so does one that ends earlier than the state held (Apple signs old transactions \
+again when the app reads them), or at the same end while the server holds a grace period or billing \
+retry (unless it revokes). The webhooks answer 200 `{\"outcome\"}`: `applied`, `stale`, `unlinked` (no \
+user known yet: recorded, the app's post links it), `ignored` (a type that changes no access, a product \
+that is not an auto-renewable subscription, another app's, the other environment's, an unknown purchase \
+token, Pub/Sub data that is not a developer notification) or `duplicate`.\n\
 - App Store types: SUBSCRIBED, DID_RENEW, OFFER_REDEEMED, DID_CHANGE_RENEWAL_PREF, RENEWAL_EXTENDED, \
 REFUND_REVERSED take the state of their transaction (active, or revoked if it carries a revocation); \
 DID_FAIL_TO_RENEW is `grace` with subtype GRACE_PERIOD (until the renewal info's \
@@ -91,7 +98,8 @@ DID_FAIL_TO_RENEW is `grace` with subtype GRACE_PERIOD (until the renewal info's
 IN_GRACE_PERIOD `grace`, ON_HOLD `billing_retry`, the rest (EXPIRED, PAUSED, PENDING) `expired`; \
 SUBSCRIPTION_REVOKED and voided purchases are `revoked`. Any consumable or one-time product is ignored.\n\
 - The Play routes answer 502 `upstream_error` or 504 `upstream_timeout` when Google fails; a push \
-without Google's OIDC token for the configured audience is 401 `invalid_token`. A store whose settings \
+without Google's OIDC token for the configured audience whose `email` is \
+`GOOGLE_PUBSUB_SERVICE_ACCOUNT` is 401 `invalid_token`. A store whose settings \
 are missing answers 503 `not_configured` naming them.\n\
 \n\
 Operations: `GET /metrics` (Prometheus text) is served on its own listener, `METRICS_ADDR` (default \

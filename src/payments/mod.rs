@@ -46,8 +46,10 @@ pub struct EntitlementResponse {
 pub struct NotificationOutcome {
     /// `applied`: the subscription holds the news; `stale`: it already held
     /// newer news; `unlinked`: recorded for a subscription no user claimed
-    /// yet; `ignored`: a type that changes no access (or another app's, or
-    /// the other environment's); `duplicate`: already received.
+    /// yet; `ignored`: recorded, changes nothing (a type that changes no
+    /// access, a product that is not an auto-renewable subscription, another
+    /// app's, the other environment's, undecodable Pub/Sub data); `duplicate`:
+    /// already received.
     pub outcome: &'static str,
 }
 

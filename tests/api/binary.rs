@@ -125,6 +125,34 @@ fn bad_configuration_stops_the_binary_naming_the_variable() {
 }
 
 #[test]
+fn a_production_server_refuses_custom_apple_roots_unless_told_to_trust_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/apple/certs/testCA.der");
+    let production = |command: &mut Command| {
+        command
+            .env("ENVIRONMENT", "production")
+            .env("JWT_SECRET", "x".repeat(32))
+            .env("APPLE_BUNDLE_ID", "com.example")
+            .env("APPLE_APP_APPLE_ID", "1")
+            .env("APPLE_ROOT_CERTS", root)
+            .env("GOOGLE_ENVIRONMENT", "test");
+    };
+    let mut command = echolia(dir.path());
+    production(&mut command);
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("APPLE_ROOT_CERTS") && stderr.contains("APPLE_ALLOW_CUSTOM_ROOTS"), "{stderr}");
+    // With the override, the roots pass and the next bad setting is the one named.
+    let mut command = echolia(dir.path());
+    production(&mut command);
+    let output = command.env("APPLE_ALLOW_CUSTOM_ROOTS", "true").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("GOOGLE_ENVIRONMENT") && !stderr.contains("APPLE_ROOT_CERTS"), "{stderr}");
+}
+
+#[test]
 fn a_metrics_port_in_use_stops_the_binary_naming_metrics_addr() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -468,15 +468,18 @@ async fn forged_signed_data_is_rejected() {
     // Each is refused by the check meant for it.
     let verifier = sandbox_verifier("com.example");
     let one_intermediate = AppleError::Chain("the leaf must be issued by the intermediate".into());
-    let cases: [(&str, &String, fn(&AppleError) -> bool); 8] = [
+    type Expected = fn(&AppleError) -> bool;
+    let cases: [(&str, &String, Expected); 8] = [
         ("alg none", &none, |err| *err == AppleError::Algorithm),
         ("HS256, PEM secret", &pem_secret, |err| *err == AppleError::Algorithm),
         ("HS256, scalar secret", &scalar_secret, |err| *err == AppleError::Algorithm),
         ("chain of two", &two, |err| *err == AppleError::ChainLength),
         // Not a path to the configured root at all (webpki's own words).
-        ("self-made chain", &self_made, |err| {
-            matches!(err, AppleError::Chain(why) if why != "the leaf must be issued by the intermediate")
-        }),
+        (
+            "self-made chain",
+            &self_made,
+            |err| matches!(err, AppleError::Chain(why) if why != "the leaf must be issued by the intermediate"),
+        ),
         ("tampered payload", &tampered, |err| *err == AppleError::Signature),
         ("another key", &wrong_key, |err| *err == AppleError::Signature),
         ("leaf issued by the root", &direct, |err| {
@@ -756,7 +759,10 @@ async fn missing_store_settings_answer_503_naming_them() {
     assert!(message.contains("GOOGLE_PACKAGE_NAME") && message.contains("GOOGLE_SERVICE_ACCOUNT_FILE"), "{message}");
     let resp = app.post("/webhooks/google", None, &json!({"message": {"messageId": "1", "data": ""}})).await;
     let message = assert_error(resp, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
-    assert!(message.contains("GOOGLE_PUBSUB_AUDIENCE") && message.contains("GOOGLE_PUBSUB_SERVICE_ACCOUNT"), "{message}");
+    assert!(
+        message.contains("GOOGLE_PUBSUB_AUDIENCE") && message.contains("GOOGLE_PUBSUB_SERVICE_ACCOUNT"),
+        "{message}"
+    );
     // GET /account/entitlement works without any store.
     assert_eq!(entitlement(&app, &user).await["tier"], "free");
 
@@ -835,10 +841,16 @@ async fn a_signed_date_ahead_of_the_clock_is_refused_and_pins_nothing() {
     let original = "9000000001";
     let ahead = now + Duration::days(365);
     let future = transaction(original, ms(ahead + month), ms(ahead), Some(user.user_id));
-    assert_eq!(sandbox_verifier("com.example").transaction(&sign(&future), ms(now)).unwrap_err(), AppleError::FutureDate);
-    let message =
-        assert_error(post_transaction(&app, &user, &sign(&future)).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_signature")
-            .await;
+    assert_eq!(
+        sandbox_verifier("com.example").transaction(&sign(&future), ms(now)).unwrap_err(),
+        AppleError::FutureDate
+    );
+    let message = assert_error(
+        post_transaction(&app, &user, &sign(&future)).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_signature",
+    )
+    .await;
     assert!(message.contains("signedDate"), "{message}");
     // A notification signed "next year", around a transaction signed now.
     let current = transaction(original, ms(now + month), ms(now), Some(user.user_id));

@@ -74,8 +74,7 @@ async fn token(State(fake): State<Shared>, body: String) -> Result<Json<Value>, 
 fn authorized(headers: &HeaderMap, fake: &Shared) -> bool {
     let fake = fake.lock().unwrap();
     let expected = format!("Bearer {}", fake.valid_token);
-    !fake.reject_all
-        && headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str())
+    !fake.reject_all && headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str())
 }
 
 async fn subscription(
@@ -480,7 +479,10 @@ async fn a_push_subscription_without_its_service_account_is_not_configured() {
     let token = oidc_token(AUDIENCE, "anyone@example.com", app.clock.now() + Duration::hours(1));
     let resp = push(&app, Some(&token), &push_body("m-1", &subscription_notification(4, "tok-1"))).await;
     let message = assert_error(resp, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
-    assert!(message.contains("GOOGLE_PUBSUB_SERVICE_ACCOUNT") && !message.contains("GOOGLE_PUBSUB_AUDIENCE"), "{message}");
+    assert!(
+        message.contains("GOOGLE_PUBSUB_SERVICE_ACCOUNT") && !message.contains("GOOGLE_PUBSUB_AUDIENCE"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
