@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::ops::metrics;
 use crate::ops::{health, openapi::ApiDoc, telemetry};
 use crate::state::AppState;
-use crate::{account, audit, auth, sync};
+use crate::{account, audit, auth, llm, sync};
 
 /// Largest body the auth routes read.
 pub const AUTH_BODY_LIMIT: usize = 1024 * 1024;
@@ -34,6 +34,7 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(auth::router(state).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
         .merge(audit::router().merge(account::router()).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
         .merge(sync::router())
+        .merge(llm::router())
         .split_for_parts()
 }
 

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
+pub mod llm;
+
 /// Minimum length of `JWT_SECRET`, in bytes (HS256 wants at least the hash size).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -33,6 +35,8 @@ pub struct Config {
     pub sqlite_memory_limit_mb: u32,
     /// Threads of the async runtime.
     pub worker_threads: NonZeroUsize,
+    /// The LLM proxy and its OHTTP gateway.
+    pub llm: llm::LlmConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +140,7 @@ impl Config {
             max_open_databases: parse_or("MAX_OPEN_DATABASES", get("MAX_OPEN_DATABASES"), "1000")?,
             sqlite_memory_limit_mb: parse_or("SQLITE_MEMORY_LIMIT_MB", get("SQLITE_MEMORY_LIMIT_MB"), "128")?,
             worker_threads: parse_or("WORKER_THREADS", get("WORKER_THREADS"), &default_worker_threads().to_string())?,
+            llm: llm::from_lookup(&get)?,
         })
     }
 

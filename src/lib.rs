@@ -14,7 +14,8 @@
 //!    extractors that need no state;
 //! 7. `state` — what every request shares, built once at start;
 //! 8. the areas, each with its routes: `auth`, `sync`, `audit`, `account`,
-//!    `ops` (health, metrics, OpenAPI); an area never imports another's;
+//!    `llm` (the LLM proxy and its OHTTP gateway), `ops` (health, metrics,
+//!    OpenAPI); an area never imports another's;
 //! 9. `app` — composes the areas' routers and serves; `cli` — the operator
 //!    commands.
 //!
@@ -35,6 +36,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod identity;
+pub mod llm;
 pub mod ops;
 pub mod projection;
 pub mod replay;

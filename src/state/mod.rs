@@ -6,6 +6,7 @@
 
 pub mod metrics;
 pub mod notify;
+pub mod ohttp;
 pub mod rate_limit;
 pub mod read_ahead;
 pub mod user_auth;
@@ -45,6 +46,11 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The next page of each user's paged pull, read while the device decodes this one.
     pub read_ahead: Arc<ReadAhead>,
+    /// The one outgoing HTTP client (connection pools shared by every call).
+    /// No overall timeout: each call sets its own.
+    pub http: reqwest::Client,
+    /// The Oblivious HTTP gateway's key.
+    pub ohttp: Arc<ohttp::OhttpKey>,
 }
 
 impl AppState {
@@ -61,7 +67,14 @@ impl AppState {
             Some(secret) => secret.clone(),
             None => crate::identity::secret::load_or_create(&config.data_dir)?,
         };
+        let ohttp = Arc::new(ohttp::OhttpKey::load(&config.llm.ohttp_key, &config.data_dir)?);
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|err| StoreError::Corrupt(format!("the HTTP client cannot start: {err}")))?;
         Ok(Self {
+            http,
+            ohttp,
             clock,
             control: Arc::new(control),
             users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),
