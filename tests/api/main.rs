@@ -9,6 +9,8 @@ mod crash;
 mod helpers;
 mod keys_audit_account;
 mod layers;
+mod llm;
+mod llm_fake;
 mod metrics;
 mod openapi;
 mod pairing;
