@@ -11,6 +11,7 @@ mod keys_audit_account;
 mod layers;
 mod llm;
 mod llm_fake;
+mod llm_ohttp;
 mod metrics;
 mod openapi;
 mod pairing;
