@@ -432,3 +432,107 @@ async fn stream_metrics_are_scraped() {
     assert!(scrape.contains("echolia_llm_tokens_total{model=\"priced\"} 15"));
     assert!(scrape.contains("echolia_llm_cost_microdollars_total{model=\"priced\"} 19"));
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// A whole conversation with a marker in the prompts (and so, echoed, in the
+/// answers), through the shipped binary logging at `trace`: the marker is in
+/// none of its log lines and in no file of its data directory.
+#[tokio::test]
+async fn prompts_and_completions_reach_no_log_and_no_database_file() {
+    use std::process::{Command, Stdio};
+
+    const MARKER: &str = "ZEBRA-7f3a-PROMPT-MARKER";
+    let fake = FakeUpstream::start().await;
+    let models = models_file(&fake);
+    let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log_path = logs.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_echolia"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATA_DIR", data.path())
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "trace")
+        .env("LLM_BASE_URL", fake.url())
+        .env("LLM_API_KEY", "sk-test")
+        .env("LLM_MODELS_FILE", models.path().join("models.toml"))
+        .env("CLAUDE_KEY", "ak-test")
+        .current_dir(data.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..600 {
+        if client.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status() == StatusCode::OK) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the server did not start");
+    let resp = client.post(format!("{base}/auth/register")).json(&crate::helpers::device_body("Mac", "desktop")).send().await.unwrap();
+    let token = resp.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let post = |path: &str, body: Value| client.post(format!("{base}{path}")).bearer_auth(&token).json(&body).send();
+    let prompt = format!("please remember {MARKER}");
+    for (model, stream) in [("priced", false), ("openai", true), ("llamacpp", true), ("claude", false), ("claude", true), ("claude-error", true), ("cut", true)] {
+        let text = post("/llm/v1/chat/completions", ask(model, &prompt, stream)).await.unwrap().text().await.unwrap();
+        if model != "claude-error" && model != "cut" {
+            assert!(text.contains(MARKER), "the answer echoes the marker ({model}): {text}");
+        }
+    }
+    let resp = post("/llm/v1/embeddings", json!({"model": "emb", "input": prompt})).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = post("/llm/v1/chat/completions", json!({"model": "claude", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": MARKER}]}]})).await.unwrap();
+    let refused = resp.text().await.unwrap();
+    assert!(refused.contains("unsupported_parameter") && !refused.contains(MARKER), "{refused}");
+    // The same conversation encrypted to the gateway.
+    let keys = client.get(format!("{base}/llm/ohttp-keys")).send().await.unwrap().bytes().await.unwrap();
+    let mut message = bhttp::Message::request(b"POST".to_vec(), b"https".to_vec(), b"x".to_vec(), b"/llm/v1/chat/completions".to_vec());
+    message.put_header("authorization", format!("Bearer {token}"));
+    message.write_content(serde_json::to_vec(&ask("priced", &prompt, false)).unwrap());
+    let mut encoded = Vec::new();
+    message.write_bhttp(bhttp::Mode::KnownLength, &mut encoded).unwrap();
+    let (enc, response) = ohttp::ClientRequest::from_encoded_config_list(&keys).unwrap().encapsulate(&encoded).unwrap();
+    let resp = client.post(format!("{base}/llm/ohttp")).header("content-type", "message/ohttp-req").body(enc).send().await.unwrap();
+    let plain = response.decapsulate(&resp.bytes().await.unwrap()).unwrap();
+    assert!(String::from_utf8_lossy(&plain).contains(MARKER));
+
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    for _ in 0..400 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let logged = std::fs::read(&log_path).unwrap();
+    assert!(logged.len() > 1000, "trace logging was on");
+    assert!(!String::from_utf8_lossy(&logged).contains(MARKER), "the marker is in the log");
+    let mut files = Vec::new();
+    files_under(data.path(), &mut files);
+    assert!(files.iter().any(|f| f.extension().is_some_and(|e| e == "db")));
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()), "the marker is in {}", file.display());
+    }
+}
