@@ -536,3 +536,102 @@ async fn prompts_and_completions_reach_no_log_and_no_database_file() {
         assert!(!bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()), "the marker is in {}", file.display());
     }
 }
+
+/// The proxy's cost, measured against the fake provider on this machine:
+/// time to the first byte of a streamed answer directly and through the
+/// proxy (median of 50), and chunks per second relayed for a 20,000-chunk
+/// stream. Prints the figures; asserts nothing about them.
+/// `cargo test --release --test api llm::bench_ -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn bench_first_byte_overhead_and_stream_throughput() {
+    let llm = llm_app(&[("LLM_FREE_REQUESTS_PER_MINUTE", "0"), ("LLM_FREE_TOKENS_PER_DAY", "0")]).await;
+    let (app, fake) = (&llm.app, &llm.fake);
+    let session = app.register().await;
+    let direct = format!("{}/chat/completions", fake.url());
+    let proxied = app.url("/llm/v1/chat/completions");
+    async fn first_byte(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> Duration {
+        let started = std::time::Instant::now();
+        let resp = client.post(url).bearer_auth(token).json(body).send().await.unwrap();
+        let mut stream = resp.bytes_stream();
+        stream.next().await.unwrap().unwrap();
+        let elapsed = started.elapsed();
+        while stream.next().await.is_some() {}
+        elapsed
+    }
+    let body = ask("openai", "hi", true);
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut d, mut p) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        d.push(first_byte(&app.client, &direct, "sk-test", &body).await);
+        p.push(first_byte(&app.client, &proxied, &session.access_token, &body).await);
+    }
+    let (d, p) = (median(d), median(p));
+    println!("first byte: direct {d:?}, through the proxy {p:?}, added {:?}", p.saturating_sub(d));
+
+    let count = 20_000u64;
+    let body = ask(&format!("firehose-{count}"), "hi", true);
+    for (name, url, token) in [("direct", &direct, "sk-test"), ("proxy", &proxied, session.access_token.as_str())] {
+        let started = std::time::Instant::now();
+        let text = app.client.post(url.as_str()).bearer_auth(token).json(&body).send().await.unwrap().text().await.unwrap();
+        let elapsed = started.elapsed();
+        let chunks = text.matches("data: ").count();
+        assert!(chunks as u64 >= count, "{chunks}");
+        println!("{name}: {chunks} chunks in {elapsed:?} = {:.0} chunks/s", chunks as f64 / elapsed.as_secs_f64());
+    }
+    rows(app, session.user_id).await;
+}
+
+/// The official OpenAI Python SDK against `/llm/v1`, unchanged: the access
+/// token as its API key. Gated on `OPENAI_SDK_PYTHON`, a Python with the
+/// `openai` package (`python3 -m venv v && v/bin/pip install openai`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_python_sdk_talks_to_the_proxy() {
+    let Ok(python) = std::env::var("OPENAI_SDK_PYTHON") else {
+        eprintln!("skipped: set OPENAI_SDK_PYTHON to a Python that has the `openai` package");
+        return;
+    };
+    let llm = llm_app(&[]).await;
+    let app = &llm.app;
+    let session = app.register().await;
+    let script = r#"
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1], api_key=sys.argv[2])
+reply = client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "hi"}])
+assert reply.choices[0].message.content == "Hello hi", reply
+assert reply.usage.prompt_tokens == 11
+text, usage = "", None
+for chunk in client.chat.completions.create(model="openai", messages=[{"role": "user", "content": "hi"}], stream=True, stream_options={"include_usage": True}):
+    if chunk.choices:
+        text += chunk.choices[0].delta.content or ""
+    if chunk.usage:
+        usage = chunk.usage
+assert text == "Hello hi", text
+assert usage.completion_tokens == 4, usage
+text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], stream=True))
+assert text == "Hello hi", text
+emb = client.embeddings.create(model="emb", input="hi")
+assert emb.data[0].embedding == [0.1, 0.2]
+ids = [m.id for m in client.models.list()]
+assert "priced" in ids, ids
+try:
+    client.chat.completions.create(model="bad", messages=[{"role": "user", "content": "hi"}])
+    raise SystemExit("expected an error")
+except openai.BadRequestError as err:
+    assert err.status_code == 400
+print("sdk ok")
+"#;
+    let base = app.url("/llm/v1");
+    let token = session.access_token.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).arg("-c").arg(script).arg(base).arg(token).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && stdout.contains("sdk ok"), "{stdout}\n{stderr}");
+    assert_eq!(rows(app, session.user_id).await.len(), 5);
+}

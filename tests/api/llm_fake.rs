@@ -189,6 +189,15 @@ async fn openai_chat(State(state): State<Arc<Fake>>, headers: HeaderMap, Json(bo
             });
             return ([("content-type", "text/event-stream")], Body::from_stream(stream)).into_response();
         }
+        if let Some(count) = model.strip_prefix("firehose-").and_then(|n| n.parse::<u64>().ok()) {
+            // As fast as the connection takes them: for the throughput benchmark.
+            let events = (0..count).map(move |n| {
+                let event = format!("data: {}\n\n", chunk(json!({"content": "tok "}), Value::Null, Some(usage(3, n + 1))));
+                Ok::<_, std::io::Error>(Bytes::from(event))
+            });
+            let done = futures_util::stream::iter([Ok(Bytes::from_static(b"data: [DONE]\n\n"))]);
+            return ([("content-type", "text/event-stream")], Body::from_stream(futures_util::stream::iter(events).chain(done))).into_response();
+        }
         let include_usage = body["stream_options"]["include_usage"] == json!(true);
         let scenario = if ["openai", "openai-old", "vllm", "llamacpp", "cut"].contains(&model.as_str()) { model.as_str() } else { "openai" };
         let (events, then_break) = openai_events(scenario, &echo, include_usage);
