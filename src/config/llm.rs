@@ -158,7 +158,8 @@ pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<LlmConfig, Co
     };
     if let Some(url) = get("LLM_BASE_URL") {
         let api_key = get("LLM_API_KEY").map(|key| Secret::from(key.into_bytes()));
-        providers.insert(DEFAULT_PROVIDER.to_owned(), Provider { kind, base_url: base_url("LLM_BASE_URL", &url)?, api_key });
+        providers
+            .insert(DEFAULT_PROVIDER.to_owned(), Provider { kind, base_url: base_url("LLM_BASE_URL", &url)?, api_key });
     } else if get("LLM_PROVIDER").is_some() || get("LLM_API_KEY").is_some() {
         return Err(invalid("LLM_BASE_URL", "required when LLM_PROVIDER or LLM_API_KEY is set"));
     }
@@ -197,7 +198,10 @@ pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<LlmConfig, Co
             }
             let prices = [model.input_per_million, model.output_per_million];
             if prices.iter().any(|price| !price.is_finite() || *price < 0.0 || *price > 1e6) {
-                return Err(invalid("LLM_MODELS_FILE", format!("model `{}`: prices must be 0 to 1,000,000", model.name)));
+                return Err(invalid(
+                    "LLM_MODELS_FILE",
+                    format!("model `{}`: prices must be 0 to 1,000,000", model.name),
+                ));
             }
             if model.name.is_empty() || model.name.len() > MAX_MODEL_NAME {
                 return Err(invalid("LLM_MODELS_FILE", format!("model names are 1 to {MAX_MODEL_NAME} bytes")));
@@ -206,7 +210,10 @@ pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<LlmConfig, Co
                 upstream: model.upstream.unwrap_or_else(|| model.name.clone()),
                 name: model.name.clone(),
                 provider,
-                price: Price { input_per_million: model.input_per_million, output_per_million: model.output_per_million },
+                price: Price {
+                    input_per_million: model.input_per_million,
+                    output_per_million: model.output_per_million,
+                },
             };
             if models.insert(model.name.clone(), entry).is_some() {
                 return Err(invalid("LLM_MODELS_FILE", format!("model `{}` is listed twice", model.name)));

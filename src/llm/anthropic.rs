@@ -24,7 +24,11 @@ fn text_of(content: &Value, at: &str) -> Result<String, Unsupported> {
             for (i, part) in parts.iter().enumerate() {
                 match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
                     (Some("text"), Some(part)) => text.push_str(part),
-                    _ => return Err(Unsupported(format!("{at}.content[{i}]: only text parts are supported by this model"))),
+                    _ => {
+                        return Err(Unsupported(format!(
+                            "{at}.content[{i}]: only text parts are supported by this model"
+                        )))
+                    }
                 }
             }
             Ok(text)
@@ -209,7 +213,10 @@ impl StreamTranslator {
                     self.usage.input_tokens = input_tokens(usage);
                     self.usage.output_tokens = usage["output_tokens"].as_u64().unwrap_or(0);
                 }
-                Translated::Chunks { chunks: vec![self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)], done: false }
+                Translated::Chunks {
+                    chunks: vec![self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)],
+                    done: false,
+                }
             }
             "content_block_delta" => match data["delta"]["text"].as_str() {
                 Some(text) if data["delta"]["type"] == "text_delta" => {
@@ -241,9 +248,9 @@ impl StreamTranslator {
                 }
                 Translated::Chunks { chunks, done: true }
             }
-            "error" => Translated::Error {
-                kind: data["error"]["type"].as_str().unwrap_or("error").chars().take(64).collect(),
-            },
+            "error" => {
+                Translated::Error { kind: data["error"]["type"].as_str().unwrap_or("error").chars().take(64).collect() }
+            }
             // ping, content_block_start/stop, and anything newer.
             _ => none,
         }
@@ -306,12 +313,24 @@ mod tests {
     fn a_stream_translates_and_counts_cumulatively() {
         let mut t = StreamTranslator::new(7, true);
         let events = [
-            ("message_start", json!({"type": "message_start", "message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 25, "output_tokens": 1}}})),
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+            ),
             ("content_block_start", json!({"type": "content_block_start", "index": 0})),
             ("ping", json!({"type": "ping"})),
-            ("content_block_delta", json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi"}})),
-            ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": null}, "usage": {"output_tokens": 5}})),
-            ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 9}})),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi"}}),
+            ),
+            (
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": null}, "usage": {"output_tokens": 5}}),
+            ),
+            (
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 9}}),
+            ),
             ("message_stop", json!({"type": "message_stop"})),
         ];
         let mut all = Vec::new();
@@ -327,7 +346,8 @@ mod tests {
         assert_eq!(all[3]["usage"], json!({"prompt_tokens": 25, "completion_tokens": 9, "total_tokens": 34}));
         assert_eq!(t.usage(), Usage { input_tokens: 25, output_tokens: 9 });
         assert!(t.is_done());
-        let error = t.event(Some("error"), &json!({"type": "error", "error": {"type": "overloaded_error", "message": "x"}}));
+        let error =
+            t.event(Some("error"), &json!({"type": "error", "error": {"type": "overloaded_error", "message": "x"}}));
         assert_eq!(error, Translated::Error { kind: "overloaded_error".into() });
     }
 }

@@ -36,7 +36,17 @@ impl Call {
         price: Price,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { db, id, started: Instant::now(), model_label, endpoint, price, metrics, counter: Counter::default(), recorded: false }
+        Self {
+            db,
+            id,
+            started: Instant::now(),
+            model_label,
+            endpoint,
+            price,
+            metrics,
+            counter: Counter::default(),
+            recorded: false,
+        }
     }
 
     pub fn started(&self) -> Instant {

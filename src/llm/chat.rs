@@ -66,11 +66,15 @@ async fn start(
                 super::quota::Tier::Free => "free",
                 super::quota::Tier::Pro => "pro",
             };
-            metrics::counter!("echolia_llm_quota_refusals_total", "tier" => tier, "limit" => refusal.limit()).increment(1);
+            metrics::counter!("echolia_llm_quota_refusals_total", "tier" => tier, "limit" => refusal.limit())
+                .increment(1);
             Err(ApiError::Client {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 code: "quota_exceeded",
-                message: format!("the {tier} tier's {} quota is used up; retry later", refusal.limit().replace('_', " ")),
+                message: format!(
+                    "the {tier} tier's {} quota is used up; retry later",
+                    refusal.limit().replace('_', " ")
+                ),
                 retry_after: Some(refusal.retry_after()),
             })
         }
@@ -112,8 +116,8 @@ pub async fn chat_completions(State(state): State<AppState>, auth: UserAuth, bod
     let llm = &state.config.llm;
     let (provider_name, provider, upstream_model, price) = llm.resolve(&model).ok_or_else(model_not_found)?;
     let stream = request.get("stream") == Some(&Value::Bool(true));
-    let wants_usage = request.get("stream_options").and_then(|options| options.get("include_usage"))
-        == Some(&Value::Bool(true));
+    let wants_usage =
+        request.get("stream_options").and_then(|options| options.get("include_usage")) == Some(&Value::Bool(true));
     let (path, upstream_body) = match provider.kind {
         ProviderKind::Openai => {
             request.insert("model".into(), Value::String(upstream_model));
@@ -196,7 +200,10 @@ pub async fn embeddings(State(state): State<AppState>, auth: UserAuth, body: Byt
     let llm = &state.config.llm;
     let (provider_name, provider, upstream_model, price) = llm.resolve(&model).ok_or_else(model_not_found)?;
     if provider.kind != ProviderKind::Openai {
-        return Err(ApiError::unprocessable("unsupported_parameter", "model: this model's provider offers no embeddings"));
+        return Err(ApiError::unprocessable(
+            "unsupported_parameter",
+            "model: this model's provider offers no embeddings",
+        ));
     }
     request.insert("model".into(), Value::String(upstream_model));
     let upstream_body = Bytes::from(serde_json::to_vec(&request).map_err(ApiError::internal)?);
@@ -239,7 +246,11 @@ pub async fn models(State(state): State<AppState>, _auth: UserAuth) -> ApiResult
     if let Some(provider) = llm.providers.get(crate::config::llm::DEFAULT_PROVIDER) {
         if provider.kind == ProviderKind::Openai {
             let listed = upstream::get_json(&state.http, provider, "/models", llm.upstream_timeout).await;
-            for id in listed.iter().flat_map(|list| list["data"].as_array().into_iter().flatten()).filter_map(|m| m["id"].as_str()) {
+            for id in listed
+                .iter()
+                .flat_map(|list| list["data"].as_array().into_iter().flatten())
+                .filter_map(|m| m["id"].as_str())
+            {
                 if !llm.models.contains_key(id) {
                     data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": provider.kind.as_str()}));
                 }

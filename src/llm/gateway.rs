@@ -41,10 +41,7 @@ const MAX_INNER_RESPONSE: usize = 32 * 1024 * 1024;
 #[utoipa::path(get, path = "/llm/ohttp-keys", tag = "llm",
     responses((status = 200, description = "`application/ohttp-keys`: the current key configuration (X25519, HKDF-SHA256, AES-128-GCM or ChaCha20-Poly1305)", body = Vec<u8>, content_type = "application/ohttp-keys")))]
 pub async fn keys(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, KEYS_TYPE), (header::CACHE_CONTROL, "max-age=3600")],
-        state.ohttp.encoded_list.clone(),
-    )
+    ([(header::CONTENT_TYPE, KEYS_TYPE), (header::CACHE_CONTROL, "max-age=3600")], state.ohttp.encoded_list.clone())
         .into_response()
 }
 
@@ -161,7 +158,8 @@ fn inner_request(message: &bhttp::Message) -> Result<Request<Body>, Refused> {
 async fn dispatch(state: &AppState, request: Request<Body>) -> Response {
     let path = request.uri().path();
     if !(path.starts_with("/llm/v1/") || path == "/llm/usage") {
-        return ApiError::not_found("not_found", "only /llm/v1/* and /llm/usage are reachable through OHTTP").into_response();
+        return ApiError::not_found("not_found", "only /llm/v1/* and /llm/usage are reachable through OHTTP")
+            .into_response();
     }
     match inner_router().with_state(state.clone()).oneshot(request).await {
         Ok(response) => response,
@@ -192,7 +190,8 @@ async fn exchange(state: &AppState, body: &[u8]) -> Result<Response, Refused> {
     let response = dispatch(state, inner_request(&message)?).await;
     drop(message);
     let mut out = response_head(&response);
-    let content = axum::body::to_bytes(response.into_body(), MAX_INNER_RESPONSE).await.map_err(|_| encoding_failed())?;
+    let content =
+        axum::body::to_bytes(response.into_body(), MAX_INNER_RESPONSE).await.map_err(|_| encoding_failed())?;
     out.write_content(&content);
     let mut encoded = Vec::new();
     out.write_bhttp(bhttp::Mode::KnownLength, &mut encoded).map_err(|_| encoding_failed())?;

@@ -51,9 +51,8 @@ pub async fn open(
     let tx = db.begin_write().await?;
     let since = rfc3339(now - quota::WINDOW);
     let day = now.date_naive().to_string();
-    let mut rows = tx
-        .query("SELECT count(*), min(started_at) FROM llm_usage WHERE started_at > ?1", [since.as_str()])
-        .await?;
+    let mut rows =
+        tx.query("SELECT count(*), min(started_at) FROM llm_usage WHERE started_at > ?1", [since.as_str()]).await?;
     let (requests, oldest): (u32, Option<String>) = match rows.next().await? {
         Some(row) => (row.get(0)?, row.get(1)?),
         None => (0, None),
@@ -87,7 +86,14 @@ pub async fn open(
 }
 
 /// Completes a request's row: how it ended, its tokens and cost, its duration.
-pub async fn close(db: &UserDb, id: i64, status: Status, usage: Usage, cost_nano_usd: i64, duration_ms: u64) -> StoreResult<()> {
+pub async fn close(
+    db: &UserDb,
+    id: i64,
+    status: Status,
+    usage: Usage,
+    cost_nano_usd: i64,
+    duration_ms: u64,
+) -> StoreResult<()> {
     let tx = db.begin_write().await?;
     tx.execute(
         "UPDATE llm_usage SET status = ?2, input_tokens = ?3, output_tokens = ?4, cost_nano_usd = ?5, duration_ms = ?6 \

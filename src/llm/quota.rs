@@ -111,7 +111,8 @@ mod tests {
 
     #[test]
     fn the_minute_frees_when_its_oldest_request_leaves() {
-        let spent = Spent { requests_last_minute: 3, oldest_in_minute: Some(at("2026-11-29T10:00:00Z")), tokens_today: 0 };
+        let spent =
+            Spent { requests_last_minute: 3, oldest_in_minute: Some(at("2026-11-29T10:00:00Z")), tokens_today: 0 };
         let refusal = check(LIMITS, spent, at("2026-11-29T10:00:45Z")).unwrap_err();
         assert_eq!(refusal, Refusal::RequestsPerMinute { retry_after: 15 });
     }

@@ -24,7 +24,9 @@ use crate::state::AppState;
 
 pub enum Mode {
     /// Relayed as they are; the usage-only chunk is kept if the client asked for it.
-    Openai { include_usage: bool },
+    Openai {
+        include_usage: bool,
+    },
     Anthropic(StreamTranslator),
 }
 
@@ -121,7 +123,10 @@ impl Relay {
                 Ok(Some(Ok(bytes))) => match self.parser.push(&bytes) {
                     Ok(events) => self.relay(events, &mut out),
                     Err(sse::TooLong) => {
-                        out.extend_from_slice(&error_event("upstream_error", "the model provider sent an invalid stream"));
+                        out.extend_from_slice(&error_event(
+                            "upstream_error",
+                            "the model provider sent an invalid stream",
+                        ));
                         Some(Status::UpstreamError)
                     }
                 },
@@ -181,5 +186,5 @@ pub fn respond(state: &AppState, call: Call, upstream: reqwest::Response, mode: 
         ],
         Body::from_stream(stream),
     )
-    .into_response()
+        .into_response()
 }

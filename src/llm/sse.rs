@@ -104,7 +104,8 @@ mod tests {
 
     use super::*;
 
-    const STREAM: &str = "data: {\"a\":1}\n\nevent: message_delta\ndata: {\"b\":\ndata: 2}\r\n\r\n: ping\n\ndata: [DONE]\n\n";
+    const STREAM: &str =
+        "data: {\"a\":1}\n\nevent: message_delta\ndata: {\"b\":\ndata: 2}\r\n\r\n: ping\n\ndata: [DONE]\n\n";
 
     #[test]
     fn events_keep_their_bytes_and_fields() {

@@ -43,20 +43,28 @@ impl Failure {
             Self::Connect => {
                 ApiError::client(StatusCode::BAD_GATEWAY, "upstream_error", "the model provider could not be reached")
             }
-            Self::Timeout => {
-                ApiError::client(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the model provider did not answer in time")
-            }
+            Self::Timeout => ApiError::client(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the model provider did not answer in time",
+            ),
             // The upstream refused our key: the client can do nothing about it.
             Self::Status { status, .. } if matches!(status.as_u16(), 401 | 403) => {
                 tracing::warn!(status = status.as_u16(), "the model provider refused the proxy's credentials");
-                ApiError::client(StatusCode::BAD_GATEWAY, "upstream_error", "the model provider refused the proxy's credentials")
+                ApiError::client(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "the model provider refused the proxy's credentials",
+                )
             }
-            Self::Status { status, message, retry_after } if status == StatusCode::TOO_MANY_REQUESTS => ApiError::Client {
-                status,
-                code: "upstream_rate_limited",
-                message: message.unwrap_or_else(|| "the model provider is rate limiting; retry later".into()),
-                retry_after: Some(retry_after.unwrap_or(1).max(1)),
-            },
+            Self::Status { status, message, retry_after } if status == StatusCode::TOO_MANY_REQUESTS => {
+                ApiError::Client {
+                    status,
+                    code: "upstream_rate_limited",
+                    message: message.unwrap_or_else(|| "the model provider is rate limiting; retry later".into()),
+                    retry_after: Some(retry_after.unwrap_or(1).max(1)),
+                }
+            }
             Self::Status { status, message, .. } if status.is_client_error() => ApiError::client(
                 status,
                 "upstream_rejected",
@@ -177,5 +185,9 @@ async fn failure_of(response: reqwest::Response, timeout: Duration) -> Failure {
         let message = value["error"]["message"].as_str().or_else(|| value["message"].as_str())?;
         Some(message.chars().take(1000).collect())
     });
-    Failure::Status { status: StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY), message, retry_after }
+    Failure::Status {
+        status: StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+        message,
+        retry_after,
+    }
 }

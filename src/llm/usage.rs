@@ -114,7 +114,10 @@ mod tests {
 
     #[test]
     fn vllm_null_choices_and_llama_cpp_usage_in_every_chunk_are_not_added_up() {
-        let vllm = [json!({"choices": [{"delta": {"content": "a"}}]}), json!({"choices": null, "usage": {"prompt_tokens": 5, "completion_tokens": 2}})];
+        let vllm = [
+            json!({"choices": [{"delta": {"content": "a"}}]}),
+            json!({"choices": null, "usage": {"prompt_tokens": 5, "completion_tokens": 2}}),
+        ];
         assert_eq!(count(&vllm), Usage { input_tokens: 5, output_tokens: 2 });
         assert!(is_usage_only(&vllm[1]));
         let llama: Vec<Value> = (1..=4)

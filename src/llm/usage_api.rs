@@ -22,8 +22,9 @@ fn date(params: &QueryParams, name: &str) -> ApiResult<Option<NaiveDate>> {
     params
         .raw(name)
         .map(|text| {
-            NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
-                .map_err(|_| ApiError::bad_request("invalid_query", format!("{name}: `{text}` is not a date (YYYY-MM-DD)")))
+            NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").map_err(|_| {
+                ApiError::bad_request("invalid_query", format!("{name}: `{text}` is not a date (YYYY-MM-DD)"))
+            })
         })
         .transpose()
 }

@@ -67,9 +67,14 @@ fn load_or_create(data_dir: &Path) -> StoreResult<(u8, Vec<u8>)> {
     std::fs::create_dir_all(data_dir).map_err(|err| StoreError::io(format!("creating {}", data_dir.display()), err))?;
     let path = data_dir.join(FILE_NAME);
     let corrupt = |path: &Path| {
-        StoreError::Corrupt(format!("{} is not `<key id> <64 hex digits>`; move it away to generate a new key", path.display()))
+        StoreError::Corrupt(format!(
+            "{} is not `<key id> <64 hex digits>`; move it away to generate a new key",
+            path.display()
+        ))
     };
-    let read = |path: &Path| std::fs::read_to_string(path).map_err(|err| StoreError::io(format!("reading {}", path.display()), err));
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|err| StoreError::io(format!("reading {}", path.display()), err))
+    };
     if path.exists() {
         return parse(&read(&path)?).ok_or_else(|| corrupt(&path));
     }

@@ -92,7 +92,13 @@ pub async fn rows(app: &TestApp, user: Uuid) -> Vec<(String, String, i64, i64, i
             .unwrap();
         let mut out = Vec::new();
         while let Some(row) = result.next().await.unwrap() {
-            out.push((row.get(0).unwrap(), row.get(1).unwrap(), row.get(2).unwrap(), row.get(3).unwrap(), row.get(4).unwrap()));
+            out.push((
+                row.get(0).unwrap(),
+                row.get(1).unwrap(),
+                row.get(2).unwrap(),
+                row.get(3).unwrap(),
+                row.get(4).unwrap(),
+            ));
         }
         if out.iter().all(|row: &(String, String, i64, i64, i64)| row.1 != "pending") {
             return out;
@@ -116,7 +122,12 @@ fn row(model: &str, status: &str, input: i64, output: i64, cost: i64) -> (String
 async fn without_settings_the_proxy_answers_not_configured_and_the_rest_runs() {
     let app = spawn_app().await;
     let session = app.register().await;
-    let message = assert_error(chat(&app, &session, &ask("m", "hi", false)).await, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
+    let message = assert_error(
+        chat(&app, &session, &ask("m", "hi", false)).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_configured",
+    )
+    .await;
     assert!(message.contains("LLM_BASE_URL"), "{message}");
     let resp = app.get("/llm/v1/models", &session.access_token).await;
     assert_error(resp, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
@@ -191,7 +202,8 @@ async fn streams_are_relayed_chunk_for_chunk_and_counted_by_the_last_usage() {
 
     // vLLM's `choices: null` usage chunk (removed: not asked for), llama.cpp's cumulative usage in every chunk.
     let text = sse_body(chat(app, &session, &ask("vllm", "hi", true)).await).await;
-    let vllm: Vec<String> = openai_events("vllm", "hi", true).0.into_iter().filter(|e| !e.contains("\"choices\":null")).collect();
+    let vllm: Vec<String> =
+        openai_events("vllm", "hi", true).0.into_iter().filter(|e| !e.contains("\"choices\":null")).collect();
     assert_eq!(text, vllm.concat());
     let text = sse_body(chat(app, &session, &ask("llamacpp", "hi", true)).await).await;
     assert_eq!(text, openai_events("llamacpp", "hi", true).0.concat());
@@ -282,7 +294,10 @@ async fn anthropic_is_translated_both_ways_streaming_included() {
     let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(content, "Hello hi");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert_eq!(chunks.last().unwrap()["usage"], json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40}));
+    assert_eq!(
+        chunks.last().unwrap()["usage"],
+        json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40})
+    );
     assert_eq!(chunks.len(), 5, "role, two deltas, finish, usage: {text}");
 
     // An `error` event mid-stream: what came before, then an error chunk; the counts so far are recorded.
@@ -300,9 +315,11 @@ async fn anthropic_is_translated_both_ways_streaming_included() {
         ]
     );
     // Anthropic has no embeddings; requests it cannot carry are refused before any is recorded.
-    let resp = app.post("/llm/v1/embeddings", Some(&session.access_token), &json!({"model": "claude", "input": "x"})).await;
+    let resp =
+        app.post("/llm/v1/embeddings", Some(&session.access_token), &json!({"model": "claude", "input": "x"})).await;
     assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "unsupported_parameter").await;
-    let tools = json!({"model": "claude", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]});
+    let tools =
+        json!({"model": "claude", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]});
     assert_error(chat(app, &session, &tools).await, StatusCode::UNPROCESSABLE_ENTITY, "unsupported_parameter").await;
     assert_eq!(rows(app, session.user_id).await.len(), 3);
 }
@@ -312,7 +329,8 @@ async fn embeddings_and_models() {
     let llm = llm_app(&[]).await;
     let app = &llm.app;
     let session = app.register().await;
-    let resp = app.post("/llm/v1/embeddings", Some(&session.access_token), &json!({"model": "emb", "input": "hi"})).await;
+    let resp =
+        app.post("/llm/v1/embeddings", Some(&session.access_token), &json!({"model": "emb", "input": "hi"})).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.json::<Value>().await.unwrap()["data"][0]["embedding"], json!([0.1, 0.2]));
     assert_eq!(rows(app, session.user_id).await, vec![row("emb", "ok", 6, 0, 0)]);
@@ -336,11 +354,23 @@ async fn bad_requests_are_refused_clearly_and_record_nothing() {
             .send()
     };
     assert_error(raw("{not json").await.unwrap(), StatusCode::BAD_REQUEST, "malformed_json").await;
-    let message = assert_error(raw("\"a secret prompt\"").await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let message =
+        assert_error(raw("\"a secret prompt\"").await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
+            .await;
     assert!(!message.contains("secret"), "{message}");
-    assert_error(chat(app, &session, &json!({"messages": []})).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_error(
+        chat(app, &session, &json!({"messages": []})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
     let long = "m".repeat(201);
-    assert_error(chat(app, &session, &ask(&long, "x", false)).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_error(
+        chat(app, &session, &ask(&long, "x", false)).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
     let resp = app.client.post(app.url("/llm/v1/chat/completions")).json(&ask("m", "x", false)).send().await.unwrap();
     assert_error(resp, StatusCode::UNAUTHORIZED, "missing_token").await;
     assert!(rows(app, session.user_id).await.is_empty());
@@ -351,9 +381,12 @@ async fn upstream_failures_map_to_502_504_and_the_upstream_4xx() {
     let llm = llm_app(&[]).await;
     let (app, fake) = (&llm.app, &llm.fake);
     let session = app.register().await;
-    let message = assert_error(chat(app, &session, &ask("bad", "x", false)).await, StatusCode::BAD_REQUEST, "upstream_rejected").await;
+    let message =
+        assert_error(chat(app, &session, &ask("bad", "x", false)).await, StatusCode::BAD_REQUEST, "upstream_rejected")
+            .await;
     assert_eq!(message, "max_tokens is too large");
-    assert_error(chat(app, &session, &ask("slow", "x", false)).await, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
+    assert_error(chat(app, &session, &ask("slow", "x", false)).await, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+        .await;
     // A 503 before any byte is retried.
     fake.state.attempts.store(0, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(chat(app, &session, &ask("flaky", "x", false)).await.status(), StatusCode::OK);
@@ -399,7 +432,10 @@ async fn quotas_refuse_with_retry_after_and_reset() {
     let alice = Session::from_json(&refreshed.json().await.unwrap());
     assert_eq!(chat(app, &alice, &ask("m", "x", false)).await.status(), StatusCode::OK);
     let scrape = app.scrape().await;
-    assert!(scrape.contains("echolia_llm_quota_refusals_total{tier=\"free\",limit=\"requests_per_minute\"} 1"), "{scrape}");
+    assert!(
+        scrape.contains("echolia_llm_quota_refusals_total{tier=\"free\",limit=\"requests_per_minute\"} 1"),
+        "{scrape}"
+    );
     assert!(scrape.contains("echolia_llm_quota_refusals_total{tier=\"free\",limit=\"tokens_per_day\"} 1"));
     assert!(scrape.contains("echolia_llm_requests_total{model=\"m\",endpoint=\"chat\",status=\"ok\"} 5"));
     assert!(scrape.contains("echolia_llm_tokens_total{model=\"m\"} 90"));
@@ -415,7 +451,8 @@ async fn two_servers_on_one_data_directory_share_one_budget() {
         assert_eq!(chat(app, &session, &ask("m", "x", false)).await.status(), StatusCode::OK);
     }
     for app in [&second.app, &first.app] {
-        assert_error(chat(app, &session, &ask("m", "x", false)).await, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
+        assert_error(chat(app, &session, &ask("m", "x", false)).await, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+            .await;
     }
 }
 
@@ -489,11 +526,24 @@ async fn prompts_and_completions_reach_no_log_and_no_database_file() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(up, "the server did not start");
-    let resp = client.post(format!("{base}/auth/register")).json(&crate::helpers::device_body("Mac", "desktop")).send().await.unwrap();
+    let resp = client
+        .post(format!("{base}/auth/register"))
+        .json(&crate::helpers::device_body("Mac", "desktop"))
+        .send()
+        .await
+        .unwrap();
     let token = resp.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
     let post = |path: &str, body: Value| client.post(format!("{base}{path}")).bearer_auth(&token).json(&body).send();
     let prompt = format!("please remember {MARKER}");
-    for (model, stream) in [("priced", false), ("openai", true), ("llamacpp", true), ("claude", false), ("claude", true), ("claude-error", true), ("cut", true)] {
+    for (model, stream) in [
+        ("priced", false),
+        ("openai", true),
+        ("llamacpp", true),
+        ("claude", false),
+        ("claude", true),
+        ("claude-error", true),
+        ("cut", true),
+    ] {
         let text = post("/llm/v1/chat/completions", ask(model, &prompt, stream)).await.unwrap().text().await.unwrap();
         if model != "claude-error" && model != "cut" {
             assert!(text.contains(MARKER), "the answer echoes the marker ({model}): {text}");
@@ -506,13 +556,24 @@ async fn prompts_and_completions_reach_no_log_and_no_database_file() {
     assert!(refused.contains("unsupported_parameter") && !refused.contains(MARKER), "{refused}");
     // The same conversation encrypted to the gateway.
     let keys = client.get(format!("{base}/llm/ohttp-keys")).send().await.unwrap().bytes().await.unwrap();
-    let mut message = bhttp::Message::request(b"POST".to_vec(), b"https".to_vec(), b"x".to_vec(), b"/llm/v1/chat/completions".to_vec());
+    let mut message = bhttp::Message::request(
+        b"POST".to_vec(),
+        b"https".to_vec(),
+        b"x".to_vec(),
+        b"/llm/v1/chat/completions".to_vec(),
+    );
     message.put_header("authorization", format!("Bearer {token}"));
     message.write_content(serde_json::to_vec(&ask("priced", &prompt, false)).unwrap());
     let mut encoded = Vec::new();
     message.write_bhttp(bhttp::Mode::KnownLength, &mut encoded).unwrap();
     let (enc, response) = ohttp::ClientRequest::from_encoded_config_list(&keys).unwrap().encapsulate(&encoded).unwrap();
-    let resp = client.post(format!("{base}/llm/ohttp")).header("content-type", "message/ohttp-req").body(enc).send().await.unwrap();
+    let resp = client
+        .post(format!("{base}/llm/ohttp"))
+        .header("content-type", "message/ohttp-req")
+        .body(enc)
+        .send()
+        .await
+        .unwrap();
     let plain = response.decapsulate(&resp.bytes().await.unwrap()).unwrap();
     assert!(String::from_utf8_lossy(&plain).contains(MARKER));
 
@@ -576,7 +637,8 @@ async fn bench_first_byte_overhead_and_stream_throughput() {
     let body = ask(&format!("firehose-{count}"), "hi", true);
     for (name, url, token) in [("direct", &direct, "sk-test"), ("proxy", &proxied, session.access_token.as_str())] {
         let started = std::time::Instant::now();
-        let text = app.client.post(url.as_str()).bearer_auth(token).json(&body).send().await.unwrap().text().await.unwrap();
+        let text =
+            app.client.post(url.as_str()).bearer_auth(token).json(&body).send().await.unwrap().text().await.unwrap();
         let elapsed = started.elapsed();
         let chunks = text.matches("data: ").count();
         assert!(chunks as u64 >= count, "{chunks}");

@@ -80,7 +80,12 @@ fn usage(input: u64, output: u64) -> Value {
 /// The recorded OpenAI-style stream of a scenario, as SSE events; `true` = then break the connection.
 pub fn openai_events(scenario: &str, echo: &str, include_usage: bool) -> (Vec<String>, bool) {
     let data = |v: &Value| format!("data: {v}\n\n");
-    let deltas = [json!({"role": "assistant", "content": ""}), json!({"content": "Hel"}), json!({"content": "lo "}), json!({"content": echo})];
+    let deltas = [
+        json!({"role": "assistant", "content": ""}),
+        json!({"content": "Hel"}),
+        json!({"content": "lo "}),
+        json!({"content": echo}),
+    ];
     let mut events = Vec::new();
     match scenario {
         // OpenAI: `usage: null` in each chunk with include_usage, a usage-only chunk at the end.
@@ -128,13 +133,25 @@ pub fn openai_events(scenario: &str, echo: &str, include_usage: bool) -> (Vec<St
 pub fn anthropic_events(echo: &str, error: bool) -> Vec<String> {
     let event = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
     let mut events = vec![
-        event("message_start", json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-up", "content": [], "stop_reason": null, "usage": {"input_tokens": 25, "output_tokens": 1}}})),
-        event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-up", "content": [], "stop_reason": null, "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+        ),
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
         event("ping", json!({"type": "ping"})),
-        event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}})),
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}}),
+        ),
     ];
     if error {
-        events.push(event("error", json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})));
+        events.push(event(
+            "error",
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ));
         return events;
     }
     events.push(event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("lo {echo}")}})));
@@ -174,7 +191,13 @@ async fn openai_chat(State(state): State<Arc<Fake>>, headers: HeaderMap, Json(bo
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let echo = last_user_text(&body);
     match model.as_str() {
-        "bad" => return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}))).into_response(),
+        "bad" => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}})),
+            )
+                .into_response()
+        }
         "flaky" if attempt == 0 => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
         _ => {}
@@ -192,14 +215,23 @@ async fn openai_chat(State(state): State<Arc<Fake>>, headers: HeaderMap, Json(bo
         if let Some(count) = model.strip_prefix("firehose-").and_then(|n| n.parse::<u64>().ok()) {
             // As fast as the connection takes them: for the throughput benchmark.
             let events = (0..count).map(move |n| {
-                let event = format!("data: {}\n\n", chunk(json!({"content": "tok "}), Value::Null, Some(usage(3, n + 1))));
+                let event =
+                    format!("data: {}\n\n", chunk(json!({"content": "tok "}), Value::Null, Some(usage(3, n + 1))));
                 Ok::<_, std::io::Error>(Bytes::from(event))
             });
             let done = futures_util::stream::iter([Ok(Bytes::from_static(b"data: [DONE]\n\n"))]);
-            return ([("content-type", "text/event-stream")], Body::from_stream(futures_util::stream::iter(events).chain(done))).into_response();
+            return (
+                [("content-type", "text/event-stream")],
+                Body::from_stream(futures_util::stream::iter(events).chain(done)),
+            )
+                .into_response();
         }
         let include_usage = body["stream_options"]["include_usage"] == json!(true);
-        let scenario = if ["openai", "openai-old", "vllm", "llamacpp", "cut"].contains(&model.as_str()) { model.as_str() } else { "openai" };
+        let scenario = if ["openai", "openai-old", "vllm", "llamacpp", "cut"].contains(&model.as_str()) {
+            model.as_str()
+        } else {
+            "openai"
+        };
         let (events, then_break) = openai_events(scenario, &echo, include_usage);
         return sse(events, then_break);
     }

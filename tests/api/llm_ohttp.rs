@@ -15,7 +15,12 @@ use crate::helpers::{assert_error, Session, TestApp};
 use crate::llm::{chat, llm_app, rows};
 
 fn inner_request(session: &Session, path: &str, body: &Value, mode: bhttp::Mode) -> Vec<u8> {
-    let mut message = bhttp::Message::request(b"POST".to_vec(), b"https".to_vec(), b"sync.example".to_vec(), path.as_bytes().to_vec());
+    let mut message = bhttp::Message::request(
+        b"POST".to_vec(),
+        b"https".to_vec(),
+        b"sync.example".to_vec(),
+        path.as_bytes().to_vec(),
+    );
     message.put_header("authorization", format!("Bearer {}", session.access_token));
     message.put_header("content-type", "application/json");
     message.write_content(serde_json::to_vec(body).unwrap());
@@ -100,7 +105,15 @@ async fn a_streamed_answer_comes_back_as_chunked_ohttp_as_it_is_generated() {
             let client = ohttp::ClientRequest::from_encoded_config_list(&key_config(app).await).unwrap();
             let sink = Sink::default();
             let mut request = client.encapsulate_stream(sink.clone()).unwrap();
-            request.write_all(&inner_request(&session, "/llm/v1/chat/completions", &body, bhttp::Mode::IndeterminateLength)).await.unwrap();
+            request
+                .write_all(&inner_request(
+                    &session,
+                    "/llm/v1/chat/completions",
+                    &body,
+                    bhttp::Mode::IndeterminateLength,
+                ))
+                .await
+                .unwrap();
             request.close().await.unwrap();
             let enc = std::mem::take(&mut *sink.0.lock().unwrap());
             let resp = post_ohttp(app, "message/ohttp-chunked-req", enc).await;
@@ -137,7 +150,10 @@ async fn a_streamed_answer_comes_back_as_chunked_ohttp_as_it_is_generated() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(fake.state.cancelled.load(std::sync::atomic::Ordering::SeqCst), "dropping the OHTTP answer dropped the upstream");
+    assert!(
+        fake.state.cancelled.load(std::sync::atomic::Ordering::SeqCst),
+        "dropping the OHTTP answer dropped the upstream"
+    );
 }
 
 #[tokio::test]
@@ -149,7 +165,10 @@ async fn wrong_keys_truncated_and_tampered_encapsulations_are_refused_cleanly() 
     let config = key_config(app).await;
     let encapsulate = || {
         let client = ohttp::ClientRequest::from_encoded_config_list(&config).unwrap();
-        client.encapsulate(&inner_request(&session, "/llm/v1/chat/completions", &body, bhttp::Mode::KnownLength)).unwrap().0
+        client
+            .encapsulate(&inner_request(&session, "/llm/v1/chat/completions", &body, bhttp::Mode::KnownLength))
+            .unwrap()
+            .0
     };
 
     let mut wrong_key = encapsulate();
