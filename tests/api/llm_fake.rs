@@ -41,6 +41,9 @@ impl FakeUpstream {
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+            tcp.set_nodelay(true).unwrap();
+        });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         FakeUpstream { addr, state }
     }
