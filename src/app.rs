@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::ops::metrics;
 use crate::ops::{health, openapi::ApiDoc, telemetry};
 use crate::state::AppState;
-use crate::{account, audit, auth, payments, sync};
+use crate::{account, audit, auth, llm, payments, sync};
 
 /// Largest body the auth routes read.
 pub const AUTH_BODY_LIMIT: usize = 1024 * 1024;
@@ -35,6 +35,7 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(audit::router().merge(account::router()).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
         .merge(sync::router())
         .merge(payments::router().layer(DefaultBodyLimit::max(payments::BODY_LIMIT)))
+        .merge(llm::router())
         .split_for_parts()
 }
 
@@ -113,7 +114,14 @@ pub async fn serve(
     let metrics_app = metrics::router(state.clone());
     let metrics_stop = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let api = axum::serve(listeners.api, app).with_graceful_shutdown(async move {
+    // No Nagle: a streamed answer's events go out as written, not after the
+    // client's delayed ACK of the response head (≈ 40 ms).
+    let api_listener = axum::serve::ListenerExt::tap_io(listeners.api, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
+    let api = axum::serve(api_listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         stopping.cancel();
     });

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
+pub mod llm;
+
 /// Minimum length of `JWT_SECRET`, in bytes (HS256 wants at least the hash size).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -33,6 +35,8 @@ pub struct Config {
     pub sqlite_memory_limit_mb: u32,
     /// Threads of the async runtime.
     pub worker_threads: NonZeroUsize,
+    /// The LLM proxy and its OHTTP gateway.
+    pub llm: llm::LlmConfig,
     /// The App Store, or the variables it still needs.
     pub apple: Result<AppleStoreConfig, Missing>,
     /// The Play Store (Play Developer API), or the variables it still needs.
@@ -214,6 +218,7 @@ impl Config {
             apple: apple_store(&get, environment)?,
             google: google_play(&get)?,
             google_pubsub: google_pubsub(&get)?,
+            llm: llm::from_lookup(&get)?,
         })
     }
 

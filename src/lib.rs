@@ -15,8 +15,8 @@
 //!    the tier they give, the stores' verifiers and API clients;
 //! 7. `state` — what every request shares, built once at start;
 //! 8. the areas, each with its routes: `auth`, `sync`, `audit`, `account`,
-//!    `payments`, `ops` (health, metrics, OpenAPI); an area never imports
-//!    another's;
+//!    `payments`, `llm` (the LLM proxy and its OHTTP gateway), `ops` (health,
+//!    metrics, OpenAPI); an area never imports another's;
 //! 9. `app` — composes the areas' routers and serves; `cli` — the operator
 //!    commands.
 //!
@@ -38,6 +38,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod identity;
+pub mod llm;
 pub mod ops;
 pub mod payments;
 pub mod projection;

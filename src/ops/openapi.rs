@@ -102,6 +102,26 @@ without Google's OIDC token for the configured audience whose `email` is \
 `GOOGLE_PUBSUB_SERVICE_ACCOUNT` is 401 `invalid_token`. A store whose settings \
 are missing answers 503 `not_configured` naming them.\n\
 \n\
+LLM proxy (`/llm/*`; the contract's LLM section, extended by `GET /llm/ohttp-keys` and `POST /llm/ohttp`):\n\
+- OpenAI's request and response shapes; the official SDKs work with `base_url = https://<host>/llm/v1` and \
+the access token as API key. Bodies are up to 8 MiB. A `model` the models file does not name is forwarded \
+as it is to the `LLM_BASE_URL` provider (cost 0); with no such provider it is 404 `model_not_found`.\n\
+- A streamed answer ends with `data: [DONE]`; if the provider's stream breaks off or it reports an error \
+mid-stream, the stream ends instead with an event `data: {\"error\": {\"message\", \"type\", \"code\"}}`. \
+The usage chunk is sent only when the request asked for `stream_options.include_usage`.\n\
+- Errors from the provider: unreachable or 5xx → 502 `upstream_error`; no answer in time → 504 \
+`upstream_timeout`; its 4xx → the same status, code `upstream_rejected`, with the provider's message; its \
+429 → 429 `upstream_rate_limited`; a provider refusing the proxy's own key → 502. Requests the Anthropic \
+translation cannot carry (tools, images, `n` > 1, embeddings) → 422 `unsupported_parameter`.\n\
+- Quotas are per user: requests in the last 60 seconds and tokens (input + output) since 00:00 UTC; \
+429 `quota_exceeded` with `Retry-After`. Every request that passed the quota counts, failed ones too.\n\
+- `GET /llm/usage`: `from` and `to` are days (`YYYY-MM-DD`, UTC), both included; the default is the 30 days \
+up to today; at most 366 days. Rows cover every request recorded, whatever its outcome; `cost_usd` uses \
+the prices configured when each request ran. Works (empty) when no provider is configured.\n\
+- `POST /llm/ohttp`: RFC 9458 (and chunked OHTTP for streams). The outer answer is 200 whenever the \
+request could be decrypted; the inner status is inside. Only `/llm/v1/*` and `/llm/usage` are reachable \
+inside (others answer an inner 404).\n\
+\n\
 Operations: `GET /metrics` (Prometheus text) is served on its own listener, `METRICS_ADDR` (default \
 127.0.0.1:9090), never on this API's port (here it is 404 like any unknown path), so it is not part of \
 this document.",
@@ -117,6 +137,7 @@ this document.",
         (name = "account", description = "Account info, export, deletion"),
         (name = "payments", description = "App Store and Play Store purchases, store notifications, the entitlement"),
         (name = "sync", description = "Push event batches, pull changes since a cursor (JSON or MessagePack)"),
+        (name = "llm", description = "OpenAI-compatible LLM proxy (usage, quotas) and its Oblivious HTTP gateway"),
         (name = "operations", description = "Health (Prometheus metrics are on METRICS_ADDR, not this API)"),
     )
 )]

@@ -44,7 +44,12 @@ pub struct Metrics {
     active: DashMap<Uuid, i32>,
     /// The disk usage last measured, and when; locked while measuring, so concurrent scrapes share one walk.
     pub disk_usage: tokio::sync::Mutex<Option<(Instant, u64)>>,
+    /// The model names used as labels so far (at most [`MAX_MODEL_LABELS`]).
+    llm_models: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct `model` label values before the rest count as `other`.
+pub const MAX_MODEL_LABELS: usize = 64;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -52,7 +57,8 @@ impl Default for Metrics {
         let builder = PrometheusBuilder::new().set_buckets(&DURATION_BUCKETS);
         let recorder = builder.unwrap_or_else(|_| PrometheusBuilder::new()).build_recorder();
         let (handle, active, disk_usage) = (recorder.handle(), DashMap::new(), Default::default());
-        let metrics = Metrics { recorder: Arc::new(recorder), handle, active, disk_usage };
+        let llm_models = Default::default();
+        let metrics = Metrics { recorder: Arc::new(recorder), handle, active, disk_usage, llm_models };
         with_local_recorder(&*metrics.recorder, || {
             for (name, labelled, kind, help) in families() {
                 match kind {
@@ -84,6 +90,21 @@ impl Metrics {
     pub fn user_active(&self, user: Uuid, now: DateTime<Utc>) {
         // The later day wins: a request that read the clock just before midnight must not move a user back.
         self.active.entry(user).and_modify(|seen| *seen = (*seen).max(day_of(now))).or_insert(day_of(now));
+    }
+
+    /// The `model` label for a model name: the name itself for the first
+    /// [`MAX_MODEL_LABELS`] names seen, `other` after, so clients naming
+    /// models cannot grow the series without bound.
+    pub fn model_label(&self, model: &str) -> String {
+        let mut seen = self.llm_models.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.contains(model) {
+            return model.to_owned();
+        }
+        if seen.len() < MAX_MODEL_LABELS {
+            seen.insert(model.to_owned());
+            return model.to_owned();
+        }
+        "other".to_owned()
     }
 
     /// Runs `record` with this server's recorder current, for figures set
@@ -151,5 +172,15 @@ mod tests {
         metrics.user_active(bob, today); // a request that read the clock just before midnight
         assert_eq!(metrics.daily_active(tomorrow), 1);
         assert_eq!(metrics.active.len(), 1, "yesterday's ids are dropped");
+    }
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let metrics = Metrics::default();
+        for n in 0..MAX_MODEL_LABELS {
+            assert_eq!(metrics.model_label(&format!("m{n}")), format!("m{n}"));
+        }
+        assert_eq!(metrics.model_label("one-too-many"), "other");
+        assert_eq!(metrics.model_label("m0"), "m0");
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod metrics;
 pub mod notify;
+pub mod ohttp;
 pub mod rate_limit;
 pub mod read_ahead;
 pub mod user_auth;
@@ -46,10 +47,13 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The next page of each user's paged pull, read while the device decodes this one.
     pub read_ahead: Arc<ReadAhead>,
-    /// The one HTTP client for upstream calls (each request sets its own timeout).
+    /// The one outgoing HTTP client (connection pools shared by every call).
+    /// No overall timeout: each call sets its own.
     pub http: reqwest::Client,
     /// The App Store verifier, the Play Developer API client, the Pub/Sub token check.
     pub stores: Arc<Stores>,
+    /// The Oblivious HTTP gateway's key.
+    pub ohttp: Arc<ohttp::OhttpKey>,
 }
 
 impl AppState {
@@ -66,12 +70,15 @@ impl AppState {
             Some(secret) => secret.clone(),
             None => crate::identity::secret::load_or_create(&config.data_dir)?,
         };
+        let ohttp = Arc::new(ohttp::OhttpKey::load(&config.llm.ohttp_key, &config.data_dir)?);
         let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
             .build()
-            .map_err(|err| StoreError::io("building the HTTP client", std::io::Error::other(err)))?;
+            .map_err(|err| StoreError::Corrupt(format!("the HTTP client cannot start: {err}")))?;
         Ok(Self {
             http,
             stores: Arc::new(Stores::from_config(&config)),
+            ohttp,
             clock,
             control: Arc::new(control),
             users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),

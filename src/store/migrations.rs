@@ -56,6 +56,7 @@ pub const USER: &[Migration] = &[
     migration!("projections/tags.sql"),
     migration!("projections/embeddings.sql"),
     migration!("schema/user/0003_view_heads_as_seqs.sql", ["entries", "memories", "tags", "embeddings"]),
+    migration!("schema/user/0004_llm_usage.sql"),
 ];
 
 /// Applies every migration of `set` not yet recorded, and names those it

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// Each top-level module and its layer, lowest first.
-const LAYERS: [(&str, u8); 20] = [
+const LAYERS: [(&str, u8); 21] = [
     ("clock", 1),
     ("config", 1),
     ("store", 2),
@@ -24,13 +24,14 @@ const LAYERS: [(&str, u8); 20] = [
     ("audit", 8),
     ("account", 8),
     ("payments", 8),
+    ("llm", 8),
     ("ops", 8),
     ("app", 9),
     ("cli", 9),
 ];
 
 /// The areas: each serves routes of its own and imports none of the others.
-const AREAS: [&str; 6] = ["auth", "sync", "audit", "account", "payments", "ops"];
+const AREAS: [&str; 7] = ["auth", "sync", "audit", "account", "payments", "llm", "ops"];
 
 fn layer(module: &str) -> Option<u8> {
     LAYERS.iter().find(|(name, _)| *name == module).map(|(_, layer)| *layer)

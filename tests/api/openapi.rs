@@ -42,6 +42,12 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/sync/pull"),
     ("GET", "/sync/events"),
     ("GET", "/sync/status"),
+    ("POST", "/llm/v1/chat/completions"),
+    ("POST", "/llm/v1/embeddings"),
+    ("GET", "/llm/v1/models"),
+    ("GET", "/llm/usage"),
+    ("GET", "/llm/ohttp-keys"),
+    ("POST", "/llm/ohttp"),
 ];
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];

@@ -30,7 +30,7 @@ fn vector_text(path: &str) -> String {
     String::from_utf8(vector(path)).unwrap().trim().to_owned()
 }
 
-fn test_root_path() -> String {
+pub fn test_root_path() -> String {
     format!("{VECTORS}/certs/testCA.der")
 }
 
@@ -106,7 +106,7 @@ pub fn transaction(original: &str, expires_ms: i64, signed_ms: i64, token: Optio
 }
 
 /// A notification signed like the App Store's: (notificationUUID, signedPayload).
-fn notification(
+pub fn notification(
     kind: &str,
     subtype: Option<&str>,
     signed_ms: i64,
@@ -148,7 +148,7 @@ async fn post_notification(app: &TestApp, signed_payload: &str) -> reqwest::Resp
     app.post("/webhooks/apple", None, &json!({"signedPayload": signed_payload})).await
 }
 
-async fn notify(app: &TestApp, signed_payload: &str) -> String {
+pub async fn notify(app: &TestApp, signed_payload: &str) -> String {
     let resp = post_notification(app, signed_payload).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
@@ -165,7 +165,7 @@ async fn recorded_outcome(app: &TestApp, notification_id: &str) -> Option<String
     rows.next().await.unwrap().map(|row| row.get::<String>(0).unwrap())
 }
 
-async fn post_transaction(app: &TestApp, session: &Session, jws: &str) -> reqwest::Response {
+pub async fn post_transaction(app: &TestApp, session: &Session, jws: &str) -> reqwest::Response {
     app.post("/payments/apple/transactions", Some(&bearer(app, session)), &json!({"signed_transaction": jws})).await
 }
 
@@ -188,7 +188,7 @@ pub async fn account_tier(app: &TestApp, session: &Session) -> String {
     body["tier"].as_str().unwrap().to_owned()
 }
 
-fn ms(time: chrono::DateTime<Utc>) -> i64 {
+pub fn ms(time: chrono::DateTime<Utc>) -> i64 {
     time.timestamp_millis()
 }
 
