@@ -29,9 +29,9 @@ declare -A ARGS=(
     [open-loop]="--scenario steady --open-loop --rate 15000 --users 16 --devices 2 --batch 100 --payload 512 --duration 20 --ids v4"
 )
 
-free_port() {
+free_port() { # [from]
     local port
-    for port in $(seq "${PORT:-28290}" 28999); do
+    for port in $(seq "${1:-${PORT:-28290}}" 29999); do
         (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null || { echo "$port"; return; }
     done
     echo "no free port" >&2; exit 1
@@ -48,7 +48,7 @@ start() { # target port
         ATUIN_CONFIG_DIR="$OUT/data" RUST_LOG=warn "$ATUIN" start > "$OUT/server.log" 2>&1 &
         SERVER=$!; HEALTH=/healthz
     else
-        DATA_DIR="$OUT/data" BIND_ADDR=127.0.0.1:$2 METRICS_ADDR=127.0.0.1:$(free_port) REGISTER_RATE_LIMIT=1000000 \
+        DATA_DIR="$OUT/data" BIND_ADDR=127.0.0.1:$2 METRICS_ADDR=127.0.0.1:$(free_port $(($2 + 1))) REGISTER_RATE_LIMIT=1000000 \
             LOG_FORMAT=json RUST_LOG=warn "$ECHOLIA" > "$OUT/server.log" 2>&1 &
         SERVER=$!; HEALTH=/health
     fi
@@ -61,7 +61,7 @@ FIGURES='
   (.operations.push // {}) as $push
   | [ "push \($push.items_per_sec // 0 | floor)/s p99 \($push.latency_ms.p99 // 0) ms",
       (.single_user | select(.) | "slices last/first \(.last_over_first // "-"), pull \(.pull.rows | tostring) rows \(.pull.rows_per_sec | floor)/s in \(.pull.secs * 1000 | floor) ms"),
-      (.open_loop | select(.) | "offered \(.offered_events_per_sec | floor)/s achieved \(.achieved_events_per_sec | floor)/s, \(.late_starts) late"),
+      (.open_loop | select(.) | "offered \(.offered_events_per_sec | floor)/s (scheduled \(.scheduled_events_per_sec | floor)) achieved \(.achieved_events_per_sec | floor)/s, \(.late_starts) late"),
       (.server_cpu | select(.) | "server CPU \(.cpu_secs) s, \(.us_per_event // 0 | . * 10 | floor / 10) µs/event") ]
   | join("; ")'
 

@@ -163,6 +163,8 @@ pub struct FullPull {
 pub struct OpenLoop {
     pub seed: u64,
     pub offered_events_per_sec: f64,
+    /// The events the seeded schedule held, over `--duration` (the offered rate as drawn).
+    pub scheduled_events_per_sec: f64,
     /// Events acknowledged over the time from the first scheduled send to the last answer.
     pub achieved_events_per_sec: f64,
     pub scheduled_requests: u64,
@@ -314,9 +316,10 @@ impl Report {
         if let Some(o) = &self.open_loop {
             let _ = write!(
                 out,
-                "\nopen loop (seed {}): offered {:.0} events/s, achieved {:.0}; {} requests scheduled, {} started more than {} ms late (start lag p99 {:.2} ms, max {:.2} ms); push latency from the scheduled time\n",
+                "\nopen loop (seed {}): offered {:.0} events/s ({:.0} as scheduled), achieved {:.0}; {} requests scheduled, {} started more than {} ms late (start lag p99 {:.2} ms, max {:.2} ms); push latency from the scheduled time\n",
                 o.seed,
                 o.offered_events_per_sec,
+                o.scheduled_events_per_sec,
                 o.achieved_events_per_sec,
                 o.scheduled_requests,
                 o.late_starts,

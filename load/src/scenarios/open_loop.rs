@@ -93,6 +93,7 @@ pub async fn run(args: &Args, target: &Target, duration: Duration) -> Result<Rep
     report.open_loop = Some(OpenLoop {
         seed: args.seed,
         offered_events_per_sec: rate,
+        scheduled_events_per_sec: (scheduled * args.batch) as f64 / duration.as_secs_f64(),
         achieved_events_per_sec: acknowledged as f64 / wall.as_secs_f64().max(1e-9),
         scheduled_requests: scheduled,
         late_starts,
