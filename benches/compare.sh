@@ -19,6 +19,10 @@ declare -A ARGS=(
     [cold-pull-msgpack]="--scenario cold-pull --entries 60000 --format msgpack"
     [cold-pull-json]="--scenario cold-pull --entries 60000 --format json"
     [conflicts]="--scenario conflicts --users 8 --devices 3 --batch 20 --duration 20"
+    # As in atuin.sh; EVENTS (default 1000000) the size of the single user's log.
+    [single-v7]="--scenario single-user --devices 2 --batch 1000 --payload 512 --events ${EVENTS:-1000000} --ids v7"
+    [single-v4]="--scenario single-user --devices 2 --batch 1000 --payload 512 --events ${EVENTS:-1000000} --ids v4"
+    [open-loop]="--scenario steady --open-loop --rate 15000 --users 16 --devices 2 --batch 100 --payload 512 --duration 20 --ids v4"
 )
 
 run() { # label binary scenario round

@@ -61,6 +61,13 @@ pub struct Timed<T> {
     pub elapsed: Duration,
 }
 
+/// An encoded push body (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    content_type: &'static str,
+    body: Bytes,
+}
+
 /// A device's credentials, from registration or pairing.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Session {
@@ -113,17 +120,25 @@ impl Api {
     /// `POST /sync/push` in the configured format. The body is encoded before
     /// the clock starts.
     pub async fn push(&self, device: &Session, batch: &PushRequest) -> Timed<PushResponse> {
+        match self.encode(batch) {
+            Ok(body) => self.push_encoded(device, &body).await,
+            Err(failure) => Timed { result: Err(failure), elapsed: Duration::ZERO },
+        }
+    }
+
+    /// A push body in the configured format, to send later with [`Api::push_encoded`].
+    pub fn encode(&self, batch: &PushRequest) -> Result<Encoded, Failure> {
         let (content_type, body) = match self.format {
             Format::Json => ("application/json", serde_json::to_vec(batch).map_err(|e| e.to_string())),
             Format::Msgpack => (MSGPACK, rmp_serde::to_vec_named(batch).map_err(|e| e.to_string())),
         };
-        let body = match body {
-            Ok(body) => body,
-            Err(err) => return Timed { result: Err(Failure::Decode(err)), elapsed: Duration::ZERO },
-        };
-        let req =
-            self.sync(self.http.post(self.url("/sync/push")), device).header(CONTENT_TYPE, content_type).body(body);
-        self.timed_sync(req).await
+        body.map(|body| Encoded { content_type, body: Bytes::from(body) }).map_err(Failure::Decode)
+    }
+
+    /// `POST /sync/push` of a body made by [`Api::encode`].
+    pub async fn push_encoded(&self, device: &Session, body: &Encoded) -> Timed<PushResponse> {
+        let req = self.sync(self.http.post(self.url("/sync/push")), device);
+        self.timed_sync(req.header(CONTENT_TYPE, body.content_type).body(body.body.clone())).await
     }
 
     /// `GET /sync/pull?since=&limit=` in the configured format.
@@ -173,14 +188,14 @@ impl Api {
     }
 }
 
-async fn timed<T>(request: impl std::future::Future<Output = Result<T, Failure>>) -> Timed<T> {
+pub async fn timed<T>(request: impl std::future::Future<Output = Result<T, Failure>>) -> Timed<T> {
     let started = Instant::now();
     let result = request.await;
     Timed { result, elapsed: started.elapsed() }
 }
 
 /// Sends and reads the whole body; any status but `expected` is a failure.
-async fn send(req: RequestBuilder, expected: StatusCode) -> Result<Bytes, Failure> {
+pub async fn send(req: RequestBuilder, expected: StatusCode) -> Result<Bytes, Failure> {
     let resp = req.send().await.map_err(transport)?;
     if resp.status() != expected {
         return Err(Failure::Status(resp.status()));
@@ -188,11 +203,11 @@ async fn send(req: RequestBuilder, expected: StatusCode) -> Result<Bytes, Failur
     resp.bytes().await.map_err(transport)
 }
 
-fn decode_json<T: DeserializeOwned>(body: Bytes) -> Result<T, Failure> {
+pub fn decode_json<T: DeserializeOwned>(body: Bytes) -> Result<T, Failure> {
     serde_json::from_slice(&body).map_err(|err| Failure::Decode(err.to_string()))
 }
 
-fn transport(err: reqwest::Error) -> Failure {
+pub fn transport(err: reqwest::Error) -> Failure {
     // The source chain says why (connection refused, reset, timed out).
     let mut message = err.to_string();
     let mut source = std::error::Error::source(&err);

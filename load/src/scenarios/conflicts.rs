@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::{bumped, pull_since, push, put_entry, report, run_workers, set_up_users};
 use crate::cli::{Args, Ids};
 use crate::client::{Api, Session};
+use crate::cpu::CpuProbe;
 use crate::report::Report;
 use crate::stats::{Budget, Stats};
 
@@ -35,6 +36,7 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
         devices.extend(sessions.into_iter().map(|session| (session, hot.clone())));
     }
     let budget = Arc::new(Budget::new(duration, args.max_requests));
+    let cpu = CpuProbe::start(args.server_pid)?;
     let started = Instant::now();
     let (batch, payload) = (args.batch as usize, args.payload as usize);
     let stats = run_workers(devices, |(device, hot)| {
@@ -44,7 +46,10 @@ pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, S
         async move { device_loop(api, device, editor, budget, batch, payload).await }
     })
     .await;
-    Ok(report(args, setup, started, stats))
+    let mut report = report(args, setup, started, stats);
+    let pushed = report.operations.get("push").map_or(0, |op| op.items);
+    report.server_cpu = cpu.and_then(|cpu| cpu.finish(pushed));
+    Ok(report)
 }
 
 async fn device_loop(

@@ -4,7 +4,9 @@
 mod cold_pull;
 mod conflicts;
 mod long_poll;
+mod open_loop;
 mod register;
+mod single_user;
 mod steady;
 
 use std::time::{Duration, Instant};
@@ -22,23 +24,27 @@ use crate::cli::{Args, Ids, Scenario};
 use crate::client::{Api, Failure, Session};
 use crate::report::Report;
 use crate::stats::{Budget, Stats};
+use crate::target::Target;
 
 /// Changes a pull asks for (the server's maximum).
 pub const PULL_LIMIT: u64 = 1000;
 /// Pause after a failed request, so a failing server is not hammered in a loop.
-const BACKOFF: Duration = Duration::from_millis(100);
+pub const BACKOFF: Duration = Duration::from_millis(100);
 
 pub const RATE_LIMIT_HINT: &str = "registrations were rate limited (429): start the server with a \
      REGISTER_RATE_LIMIT (registrations per client IP per minute) above --users, e.g. REGISTER_RATE_LIMIT=1000000";
 
 /// Runs the chosen scenario to its report; Err when it could not even start.
-pub async fn run(args: &Args, api: &Api, duration: Duration) -> Result<Report, String> {
-    match args.scenario {
-        Scenario::Steady => steady::run(args, api, duration).await,
-        Scenario::ColdPull => cold_pull::run(args, api).await,
-        Scenario::Conflicts => conflicts::run(args, api, duration).await,
-        Scenario::Register => register::run(args, api, duration).await,
-        Scenario::LongPoll => long_poll::run(args, api, duration).await,
+pub async fn run(args: &Args, target: &Target, duration: Duration) -> Result<Report, String> {
+    match (args.scenario, target) {
+        (Scenario::Steady, _) if args.open_loop => open_loop::run(args, target, duration).await,
+        (Scenario::Steady, _) => steady::run(args, target, duration).await,
+        (Scenario::SingleUser, _) => single_user::run(args, target, duration).await,
+        (Scenario::ColdPull, _) => cold_pull::run(args, target).await,
+        (Scenario::Conflicts, Target::Echolia(api)) => conflicts::run(args, api, duration).await,
+        (Scenario::Register, Target::Echolia(api)) => register::run(args, api, duration).await,
+        (Scenario::LongPoll, Target::Echolia(api)) => long_poll::run(args, api, duration).await,
+        (scenario, Target::Atuin(_)) => Err(format!("`{}` does not run against Atuin", scenario.name())),
     }
 }
 
@@ -69,7 +75,7 @@ async fn set_up_user(api: &Api, user: u64, devices: u64) -> Result<Vec<Session>,
     Ok(sessions)
 }
 
-fn setup_failure(what: &str, failure: &Failure) -> String {
+pub fn setup_failure(what: &str, failure: &Failure) -> String {
     if failure.is_rate_limited() {
         return format!("setup failed: {RATE_LIMIT_HINT}");
     }
