@@ -53,10 +53,16 @@ impl Call {
         self.started
     }
 
-    /// Records how the request ended (waits for the row to be written).
+    /// Records how the request ended, and waits for the row to be written.
+    /// The write runs as a task of its own: if this future is dropped
+    /// mid-write (the client closed the connection right after the last
+    /// event), the row is still completed.
     pub async fn finish(mut self, status: Status) {
+        let write = tokio::spawn(self.metrics.scope(self.record(status)));
         self.recorded = true;
-        self.record(status).await;
+        drop(self);
+        // A failed write is logged by the task; a panic cannot happen there.
+        let _ = write.await;
     }
 
     fn record(&self, status: Status) -> impl std::future::Future<Output = ()> + Send + 'static {

@@ -261,6 +261,30 @@ async fn a_client_that_goes_away_cancels_the_upstream_and_is_still_recorded() {
     assert!(*output >= 3, "the last usage seen: {output}");
 }
 
+/// The client reads up to `data: [DONE]` and closes the connection at once,
+/// while the final usage write waits for the user's write lock (another
+/// request of the same user writing): the row still ends with the real usage.
+#[tokio::test]
+async fn a_client_closing_right_after_done_still_gets_its_usage_recorded() {
+    let llm = llm_app(&[]).await;
+    let app = &llm.app;
+    let session = app.register().await;
+    let resp = chat(app, &session, &ask("openai", "hi", true)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The row is open; hold the user's writer until the client has gone.
+    let db = app.state.users.get(session.user_id).await.unwrap();
+    let lock = db.begin_write().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("data: [DONE]") {
+        text.push_str(&String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()));
+    }
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(lock);
+    assert_eq!(rows(app, session.user_id).await, vec![row("openai", "ok", 11, 4, 0)]);
+}
+
 #[tokio::test]
 async fn anthropic_is_translated_both_ways_streaming_included() {
     let llm = llm_app(&[]).await;
