@@ -115,6 +115,7 @@ pub async fn chat_completions(State(state): State<AppState>, auth: UserAuth, bod
     let stream = request.get("stream") == Some(&Value::Bool(true));
     let wants_usage =
         request.get("stream_options").and_then(|options| options.get("include_usage")) == Some(&Value::Bool(true));
+    let prompt_bytes = super::usage::prompt_bytes(&request);
     let (path, upstream_body) = match provider.kind {
         ProviderKind::Openai => {
             request.insert("model".into(), Value::String(upstream_model));
@@ -136,6 +137,7 @@ pub async fn chat_completions(State(state): State<AppState>, auth: UserAuth, bod
     };
     let upstream_body = Bytes::from(serde_json::to_vec(&upstream_body).map_err(ApiError::internal)?);
     let mut call = start(&state, &auth, &model, provider_name, "chat", stream, price).await?;
+    call.counter.set_prompt_bytes(prompt_bytes);
     let response =
         match upstream::post(&state.http, provider, path, upstream_body, llm.upstream_timeout, llm.retries).await {
             Ok(response) => response,
@@ -158,6 +160,7 @@ pub async fn chat_completions(State(state): State<AppState>, auth: UserAuth, bod
         ProviderKind::Openai => {
             if let Ok(value) = serde_json::from_slice::<Value>(&answer) {
                 call.counter.observe_openai(&value);
+                call.counter.add_output(&value);
             }
             call.finish(Status::Ok).await;
             Ok(json_response(answer))
@@ -203,9 +206,11 @@ pub async fn embeddings(State(state): State<AppState>, auth: UserAuth, body: Byt
         ));
     }
     request.insert("model".into(), Value::String(upstream_model));
+    let prompt_bytes = super::usage::prompt_bytes(&request);
     let upstream_body = Bytes::from(serde_json::to_vec(&request).map_err(ApiError::internal)?);
     drop(request);
     let mut call = start(&state, &auth, &model, provider_name, "embeddings", false, price).await?;
+    call.counter.set_prompt_bytes(prompt_bytes);
     let response =
         match upstream::post(&state.http, provider, "/embeddings", upstream_body, llm.upstream_timeout, llm.retries)
             .await

@@ -85,19 +85,21 @@ pub async fn open(
     Ok(Ok(id))
 }
 
-/// Completes a request's row: how it ended, its tokens and cost, its duration.
+/// Completes a request's row: how it ended, its tokens (`estimated` when
+/// the upstream gave no final count) and cost, its duration.
 pub async fn close(
     db: &UserDb,
     id: i64,
     status: Status,
     usage: Usage,
+    estimated: bool,
     cost_nano_usd: i64,
     duration_ms: u64,
 ) -> StoreResult<()> {
     let tx = db.begin_write().await?;
     tx.execute(
-        "UPDATE llm_usage SET status = ?2, input_tokens = ?3, output_tokens = ?4, cost_nano_usd = ?5, duration_ms = ?6 \
-         WHERE id = ?1",
+        "UPDATE llm_usage SET status = ?2, input_tokens = ?3, output_tokens = ?4, cost_nano_usd = ?5, duration_ms = ?6, \
+         estimated = ?7 WHERE id = ?1",
         (
             id,
             status.as_str(),
@@ -105,6 +107,7 @@ pub async fn close(
             i64::try_from(usage.output_tokens).unwrap_or(i64::MAX),
             cost_nano_usd,
             i64::try_from(duration_ms).unwrap_or(i64::MAX),
+            i64::from(estimated),
         ),
     )
     .await?;
