@@ -39,6 +39,9 @@ fn model_of(request: &Map<String, Value>) -> ApiResult<String> {
     }
 }
 
+/// The metrics label of every model name the models file does not configure.
+const PASSTHROUGH_LABEL: &str = "passthrough";
+
 fn model_not_found() -> ApiError {
     ApiError::not_found("model_not_found", "no such model here; GET /llm/v1/models lists them")
 }
@@ -58,7 +61,13 @@ async fn start(
     let opening = Opening { model, provider, endpoint, stream };
     match ledger::open(&auth.db, limits, state.clock.now(), opening).await? {
         Ok(id) => {
-            let label = state.metrics.model_label(model);
+            // Only the models file's names become labels: a name a client made up is
+            // forwarded, but counted as `passthrough`, so no client can use up the label slots.
+            let label = if state.config.llm.models.contains_key(model) {
+                state.metrics.model_label(model)
+            } else {
+                PASSTHROUGH_LABEL.to_owned()
+            };
             Ok(Call::new(auth.db.clone(), id, label, endpoint, price, state.metrics.clone()))
         }
         Err(refusal) => {

@@ -218,7 +218,10 @@ mod tests {
         request.insert("messages".into(), json!([{"role": "user", "content": "12345678"}, {"role": "user", "content": [{"type": "text", "text": "abcd"}]}]));
         let mut counter = Counter::default();
         counter.set_prompt_bytes(prompt_bytes(&request));
-        for chunk in [json!({"choices": [{"delta": {"content": "Hello"}}]}), json!({"choices": [{"delta": {"content": " you"}}]})] {
+        for chunk in [
+            json!({"choices": [{"delta": {"content": "Hello"}}]}),
+            json!({"choices": [{"delta": {"content": " you"}}]}),
+        ] {
             counter.observe_openai(&chunk);
             counter.add_output(&chunk);
         }
