@@ -2,7 +2,9 @@
 //! the row is opened before the upstream is called, and completed when the
 //! answer ends — or, if the answer is dropped (the client went away, the
 //! task was cancelled), by this guard's `Drop`, with what was counted and
-//! the status `interrupted`.
+//! the status `interrupted`. An answer that ended without the upstream's
+//! final token count is charged an estimate (content bytes / 4), flagged
+//! `estimated` in its row, so disconnecting early does not dodge the quota.
 
 use std::sync::Arc;
 
@@ -53,14 +55,21 @@ impl Call {
         self.started
     }
 
-    /// Records how the request ended (waits for the row to be written).
+    /// Records how the request ended, and waits for the row to be written.
+    /// The write runs as a task of its own: if this future is dropped
+    /// mid-write (the client closed the connection right after the last
+    /// event), the row is still completed.
     pub async fn finish(mut self, status: Status) {
+        let write = tokio::spawn(self.metrics.scope(self.record(status)));
         self.recorded = true;
-        self.record(status).await;
+        drop(self);
+        // A failed write is logged by the task; a panic cannot happen there.
+        let _ = write.await;
     }
 
     fn record(&self, status: Status) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let usage = self.counter.usage();
+        // The upstream answered (in full or in part): without its final count, an estimate is charged.
+        let (usage, estimated) = self.counter.charged(matches!(status, Status::Ok | Status::Interrupted));
         let cost = cost_nano_usd(usage, self.price);
         let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (db, id, model, endpoint) = (self.db.clone(), self.id, self.model_label.clone(), self.endpoint);
@@ -72,7 +81,7 @@ impl Call {
                 metrics::counter!("echolia_llm_cost_microdollars_total", "model" => model)
                     .increment(u64::try_from(cost / 1000).unwrap_or(0));
             }
-            if let Err(err) = ledger::close(&db, id, status, usage, cost, duration_ms).await {
+            if let Err(err) = ledger::close(&db, id, status, usage, estimated, cost, duration_ms).await {
                 tracing::warn!(error = %err, "could not record LLM usage");
             }
         }

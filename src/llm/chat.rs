@@ -39,6 +39,9 @@ fn model_of(request: &Map<String, Value>) -> ApiResult<String> {
     }
 }
 
+/// The metrics label of every model name the models file does not configure.
+const PASSTHROUGH_LABEL: &str = "passthrough";
+
 fn model_not_found() -> ApiError {
     ApiError::not_found("model_not_found", "no such model here; GET /llm/v1/models lists them")
 }
@@ -58,7 +61,13 @@ async fn start(
     let opening = Opening { model, provider, endpoint, stream };
     match ledger::open(&auth.db, limits, state.clock.now(), opening).await? {
         Ok(id) => {
-            let label = state.metrics.model_label(model);
+            // Only the models file's names become labels: a name a client made up is
+            // forwarded, but counted as `passthrough`, so no client can use up the label slots.
+            let label = if state.config.llm.models.contains_key(model) {
+                state.metrics.model_label(model)
+            } else {
+                PASSTHROUGH_LABEL.to_owned()
+            };
             Ok(Call::new(auth.db.clone(), id, label, endpoint, price, state.metrics.clone()))
         }
         Err(refusal) => {
@@ -115,6 +124,7 @@ pub async fn chat_completions(State(state): State<AppState>, auth: UserAuth, bod
     let stream = request.get("stream") == Some(&Value::Bool(true));
     let wants_usage =
         request.get("stream_options").and_then(|options| options.get("include_usage")) == Some(&Value::Bool(true));
+    let prompt_bytes = super::usage::prompt_bytes(&request);
     let (path, upstream_body) = match provider.kind {
         ProviderKind::Openai => {
             request.insert("model".into(), Value::String(upstream_model));
@@ -136,6 +146,7 @@ pub async fn chat_completions(State(state): State<AppState>, auth: UserAuth, bod
     };
     let upstream_body = Bytes::from(serde_json::to_vec(&upstream_body).map_err(ApiError::internal)?);
     let mut call = start(&state, &auth, &model, provider_name, "chat", stream, price).await?;
+    call.counter.set_prompt_bytes(prompt_bytes);
     let response =
         match upstream::post(&state.http, provider, path, upstream_body, llm.upstream_timeout, llm.retries).await {
             Ok(response) => response,
@@ -158,6 +169,7 @@ pub async fn chat_completions(State(state): State<AppState>, auth: UserAuth, bod
         ProviderKind::Openai => {
             if let Ok(value) = serde_json::from_slice::<Value>(&answer) {
                 call.counter.observe_openai(&value);
+                call.counter.add_output(&value);
             }
             call.finish(Status::Ok).await;
             Ok(json_response(answer))
@@ -203,9 +215,11 @@ pub async fn embeddings(State(state): State<AppState>, auth: UserAuth, body: Byt
         ));
     }
     request.insert("model".into(), Value::String(upstream_model));
+    let prompt_bytes = super::usage::prompt_bytes(&request);
     let upstream_body = Bytes::from(serde_json::to_vec(&request).map_err(ApiError::internal)?);
     drop(request);
     let mut call = start(&state, &auth, &model, provider_name, "embeddings", false, price).await?;
+    call.counter.set_prompt_bytes(prompt_bytes);
     let response =
         match upstream::post(&state.http, provider, "/embeddings", upstream_body, llm.upstream_timeout, llm.retries)
             .await

@@ -123,10 +123,15 @@ fn invalid() -> Response {
     ApiError::bad_request("invalid_encapsulation", "the request could not be decrypted or decoded").into_response()
 }
 
-/// The proxy's own routes, built once, for the inner requests.
+/// The proxy's own routes, built once, for the inner requests: with the
+/// same body limit as over plain HTTP (axum's default would be 2 MiB).
 fn inner_router() -> Router<AppState> {
     static ROUTER: OnceLock<Router<AppState>> = OnceLock::new();
-    ROUTER.get_or_init(|| super::proxy_router().split_for_parts().0).clone()
+    ROUTER
+        .get_or_init(|| {
+            super::proxy_router().layer(axum::extract::DefaultBodyLimit::max(super::BODY_LIMIT)).split_for_parts().0
+        })
+        .clone()
 }
 
 /// Hop-by-hop and framing fields an inner message may not set.

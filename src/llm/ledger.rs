@@ -53,11 +53,25 @@ pub async fn open(
     let day = now.date_naive().to_string();
     let mut rows =
         tx.query("SELECT count(*), min(started_at) FROM llm_usage WHERE started_at > ?1", [since.as_str()]).await?;
-    let (requests, oldest): (u32, Option<String>) = match rows.next().await? {
+    let (requests, mut oldest): (u32, Option<String>) = match rows.next().await? {
         Some(row) => (row.get(0)?, row.get(1)?),
         None => (0, None),
     };
     drop(rows);
+    // Over the limit (a lowered limit, or several processes): a slot frees only once
+    // count − limit + 1 requests have left the window, so the (count − limit + 1)-th oldest decides.
+    let limit = limits.requests_per_minute;
+    if limit > 0 && requests > limit {
+        let mut rows = tx
+            .query(
+                "SELECT started_at FROM llm_usage WHERE started_at > ?1 ORDER BY started_at LIMIT 1 OFFSET ?2",
+                (since.as_str(), i64::from(requests - limit)),
+            )
+            .await?;
+        if let Some(row) = rows.next().await? {
+            oldest = Some(row.get(0)?);
+        }
+    }
     let mut rows = tx
         .query("SELECT coalesce(sum(input_tokens + output_tokens), 0) FROM llm_usage WHERE day = ?1", [day.as_str()])
         .await?;
@@ -85,19 +99,21 @@ pub async fn open(
     Ok(Ok(id))
 }
 
-/// Completes a request's row: how it ended, its tokens and cost, its duration.
+/// Completes a request's row: how it ended, its tokens (`estimated` when
+/// the upstream gave no final count) and cost, its duration.
 pub async fn close(
     db: &UserDb,
     id: i64,
     status: Status,
     usage: Usage,
+    estimated: bool,
     cost_nano_usd: i64,
     duration_ms: u64,
 ) -> StoreResult<()> {
     let tx = db.begin_write().await?;
     tx.execute(
-        "UPDATE llm_usage SET status = ?2, input_tokens = ?3, output_tokens = ?4, cost_nano_usd = ?5, duration_ms = ?6 \
-         WHERE id = ?1",
+        "UPDATE llm_usage SET status = ?2, input_tokens = ?3, output_tokens = ?4, cost_nano_usd = ?5, duration_ms = ?6, \
+         estimated = ?7 WHERE id = ?1",
         (
             id,
             status.as_str(),
@@ -105,6 +121,7 @@ pub async fn close(
             i64::try_from(usage.output_tokens).unwrap_or(i64::MAX),
             cost_nano_usd,
             i64::try_from(duration_ms).unwrap_or(i64::MAX),
+            i64::from(estimated),
         ),
     )
     .await?;
@@ -146,4 +163,40 @@ pub async fn summary(db: &UserDb, from: NaiveDate, to: NaiveDate) -> StoreResult
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::store::Backend;
+
+    fn opening() -> Opening<'static> {
+        Opening { model: "m", provider: "default", endpoint: "chat", stream: false }
+    }
+
+    /// Five requests in the minute and a limit lowered to 3: a slot frees when
+    /// the third oldest leaves the window, not the oldest.
+    #[tokio::test]
+    async fn retry_after_waits_for_enough_requests_to_leave_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = UserDb::open(&Backend::local(dir.path()), Uuid::new_v4(), true).await.unwrap();
+        let start = DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z").unwrap().with_timezone(&Utc);
+        let five = Limits { requests_per_minute: 5, tokens_per_day: 0 };
+        for n in 0..5 {
+            let at = start + chrono::Duration::seconds(10 * n);
+            assert!(open(&db, five, at, opening()).await.unwrap().is_ok());
+        }
+        let three = Limits { requests_per_minute: 3, tokens_per_day: 0 };
+        let now = start + chrono::Duration::seconds(45);
+        let refusal = open(&db, three, now, opening()).await.unwrap().unwrap_err();
+        // The third oldest started at +20 s: it leaves at +80 s, 35 s from now.
+        assert_eq!(refusal, Refusal::RequestsPerMinute { retry_after: 35 });
+        let refusal = open(&db, five, now, opening()).await.unwrap().unwrap_err();
+        assert_eq!(refusal, Refusal::RequestsPerMinute { retry_after: 15 }, "at the limit: the oldest");
+        // And at +80 s one more may start under the limit of 3.
+        let later = start + chrono::Duration::seconds(80) + chrono::Duration::milliseconds(1);
+        assert!(open(&db, three, later, opening()).await.unwrap().is_ok());
+    }
 }

@@ -24,7 +24,8 @@ impl Tier {
 pub struct Spent {
     /// Requests started in the last 60 seconds.
     pub requests_last_minute: u32,
-    /// The oldest of them, if any.
+    /// When a slot frees, less 60 s: the start of the oldest of them or,
+    /// when they are over the limit, of the (count − limit + 1)-th oldest.
     pub oldest_in_minute: Option<DateTime<Utc>>,
     /// Input and output tokens charged since 00:00 UTC.
     pub tokens_today: u64,

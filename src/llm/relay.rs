@@ -67,6 +67,7 @@ impl Relay {
                     if let Ok(chunk) = serde_json::from_str::<Value>(&event.data) {
                         if let Some(call) = self.call.as_mut() {
                             call.counter.observe_openai(&chunk);
+                            call.counter.add_output(&chunk);
                         }
                         let finished = chunk["choices"]
                             .as_array()
@@ -86,12 +87,21 @@ impl Relay {
                     let Ok(data) = serde_json::from_str::<Value>(&event.data) else { continue };
                     let translated = translator.event(event.name.as_deref(), &data);
                     let usage: Usage = translator.usage();
+                    // The output count is final from `message_delta` on; before, an estimate may raise it.
+                    let last = event.name.as_deref() == Some("message_delta");
                     if let Some(call) = self.call.as_mut() {
-                        call.counter.set(usage);
+                        if last {
+                            call.counter.set(usage);
+                        } else {
+                            call.counter.set_partial(usage);
+                        }
                     }
                     match translated {
                         Translated::Chunks { chunks, done } => {
                             for chunk in chunks {
+                                if let Some(call) = self.call.as_mut() {
+                                    call.counter.add_output(&chunk);
+                                }
                                 out.extend_from_slice(data_event(&chunk).as_bytes());
                             }
                             if done {

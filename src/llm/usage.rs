@@ -37,26 +37,53 @@ impl Usage {
     }
 }
 
-/// The usage of one answer as its chunks go by.
+/// The usage of one answer as its chunks go by, and what an estimate
+/// needs when the upstream never reports a final count (a stream cut before
+/// its usage chunk, a server ignoring `include_usage`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counter {
     last: Option<Usage>,
+    /// A count was reported that the upstream means as final for what it covers.
+    reported: bool,
+    prompt_bytes: u64,
+    output_bytes: u64,
 }
+
+/// Bytes per token for estimates: the usual rule of thumb for English text.
+pub const BYTES_PER_TOKEN: u64 = 4;
 
 impl Counter {
     /// An OpenAI chunk (or a whole non-streamed answer): its `usage`, if not null, replaces what was kept.
     pub fn observe_openai(&mut self, chunk: &Value) {
         if let Some(usage) = chunk.get("usage").and_then(Usage::from_openai) {
             self.last = Some(usage);
+            self.reported = true;
         }
     }
 
-    /// Sets the counts directly (Anthropic's events, already read).
+    /// Sets the counts directly (Anthropic's events, already read), final.
     pub fn set(&mut self, usage: Usage) {
+        self.last = Some(usage);
+        self.reported = true;
+    }
+
+    /// Sets counts that are not final yet (Anthropic's output count before
+    /// its `message_delta`): an estimate may raise them.
+    pub fn set_partial(&mut self, usage: Usage) {
         self.last = Some(usage);
     }
 
-    /// What was counted so far (zero when the upstream reported nothing).
+    /// The size of the request's content, for an input estimate.
+    pub fn set_prompt_bytes(&mut self, bytes: u64) {
+        self.prompt_bytes = bytes;
+    }
+
+    /// Content relayed to the client (an OpenAI chunk or answer), for an output estimate.
+    pub fn add_output(&mut self, chunk: &Value) {
+        self.output_bytes = self.output_bytes.saturating_add(output_bytes(chunk));
+    }
+
+    /// What was reported so far (zero when the upstream reported nothing).
     pub fn usage(&self) -> Usage {
         self.last.unwrap_or_default()
     }
@@ -64,6 +91,58 @@ impl Counter {
     pub fn seen(&self) -> bool {
         self.last.is_some()
     }
+
+    /// What the request is charged, and whether it is an estimate: the
+    /// reported count when there is a final one; otherwise (when `estimate`
+    /// allows, i.e. the upstream answered) the content's bytes / 4, never
+    /// less than what was reported.
+    pub fn charged(&self, estimate: bool) -> (Usage, bool) {
+        let reported = self.usage();
+        if self.reported || !(estimate || self.output_bytes > 0 || self.last.is_some()) {
+            return (reported, false);
+        }
+        let guess = Usage {
+            input_tokens: if reported.input_tokens > 0 {
+                reported.input_tokens
+            } else {
+                self.prompt_bytes.div_ceil(BYTES_PER_TOKEN)
+            },
+            output_tokens: reported.output_tokens.max(self.output_bytes.div_ceil(BYTES_PER_TOKEN)),
+        };
+        (guess, guess != reported || self.last.is_none())
+    }
+}
+
+fn text_len(value: &Value) -> u64 {
+    match value {
+        Value::String(text) => text.len() as u64,
+        // Content parts: their `text`.
+        Value::Array(parts) => parts.iter().map(|part| text_len(&part["text"])).sum(),
+        _ => 0,
+    }
+}
+
+/// The content bytes of a request: its messages' contents (chat) or its `input` (embeddings).
+pub fn prompt_bytes(request: &serde_json::Map<String, Value>) -> u64 {
+    let messages = request.get("messages").and_then(Value::as_array).into_iter().flatten();
+    let input = request.get("input").map_or(0, |input| match input {
+        Value::Array(items) => items.iter().map(text_len).sum(),
+        other => text_len(other),
+    });
+    messages.map(|message| text_len(&message["content"])).sum::<u64>() + input
+}
+
+/// The content bytes of an OpenAI chunk or answer: each choice's delta or
+/// message content and tool-call arguments.
+pub fn output_bytes(chunk: &Value) -> u64 {
+    let choices = chunk.get("choices").and_then(Value::as_array).into_iter().flatten();
+    choices
+        .flat_map(|choice| [&choice["delta"], &choice["message"]])
+        .map(|part| {
+            let calls = part["tool_calls"].as_array().into_iter().flatten();
+            text_len(&part["content"]) + calls.map(|call| text_len(&call["function"]["arguments"])).sum::<u64>()
+        })
+        .sum()
 }
 
 /// Cost in nano-USD (integers add up exactly): tokens × USD per million × 1,000.
@@ -131,6 +210,33 @@ mod tests {
         assert_eq!(count(&[json!({"choices": []})]), Usage::default());
         let price = Price { input_per_million: 3.0, output_per_million: 15.0 };
         assert_eq!(cost_nano_usd(Usage { input_tokens: 1_000_000, output_tokens: 2 }, price), 3_000_000_000 + 30_000);
+    }
+
+    #[test]
+    fn without_a_final_report_the_charge_is_an_estimate_from_the_content() {
+        let mut request = serde_json::Map::new();
+        request.insert("messages".into(), json!([{"role": "user", "content": "12345678"}, {"role": "user", "content": [{"type": "text", "text": "abcd"}]}]));
+        let mut counter = Counter::default();
+        counter.set_prompt_bytes(prompt_bytes(&request));
+        for chunk in [
+            json!({"choices": [{"delta": {"content": "Hello"}}]}),
+            json!({"choices": [{"delta": {"content": " you"}}]}),
+        ] {
+            counter.observe_openai(&chunk);
+            counter.add_output(&chunk);
+        }
+        // 12 bytes in, 9 bytes out.
+        assert_eq!(counter.charged(true), (Usage { input_tokens: 3, output_tokens: 3 }, true));
+        // A refused request with nothing relayed is not charged.
+        let mut refused = Counter::default();
+        refused.set_prompt_bytes(12);
+        assert_eq!(refused.charged(false), (Usage::default(), false));
+        // Anthropic before `message_delta`: the input reported, the output estimated (never below the report).
+        counter.set_partial(Usage { input_tokens: 25, output_tokens: 1 });
+        assert_eq!(counter.charged(true), (Usage { input_tokens: 25, output_tokens: 3 }, true));
+        // A final report wins.
+        counter.set(Usage { input_tokens: 25, output_tokens: 2 });
+        assert_eq!(counter.charged(true), (Usage { input_tokens: 25, output_tokens: 2 }, false));
     }
 
     proptest! {

@@ -102,7 +102,8 @@ without Google's OIDC token for the configured audience whose `email` is \
 `GOOGLE_PUBSUB_SERVICE_ACCOUNT` is 401 `invalid_token`. A store whose settings \
 are missing answers 503 `not_configured` naming them.\n\
 \n\
-LLM proxy (`/llm/*`; the contract's LLM section, extended by `GET /llm/ohttp-keys` and `POST /llm/ohttp`):\n\
+LLM proxy (`/llm/*`): the contract's LLM section; this document extends it with `GET /llm/ohttp-keys` and \
+`POST /llm/ohttp`, and with what follows.\n\
 - OpenAI's request and response shapes; the official SDKs work with `base_url = https://<host>/llm/v1` and \
 the access token as API key. Bodies are up to 8 MiB. A `model` the models file does not name is forwarded \
 as it is to the `LLM_BASE_URL` provider (cost 0); with no such provider it is 404 `model_not_found`.\n\
@@ -114,7 +115,11 @@ The usage chunk is sent only when the request asked for `stream_options.include_
 429 → 429 `upstream_rate_limited`; a provider refusing the proxy's own key → 502. Requests the Anthropic \
 translation cannot carry (tools, images, `n` > 1, embeddings) → 422 `unsupported_parameter`.\n\
 - Quotas are per user: requests in the last 60 seconds and tokens (input + output) since 00:00 UTC; \
-429 `quota_exceeded` with `Retry-After`. Every request that passed the quota counts, failed ones too.\n\
+429 `quota_exceeded` with `Retry-After`. Every request that passed the quota counts, failed ones too. \
+An answer that ends without the provider's final token count (a stream cut before its usage, by the \
+provider or by the client, or a provider that reports none) is charged an estimate: input = the \
+messages' content bytes / 4, output = the content relayed / 4, rounded up; it counts toward the quota \
+and in `GET /llm/usage` like a reported count.\n\
 - `GET /llm/usage`: `from` and `to` are days (`YYYY-MM-DD`, UTC), both included; the default is the 30 days \
 up to today; at most 366 days. Rows cover every request recorded, whatever its outcome; `cost_usd` uses \
 the prices configured when each request ran. Works (empty) when no provider is configured.\n\

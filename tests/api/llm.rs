@@ -213,7 +213,8 @@ async fn streams_are_relayed_chunk_for_chunk_and_counted_by_the_last_usage() {
         vec![
             row("openai", "ok", 11, 4, 0),
             row("openai", "ok", 11, 4, 0),
-            row("openai-old", "ok", 0, 0, 0),
+            // No usage reported: estimated, (9 + 2) / 4 in and 8 / 4 out, rounded up.
+            row("openai-old", "ok", 3, 2, 0),
             row("vllm", "ok", 13, 5, 0),
             row("llamacpp", "ok", 9, 6, 0),
         ]
@@ -231,6 +232,38 @@ async fn a_stream_cut_upstream_is_recorded_as_interrupted_with_what_was_counted(
     assert_eq!(relayed, events.concat(), "every chunk before the cut, in order");
     assert!(error.starts_with("data: {\"error\""), "then an error event: {error}");
     assert_eq!(rows(app, session.user_id).await, vec![row("cut", "interrupted", 9, 4, 0)]);
+}
+
+/// Which rows of a user hold estimated counts, in order.
+async fn estimated(app: &TestApp, user: Uuid) -> Vec<bool> {
+    let conn = app.open_user_db(user).await;
+    let mut result = conn.query("SELECT estimated FROM llm_usage ORDER BY id", ()).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = result.next().await.unwrap() {
+        out.push(row.get::<i64>(0).unwrap() == 1);
+    }
+    out
+}
+
+/// A stream that breaks off before its usage chunk is charged an estimate
+/// from its content (prompt bytes / 4, relayed bytes / 4), flagged, and the
+/// estimate counts toward the day's token quota.
+#[tokio::test]
+async fn a_stream_cut_before_its_usage_is_charged_an_estimate_toward_the_quota() {
+    let llm = llm_app(&[("LLM_FREE_TOKENS_PER_DAY", "5")]).await;
+    let app = &llm.app;
+    let session = app.register().await;
+    let text = sse_body(chat(app, &session, &ask("cut-early", "hi", true)).await).await;
+    assert!(text.contains("\"content\":\"lo \"") && text.contains("\"error\""), "{text}");
+    // "Be brief." + "hi" = 11 bytes → 3 tokens; "" + "Hel" + "lo " + "hi" = 8 bytes → 2 tokens.
+    assert_eq!(rows(app, session.user_id).await, vec![row("cut-early", "interrupted", 3, 2, 0)]);
+    assert_eq!(estimated(app, session.user_id).await, [true]);
+    assert_error(chat(app, &session, &ask("m", "x", false)).await, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+        .await;
+    // A reported count is not flagged.
+    let other = app.register().await;
+    assert_eq!(chat(app, &other, &ask("m", "x", false)).await.status(), StatusCode::OK);
+    assert_eq!(estimated(app, other.user_id).await, [false]);
 }
 
 #[tokio::test]
@@ -259,6 +292,30 @@ async fn a_client_that_goes_away_cancels_the_upstream_and_is_still_recorded() {
     let (model, status, input, output, _) = &recorded[0];
     assert_eq!((model.as_str(), status.as_str(), *input), ("endless", "interrupted", 3));
     assert!(*output >= 3, "the last usage seen: {output}");
+}
+
+/// The client reads up to `data: [DONE]` and closes the connection at once,
+/// while the final usage write waits for the user's write lock (another
+/// request of the same user writing): the row still ends with the real usage.
+#[tokio::test]
+async fn a_client_closing_right_after_done_still_gets_its_usage_recorded() {
+    let llm = llm_app(&[]).await;
+    let app = &llm.app;
+    let session = app.register().await;
+    let resp = chat(app, &session, &ask("openai", "hi", true)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The row is open; hold the user's writer until the client has gone.
+    let db = app.state.users.get(session.user_id).await.unwrap();
+    let lock = db.begin_write().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("data: [DONE]") {
+        text.push_str(&String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()));
+    }
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(lock);
+    assert_eq!(rows(app, session.user_id).await, vec![row("openai", "ok", 11, 4, 0)]);
 }
 
 #[tokio::test]
@@ -437,8 +494,10 @@ async fn quotas_refuse_with_retry_after_and_reset() {
         "{scrape}"
     );
     assert!(scrape.contains("echolia_llm_quota_refusals_total{tier=\"free\",limit=\"tokens_per_day\"} 1"));
-    assert!(scrape.contains("echolia_llm_requests_total{model=\"m\",endpoint=\"chat\",status=\"ok\"} 5"));
-    assert!(scrape.contains("echolia_llm_tokens_total{model=\"m\"} 90"));
+    // `m` is not in the models file: counted under the fixed label, never under its own name.
+    assert!(scrape.contains("echolia_llm_requests_total{model=\"passthrough\",endpoint=\"chat\",status=\"ok\"} 5"));
+    assert!(scrape.contains("echolia_llm_tokens_total{model=\"passthrough\"} 90"));
+    assert!(!scrape.contains("model=\"m\""), "{scrape}");
 }
 
 #[tokio::test]

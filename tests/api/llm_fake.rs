@@ -38,6 +38,7 @@ impl FakeUpstream {
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/models", get(models))
             .route("/v1/messages", post(anthropic))
+            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -91,12 +92,16 @@ pub fn openai_events(scenario: &str, echo: &str, include_usage: bool) -> (Vec<St
     ];
     let mut events = Vec::new();
     match scenario {
-        // OpenAI: `usage: null` in each chunk with include_usage, a usage-only chunk at the end.
-        "openai" | "openai-old" => {
-            let with_usage = include_usage && scenario == "openai";
+        // OpenAI: `usage: null` in each chunk with include_usage, a usage-only chunk at the end;
+        // `cut-early` breaks off before its finish and usage chunks.
+        "openai" | "openai-old" | "cut-early" => {
+            let with_usage = include_usage && scenario != "openai-old";
             let null = with_usage.then_some(Value::Null);
             for delta in &deltas {
                 events.push(data(&chunk(delta.clone(), Value::Null, null.clone())));
+            }
+            if scenario == "cut-early" {
+                return (events, true);
             }
             events.push(data(&chunk(json!({}), json!("stop"), null.clone())));
             if with_usage {
@@ -230,7 +235,7 @@ async fn openai_chat(State(state): State<Arc<Fake>>, headers: HeaderMap, Json(bo
                 .into_response();
         }
         let include_usage = body["stream_options"]["include_usage"] == json!(true);
-        let scenario = if ["openai", "openai-old", "vllm", "llamacpp", "cut"].contains(&model.as_str()) {
+        let scenario = if ["openai", "openai-old", "vllm", "llamacpp", "cut", "cut-early"].contains(&model.as_str()) {
             model.as_str()
         } else {
             "openai"

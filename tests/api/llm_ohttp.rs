@@ -68,6 +68,21 @@ impl AsyncWrite for Sink {
     }
 }
 
+/// The inner request has the same 8 MiB body limit as plain HTTP, not axum's 2 MiB default.
+#[tokio::test]
+async fn a_3_mib_request_through_ohttp_is_not_refused_as_too_large() {
+    let llm = llm_app(&[]).await;
+    let app = &llm.app;
+    let session = app.register().await;
+    let long = "a".repeat(3 * 1024 * 1024);
+    let body = json!({"model": "priced", "messages": [{"role": "user", "content": long}]});
+    assert_eq!(chat(app, &session, &body).await.status(), StatusCode::OK, "plain HTTP");
+    let inner = through_ohttp(app, &session, "/llm/v1/chat/completions", &body).await;
+    assert_eq!(inner.control().status().unwrap().code(), 200);
+    let answer: Value = serde_json::from_slice(inner.content()).unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"].as_str().unwrap().len(), long.len() + 6);
+}
+
 #[tokio::test]
 async fn a_request_through_ohttp_gets_the_same_answer_as_plain_http() {
     let llm = llm_app(&[]).await;
