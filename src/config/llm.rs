@@ -148,6 +148,17 @@ fn base_url(variable: &'static str, url: &str) -> Result<String, ConfigError> {
     Ok(url.to_owned())
 }
 
+/// An upstream key, trimmed (a secrets file's trailing newline) and checked
+/// to fit an HTTP header, so a bad one stops the server at start instead of
+/// failing every request. The message never quotes the key.
+fn api_key(variable: &'static str, key: String) -> Result<Secret, ConfigError> {
+    let key = key.trim();
+    if key.is_empty() || reqwest::header::HeaderValue::from_str(key).is_err() {
+        return Err(invalid(variable, "is not a valid HTTP header value (empty, or holds a control character)"));
+    }
+    Ok(Secret::from(key.as_bytes().to_vec()))
+}
+
 /// Reads the `LLM_*` and `OHTTP_*` variables (and the models file they name).
 pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<LlmConfig, ConfigError> {
     let mut providers = BTreeMap::new();
@@ -157,7 +168,7 @@ pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<LlmConfig, Co
         Some(other) => return Err(invalid("LLM_PROVIDER", format!("`{other}` is not one of openai, anthropic"))),
     };
     if let Some(url) = get("LLM_BASE_URL") {
-        let api_key = get("LLM_API_KEY").map(|key| Secret::from(key.into_bytes()));
+        let api_key = get("LLM_API_KEY").map(|key| api_key("LLM_API_KEY", key)).transpose()?;
         providers
             .insert(DEFAULT_PROVIDER.to_owned(), Provider { kind, base_url: base_url("LLM_BASE_URL", &url)?, api_key });
     } else if get("LLM_PROVIDER").is_some() || get("LLM_API_KEY").is_some() {
@@ -176,13 +187,17 @@ pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<LlmConfig, Co
                 return Err(invalid("LLM_MODELS_FILE", "the provider name `default` is the one of LLM_BASE_URL"));
             }
             let api_key = match provider.api_key_env {
-                Some(variable) => Some(Secret::from(
-                    get(&variable)
-                        .ok_or_else(|| {
-                            invalid("LLM_MODELS_FILE", format!("provider `{name}`: the variable {variable} is not set"))
-                        })?
-                        .into_bytes(),
-                )),
+                Some(variable) => {
+                    let key = get(&variable).ok_or_else(|| {
+                        invalid("LLM_MODELS_FILE", format!("provider `{name}`: the variable {variable} is not set"))
+                    })?;
+                    Some(api_key("LLM_MODELS_FILE", key).map_err(|_| {
+                        invalid(
+                            "LLM_MODELS_FILE",
+                            format!("provider `{name}`: {variable} is not a valid HTTP header value"),
+                        )
+                    })?)
+                }
                 None => None,
             };
             let base_url = base_url("LLM_MODELS_FILE", &provider.base_url)?;
@@ -291,6 +306,20 @@ mod tests {
         assert_eq!((name, provider.kind, upstream.as_str()), ("default", ProviderKind::Openai, "gpt-x"));
         assert_eq!(provider.base_url, "http://127.0.0.1:1/v1");
         assert_eq!(price, Price::default());
+    }
+
+    #[test]
+    fn an_api_key_is_trimmed_and_one_that_cannot_be_a_header_stops_the_start() {
+        use secrecy::ExposeSecret;
+
+        let config = load(&[("LLM_BASE_URL", "http://127.0.0.1:1/v1"), ("LLM_API_KEY", "sk-abc\n")]).unwrap();
+        let key = config.providers["default"].api_key.as_ref().unwrap();
+        assert_eq!(key.expose_secret(), b"sk-abc");
+        for bad in ["sk-a\nb", "  ", "sk\u{7f}"] {
+            let err = load(&[("LLM_BASE_URL", "http://127.0.0.1:1/v1"), ("LLM_API_KEY", bad)]).unwrap_err();
+            assert_eq!(err.variable, "LLM_API_KEY");
+            assert!(!err.message.contains("sk-a"), "the key is never quoted: {}", err.message);
+        }
     }
 
     #[test]

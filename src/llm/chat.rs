@@ -238,6 +238,9 @@ pub async fn embeddings(State(state): State<AppState>, auth: UserAuth, body: Byt
     Ok(json_response(answer))
 }
 
+/// How long the provider's model list is reused.
+const MODELS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The models: those of the models file, then (for an OpenAI-compatible
 /// `LLM_BASE_URL`) what that upstream lists, every name forwarded as it is.
 #[utoipa::path(get, path = "/llm/v1/models", tag = "llm", security(("bearer" = [])),
@@ -256,7 +259,17 @@ pub async fn models(State(state): State<AppState>, _auth: UserAuth) -> ApiResult
         .collect();
     if let Some(provider) = llm.providers.get(crate::config::llm::DEFAULT_PROVIDER) {
         if provider.kind == ProviderKind::Openai {
-            let listed = upstream::get_json(&state.http, provider, "/models", llm.upstream_timeout).await;
+            let listed = {
+                let mut cached = state.llm_models.lock().await;
+                match &*cached {
+                    Some((fetched, list)) if fetched.elapsed() < MODELS_TTL => list.clone(),
+                    _ => {
+                        let list = upstream::get_json(&state.http, provider, "/models", llm.upstream_timeout).await;
+                        *cached = Some((tokio::time::Instant::now(), list.clone()));
+                        list
+                    }
+                }
+            };
             for id in listed
                 .iter()
                 .flat_map(|list| list["data"].as_array().into_iter().flatten())

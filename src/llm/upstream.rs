@@ -98,8 +98,12 @@ fn with_credentials(provider: &Provider, request: reqwest::RequestBuilder) -> re
         },
         ProviderKind::Anthropic => {
             let request = request.header("anthropic-version", ANTHROPIC_VERSION);
-            match key {
-                Some(key) => request.header("x-api-key", key),
+            // Checked at start (`config::llm`); sensitive: kept out of any debug output.
+            match key.and_then(|key| reqwest::header::HeaderValue::from_str(&key).ok()) {
+                Some(mut key) => {
+                    key.set_sensitive(true);
+                    request.header("x-api-key", key)
+                }
                 None => request,
             }
         }
@@ -129,8 +133,8 @@ pub async fn post(
         metrics::histogram!("echolia_llm_upstream_latency_seconds", "provider" => kind)
             .record(started.elapsed().as_secs_f64());
         let failure = match outcome {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(Err(err)) if err.is_timeout() => return Err(Failure::Timeout),
+            Err(_) => return Err(gave_up(kind, Failure::Timeout, attempt)),
+            Ok(Err(err)) if err.is_timeout() => return Err(gave_up(kind, Failure::Timeout, attempt)),
             Ok(Err(_)) => Failure::Connect,
             Ok(Ok(response)) if response.status().is_success() => return Ok(response),
             Ok(Ok(response)) if retryable(response.status()) && attempt < retries => {
@@ -139,12 +143,24 @@ pub async fn post(
             Ok(Ok(response)) => return Err(failure_of(response, timeout).await),
         };
         if attempt >= retries {
-            return Err(failure);
+            return Err(gave_up(kind, failure, attempt));
         }
         attempt += 1;
         tracing::debug!(attempt, "retrying the model provider");
         tokio::time::sleep(Duration::from_millis(250u64 << (attempt - 1).min(6))).await;
     }
+}
+
+/// Logs what failed — never the URL, key or body — so an outage shows in
+/// the log, not only in the metrics.
+fn gave_up(provider: &str, failure: Failure, attempt: u32) -> Failure {
+    let what = match &failure {
+        Failure::Connect => "unreachable",
+        Failure::Timeout => "timed out",
+        Failure::Status { .. } => "failed",
+    };
+    tracing::warn!(provider, attempts = attempt + 1, "the model provider {what}");
+    failure
 }
 
 /// GETs a JSON document (the model list), within `timeout`.

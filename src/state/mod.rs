@@ -28,6 +28,9 @@ use read_ahead::ReadAhead;
 
 pub use user_auth::UserAuth;
 
+/// A provider's model list (`None`: it gave none) and when it was fetched.
+pub type FetchedModels = (tokio::time::Instant, Option<serde_json::Value>);
+
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -54,6 +57,9 @@ pub struct AppState {
     pub stores: Arc<Stores>,
     /// The Oblivious HTTP gateway's key.
     pub ohttp: Arc<ohttp::OhttpKey>,
+    /// The LLM provider's own model list and when it was fetched: asked at
+    /// most once a minute, however often devices list the models.
+    pub llm_models: Arc<tokio::sync::Mutex<Option<FetchedModels>>>,
 }
 
 impl AppState {
@@ -79,6 +85,7 @@ impl AppState {
             http,
             stores: Arc::new(Stores::from_config(&config)),
             ohttp,
+            llm_models: Arc::default(),
             clock,
             control: Arc::new(control),
             users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),

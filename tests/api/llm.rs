@@ -395,6 +395,10 @@ async fn embeddings_and_models() {
     let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["claude", "claude-error", "priced", "up-1"]);
     assert_eq!(models["object"], "list");
+    let again: Value = app.get("/llm/v1/models", &session.access_token).await.json().await.unwrap();
+    assert_eq!(again, models);
+    let asked = llm.fake.state.requests.lock().unwrap().iter().filter(|(path, ..)| path == "/v1/models").count();
+    assert_eq!(asked, 1, "the provider's list is reused for a minute");
 }
 
 #[tokio::test]

@@ -256,7 +256,8 @@ async fn embeddings(State(state): State<Arc<Fake>>, headers: HeaderMap, Json(bod
     Json(json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "model": "up", "usage": {"prompt_tokens": 6, "total_tokens": 6}})).into_response()
 }
 
-async fn models() -> Json<Value> {
+async fn models(State(state): State<Arc<Fake>>) -> Json<Value> {
+    state.requests.lock().unwrap().push(("/v1/models".into(), Value::Null, HeaderMap::new()));
     Json(json!({"object": "list", "data": [{"id": "up-1", "object": "model", "created": 0, "owned_by": "x"}]}))
 }
 
