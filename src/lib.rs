@@ -1,6 +1,6 @@
 //! Echolia Sync: a zero-knowledge, event-sourced sync backend.
 //!
-//! The modules form layers; each imports only from the layers below it:
+//! The modules form layers; each imports only from its own layer or below:
 //!
 //! 1. `clock`, `config` — time and settings;
 //! 2. `store` — databases, backends, migrations;

@@ -2,6 +2,8 @@
 //! This file only parses arguments and maps results to the exit status:
 //! 0 success, 1 a difference or a broken chain (or a failure), 2 usage.
 
+#![deny(unsafe_code)]
+
 use std::io::BufWriter;
 use std::num::NonZeroUsize;
 use std::process::ExitCode;

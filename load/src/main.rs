@@ -8,6 +8,8 @@
 //! also run against Atuin's server (`--target atuin`), the peer they are
 //! measured against. Usage and recorded runs: benches/README.md.
 
+#![deny(unsafe_code)]
+
 mod atuin;
 mod cli;
 mod client;

@@ -1,0 +1,134 @@
+use super::*;
+use std::collections::HashMap;
+
+fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Config::from_lookup(|k| map.get(k).cloned())
+}
+
+#[test]
+fn defaults_match_the_contract() {
+    let config = load(&[]).unwrap();
+    assert_eq!(config.bind_addr, "0.0.0.0:8000".parse().unwrap());
+    assert_eq!(config.metrics_addr, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(config.data_dir, PathBuf::from("./data"));
+    assert_eq!(config.environment, Environment::Development);
+    assert!(config.jwt_secret.is_none());
+    assert_eq!(config.log_format, LogFormat::Pretty);
+    assert_eq!(config.register_rate_limit.get(), 10);
+    assert_eq!(config.pairing_claim_rate_limit.get(), 10);
+    assert_eq!(config.max_open_databases.get(), 1000);
+    assert_eq!(config.sqlite_memory_limit_mb, 128);
+    assert!(config.worker_threads.get() >= 4);
+}
+
+#[test]
+fn production_requires_a_long_secret_and_logs_json() {
+    assert_eq!(load(&[("ENVIRONMENT", "production")]).unwrap_err().variable, "JWT_SECRET");
+    let short = load(&[("ENVIRONMENT", "production"), ("JWT_SECRET", "short")]).unwrap_err();
+    assert_eq!(short.variable, "JWT_SECRET");
+    assert!(short.to_string().contains("at least 32 bytes"));
+    let secret = "x".repeat(32);
+    let config = load(&[("ENVIRONMENT", "production"), ("JWT_SECRET", &secret)]).unwrap();
+    assert_eq!(config.log_format, LogFormat::Json);
+    assert!(!format!("{config:?}").contains(&secret), "the secret must not show in Debug");
+}
+
+#[test]
+fn bad_values_name_their_variable() {
+    for (name, value) in [
+        ("BIND_ADDR", "nowhere"),
+        ("METRICS_ADDR", "1.2.3.4"),
+        ("ENVIRONMENT", "staging"),
+        ("LOG_FORMAT", "xml"),
+        ("DATABASE_BACKEND", "postgres"),
+        ("DATABASE_BACKEND", "sqld"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8, bogus"),
+        ("REGISTER_RATE_LIMIT", "0"),
+        ("PAIRING_CLAIM_RATE_LIMIT", "many"),
+        ("MAX_OPEN_DATABASES", "-1"),
+        ("SQLITE_MEMORY_LIMIT_MB", "lots"),
+        ("WORKER_THREADS", "0"),
+        ("APPLE_ENVIRONMENT", "Xcode"),
+        ("APPLE_APP_APPLE_ID", "abc"),
+        ("APPLE_ROOT_CERTS", "/nonexistent/root.der"),
+        ("APPLE_ALLOW_CUSTOM_ROOTS", "yes"),
+        ("GOOGLE_ENVIRONMENT", "test"),
+        ("GOOGLE_SERVICE_ACCOUNT_FILE", "/nonexistent/key.json"),
+        ("GOOGLE_API_BASE_URL", "ftp://example.com"),
+        ("GOOGLE_OIDC_JWKS_URL", "example.com/certs"),
+    ] {
+        let err = load(&[(name, value)]).unwrap_err();
+        assert_eq!(err.variable, name, "{value}");
+    }
+}
+
+#[test]
+fn stores_missing_settings_are_named_not_fatal() {
+    let config = load(&[]).unwrap();
+    assert_eq!(config.apple.unwrap_err(), Missing(vec!["APPLE_BUNDLE_ID", "APPLE_APP_APPLE_ID"]));
+    assert_eq!(config.google.unwrap_err(), Missing(vec!["GOOGLE_PACKAGE_NAME", "GOOGLE_SERVICE_ACCOUNT_FILE"]));
+    assert_eq!(
+        config.google_pubsub.unwrap_err(),
+        Missing(vec!["GOOGLE_PUBSUB_AUDIENCE", "GOOGLE_PUBSUB_SERVICE_ACCOUNT"])
+    );
+    // The audience alone is not enough: any Google Cloud user can get a token for it.
+    let audience_only = load(&[("GOOGLE_PUBSUB_AUDIENCE", "https://x.example/webhooks/google")]).unwrap();
+    assert_eq!(audience_only.google_pubsub.unwrap_err(), Missing(vec!["GOOGLE_PUBSUB_SERVICE_ACCOUNT"]));
+    let sandbox = load(&[("APPLE_BUNDLE_ID", "com.example"), ("APPLE_ENVIRONMENT", "sandbox")]).unwrap();
+    let apple = sandbox.apple.unwrap();
+    assert_eq!((apple.environment, apple.app_apple_id, apple.root_certs.len()), (StoreEnvironment::Sandbox, None, 0));
+    let production = load(&[("APPLE_BUNDLE_ID", "com.example")]).unwrap();
+    assert_eq!(production.apple.unwrap_err(), Missing(vec!["APPLE_APP_APPLE_ID"]));
+    // DER and PEM roots both read as DER.
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/apple/certs");
+    let roots = format!("{certs}/testCA.pem, {certs}/testCA.der");
+    let config = load(&[("APPLE_ROOT_CERTS", &roots)]).unwrap();
+    let der = std::fs::read(format!("{certs}/testCA.der")).unwrap();
+    assert_eq!(config.apple.unwrap_err().0.len(), 2);
+    let config = load(&[("APPLE_ROOT_CERTS", &roots), ("APPLE_BUNDLE_ID", "b"), ("APPLE_APP_APPLE_ID", "1")]).unwrap();
+    assert_eq!(config.apple.unwrap().root_certs, vec![der.clone(), der]);
+    // A file that is not a certificate stops the server.
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("root.pem");
+    std::fs::write(&bogus, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    let err = load(&[("APPLE_ROOT_CERTS", bogus.to_str().unwrap())]).unwrap_err();
+    assert_eq!(err.variable, "APPLE_ROOT_CERTS");
+    let key = dir.path().join("key.json");
+    std::fs::write(&key, r#"{"client_email": "a@b", "private_key": "not a key"}"#).unwrap();
+    assert_eq!(
+        load(&[("GOOGLE_SERVICE_ACCOUNT_FILE", key.to_str().unwrap())]).unwrap_err().variable,
+        "GOOGLE_SERVICE_ACCOUNT_FILE"
+    );
+}
+
+#[test]
+fn a_production_server_refuses_custom_apple_roots_unless_allowed() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/apple/certs/testCA.der");
+    let secret = "x".repeat(32);
+    let production = [
+        ("ENVIRONMENT", "production"),
+        ("JWT_SECRET", secret.as_str()),
+        ("APPLE_BUNDLE_ID", "com.example"),
+        ("APPLE_APP_APPLE_ID", "1"),
+        ("APPLE_ROOT_CERTS", root),
+    ];
+    let err = load(&production).unwrap_err();
+    assert_eq!(err.variable, "APPLE_ROOT_CERTS");
+    assert!(err.message.contains(APPLE_ALLOW_CUSTOM_ROOTS), "{}", err.message);
+    let allowed = [&production[..], &[(APPLE_ALLOW_CUSTOM_ROOTS, "true")]].concat();
+    assert_eq!(load(&allowed).unwrap().apple.unwrap().root_certs.len(), 1);
+    // A sandbox store, or a development server, may use them (tests do).
+    let sandbox = [&production[..], &[("APPLE_ENVIRONMENT", "Sandbox")]].concat();
+    assert!(load(&sandbox).unwrap().apple.is_ok());
+    assert!(load(&production[2..]).unwrap().apple.is_ok());
+    // Without custom roots production starts as before.
+    assert!(load(&production[..4]).unwrap().apple.is_ok());
+}
+
+#[test]
+fn trusted_proxies_accept_cidrs_and_addresses() {
+    let config = load(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1")]).unwrap();
+    assert_eq!(config.trusted_proxies.len(), 3);
+    assert!(config.trusted_proxies[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+}
