@@ -3,8 +3,8 @@
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -21,6 +21,8 @@ use crate::ops::metrics;
 use crate::ops::{health, openapi::ApiDoc, telemetry};
 use crate::state::AppState;
 use crate::{account, audit, auth, llm, payments, sync};
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Largest body the auth routes read.
 pub const AUTH_BODY_LIMIT: usize = 1024 * 1024;
@@ -55,10 +57,30 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_malformed_request_id))
         .layer(CatchPanicLayer::custom(|_panic| ApiError::internal("a handler panicked").into_response()))
         // Outermost, so it sees every answer (a caught panic's 500 too).
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         .with_state(state)
+}
+
+/// Longest client-supplied `X-Request-Id` kept.
+const REQUEST_ID_MAX: usize = 64;
+
+/// Removes a client's `X-Request-Id` that is long or not visible ASCII, so
+/// one is generated instead: the id is echoed and written into every log line.
+async fn drop_malformed_request_id(mut req: Request) -> Request {
+    let well_formed = |id: &HeaderValue| {
+        let bytes = id.as_bytes();
+        !bytes.is_empty() && bytes.len() <= REQUEST_ID_MAX && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    };
+    let headers = req.headers_mut();
+    let ids = headers.get_all(X_REQUEST_ID);
+    let keep = ids.iter().count() == 1 && ids.iter().all(well_formed);
+    if !keep {
+        headers.remove(X_REQUEST_ID);
+    }
+    req
 }
 
 async fn not_found() -> ApiError {

@@ -6,6 +6,7 @@ mod bad_input;
 mod binary;
 mod cli;
 mod crash;
+mod hardening;
 mod helpers;
 mod keys_audit_account;
 mod layers;
