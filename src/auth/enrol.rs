@@ -72,7 +72,7 @@ pub struct PairDeviceRequest {
 pub async fn register(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RegisterRequest>,
-) -> ApiResult<(StatusCode, Json<TokenResponse>)> {
+) -> ApiResult<(StatusCode, super::NoStore, Json<TokenResponse>)> {
     let profile = profile(req.device_name, req.device_type, req.platform, req.public_key, req.capabilities)?;
     let now = state.clock.now();
     let (user_id, device_id) = (Uuid::new_v4(), Uuid::new_v4());
@@ -101,7 +101,7 @@ pub async fn register(
         }
     };
     tracing::info!(%user_id, %device_id, "user registered");
-    Ok((StatusCode::CREATED, Json(tokens)))
+    Ok((StatusCode::CREATED, super::NO_STORE, Json(tokens)))
 }
 
 /// Enrol a new device directly from an existing one (e.g. after scanning its QR code).
@@ -118,7 +118,7 @@ pub async fn pair_device(
     State(state): State<AppState>,
     auth: UserAuth,
     ApiJson(req): ApiJson<PairDeviceRequest>,
-) -> ApiResult<(StatusCode, Json<TokenResponse>)> {
+) -> ApiResult<(StatusCode, super::NoStore, Json<TokenResponse>)> {
     let profile = profile(req.device_name, req.device_type, req.platform, req.public_key, req.capabilities)?;
     let envelope = req.key_envelope.as_deref().map(key_envelope).transpose()?;
     let now = state.clock.now();
@@ -136,7 +136,7 @@ pub async fn pair_device(
     let tokens = state.auth.issue_session(&tx, auth.user_id, new_device, now).await?;
     tx.commit().await?;
     tracing::info!(new_device_id = %new_device, "device paired");
-    Ok((StatusCode::CREATED, Json(tokens)))
+    Ok((StatusCode::CREATED, super::NO_STORE, Json(tokens)))
 }
 
 /// Checks what a device says about itself.

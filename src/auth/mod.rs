@@ -8,10 +8,17 @@ pub mod pairing;
 pub mod rate_limit;
 pub mod refresh;
 
+use axum::http::header::{CACHE_CONTROL, PRAGMA};
+use axum::http::HeaderName;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::state::AppState;
+
+pub(crate) type NoStore = [(HeaderName, &'static str); 2];
+
+/// Headers of every answer that carries tokens: no cache or proxy keeps it.
+pub(crate) const NO_STORE: NoStore = [(CACHE_CONTROL, "no-store"), (PRAGMA, "no-cache")];
 
 /// The auth routes, each documented by its handler's `#[utoipa::path]`.
 pub fn router(state: &AppState) -> OpenApiRouter<AppState> {

@@ -31,7 +31,7 @@ pub struct RefreshRequest {
 pub async fn refresh(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RefreshRequest>,
-) -> ApiResult<Json<TokenResponse>> {
+) -> ApiResult<(super::NoStore, Json<TokenResponse>)> {
     let now = state.clock.now();
     let claims = state.auth.keys().verify(&req.refresh_token, TokenType::Refresh, now)?;
     let span = tracing::Span::current();
@@ -53,7 +53,7 @@ pub async fn refresh(
             sessions::consume_refresh(&tx, &req.refresh_token, device, now).await?;
             let tokens = state.auth.issue_session(&tx, claims.sub, device, now).await?;
             tx.commit().await?;
-            Ok(Json(tokens))
+            Ok((super::NO_STORE, Json(tokens)))
         }
         RefreshState::Consumed { device } if device == claims.did => {
             sessions::revoke_all_tokens(&tx, device, now).await?;

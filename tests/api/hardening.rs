@@ -1,9 +1,9 @@
 //! Issue 23's findings, each held by a test that failed before its fix.
 
-use reqwest::StatusCode;
+use reqwest::{Response, StatusCode};
 use uuid::Uuid;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{device_body, spawn_app, Session};
 
 #[tokio::test]
 async fn request_id_from_the_client_is_echoed_only_when_short_and_visible_ascii() {
@@ -26,4 +26,27 @@ async fn request_id_from_the_client_is_echoed_only_when_short_and_visible_ascii(
         assert!(got != bad, "echoed a {}-byte id", bad.len());
         assert!(Uuid::parse_str(&got).is_ok(), "a generated id, not {:.80}", got);
     }
+}
+
+/// A response carrying tokens must not be kept by any cache.
+pub fn assert_not_cached(resp: &Response) {
+    assert_eq!(resp.headers().get("cache-control").map(|v| v.to_str().unwrap()), Some("no-store"), "{}", resp.url());
+    assert_eq!(resp.headers().get("pragma").map(|v| v.to_str().unwrap()), Some("no-cache"), "{}", resp.url());
+}
+
+#[tokio::test]
+async fn token_responses_are_not_stored_by_caches() {
+    let app = spawn_app().await;
+    let resp = app.post("/auth/register", None, &device_body("Desktop", "desktop")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_not_cached(&resp);
+    let desktop = Session::from_json(&resp.json().await.unwrap());
+
+    let resp = app.post("/auth/pair-device", Some(&desktop.access_token), &device_body("Phone", "mobile")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_not_cached(&resp);
+
+    let resp = app.refresh(&desktop.refresh_token).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_not_cached(&resp);
 }

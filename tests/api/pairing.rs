@@ -315,3 +315,14 @@ async fn a_pairing_survives_a_restart() {
     assert_eq!(phone.secret.unseal(&envelope).unwrap(), b"user key");
     assert_eq!(app.get("/auth/devices", body["access_token"].as_str().unwrap()).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_collected_result_is_not_stored_by_caches() {
+    let app = spawn_app().await;
+    let desktop = app.register().await;
+    let (pairing_id, token) = claimed(&app, &desktop, &NewDevice::new()).await;
+    assert_eq!(approve(&app, &desktop, &pairing_id, b"sealed").await.status(), StatusCode::OK);
+    let resp = result(&app, &pairing_id, &token, "").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    crate::hardening::assert_not_cached(&resp);
+}

@@ -379,7 +379,11 @@ pub async fn result(
                     "the result of this pairing was collected already",
                 ))
             }
-            "approved" => return deliver(&state, &conn, pairing, now).await.map(IntoResponse::into_response),
+            "approved" => {
+                return deliver(&state, &conn, pairing, now)
+                    .await
+                    .map(|json| (crate::auth::NO_STORE, json).into_response())
+            }
             pending => {
                 if tokio::time::Instant::now() >= deadline {
                     return Ok((StatusCode::ACCEPTED, Json(PendingResult { status: pending })).into_response());
