@@ -11,19 +11,24 @@ use crate::state::AppState;
 pub struct Health {
     /// `ok`, or `unavailable` when the database does not answer.
     pub status: &'static str,
-    pub version: &'static str,
+    /// The server's version; omitted when `ENVIRONMENT=production`, so a
+    /// scanner cannot match it against known flaws.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<&'static str>,
     /// `ok` or `unavailable`.
     pub database: &'static str,
 }
 
 /// Liveness and database reachability.
+///
+/// `version` is present in development only: a production server omits it.
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses(
         (status = 200, description = "Up, database reachable", body = Health),
         (status = 503, description = "The control database does not answer", body = Health),
     ))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let version = env!("CARGO_PKG_VERSION");
+    let version = state.config.is_development().then_some(env!("CARGO_PKG_VERSION"));
     match state.control.ping().await {
         Ok(()) => (StatusCode::OK, Json(Health { status: "ok", version, database: "ok" })),
         Err(err) => {

@@ -1,9 +1,10 @@
 //! Issue 23's findings, each held by a test that failed before its fix.
 
 use reqwest::{Response, StatusCode};
+use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{device_body, spawn_app, Session};
+use crate::helpers::{device_body, spawn_app, spawn_app_with, Session};
 
 #[tokio::test]
 async fn request_id_from_the_client_is_echoed_only_when_short_and_visible_ascii() {
@@ -49,4 +50,19 @@ async fn token_responses_are_not_stored_by_caches() {
     let resp = app.refresh(&desktop.refresh_token).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_not_cached(&resp);
+}
+
+#[tokio::test]
+async fn health_hides_the_version_in_production() {
+    let app = spawn_app_with(&[("ENVIRONMENT", "production"), ("JWT_SECRET", crate::helpers::JWT_SECRET)]).await;
+    let resp = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["database"], "ok");
+    assert!(body.get("version").is_none(), "version shown in production: {body}");
+
+    let dev = spawn_app().await;
+    let body: Value = dev.client.get(dev.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
 }
