@@ -137,6 +137,11 @@ fn main() -> ExitCode {
         Command::Operate(_) => cli::init_logs(config.log_format),
     }
     echolia::store::memory::limit_malloc_arenas();
+    echolia::store::memory::restrict_new_files();
+    if let Err(err) = echolia::store::backend::make_private(&config.data_dir, matches!(command, Command::Serve)) {
+        eprintln!("echolia: cannot make DATA_DIR {} private (0700): {err}", config.data_dir.display());
+        return ExitCode::FAILURE;
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads.get()).enable_all().build();
     let runtime = match runtime {

@@ -164,6 +164,19 @@ impl LocalBackend {
     }
 }
 
+/// Makes `DATA_DIR` readable by the server's user only (0700), creating it
+/// if `create` (the server does; operator commands refuse a missing one): it
+/// holds every user's database and the JWT secret.
+pub fn make_private(data_dir: &Path, create: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if create {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir)?;
+    } else if !data_dir.exists() {
+        return Ok(());
+    }
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+}
+
 async fn create_dir(dir: &Path) -> StoreResult<()> {
     tokio::fs::create_dir_all(dir).await.map_err(|err| StoreError::io(format!("creating {}", dir.display()), err))
 }

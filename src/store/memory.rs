@@ -74,6 +74,19 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// Makes every file and folder this process creates private to its user
+/// (umask 077): databases 0600, their WAL and shared-memory files too (SQLite
+/// creates those with the database's mode, masked), folders 0700. Call
+/// before any thread starts.
+pub fn restrict_new_files() {
+    // SAFETY: `umask` only sets the process's file-creation mask and cannot
+    // fail; it runs here before the process starts any other thread, so no
+    // file is being created while it changes.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// Bytes SQLite holds right now in this process.
 pub fn used_bytes() -> u64 {
     // SAFETY: `sqlite3_memory_used` only reads SQLite's own counter, under its mutex.

@@ -218,3 +218,56 @@ async fn sqlite_memory_limit_bounds_the_page_caches() {
     assert!(limited < 1.5 * 1024.0 * 1024.0, "a 1 MiB soft limit held {limited} bytes");
     assert!(unlimited > 2.0 * limited, "without a limit the caches grow: {unlimited} vs {limited} bytes");
 }
+
+/// The permission bits of a file or folder.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|err| panic!("{}: {err}", path.display())).permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn the_data_directory_and_databases_are_private_to_the_server_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let existing = dir.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // One the server creates, one an operator made world-readable before.
+    for data in [dir.path().join("fresh"), existing] {
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut child = echolia(dir.path())
+            .env("DATA_DIR", &data)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        wait_for_health(&client, &base, &mut child).await;
+        let resp =
+            client.post(format!("{base}/auth/register")).json(&device_body("Laptop", "desktop")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let user: Value = resp.json().await.unwrap();
+        let user = user["user_id"].as_str().unwrap().to_owned();
+
+        assert_eq!(mode(&data), 0o700, "{}", data.display());
+        assert_eq!(mode(&data.join("users")), 0o700);
+        let mut databases = vec![data.join("control.db"), data.join("users").join(format!("{user}.db"))];
+        for db in databases.clone() {
+            for suffix in ["-wal", "-shm"] {
+                let side = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+                if side.exists() {
+                    databases.push(side);
+                }
+            }
+        }
+        assert!(databases.len() > 2, "WAL files while the server runs: {databases:?}");
+        for file in &databases {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        assert!(wait_for_exit(&mut child).success());
+    }
+}
