@@ -3,6 +3,7 @@
 //! both. Sync's shapes (`sync::wire`) and the exports (`GET /account/export`,
 //! `echolia export`) are made of these.
 
+use std::cell::Cell;
 use std::fmt;
 
 use base64::display::Base64Display;
@@ -16,6 +17,37 @@ use uuid::Uuid;
 
 use super::version::VersionVector;
 use super::{Kind, Op, StoredEvent};
+
+thread_local! {
+    /// Set while [`binary_payloads`] decodes MessagePack: its deserializer
+    /// runs human-readable (so ids are read from strings), which alone
+    /// would let a payload arrive as text too.
+    static BINARY_PAYLOADS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `decode` with payloads accepted as `bin` only, never as text: how
+/// MessagePack bodies are read, so each value has exactly one encoding.
+pub fn binary_payloads<T>(decode: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            BINARY_PAYLOADS.with(|flag| flag.set(self.0));
+        }
+    }
+    let _reset = Reset(BINARY_PAYLOADS.with(|flag| flag.replace(true)));
+    decode()
+}
+
+/// A unit enum (`Kind`, `Op`) from its name only: MessagePack would also
+/// take a variant index or a one-key map, which no client means.
+pub fn enum_by_name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let name = String::deserialize(deserializer)?;
+    T::deserialize(de::value::StrDeserializer::<D::Error>::new(&name))
+}
 
 /// Opaque bytes: base64 (standard, padded) in JSON, `bin` in MessagePack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +80,9 @@ impl<'de> Deserialize<'de> for Payload {
             }
 
             fn visit_str<E: de::Error>(self, text: &str) -> Result<Payload, E> {
+                if BINARY_PAYLOADS.with(Cell::get) {
+                    return Err(E::custom("must be bin in MessagePack, not a string"));
+                }
                 STANDARD.decode(text).map(Payload).map_err(|_| E::custom("is not standard base64 with padding"))
             }
 

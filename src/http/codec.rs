@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::json::parse as parse_json;
 use crate::error::ApiError;
+use crate::events::wire::binary_payloads;
 
 pub const MSGPACK: &str = "application/msgpack";
 
@@ -133,22 +134,34 @@ pub fn from_msgpack<T: DeserializeOwned>(body: &[u8]) -> Result<T, rmp_serde::de
     T::deserialize(&mut rmp_serde::Deserializer::from_read_ref(body).with_human_readable())
 }
 
-/// Parses MessagePack: 400 when it does not decode, 422 (with the field's
-/// path) when it decodes but has the wrong shape.
+/// Parses MessagePack: 400 when it is not exactly one MessagePack value,
+/// 422 (with the field's path) when it decodes but has the wrong shape.
+/// Strict as JSON is: payloads only as `bin`, enums only by name.
 pub fn parse_msgpack<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // Human-readable, so ids and times are read from the strings clients send
-    // (the default expects UUIDs as 16-byte arrays); payloads accept `bin`.
-    let mut deserializer = rmp_serde::Deserializer::from_read_ref(body).with_human_readable();
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    // (the default expects UUIDs as 16-byte arrays).
+    // Read through a slice that advances, so what follows the value shows.
+    let mut rest = body;
+    let mut deserializer = rmp_serde::Deserializer::new(&mut rest).with_human_readable();
+    let decoded = binary_payloads(|| serde_path_to_error::deserialize(&mut deserializer));
+    drop(deserializer);
+    let malformed = |detail: String| {
+        ApiError::bad_request("malformed_msgpack", format!("the body is not valid MessagePack: {detail}"))
+    };
+    let value = decoded.map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if rmp_serde::from_slice::<IgnoredAny>(body).is_err() {
-            return ApiError::bad_request("malformed_msgpack", format!("the body is not valid MessagePack: {inner}"));
+            return malformed(inner.to_string());
         }
         if path == "." {
             ApiError::unprocessable("validation_failed", inner.to_string())
         } else {
             ApiError::invalid_field(&path, inner)
         }
-    })
+    })?;
+    if !rest.is_empty() {
+        return Err(malformed(format!("{} bytes after the value", rest.len())));
+    }
+    Ok(value)
 }

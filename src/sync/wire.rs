@@ -11,6 +11,7 @@ use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
 use crate::events::version::VersionVector;
+use crate::events::wire::enum_by_name;
 pub use crate::events::wire::{serialize_payload, HexHash, LogEvent, Payload};
 use crate::events::{Kind, Op};
 use crate::projection::aggregate::AggregateHead;
@@ -24,12 +25,14 @@ pub struct ClientEvent {
     #[serde(serialize_with = "uuid::serde::hyphenated::serialize")]
     pub event_id: Uuid,
     /// `entry`, `memory`, `tag` or `embedding`.
+    #[serde(deserialize_with = "enum_by_name")]
     pub kind: Kind,
     #[serde(serialize_with = "uuid::serde::hyphenated::serialize")]
     pub aggregate_id: Uuid,
     /// Required for `tag` and `embedding`: the entry it belongs to.
     #[serde(default, serialize_with = "uuid::serde::hyphenated::option::serialize")]
     pub parent_id: Option<Uuid>,
+    #[serde(deserialize_with = "enum_by_name")]
     pub op: Op,
     /// Device id → counter; must hold the caller's device with a counter ≥ 1.
     #[schema(value_type = Object, example = json!({"6f1c…": 3}))]

@@ -185,3 +185,71 @@ async fn responses_are_compressed_when_the_client_accepts_it() {
     let plain = app.client.get(app.url("/sync/pull?since=0")).bearer_auth(&a.access_token).send().await.unwrap();
     assert!(plain.headers().get("content-encoding").is_none());
 }
+
+/// One pushed event with `kind`, `op` and `payload` of any MessagePack type.
+#[derive(Serialize)]
+struct LooseEvent<K, O, P> {
+    event_id: String,
+    kind: K,
+    aggregate_id: String,
+    op: O,
+    version: BTreeMap<String, u64>,
+    payload: P,
+    client_time: &'static str,
+}
+
+#[derive(Serialize)]
+struct LoosePush<K, O, P> {
+    events: Vec<LooseEvent<K, O, P>>,
+}
+
+fn loose<K: Serialize, O: Serialize, P: Serialize>(device: Uuid, kind: K, op: O, payload: P) -> Vec<u8> {
+    rmp_serde::to_vec_named(&LoosePush {
+        events: vec![LooseEvent {
+            event_id: Uuid::new_v4().to_string(),
+            kind,
+            aggregate_id: Uuid::new_v4().to_string(),
+            op,
+            version: BTreeMap::from([(device.to_string(), 1)]),
+            payload,
+            client_time: "2026-11-29T10:00:00Z",
+        }],
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn messagepack_refuses_integer_kind_and_op_a_string_payload_and_trailing_bytes() {
+    let app = spawn_app().await;
+    let a = app.register().await;
+    let push = |body: Vec<u8>| {
+        app.client
+            .post(app.url("/sync/push"))
+            .bearer_auth(&a.access_token)
+            .header("content-type", "application/msgpack")
+            .body(body)
+            .send()
+    };
+    let bin = || Payload(b"ciphertext".to_vec());
+    // Variant indices: 0 is `entry` and `put`.
+    let resp = push(loose(a.device_id, 0u32, "put", bin())).await.unwrap();
+    let message = crate::helpers::assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert!(message.starts_with("events[0].kind"), "{message}");
+    let resp = push(loose(a.device_id, "entry", 0u32, bin())).await.unwrap();
+    let message = crate::helpers::assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert!(message.starts_with("events[0].op"), "{message}");
+    // Base64 text where MessagePack carries bin.
+    let resp = push(loose(a.device_id, "entry", "put", "Y2lwaGVydGV4dA==")).await.unwrap();
+    let message = crate::helpers::assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert!(message.starts_with("events[0].payload"), "{message}");
+    // A valid body followed by anything is not one MessagePack value.
+    let mut trailing = loose(a.device_id, "entry", "put", bin());
+    trailing.push(0xc0);
+    let resp = push(trailing).await.unwrap();
+    crate::helpers::assert_error(resp, StatusCode::BAD_REQUEST, "malformed_msgpack").await;
+    // Nothing above was appended; the same event shape, well typed, is.
+    let events_before = app.event_count(a.user_id).await;
+    let resp = push(loose(a.device_id, "entry", "put", bin())).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(app.event_count(a.user_id).await, events_before + 1);
+}
