@@ -13,6 +13,32 @@ pub mod llm;
 
 /// Minimum length of `JWT_SECRET`, in bytes (HS256 wants at least the hash size).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
+/// Production's floor on `JWT_SECRET`'s variety: catches a repeated
+/// character, a short pattern repeated or a placeholder, which length alone
+/// lets through. `openssl rand -hex 16` (32 hex digits) clears both with margin.
+pub const MIN_JWT_SECRET_DISTINCT_BYTES: usize = 10;
+/// Shannon entropy of the byte frequencies times the length: an upper bound
+/// on the secret's real entropy, so a floor, not a proof of strength.
+pub const MIN_JWT_SECRET_ENTROPY_BITS: f64 = 96.0;
+
+/// Whether `secret` clears [`MIN_JWT_SECRET_DISTINCT_BYTES`] and [`MIN_JWT_SECRET_ENTROPY_BITS`].
+fn enough_entropy(secret: &[u8]) -> bool {
+    let mut counts = [0usize; 256];
+    for &byte in secret {
+        counts[usize::from(byte)] += 1;
+    }
+    let length = secret.len() as f64;
+    let bits: f64 = counts
+        .iter()
+        .filter(|&&count| count > 0)
+        .map(|&count| {
+            let p = count as f64 / length;
+            -p * p.log2() * length
+        })
+        .sum();
+    counts.iter().filter(|&&count| count > 0).count() >= MIN_JWT_SECRET_DISTINCT_BYTES
+        && bits >= MIN_JWT_SECRET_ENTROPY_BITS
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -175,6 +201,15 @@ impl Config {
                 return Err(invalid(
                     "JWT_SECRET",
                     format!("must be at least {MIN_JWT_SECRET_BYTES} bytes, got {}", secret.len()),
+                ))
+            }
+            Some(secret) if environment == Environment::Production && !enough_entropy(secret.as_bytes()) => {
+                return Err(invalid(
+                    "JWT_SECRET",
+                    format!(
+                        "has too little entropy: needs at least {MIN_JWT_SECRET_DISTINCT_BYTES} distinct bytes and \
+                         {MIN_JWT_SECRET_ENTROPY_BITS} bits by byte frequency (generate one with `openssl rand -hex 32`)"
+                    ),
                 ))
             }
             Some(secret) => Some(Secret::from(secret.into_bytes())),

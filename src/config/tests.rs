@@ -6,6 +6,26 @@ fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
     Config::from_lookup(|k| map.get(k).cloned())
 }
 
+/// What `openssl rand -hex 32` prints.
+const STRONG_SECRET: &str = "3f9a1c07be52d846e0f17a2c9b3d5e6804a1f7c2d9e8b6a5043c1e2f7d9a8b6c";
+
+#[test]
+fn production_refuses_a_long_secret_with_too_little_entropy() {
+    for weak in
+        ["x".repeat(32), "ab".repeat(32), "password".repeat(4), "0000000000000000000000000000000000000001".into()]
+    {
+        let err = load(&[("ENVIRONMENT", "production"), ("JWT_SECRET", &weak)]).unwrap_err();
+        assert_eq!(err.variable, "JWT_SECRET", "{weak}");
+        assert!(err.message.contains("entropy"), "{}", err.message);
+    }
+    // `openssl rand -hex 16` (32 characters) and `-base64 32` pass.
+    for strong in [STRONG_SECRET, "9c1e07a4f2b3d85e6a0c4f71b29d3e58", "q3Zx8v+L0mWkT2yB7nHc4JpR9sUaE1dG6fIoK5lNwY0="] {
+        assert!(load(&[("ENVIRONMENT", "production"), ("JWT_SECRET", strong)]).is_ok(), "{strong}");
+    }
+    // Development takes any secret of the length.
+    assert!(load(&[("JWT_SECRET", &"x".repeat(32))]).is_ok());
+}
+
 #[test]
 fn defaults_match_the_contract() {
     let config = load(&[]).unwrap();
@@ -28,10 +48,10 @@ fn production_requires_a_long_secret_and_logs_json() {
     let short = load(&[("ENVIRONMENT", "production"), ("JWT_SECRET", "short")]).unwrap_err();
     assert_eq!(short.variable, "JWT_SECRET");
     assert!(short.to_string().contains("at least 32 bytes"));
-    let secret = "x".repeat(32);
-    let config = load(&[("ENVIRONMENT", "production"), ("JWT_SECRET", &secret)]).unwrap();
+    let secret = STRONG_SECRET;
+    let config = load(&[("ENVIRONMENT", "production"), ("JWT_SECRET", secret)]).unwrap();
     assert_eq!(config.log_format, LogFormat::Json);
-    assert!(!format!("{config:?}").contains(&secret), "the secret must not show in Debug");
+    assert!(!format!("{config:?}").contains(secret), "the secret must not show in Debug");
 }
 
 #[test]
@@ -105,10 +125,9 @@ fn stores_missing_settings_are_named_not_fatal() {
 #[test]
 fn a_production_server_refuses_custom_apple_roots_unless_allowed() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/apple/certs/testCA.der");
-    let secret = "x".repeat(32);
     let production = [
         ("ENVIRONMENT", "production"),
-        ("JWT_SECRET", secret.as_str()),
+        ("JWT_SECRET", STRONG_SECRET),
         ("APPLE_BUNDLE_ID", "com.example"),
         ("APPLE_APP_APPLE_ID", "1"),
         ("APPLE_ROOT_CERTS", root),

@@ -131,7 +131,7 @@ fn a_production_server_refuses_custom_apple_roots_unless_told_to_trust_them() {
     let production = |command: &mut Command| {
         command
             .env("ENVIRONMENT", "production")
-            .env("JWT_SECRET", "x".repeat(32))
+            .env("JWT_SECRET", crate::helpers::JWT_SECRET)
             .env("APPLE_BUNDLE_ID", "com.example")
             .env("APPLE_APP_APPLE_ID", "1")
             .env("APPLE_ROOT_CERTS", root)
