@@ -66,3 +66,35 @@ async fn health_hides_the_version_in_production() {
     let body: Value = dev.client.get(dev.url("/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
 }
+
+/// Opens a pairing from `by` and claims it; its id and the claim token.
+async fn claimed_pairing(app: &crate::helpers::TestApp, by: &Session) -> (String, String, String) {
+    let resp = app.post("/auth/pairing", Some(&by.access_token), &serde_json::json!({})).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let started: Value = resp.json().await.unwrap();
+    let code = started["code"].as_str().unwrap().to_owned();
+    let mut claim = device_body("Phone", "mobile");
+    claim["code"] = Value::String(code.clone());
+    let resp = app.post("/auth/pairing/claim", None, &claim).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let claimed: Value = resp.json().await.unwrap();
+    (started["pairing_id"].as_str().unwrap().to_owned(), claimed["claim_token"].as_str().unwrap().to_owned(), code)
+}
+
+#[tokio::test]
+async fn the_document_says_a_missing_claim_token_answers_403() {
+    let app = spawn_app().await;
+    let a = app.register().await;
+    let (pairing_id, _, _) = claimed_pairing(&app, &a).await;
+    let resp = app.client.get(app.url(&format!("/auth/pairing/{pairing_id}/result"))).send().await.unwrap();
+    crate::helpers::assert_error(resp, StatusCode::FORBIDDEN, "invalid_claim_token").await;
+
+    let spec: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let operation = &spec["paths"]["/auth/pairing/{pairing_id}/result"]["get"];
+    let forbidden = operation["responses"]["403"]["description"].as_str().unwrap();
+    assert!(forbidden.contains("missing"), "403 must name a missing X-Claim-Token: {forbidden}");
+    let bad_request = operation["responses"]["400"]["description"].as_str().unwrap();
+    assert!(!bad_request.contains("X-Claim-Token"), "{bad_request}");
+    let header = operation["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "X-Claim-Token").unwrap();
+    assert!(header["description"].as_str().unwrap().contains("403"), "{header}");
+}

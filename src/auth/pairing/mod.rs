@@ -332,14 +332,14 @@ fn check_decidable(pairing: &Pairing, now: DateTime<Utc>) -> ApiResult<()> {
 #[utoipa::path(get, path = "/auth/pairing/{pairing_id}/result", tag = "pairing",
     params(
         ("pairing_id" = Uuid, Path),
-        ("X-Claim-Token" = String, Header, description = "From the claim"),
+        ("X-Claim-Token" = String, Header, description = "From the claim; missing or wrong answers 403 `invalid_claim_token`"),
         ("wait" = Option<u64>, Query, description = "0–60 s: hold the request until the pairing is decided"),
     ),
     responses(
         (status = 200, description = "Approved: tokens and the sealed key, delivered once", body = PairingResult),
         (status = 202, description = "Not decided yet", body = PendingResult),
-        (status = 400, description = "`wait` over 60", body = ErrorResponse),
-        (status = 403, description = "Rejected, or a claim token that is not this pairing's", body = ErrorResponse),
+        (status = 400, description = "`wait` not a whole number of 0–60 seconds, or `pairing_id` not a UUID", body = ErrorResponse),
+        (status = 403, description = "Rejected, or the claim token missing or not this pairing's", body = ErrorResponse),
         (status = 404, description = "No such pairing, expired, or already collected", body = ErrorResponse),
     ))]
 #[tracing::instrument(skip_all)]
