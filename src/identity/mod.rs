@@ -22,6 +22,7 @@ use tokens::{TokenKeys, TokenType, ACCESS_TTL};
 pub struct Auth {
     keys: TokenKeys,
     statuses: StatusCache,
+    pairing_codes: pairings::CodeKey,
 }
 
 /// What registration, enrolment and refresh answer.
@@ -38,8 +39,14 @@ pub struct TokenResponse {
 }
 
 impl Auth {
-    pub fn new(secret: &[u8]) -> Self {
-        Self { keys: TokenKeys::new(secret), statuses: StatusCache::default() }
+    pub fn new(secret: &[u8]) -> Result<Self, hmac::digest::InvalidLength> {
+        let pairing_codes = pairings::CodeKey::new(secret)?;
+        Ok(Self { keys: TokenKeys::new(secret), statuses: StatusCache::default(), pairing_codes })
+    }
+
+    /// Hashes pairing codes for storage and lookup.
+    pub fn pairing_codes(&self) -> &pairings::CodeKey {
+        &self.pairing_codes
     }
 
     pub fn keys(&self) -> &TokenKeys {

@@ -3,7 +3,10 @@
 //! or collect the same pairing.
 
 use chrono::{DateTime, TimeZone, Utc};
+use hmac::digest::InvalidLength;
+use hmac::{Hmac, Mac};
 use libsql::{Connection, Row};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::clock::rfc3339;
@@ -56,6 +59,28 @@ impl Pairing {
 
 const COLUMNS: &str = "pairing_id, user_id, initiator_device, claim_token_hash, status, new_device, new_device_id, \
                        approver_device, key_envelope, delivered_at, expires_at";
+
+/// The key pairing codes are hashed with, derived from the JWT secret
+/// (HMAC-SHA256(secret, "pairing-code")): a copy of `control.db` alone no
+/// longer lets anyone try the 2^40 codes offline. Changing the secret makes
+/// open pairings unclaimable, as it signs every token out anyway.
+#[derive(Clone)]
+pub struct CodeKey(Hmac<Sha256>);
+
+impl CodeKey {
+    pub fn new(jwt_secret: &[u8]) -> Result<Self, InvalidLength> {
+        let mut derive = Hmac::<Sha256>::new_from_slice(jwt_secret)?;
+        derive.update(b"pairing-code");
+        Ok(Self(Hmac::<Sha256>::new_from_slice(&derive.finalize().into_bytes())?))
+    }
+
+    /// What is stored for a code in canonical form (the code never is).
+    pub fn hash(&self, code: &str) -> Vec<u8> {
+        let mut mac = self.0.clone();
+        mac.update(code.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+}
 
 /// Inserts a new waiting pairing; `false` when the code hash is taken (retry with another code).
 pub async fn insert(

@@ -81,6 +81,8 @@ impl AppState {
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|err| StoreError::Corrupt(format!("the HTTP client cannot start: {err}")))?;
+        let auth = Auth::new(secret.expose_secret())
+            .map_err(|err| StoreError::Corrupt(format!("the pairing-code key cannot be derived: {err}")))?;
         Ok(Self {
             http,
             stores: Arc::new(Stores::from_config(&config)),
@@ -89,7 +91,7 @@ impl AppState {
             clock,
             control: Arc::new(control),
             users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),
-            auth: Arc::new(Auth::new(secret.expose_secret())),
+            auth: Arc::new(auth),
             register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
             claim_limiter: Arc::new(IpRateLimiter::per_minute(config.pairing_claim_rate_limit)),
             notifier: Arc::default(),

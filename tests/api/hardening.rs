@@ -98,3 +98,35 @@ async fn the_document_says_a_missing_claim_token_answers_403() {
     let header = operation["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "X-Claim-Token").unwrap();
     assert!(header["description"].as_str().unwrap().contains("403"), "{header}");
 }
+
+#[tokio::test]
+async fn pairing_codes_are_stored_keyed_with_a_server_secret_and_still_claim() {
+    use sha2::{Digest, Sha256};
+    let app = spawn_app().await;
+    let a = app.register().await;
+    let (pairing_id, claim_token, code) = claimed_pairing(&app, &a).await;
+    let canonical = code.replace('-', "");
+
+    let db = libsql::Builder::new_local(app.data_dir().join("control.db")).build().await.unwrap();
+    let conn = db.connect().unwrap();
+    let mut rows =
+        conn.query("SELECT code_hash FROM pairings WHERE pairing_id = ?1", [pairing_id.clone()]).await.unwrap();
+    let stored: Vec<u8> = rows.next().await.unwrap().unwrap().get(0).unwrap();
+    assert_eq!(stored.len(), 32);
+    for plain in [canonical.as_str(), code.as_str()] {
+        assert_ne!(stored, Sha256::digest(plain.as_bytes()).to_vec(), "an unkeyed SHA-256 of the code");
+    }
+
+    // The claim above found the pairing by its keyed hash; approval and collection follow.
+    let approve = serde_json::json!({ "key_envelope": "c2VhbGVk" });
+    let resp = app.post(&format!("/auth/pairing/{pairing_id}/approve"), Some(&a.access_token), &approve).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = app
+        .client
+        .get(app.url(&format!("/auth/pairing/{pairing_id}/result")))
+        .header("x-claim-token", claim_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}

@@ -2,9 +2,9 @@
 //! thread-local CSPRNG, ChaCha12 seeded by the OS),
 //! shown as `XXXX-XXXX`. Input is forgiving the way Crockford intends:
 //! case-insensitive, hyphens and spaces ignored, `I`/`L` read as `1`, `O` as `0`.
+//! Stored only as `identity::pairings::CodeKey::hash` of the canonical form.
 
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 pub const CODE_CHARS: usize = 8;
@@ -38,11 +38,6 @@ pub fn normalize(input: &str) -> Option<String> {
         code.push(c);
     }
     (code.len() == CODE_CHARS).then_some(code)
-}
-
-/// What is stored: the code never is.
-pub fn hash(code: &str) -> Vec<u8> {
-    Sha256::digest(code.as_bytes()).to_vec()
 }
 
 #[cfg(test)]

@@ -171,7 +171,17 @@ pub async fn start(State(state): State<AppState>, auth: UserAuth) -> ApiResult<(
     // A fresh 40-bit code collides with a kept one about never; retry a few times all the same.
     for _ in 0..8 {
         let code = code::generate();
-        if store::insert(&conn, pairing_id, auth.user_id, auth.device_id, code::hash(&code), now, expires_at).await? {
+        if store::insert(
+            &conn,
+            pairing_id,
+            auth.user_id,
+            auth.device_id,
+            state.auth.pairing_codes().hash(&code),
+            now,
+            expires_at,
+        )
+        .await?
+        {
             tracing::info!(%pairing_id, "pairing opened");
             return Ok((
                 StatusCode::CREATED,
@@ -204,7 +214,9 @@ pub async fn claim(
     };
     let Some(code) = code::normalize(&req.code) else { return Err(failed()) };
     let conn = state.control.conn().await?;
-    let Some(pairing) = store::by_code(&conn, &code::hash(&code)).await? else { return Err(failed()) };
+    let Some(pairing) = store::by_code(&conn, &state.auth.pairing_codes().hash(&code)).await? else {
+        return Err(failed());
+    };
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let claim_token = URL_SAFE_NO_PAD.encode(secret);
