@@ -12,7 +12,7 @@ use super::call::Call;
 use super::ledger::{self, Opening, Status};
 use super::relay::{self, Mode};
 use super::{anthropic, upstream};
-use crate::config::llm::{Price, ProviderKind, MAX_MODEL_NAME};
+use crate::config::llm::{Price, Provider, ProviderKind, MAX_MODEL_NAME};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::state::{AppState, UserAuth};
 
@@ -41,6 +41,30 @@ fn model_of(request: &Map<String, Value>) -> ApiResult<String> {
 
 /// The metrics label of every model name the models file does not configure.
 const PASSTHROUGH_LABEL: &str = "passthrough";
+
+/// A POST request to the proxy, its model resolved to a provider.
+struct Resolved<'s> {
+    request: Map<String, Value>,
+    /// As the client named it.
+    model: String,
+    provider_name: &'s str,
+    provider: &'s Provider,
+    /// As the provider knows it.
+    upstream_model: String,
+    price: Price,
+}
+
+/// What both POST routes start with: the proxy configured, the body a JSON
+/// object (dropped once parsed), its `model` resolved.
+fn resolve(state: &AppState, body: Bytes) -> ApiResult<Resolved<'_>> {
+    super::require_configured(state)?;
+    let request = parse_object(&body)?;
+    drop(body);
+    let model = model_of(&request)?;
+    let (provider_name, provider, upstream_model, price) =
+        state.config.llm.resolve(&model).ok_or_else(model_not_found)?;
+    Ok(Resolved { request, model, provider_name, provider, upstream_model, price })
+}
 
 fn model_not_found() -> ApiError {
     ApiError::not_found("model_not_found", "no such model here; GET /llm/v1/models lists them")
@@ -115,12 +139,8 @@ fn json_response(body: impl Into<axum::body::Body>) -> Response {
         (status = 504, description = "`upstream_timeout`", body = ErrorResponse),
     ))]
 pub async fn chat_completions(State(state): State<AppState>, auth: UserAuth, body: Bytes) -> ApiResult<Response> {
-    super::require_configured(&state)?;
-    let mut request = parse_object(&body)?;
-    drop(body);
-    let model = model_of(&request)?;
+    let Resolved { mut request, model, provider_name, provider, upstream_model, price } = resolve(&state, body)?;
     let llm = &state.config.llm;
-    let (provider_name, provider, upstream_model, price) = llm.resolve(&model).ok_or_else(model_not_found)?;
     let stream = request.get("stream") == Some(&Value::Bool(true));
     let wants_usage =
         request.get("stream_options").and_then(|options| options.get("include_usage")) == Some(&Value::Bool(true));
@@ -202,12 +222,8 @@ pub async fn chat_completions(State(state): State<AppState>, auth: UserAuth, bod
         (status = 504, description = "`upstream_timeout`", body = ErrorResponse),
     ))]
 pub async fn embeddings(State(state): State<AppState>, auth: UserAuth, body: Bytes) -> ApiResult<Response> {
-    super::require_configured(&state)?;
-    let mut request = parse_object(&body)?;
-    drop(body);
-    let model = model_of(&request)?;
+    let Resolved { mut request, model, provider_name, provider, upstream_model, price } = resolve(&state, body)?;
     let llm = &state.config.llm;
-    let (provider_name, provider, upstream_model, price) = llm.resolve(&model).ok_or_else(model_not_found)?;
     if provider.kind != ProviderKind::Openai {
         return Err(ApiError::unprocessable(
             "unsupported_parameter",
