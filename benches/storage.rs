@@ -25,6 +25,8 @@ struct Variant {
     name: &'static str,
     /// Ids stored as 16-byte blobs rather than 36-byte text.
     blob_ids: bool,
+    /// The duplicate check against an in-memory set of the log's event ids (no `find` statement).
+    memory_ids: bool,
     schema: &'static str,
     find: &'static str,
     insert: &'static str,
@@ -56,6 +58,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "current",
             blob_ids: false,
+            memory_ids: false,
             schema: leak(&[events_unique, entries, by_seq]),
             find,
             insert: INSERT,
@@ -66,6 +69,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "blob-ids",
             blob_ids: true,
+            memory_ids: false,
             schema: leak(&[events_unique, entries, by_seq]),
             find,
             insert: INSERT,
@@ -76,6 +80,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "view-clustered",
             blob_ids: true,
+            memory_ids: false,
             schema: leak(&[events_unique, &format!("{entries}, WITHOUT ROWID"), by_seq]),
             find,
             insert: INSERT,
@@ -87,6 +92,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "clustered-changes",
             blob_ids: true,
+            memory_ids: false,
             schema: leak(&[
                 events_unique,
                 &format!("{entries}, WITHOUT ROWID"),
@@ -104,6 +110,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "per-aggregate-ids",
             blob_ids: true,
+            memory_ids: false,
             schema: leak(&[
                 events_plain,
                 "CREATE TABLE entries (id ANY NOT NULL, event_id ANY NOT NULL, seq INTEGER, heads TEXT, version TEXT, \
@@ -119,6 +126,29 @@ fn variants() -> Vec<Variant> {
             save: "INSERT INTO entries (id, event_id, heads, version, updated_seq) VALUES (?1, x'', ?2, ?3, ?4) \
                    ON CONFLICT (id, event_id) DO UPDATE SET heads = excluded.heads, version = excluded.version, \
                    updated_seq = excluded.updated_seq",
+        },
+        // The log without an event-id index: the duplicate check is an in-memory set of the log's ids.
+        Variant {
+            name: "memory-ids",
+            blob_ids: false,
+            memory_ids: true,
+            schema: leak(&[events_plain, entries, by_seq]),
+            find,
+            insert: INSERT,
+            after_insert: None,
+            load,
+            save: UPSERT,
+        },
+        Variant {
+            name: "memory-blob-ids",
+            blob_ids: true,
+            memory_ids: true,
+            schema: leak(&[events_plain, entries, by_seq]),
+            find,
+            insert: INSERT,
+            after_insert: None,
+            load,
+            save: UPSERT,
         },
     ]
 }
@@ -172,6 +202,7 @@ async fn run(variant: &Variant, events: u64, v7: bool) {
     let mut slice_started = Instant::now();
     let mut rates = Vec::new();
     let mut seq = 0u64;
+    let mut known = std::collections::HashSet::new();
     while seq < events {
         let device = devices[(seq / PER_TX as u64 % 2) as usize];
         let tx = conn.transaction().await.unwrap();
@@ -194,15 +225,19 @@ async fn run(variant: &Variant, events: u64, v7: bool) {
                 fresh
             };
             let event_id = new_id(&mut rng, v7, seq);
-            find.reset();
-            assert!(find
-                .query([id(variant, event_id), id(variant, aggregate)])
-                .await
-                .unwrap()
-                .next()
-                .await
-                .unwrap()
-                .is_none());
+            if variant.memory_ids {
+                assert!(known.insert(event_id));
+            } else {
+                find.reset();
+                assert!(find
+                    .query([id(variant, event_id), id(variant, aggregate)])
+                    .await
+                    .unwrap()
+                    .next()
+                    .await
+                    .unwrap()
+                    .is_none());
+            }
             rng.fill_bytes(&mut payload);
             let version = format!("{{\"{device}\":{seq}}}");
             let values = vec![

@@ -55,11 +55,19 @@ pub struct LogTx {
 }
 
 impl LogTx {
-    /// Takes the user's write lock (`BEGIN IMMEDIATE`), then reads the tip.
+    /// Takes the user's write lock (`BEGIN IMMEDIATE`), then reads the tip
+    /// and brings the writer's index of event ids up to it.
     pub async fn begin(db: &UserDb) -> StoreResult<Self> {
-        let tx = db.begin_write().await?;
+        let mut tx = db.begin_write().await?;
         let tip = read_tip(&tx).await?;
+        catch_up_ids(&mut tx, tip.seq).await?;
         Ok(Self { insert: None, tip, tx })
+    }
+
+    /// The seq of the event `event_id` names, if the log (or this
+    /// transaction) holds it: the idempotency check of every append.
+    pub fn find(&mut self, event_id: Uuid) -> StoreResult<Option<u64>> {
+        Ok(self.tx.ids()?.get(&event_id))
     }
 
     /// Appends one event after the tip and moves the tip forward (its view
@@ -98,6 +106,7 @@ impl LogTx {
             ])
             .await?;
         insert.reset();
+        self.tx.ids()?.stage(event.event_id, seq);
         self.tip = LogTip { seq, hash };
         self.tx.count_appended();
         Ok(StoredEvent { seq, device_id, received_at, hash, event })
@@ -111,6 +120,32 @@ impl LogTx {
         self.insert = None;
         self.tx.commit().await
     }
+}
+
+/// Reads the event ids the index lacks, up to `head`: on the first write
+/// after the database opened, the whole log; later, what other processes
+/// appended since (usually nothing). The log is append-only, so an index
+/// ahead of the log can only mean the file was replaced: it starts over.
+async fn catch_up_ids(tx: &mut WriteTx, head: u64) -> StoreResult<()> {
+    let mut from = tx.ids()?.through();
+    if from == head {
+        return Ok(());
+    }
+    if from > head {
+        tx.ids()?.clear();
+        from = 0;
+    }
+    let mut rows = tx.query("SELECT seq, event_id FROM events WHERE seq > ?1 ORDER BY seq", [from]).await?;
+    let mut ids = Vec::new();
+    while let Some(row) = rows.next().await? {
+        let seq: u64 = row.get(0)?;
+        let id =
+            Uuid::parse_str(row.get_str(1)?).map_err(|_| StoreError::Corrupt(format!("event seq {seq}: event_id")))?;
+        ids.push((id, seq));
+    }
+    drop(rows);
+    tx.ids()?.extend(ids, head);
+    Ok(())
 }
 
 impl Deref for LogTx {

@@ -58,6 +58,7 @@ pub const USER: &[Migration] = &[
     migration!("schema/user/0003_view_heads_as_seqs.sql", ["entries", "memories", "tags", "embeddings"]),
     migration!("schema/user/0004_llm_usage.sql"),
     migration!("schema/user/0005_llm_usage_estimated.sql"),
+    migration!("schema/user/0006_events_without_event_id_index.sql"),
 ];
 
 /// Applies every migration of `set` not yet recorded, and names those it

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod control;
+pub mod id_index;
 #[allow(unsafe_code)]
 pub mod memory;
 pub mod migrations;
@@ -13,6 +14,7 @@ pub mod users;
 
 pub use backend::Backend;
 pub use control::ControlDb;
+pub use id_index::IdIndex;
 pub use user_db::{PooledConn, ReplayLock, UserDb, WriteLock, WriteTx};
 pub use users::UserDatabases;
 

@@ -11,6 +11,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use super::backend::REPLAY_LOCK_SUFFIX;
+use super::id_index::IdIndex;
 use super::raw::RawConn;
 use super::{connect, memory, migrations, Backend, StoreError, StoreResult};
 
@@ -107,8 +108,11 @@ impl UserDb {
         // A writer left inside a transaction (a rollback that failed) is replaced.
         let writer = match guard.take() {
             Some(writer) if writer.conn.is_autocommit() => writer,
-            _ => Writer { statements: HashMap::new(), conn: connect(&self.db).await? },
+            _ => Writer { statements: HashMap::new(), ids: IdIndex::default(), conn: connect(&self.db).await? },
         };
+        // Ids a rolled-back transaction staged were never committed.
+        let mut writer = writer;
+        writer.ids.discard_staged();
         // A cached statement left mid-step (an error between a query and its
         // reset) would keep a read open across the rollback, and `BEGIN
         // IMMEDIATE` would then fail for good once another connection commits.
@@ -180,6 +184,9 @@ struct Writer {
     /// so this stays small; [`MAX_CACHED_STATEMENTS`] bounds it regardless.
     /// Declared first: the statements are finalized before their connection closes.
     statements: HashMap<String, Arc<Statement>>,
+    /// The log's event ids, for the duplicate check (kept with the connection
+    /// that extends it, and dropped with it).
+    ids: IdIndex,
     conn: Connection,
 }
 
@@ -222,9 +229,20 @@ impl WriteTx {
         self.appended += 1;
     }
 
-    pub async fn commit(self) -> StoreResult<()> {
+    /// The writer's in-memory index of the log's event ids ([`IdIndex`]).
+    pub fn ids(&mut self) -> StoreResult<&mut IdIndex> {
+        // `begin_write` leaves its writer in the guard; only `mark_deleted` empties it, never while locked.
+        let writer =
+            self.guard.as_mut().ok_or_else(|| StoreError::Corrupt("write transaction without its writer".into()))?;
+        Ok(&mut writer.ids)
+    }
+
+    pub async fn commit(mut self) -> StoreResult<()> {
         self.tx.commit().await?;
         self.counter.fetch_add(self.appended, Ordering::Relaxed);
+        if let Some(writer) = self.guard.as_mut() {
+            writer.ids.publish();
+        }
         Ok(())
     }
 }

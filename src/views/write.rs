@@ -6,7 +6,6 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use libsql::Statement;
 use uuid::Uuid;
 
 use super::aggregates::ViewStatements;
@@ -55,7 +54,6 @@ pub async fn apply_batch(
     now: DateTime<Utc>,
     events: Vec<NewEvent>,
 ) -> Result<Vec<BatchResult>, BatchError> {
-    let find = tx.cached("SELECT seq FROM events WHERE event_id = ?1").await?;
     let kinds: HashSet<Kind> = events.iter().map(|event| event.kind).collect();
     let views = ViewStatements::cached(tx, kinds).await?;
     let mut rows: HashMap<(Kind, Uuid), AggregateRow> = HashMap::new();
@@ -63,7 +61,7 @@ pub async fn apply_batch(
     let mut results = Vec::with_capacity(events.len());
 
     for (index, event) in events.into_iter().enumerate() {
-        if let Some(seq) = seq_of(&find, event.event_id).await? {
+        if let Some(seq) = tx.find(event.event_id)? {
             let original = log::read_one(tx, seq).await?;
             if original.is_some_and(|o| o.device_id == device && o.event == event) {
                 results.push(BatchResult { event_id: event.event_id, seq, status: EventStatus::Duplicate });
@@ -96,19 +94,6 @@ pub async fn apply_batch(
         }
     }
     Ok(results)
-}
-
-/// The seq of an event already in the log, by its id.
-async fn seq_of(find: &Statement, event_id: Uuid) -> StoreResult<Option<u64>> {
-    find.reset();
-    let mut rows = find.query([event_id.to_string()]).await?;
-    let seq = match rows.next().await? {
-        Some(row) => Some(row.get(0)?),
-        None => None,
-    };
-    drop(rows);
-    find.reset();
-    Ok(seq)
 }
 
 /// Appends a device event and folds it into the `devices` view, in the

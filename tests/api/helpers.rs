@@ -135,6 +135,12 @@ impl TestApp {
         start(dir, vars, clock).await
     }
 
+    /// A second server on the same data, as another process would be: its
+    /// own open databases, writers and caches.
+    pub async fn beside(&self) -> TestApp {
+        start(self.dir.clone(), self.vars.clone(), self.clock.clone()).await
+    }
+
     pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

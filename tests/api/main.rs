@@ -14,6 +14,7 @@ mod llm;
 mod llm_fake;
 mod llm_ohttp;
 mod llm_tier;
+mod log_ids;
 mod metrics;
 mod openapi;
 mod pairing;
