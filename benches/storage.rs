@@ -6,7 +6,8 @@
 //!
 //! `cargo bench --bench storage` — `STORAGE_BENCH_EVENTS` (default 500000), `STORAGE_BENCH_IDS` (`v4,v7`),
 //! `STORAGE_BENCH_VARIANTS` (default: all, by name). Prints events/s per slice of a tenth of the log, and the
-//! bytes the process wrote per event (WAL and checkpoints, from /proc/self/io).
+//! bytes the process wrote per event (WAL and checkpoints, from /proc/self/io); for the in-memory id variants,
+//! also how long reading the log's ids back into memory takes (a writer's first transaction after an open).
 
 use std::time::Instant;
 
@@ -277,6 +278,26 @@ async fn run(variant: &Variant, events: u64, v7: bool) {
     }
     let secs = started.elapsed().as_secs_f64();
     let per_event = (written_bytes() - written) as f64 / events as f64;
+    if variant.memory_ids {
+        // What the writer's first transaction after an open pays: the log's ids read back into memory.
+        let loading = Instant::now();
+        let mut rows = conn.query("SELECT seq, event_id FROM events WHERE seq > 0 ORDER BY seq", ()).await.unwrap();
+        let mut index = std::collections::HashMap::new();
+        while let Some(row) = rows.next().await.unwrap() {
+            let id = match row.get_value(1).unwrap() {
+                libsql::Value::Blob(bytes) => Uuid::from_slice(&bytes).unwrap(),
+                libsql::Value::Text(text) => Uuid::parse_str(&text).unwrap(),
+                other => panic!("event_id {other:?}"),
+            };
+            index.insert(id, row.get::<u64>(0).unwrap());
+        }
+        println!(
+            "{:<18} the index of {} ids read back in {:.0} ms",
+            variant.name,
+            index.len(),
+            loading.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     let rates: Vec<String> = rates.iter().map(|r| format!("{:.1}", r / 1000.0)).collect();
     println!(
         "{:<18} {}: {:>7.0} events/s, {:>6.0} bytes written an event; k events/s by tenth: {}",

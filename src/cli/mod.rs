@@ -118,7 +118,10 @@ impl Storage {
                 Backend::local(&config.data_dir)
             }
         };
-        let users = Arc::new(UserDatabases::new(backend.clone(), config.max_open_databases));
+        let users = Arc::new(
+            UserDatabases::new(backend.clone(), config.max_open_databases)
+                .with_id_index_budget(config.id_index_max_events),
+        );
         Ok(Self { backend, users })
     }
 

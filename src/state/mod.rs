@@ -90,7 +90,9 @@ impl AppState {
             llm_models: Arc::default(),
             clock,
             control: Arc::new(control),
-            users: Arc::new(UserDatabases::new(backend, config.max_open_databases)),
+            users: Arc::new(
+                UserDatabases::new(backend, config.max_open_databases).with_id_index_budget(config.id_index_max_events),
+            ),
             auth: Arc::new(auth),
             register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
             claim_limiter: Arc::new(IpRateLimiter::per_minute(config.pairing_claim_rate_limit)),

@@ -10,6 +10,8 @@
 //! during a transaction are staged and count only once it commits.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -20,9 +22,17 @@ pub struct IdIndex {
     staged: HashMap<Uuid, u64>,
     /// The last seq the committed ids cover.
     through: u64,
+    /// Committed ids held, this index's and every index's of the process
+    /// ([`super::UserDatabases`] keeps their sum under its budget).
+    counters: [Arc<AtomicUsize>; 2],
 }
 
 impl IdIndex {
+    /// An empty index counting its ids into `own` and `all`.
+    pub fn counted(own: Arc<AtomicUsize>, all: Arc<AtomicUsize>) -> Self {
+        Self { committed: HashMap::new(), staged: HashMap::new(), through: 0, counters: [own, all] }
+    }
+
     /// The seq of `id`, committed or staged.
     pub fn get(&self, id: &Uuid) -> Option<u64> {
         self.staged.get(id).or_else(|| self.committed.get(id)).copied()
@@ -35,13 +45,19 @@ impl IdIndex {
 
     /// Adds ids the log already held (read from it), up to `through`.
     pub fn extend(&mut self, ids: impl IntoIterator<Item = (Uuid, u64)>, through: u64) {
+        let before = self.committed.len();
         self.committed.extend(ids);
         self.through = through;
+        self.count(before);
     }
 
-    /// Forgets everything: the next transaction reads the whole log again.
+    /// Forgets every id: the next transaction reads the whole log again.
     pub fn clear(&mut self) {
-        *self = Self::default();
+        let before = self.committed.len();
+        self.committed = HashMap::new();
+        self.staged.clear();
+        self.through = 0;
+        self.count(before);
     }
 
     /// Notes an id appended by the open transaction.
@@ -53,7 +69,21 @@ impl IdIndex {
         if let Some(last) = self.staged.values().max().copied() {
             self.through = self.through.max(last);
         }
+        let before = self.committed.len();
         self.committed.extend(self.staged.drain());
+        self.count(before);
+    }
+
+    /// Moves the counters by the change of size since `before`.
+    fn count(&self, before: usize) {
+        let after = self.committed.len();
+        for counter in &self.counters {
+            if after >= before {
+                counter.fetch_add(after - before, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(before - after, Ordering::Relaxed);
+            }
+        }
     }
 
     pub(super) fn discard_staged(&mut self) {
@@ -66,6 +96,12 @@ impl IdIndex {
 
     pub fn is_empty(&self) -> bool {
         self.committed.is_empty()
+    }
+}
+
+impl Drop for IdIndex {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -86,5 +122,18 @@ mod tests {
         index.stage(b, 2);
         index.publish();
         assert_eq!((index.get(&b), index.through(), index.len()), (Some(2), 2, 2));
+    }
+
+    #[test]
+    fn the_counters_follow_the_committed_ids() {
+        let (own, all) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(5)));
+        let mut index = IdIndex::counted(own.clone(), all.clone());
+        index.extend((1..=3).map(|seq| (Uuid::new_v4(), seq)), 3);
+        index.stage(Uuid::new_v4(), 4);
+        assert_eq!((own.load(Ordering::Relaxed), all.load(Ordering::Relaxed)), (3, 8), "staged ids do not count");
+        index.publish();
+        assert_eq!(own.load(Ordering::Relaxed), 4);
+        drop(index);
+        assert_eq!((own.load(Ordering::Relaxed), all.load(Ordering::Relaxed)), (0, 5));
     }
 }

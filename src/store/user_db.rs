@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 
 use libsql::{Connection, Database, Statement, Transaction, TransactionBehavior};
@@ -34,6 +34,9 @@ pub struct UserDb {
     /// Events committed to this log, shared with whoever counts them
     /// (the [`super::UserDatabases`] that opened it).
     appended: Arc<AtomicU64>,
+    /// Ids in this writer's [`IdIndex`], and in every open database's.
+    indexed: Arc<AtomicUsize>,
+    all_indexed: Arc<AtomicUsize>,
 }
 
 /// Idle read connections kept per open user database, besides its writer:
@@ -55,13 +58,32 @@ impl UserDb {
             idle: Arc::default(),
             deleted: AtomicBool::new(false),
             appended: Arc::default(),
+            indexed: Arc::default(),
+            all_indexed: Arc::default(),
         })
     }
 
-    /// Counts the events this database commits into `appended` too.
-    pub(super) fn counting_appends_into(mut self, appended: Arc<AtomicU64>) -> Self {
+    /// Counts the events this database commits into `appended`, and the
+    /// ids its writer holds in memory into `indexed`, too.
+    pub(super) fn counting_into(mut self, appended: Arc<AtomicU64>, indexed: Arc<AtomicUsize>) -> Self {
         self.appended = appended;
+        self.all_indexed = indexed;
         self
+    }
+
+    /// Event ids this database's writer holds in memory.
+    pub fn indexed_ids(&self) -> usize {
+        self.indexed.load(Ordering::Relaxed)
+    }
+
+    /// Frees the writer's id index unless a write holds it (the next write
+    /// reads it back from the log). Returns how many ids it freed.
+    pub(super) fn drop_id_index(&self) -> usize {
+        let Ok(mut writer) = self.writer.try_lock() else { return 0 };
+        let Some(writer) = writer.as_mut() else { return 0 };
+        let freed = writer.ids.len();
+        writer.ids.clear();
+        freed
     }
 
     pub fn user_id(&self) -> Uuid {
@@ -108,7 +130,11 @@ impl UserDb {
         // A writer left inside a transaction (a rollback that failed) is replaced.
         let writer = match guard.take() {
             Some(writer) if writer.conn.is_autocommit() => writer,
-            _ => Writer { statements: HashMap::new(), ids: IdIndex::default(), conn: connect(&self.db).await? },
+            _ => Writer {
+                statements: HashMap::new(),
+                ids: IdIndex::counted(self.indexed.clone(), self.all_indexed.clone()),
+                conn: connect(&self.db).await?,
+            },
         };
         // Ids a rolled-back transaction staged were never committed.
         let mut writer = writer;

@@ -3,7 +3,7 @@
 //! next request reopens it transparently.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
@@ -19,11 +19,57 @@ pub struct UserDatabases {
     open: Mutex<LruCache<Uuid, Slot>>,
     /// Events committed through any database this manager opened.
     appended: Arc<AtomicU64>,
+    /// Event ids held by the open databases' writers ([`super::IdIndex`]),
+    /// and the most they may hold together.
+    indexed: Arc<AtomicUsize>,
+    max_indexed: usize,
 }
 
 impl UserDatabases {
     pub fn new(backend: Backend, max_open: NonZeroUsize) -> Self {
-        Self { backend, open: Mutex::new(LruCache::new(max_open)), appended: Arc::default() }
+        Self {
+            backend,
+            open: Mutex::new(LruCache::new(max_open)),
+            appended: Arc::default(),
+            indexed: Arc::default(),
+            max_indexed: usize::MAX,
+        }
+    }
+
+    /// Bounds the event ids all writers hold in memory together: past it,
+    /// the least recently used databases' indexes are freed (each is read
+    /// back from its log by that user's next write).
+    pub fn with_id_index_budget(mut self, max_ids: usize) -> Self {
+        self.max_indexed = max_ids;
+        self
+    }
+
+    /// Event ids held in memory by all open databases' writers.
+    pub fn indexed_ids(&self) -> usize {
+        self.indexed.load(Ordering::Relaxed)
+    }
+
+    /// Frees id indexes, least recently used database first, never
+    /// `keep`'s, until the sum is within the budget (or nothing is left to
+    /// free: a write in progress keeps its index).
+    fn trim_id_indexes(&self, keep: Uuid) {
+        let total = self.indexed_ids();
+        if total <= self.max_indexed {
+            return;
+        }
+        let mut excess = total - self.max_indexed;
+        let open = self.lock();
+        for (user, slot) in open.iter().rev() {
+            if excess == 0 {
+                break;
+            }
+            if *user == keep {
+                continue;
+            }
+            if let Some(db) = slot.get().filter(|db| db.indexed_ids() > 0) {
+                excess = excess.saturating_sub(db.drop_id_index());
+            }
+        }
     }
 
     pub fn backend(&self) -> &Backend {
@@ -35,6 +81,7 @@ impl UserDatabases {
     pub async fn get(&self, user_id: Uuid) -> StoreResult<Arc<UserDb>> {
         let slot = self.lock().get_or_insert(user_id, || Arc::new(OnceCell::new())).clone();
         let opened = slot.get_or_try_init(|| async { self.open_counted(user_id).await.map(Arc::new) }).await.cloned();
+        self.trim_id_indexes(user_id);
         if opened.is_err() {
             // Do not let a failed open hold a place in the cache.
             let mut open = self.lock();
@@ -57,7 +104,7 @@ impl UserDatabases {
 
     async fn open_counted(&self, user_id: Uuid) -> StoreResult<UserDb> {
         let db = UserDb::open(&self.backend, user_id, false).await?;
-        Ok(db.counting_appends_into(self.appended.clone()))
+        Ok(db.counting_into(self.appended.clone(), self.indexed.clone()))
     }
 
     /// Closes (from the cache's side) and deletes a user's database. Handles
@@ -128,5 +175,39 @@ mod tests {
         assert!(matches!(dbs.get(stranger).await, Err(StoreError::UserNotFound(id)) if id == stranger));
         assert!(!dir.path().join(format!("users/{stranger}.db")).exists());
         assert!(dbs.open_count() <= 1, "a failed open keeps no place in the cache");
+    }
+
+    /// Writes `n` rows into the log through the writer's transaction and
+    /// indexes them as `LogTx` would (the events layer is above this one).
+    async fn index_ids(db: &UserDb, n: usize) {
+        let mut tx = db.begin_write().await.unwrap();
+        let through = tx.ids().unwrap().through();
+        tx.ids().unwrap().extend((1..=n as u64).map(|i| (Uuid::new_v4(), through + i)), through + n as u64);
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn id_indexes_past_the_budget_are_freed_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let dbs =
+            UserDatabases::new(Backend::local(dir.path()), NonZeroUsize::new(8).unwrap()).with_id_index_budget(25);
+        let users: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        for user in &users {
+            index_ids(&dbs.create(*user).await.unwrap(), 10).await;
+        }
+        assert_eq!(dbs.indexed_ids(), 30);
+        // Opening the newest again trims: the oldest index goes, the others stay.
+        let newest = dbs.get(users[2]).await.unwrap();
+        assert_eq!(dbs.indexed_ids(), 20);
+        assert_eq!(dbs.get(users[0]).await.unwrap().indexed_ids(), 0, "the least recently used was freed");
+        assert_eq!(newest.indexed_ids(), 10);
+        // One user larger than the budget keeps its own index while it uses it.
+        index_ids(&newest, 40).await;
+        drop(dbs.get(users[2]).await.unwrap());
+        assert_eq!(newest.indexed_ids(), 50);
+        assert_eq!(dbs.indexed_ids(), 50);
+        drop(newest);
+        dbs.delete(users[2]).await.unwrap();
+        assert_eq!(dbs.indexed_ids(), 0, "a deleted database's index is freed with it");
     }
 }

@@ -65,6 +65,7 @@ async fn render(state: &AppState) -> impl IntoResponse {
     metrics.record(|| {
         counter!("echolia_events_appended_total").absolute(state.users.events_appended());
         gauge!("echolia_open_user_databases").set(state.users.open_count() as f64);
+        gauge!("echolia_event_id_index_ids").set(state.users.indexed_ids() as f64);
         gauge!("echolia_sqlite_memory_bytes").set(crate::store::memory::used_bytes() as f64);
         gauge!("echolia_pull_read_ahead_bytes").set(state.read_ahead.kept_bytes() as f64);
         gauge!("echolia_daily_active_users").set(metrics.daily_active(state.clock.now()) as f64);
