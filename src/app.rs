@@ -3,7 +3,7 @@
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
@@ -17,6 +17,7 @@ use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::http::BodyLimit;
 use crate::ops::metrics;
 use crate::ops::{health, openapi::ApiDoc, telemetry};
 use crate::state::AppState;
@@ -33,12 +34,17 @@ pub const AUTH_BODY_LIMIT: usize = 1024 * 1024;
 fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
-        .merge(auth::router(state).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
-        .merge(audit::router().merge(account::router()).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
+        .merge(body_limit(AUTH_BODY_LIMIT).apply(auth::router(state)))
+        .merge(body_limit(AUTH_BODY_LIMIT).apply(audit::router().merge(account::router())))
         .merge(sync::router())
-        .merge(payments::router().layer(DefaultBodyLimit::max(payments::BODY_LIMIT)))
+        .merge(body_limit(payments::BODY_LIMIT).apply(payments::router()))
         .merge(llm::router())
         .split_for_parts()
+}
+
+/// A limit whose 413 says `body_too_large`, as [`crate::http::ApiJson`]'s does.
+fn body_limit(bytes: usize) -> BodyLimit {
+    BodyLimit { bytes, code: "body_too_large", message: "the request body is larger than this endpoint accepts" }
 }
 
 pub fn router(state: AppState) -> Router {

@@ -46,6 +46,8 @@ it is `event_id_reused` (409). `client_time` is kept to the microsecond.\n\
 - `GET /sync/status` also counts `embeddings`; counts are of live (not deleted) aggregates.\n\
 - A page of `/sync/pull` or `/sync/events` also ends once it holds 8 MiB of payloads (then \
 `has_more` is true), whatever `limit` says. A cursor (`since`) is at most 2^63 − 1.\n\
+- A body whose `Content-Length` is over the route's limit is 413 before it is read: with \
+`Expect: 100-continue`, the client gets 413 instead of `100 Continue`.\n\
 - A `client_time` must fall in the years 0000–9999.\n\
 - Any UUID is accepted as an `event_id` or a new `aggregate_id`; time-ordered ones (version 7, RFC 9562) \
 are recommended: the log and the views index them, and ids that grow with time are appended at the end \

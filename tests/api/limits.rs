@@ -1,0 +1,68 @@
+//! Issue 23's findings about slow, idle and greedy clients (1, 2, 3, 4, 8 and
+//! the early 413 of 9), each held by a test that failed before its fix.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{spawn_app, TestApp};
+
+/// Reads from `stream` until the end of a response head, EOF or `within`;
+/// what was read.
+async fn read_head(stream: &mut TcpStream, within: Duration) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.addr).await.unwrap()
+}
+
+#[tokio::test]
+async fn expect_continue_with_an_oversized_length_gets_413_not_100() {
+    let app = spawn_app().await;
+    let session = app.register().await;
+    let cases = [
+        ("/sync/push", Some(&session.access_token), 16 * 1024 * 1024 + 1, "batch_too_large"),
+        ("/auth/register", None, 1024 * 1024 + 1, "body_too_large"),
+    ];
+    for (path, token, length, code) in cases {
+        let mut stream = connect(&app).await;
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = read_head(&mut stream, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer:?}");
+        // The error body, in the same read or the next.
+        let mut buf = [0u8; 4096];
+        while !answer.contains(code) {
+            match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => answer.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => break,
+            }
+        }
+        assert!(answer.contains(code), "{path}: {answer}");
+    }
+    // Under the limit, the client is told to go on.
+    let mut stream = connect(&app).await;
+    let head = format!(
+        "POST /sync/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 13\r\nExpect: 100-continue\r\n\r\n",
+        session.access_token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_head(&mut stream, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 100"), "{answer:?}");
+}
