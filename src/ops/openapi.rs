@@ -44,8 +44,9 @@ until a client resolves it. `parent_id` of a change is the first parent among it
 - A duplicate is the same `event_id` with the same content from the same device; from another device \
 it is `event_id_reused` (409). `client_time` is kept to the microsecond.\n\
 - `GET /sync/status` also counts `embeddings`; counts are of live (not deleted) aggregates.\n\
-- A page of `/sync/pull` or `/sync/events` also ends once it holds 8 MiB of payloads (then \
-`has_more` is true), whatever `limit` says. A cursor (`since`) is at most 2^63 − 1.\n\
+- A page of `/sync/pull` or `/sync/events` also ends once it holds 8 MiB (then `has_more` is true), \
+whatever `limit` says; every byte counts (payloads, version vectors, heads, ids), and a page always holds \
+at least one item. A cursor (`since`) is at most 2^63 − 1.\n\
 - A body whose `Content-Length` is over the route's limit is 413 before it is read: with \
 `Expect: 100-continue`, the client gets 413 instead of `100 Continue`.\n\
 - A `client_time` must fall in the years 0000–9999.\n\

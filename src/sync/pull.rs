@@ -160,7 +160,9 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
     if query.since > head.seq {
         return Err(cursor_ahead(query.since, head));
     }
-    // One row more than the limit: whether there are more.
+    // One row more than the limit: whether there are more. A page ends once
+    // its changes' bytes (all of them: payloads, vectors, ids) reach the
+    // budget, so it always holds at least one change.
     let mut changed = ChangedSince::open(&snapshot, query.since, query.limit + 1, &query.kinds).await?;
     // For the other heads of a conflict: prepared on the first one.
     let mut read_event = None;
@@ -185,7 +187,7 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
             read_event = Some(stmt);
         }
         let change = PageChange::new(row, others);
-        bytes += change.payload_bytes();
+        bytes += change.wire_bytes();
         changes.push(change);
     }
     drop((changed, read_event));

@@ -66,3 +66,57 @@ async fn expect_continue_with_an_oversized_length_gets_413_not_100() {
     let answer = read_head(&mut stream, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 100"), "{answer:?}");
 }
+
+/// `n` version-vector keys besides `me`, all sorting before `last`.
+fn fake_keys(n: usize) -> Vec<uuid::Uuid> {
+    (0..n)
+        .map(|_| {
+            let mut bytes = *uuid::Uuid::new_v4().as_bytes();
+            bytes[0] &= 0x7f;
+            uuid::Uuid::from_bytes(bytes)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pull_page_counts_every_byte_and_holds_at_least_one_change() {
+    let app = spawn_app().await;
+    let a = app.register().await;
+    let me = a.device_id;
+    // 30 aggregates of 32 heads, each head's vector naming 128 devices: about
+    // 330 KB of heads and vectors per change, one byte of payload each.
+    for batch in 0..2 {
+        let events: Vec<_> = (0..15)
+            .flat_map(|_| {
+                let entry = uuid::Uuid::new_v4();
+                (0..32).map(move |_| {
+                    let mut version: Vec<(uuid::Uuid, u64)> = fake_keys(127).into_iter().map(|k| (k, 1)).collect();
+                    version.push((me, 1));
+                    crate::helpers::event("entry", entry, "put", &version, Some(b"p"))
+                })
+            })
+            .collect();
+        assert_eq!(events.len(), 480, "batch {batch}");
+        app.push_ok(&a, &events).await;
+    }
+    let mut since = 0;
+    let mut seen = 0;
+    loop {
+        let resp = app.get(&format!("/sync/pull?since={since}&limit=1000"), &a.access_token).await;
+        let body = resp.bytes().await.unwrap();
+        let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let changes = page["changes"].as_array().unwrap().len();
+        assert!(changes >= 1, "a page without a change");
+        // The budget, plus the one change that crossed it.
+        assert!(body.len() < 8 * 1024 * 1024 + 400 * 1024, "a page of {} bytes", body.len());
+        seen += changes;
+        since = page["cursor"].as_u64().unwrap();
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    assert_eq!(seen, 30, "every aggregate, once");
+    // One change over the whole budget still comes, alone.
+    let one = app.pull(&a, "since=0&limit=1").await;
+    assert_eq!(one["changes"].as_array().unwrap().len(), 1);
+}
