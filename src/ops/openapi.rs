@@ -47,6 +47,9 @@ it is `event_id_reused` (409). `client_time` is kept to the microsecond.\n\
 - A page of `/sync/pull` or `/sync/events` also ends once it holds 8 MiB (then `has_more` is true), \
 whatever `limit` says; every byte counts (payloads, version vectors, heads, ids), and a page always holds \
 at least one item. A cursor (`since`) is at most 2^63 − 1.\n\
+- A version vector names at most 128 devices (the contract's 1,024 made every comparison costly). A push \
+that would leave an aggregate more than 32 heads is 422 `too_many_heads`: pull it and push one event above \
+every head first.\n\
 - A body whose `Content-Length` is over the route's limit is 413 before it is read: with \
 `Expect: 100-continue`, the client gets 413 instead of `100 Continue`.\n\
 - A `client_time` must fall in the years 0000–9999.\n\

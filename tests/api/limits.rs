@@ -120,3 +120,94 @@ async fn a_pull_page_counts_every_byte_and_holds_at_least_one_change() {
     let one = app.pull(&a, "since=0&limit=1").await;
     assert_eq!(one["changes"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn conflict_heads_and_vector_keys_are_capped() {
+    use crate::helpers::{assert_error, event};
+    use reqwest::StatusCode;
+    let app = spawn_app().await;
+    let a = app.register().await;
+    let me = a.device_id;
+    let entry = uuid::Uuid::new_v4();
+    // 32 concurrent edits: 32 heads, allowed.
+    let concurrent: Vec<_> = fake_keys(33)
+        .into_iter()
+        .map(|other| event("entry", entry, "put", &[(me, 1), (other, 1)], Some(b"x")))
+        .collect();
+    let body = app.push_ok(&a, &concurrent[..32]).await;
+    assert_eq!(body["results"][31]["status"], "conflict");
+    let before = app.event_count(a.user_id).await;
+    // A 33rd: refused, nothing appended, whatever else the batch holds.
+    let other = event("entry", uuid::Uuid::new_v4(), "put", &[(me, 1)], Some(b"y"));
+    let message = assert_error(
+        app.push(&a, &[other, concurrent[32].clone()]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too_many_heads",
+    )
+    .await;
+    assert!(message.contains("events[1]") && message.contains("merge"), "{message}");
+    assert_eq!(app.event_count(a.user_id).await, before);
+    // One event above every head merges them: one head again.
+    let pulled = app.pull(&a, "since=0").await;
+    let change = pulled["changes"].as_array().unwrap().iter().find(|c| c["id"] == entry.to_string()).unwrap();
+    assert_eq!(change["heads"].as_array().unwrap().len(), 32);
+    let mut merged: Vec<(uuid::Uuid, u64)> = change["version"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.as_u64().unwrap()))
+        .filter(|(k, _)| *k != me)
+        .collect();
+    merged.push((me, 2));
+    assert_eq!(merged.len(), 33, "the 32 heads' devices and this one");
+    let body = app.push_ok(&a, &[event("entry", entry, "put", &merged, Some(b"merged"))]).await;
+    assert_eq!(body["results"][0]["status"], "applied");
+
+    // 129 devices in one vector: refused.
+    let mut wide: Vec<(uuid::Uuid, u64)> = fake_keys(128).into_iter().map(|k| (k, 1)).collect();
+    wide.push((me, 1));
+    let resp = app.push(&a, &[event("entry", uuid::Uuid::new_v4(), "put", &wide, Some(b"z"))]).await;
+    let message = assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert!(message.contains("events[0].version") && message.contains("128"), "{message}");
+    wide.pop();
+    wide.pop();
+    wide.push((me, 1));
+    let body = app.push_ok(&a, &[event("entry", uuid::Uuid::new_v4(), "put", &wide, Some(b"z"))]).await;
+    assert_eq!(body["results"][0]["status"], "applied");
+}
+
+/// The worst a push can make the fold do: an aggregate at the cap of heads,
+/// vectors at the cap of keys, sharing all but their last key (so every
+/// comparison walks them to the end), and 1,000 events each evicting one
+/// head and taking its place.
+#[tokio::test]
+async fn the_worst_case_push_is_bounded() {
+    let app = spawn_app().await;
+    let a = app.register().await;
+    let me = a.device_id;
+    let entry = uuid::Uuid::new_v4();
+    let shared: Vec<(uuid::Uuid, u64)> = fake_keys(126).into_iter().map(|k| (k, 1)).collect();
+    let last: Vec<uuid::Uuid> =
+        (0..32u8).map(|i| uuid::Uuid::from_bytes([0xff, i, 0, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, i])).collect();
+    let version = |slot: usize, counter: u64| {
+        let mut v = shared.clone();
+        v.push((me, counter));
+        v.push((last[slot], 1));
+        v
+    };
+    let heads: Vec<_> =
+        (0..32).map(|slot| crate::helpers::event("entry", entry, "put", &version(slot, 1), Some(b"h"))).collect();
+    app.push_ok(&a, &heads).await;
+    let batch: Vec<_> = (0..1000)
+        .map(|i| crate::helpers::event("entry", entry, "put", &version(i % 32, 2 + (i / 32) as u64), Some(b"e")))
+        .collect();
+    let started = std::time::Instant::now();
+    let body = app.push_ok(&a, &batch).await;
+    let took = started.elapsed();
+    assert!(body["results"].as_array().unwrap().iter().all(|r| r["status"] == "conflict"), "each replaced one head");
+    let pulled = app.pull(&a, "since=0").await;
+    let change = pulled["changes"].as_array().unwrap().iter().find(|c| c["id"] == entry.to_string()).unwrap();
+    assert_eq!(change["heads"].as_array().unwrap().len(), 32);
+    eprintln!("worst-case push: 1,000 events, 32 heads of 128 keys: {took:?} ({:?} per event)", took / 1000);
+    assert!(took < Duration::from_secs(60), "{took:?}");
+}
