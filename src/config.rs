@@ -61,6 +61,10 @@ pub struct Config {
     pub sqlite_memory_limit_mb: u32,
     /// Threads of the async runtime.
     pub worker_threads: NonZeroUsize,
+    /// Long-polls (`GET /sync/pull?wait=`) one user may hold at once.
+    pub long_polls_per_user: NonZeroUsize,
+    /// Long-polls one device may hold at once.
+    pub long_polls_per_device: NonZeroUsize,
     /// The LLM proxy and its OHTTP gateway.
     pub llm: llm::LlmConfig,
     /// The App Store, or the variables it still needs.
@@ -250,6 +254,8 @@ impl Config {
             max_open_databases: parse_or("MAX_OPEN_DATABASES", get("MAX_OPEN_DATABASES"), "1000")?,
             sqlite_memory_limit_mb: parse_or("SQLITE_MEMORY_LIMIT_MB", get("SQLITE_MEMORY_LIMIT_MB"), "128")?,
             worker_threads: parse_or("WORKER_THREADS", get("WORKER_THREADS"), &default_worker_threads().to_string())?,
+            long_polls_per_user: parse_or("LONG_POLLS_PER_USER", get("LONG_POLLS_PER_USER"), "16")?,
+            long_polls_per_device: parse_or("LONG_POLLS_PER_DEVICE", get("LONG_POLLS_PER_DEVICE"), "4")?,
             apple: apple_store(&get, environment)?,
             google: google_play(&get)?,
             google_pubsub: google_pubsub(&get)?,

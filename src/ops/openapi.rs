@@ -50,6 +50,9 @@ at least one item. A cursor (`since`) is at most 2^63 − 1.\n\
 - A version vector names at most 128 devices (the contract's 1,024 made every comparison costly). A push \
 that would leave an aggregate more than 32 heads is 422 `too_many_heads`: pull it and push one event above \
 every head first.\n\
+- Long-polls (`wait` > 0) are capped per device and per account (`LONG_POLLS_PER_DEVICE`, \
+`LONG_POLLS_PER_USER`): past either, the new one is 429 `too_many_long_polls` with `Retry-After`; the \
+ones held are never cut short.\n\
 - A body whose `Content-Length` is over the route's limit is 413 before it is read: with \
 `Expect: 100-continue`, the client gets 413 instead of `100 Continue`.\n\
 - A `client_time` must fall in the years 0000–9999.\n\

@@ -211,3 +211,56 @@ async fn the_worst_case_push_is_bounded() {
     eprintln!("worst-case push: 1,000 events, 32 heads of 128 keys: {took:?} ({:?} per event)", took / 1000);
     assert!(took < Duration::from_secs(60), "{took:?}");
 }
+
+/// Waits until `n` long-polls wait on `app`'s server.
+async fn wait_for_long_polls(app: &TestApp, n: f64) {
+    let started = std::time::Instant::now();
+    loop {
+        let scrape = app.scrape().await;
+        let waiting = scrape.lines().find_map(|line| line.strip_prefix("echolia_long_polls_waiting "));
+        if waiting.map_or(0.0, |value| value.trim().parse().unwrap()) == n {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{n} long-polls never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn long_polls_are_capped_per_device_and_per_user() {
+    use reqwest::StatusCode;
+    let app = crate::helpers::spawn_app_with(&[("LONG_POLLS_PER_DEVICE", "2"), ("LONG_POLLS_PER_USER", "3")]).await;
+    let desktop = app.register().await;
+    let phone = app.pair(&desktop, "Phone").await;
+    let cursor = app.pull(&desktop, "since=0").await["cursor"].as_u64().unwrap();
+    let poll = |token: String| {
+        let (client, url) = (app.client.clone(), app.url(&format!("/sync/pull?since={cursor}&wait=20")));
+        async move { client.get(url).bearer_auth(token).timeout(Duration::from_secs(30)).send().await.unwrap() }
+    };
+    let mut held = Vec::new();
+    for (i, session) in [&desktop, &desktop, &phone].into_iter().enumerate() {
+        held.push(tokio::spawn(poll(session.access_token.clone())));
+        wait_for_long_polls(&app, i as f64 + 1.0).await;
+    }
+    // The desktop's third: over its device's cap. The phone's second: over the account's.
+    for (session, whose) in [(&desktop, "this device"), (&phone, "this account")] {
+        let resp = tokio::time::timeout(Duration::from_secs(5), poll(session.access_token.clone()))
+            .await
+            .expect("a long-poll over the cap was held instead of refused");
+        let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=20).contains(&retry), "Retry-After {retry}");
+        let message = crate::helpers::assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "too_many_long_polls").await;
+        assert!(message.contains(whose), "{message}");
+    }
+    // A pull without wait is not a long-poll: answered as ever.
+    assert_eq!(app.get("/sync/pull?since=0", &desktop.access_token).await.status(), StatusCode::OK);
+    // A push answers the held ones; their places come back.
+    let entry = uuid::Uuid::new_v4();
+    app.push_ok(&desktop, &[crate::helpers::event("entry", entry, "put", &[(desktop.device_id, 1)], Some(b"x"))]).await;
+    for poll in held {
+        assert_eq!(poll.await.unwrap().status(), StatusCode::OK);
+    }
+    wait_for_long_polls(&app, 0.0).await;
+    let resp = app.get(&format!("/sync/pull?since={}&wait=1", cursor + 1), &desktop.access_token).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
