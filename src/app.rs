@@ -141,6 +141,7 @@ pub async fn serve(
     let stopping = state.shutdown.clone();
     let metrics_app = metrics::router(state.clone());
     let metrics_stop = state.shutdown.clone();
+    tokio::spawn(auth::pairing::sweep_regularly(state.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     // No Nagle: a streamed answer's events go out as written, not after the
     // client's delayed ACK of the response head (≈ 40 ms).

@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -61,6 +62,8 @@ pub struct Config {
     pub sqlite_memory_limit_mb: u32,
     /// Threads of the async runtime.
     pub worker_threads: NonZeroUsize,
+    /// How often expired pairings are cleaned up (`PAIRING_SWEEP_SECS`).
+    pub pairing_sweep: Duration,
     /// Long-polls (`GET /sync/pull?wait=`) one user may hold at once.
     pub long_polls_per_user: NonZeroUsize,
     /// Long-polls one device may hold at once.
@@ -254,6 +257,7 @@ impl Config {
             max_open_databases: parse_or("MAX_OPEN_DATABASES", get("MAX_OPEN_DATABASES"), "1000")?,
             sqlite_memory_limit_mb: parse_or("SQLITE_MEMORY_LIMIT_MB", get("SQLITE_MEMORY_LIMIT_MB"), "128")?,
             worker_threads: parse_or("WORKER_THREADS", get("WORKER_THREADS"), &default_worker_threads().to_string())?,
+            pairing_sweep: seconds("PAIRING_SWEEP_SECS", get("PAIRING_SWEEP_SECS"), "60")?,
             long_polls_per_user: parse_or("LONG_POLLS_PER_USER", get("LONG_POLLS_PER_USER"), "16")?,
             long_polls_per_device: parse_or("LONG_POLLS_PER_DEVICE", get("LONG_POLLS_PER_DEVICE"), "4")?,
             apple: apple_store(&get, environment)?,
@@ -434,6 +438,15 @@ where
 {
     let raw = value.as_deref().unwrap_or(default);
     raw.parse().map_err(|err| invalid(variable, format!("`{raw}`: {err}")))
+}
+
+/// A whole number of seconds, at least 1 and at most a day.
+fn seconds(variable: &'static str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let secs: u64 = parse_or(variable, value, default)?;
+    if !(1..=86_400).contains(&secs) {
+        return Err(invalid(variable, format!("`{secs}` is not 1 to 86400 seconds")));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// `TRUSTED_PROXIES`: comma-separated CIDRs; a bare address means that one host.

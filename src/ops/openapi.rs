@@ -55,6 +55,8 @@ every head first.\n\
 ones held are never cut short.\n\
 - A body whose `Content-Length` is over the route's limit is 413 before it is read: with \
 `Expect: 100-continue`, the client gets 413 instead of `100 Continue`.\n\
+- An approved pairing not collected within its 10 minutes has its new device revoked (recorded as \
+revoked by the approver) and its sealed key deleted.\n\
 - A `client_time` must fall in the years 0000–9999.\n\
 - Any UUID is accepted as an `event_id` or a new `aggregate_id`; time-ordered ones (version 7, RFC 9562) \
 are recommended: the log and the views index them, and ids that grow with time are appended at the end \

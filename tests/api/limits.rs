@@ -264,3 +264,65 @@ async fn long_polls_are_capped_per_device_and_per_user() {
     let resp = app.get(&format!("/sync/pull?since={}&wait=1", cursor + 1), &desktop.access_token).await;
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_approved_pairing_never_collected_is_revoked_and_purged() {
+    use reqwest::StatusCode;
+    let app = crate::helpers::spawn_app_with(&[("PAIRING_SWEEP_SECS", "1")]).await;
+    let desktop = app.register().await;
+    let resp = app.post("/auth/pairing", Some(&desktop.access_token), &serde_json::json!({})).await;
+    let started: serde_json::Value = resp.json().await.unwrap();
+    let pairing_id = started["pairing_id"].as_str().unwrap().to_owned();
+    let mut claim = crate::helpers::device_body("Phone", "mobile");
+    claim["code"] = started["code"].clone();
+    let claimed: serde_json::Value = app.post("/auth/pairing/claim", None, &claim).await.json().await.unwrap();
+    let claim_token = claimed["claim_token"].as_str().unwrap().to_owned();
+    let approve = serde_json::json!({ "key_envelope": "c2VhbGVk" });
+    let resp = app.post(&format!("/auth/pairing/{pairing_id}/approve"), Some(&desktop.access_token), &approve).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let phone: serde_json::Value = resp.json().await.unwrap();
+    let phone_id = phone["device_id"].as_str().unwrap().to_owned();
+
+    let envelope = |app: &TestApp| {
+        let path = app.data_dir().join("control.db");
+        let pairing_id = pairing_id.clone();
+        async move {
+            let db = libsql::Builder::new_local(path).build().await.unwrap();
+            let conn = db.connect().unwrap();
+            let mut rows = conn
+                .query("SELECT key_envelope IS NOT NULL FROM pairings WHERE pairing_id = ?1", [pairing_id])
+                .await
+                .unwrap();
+            rows.next().await.unwrap().map(|row| row.get::<i64>(0).unwrap() == 1)
+        }
+    };
+    assert_eq!(envelope(&app).await, Some(true));
+    // Nobody collects it; its time runs out.
+    app.clock.advance(chrono::Duration::minutes(11));
+    let started = std::time::Instant::now();
+    let revoked = loop {
+        let devices = app.devices(&desktop).await;
+        let listed = devices.iter().find(|d| d["device_id"] == phone_id.as_str()).unwrap().clone();
+        if !listed["revoked_at"].is_null() || started.elapsed() > Duration::from_secs(5) {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!revoked["revoked_at"].is_null(), "the uncollected device is still active: {revoked}");
+    assert_eq!(envelope(&app).await, Some(false), "the sealed key is still stored");
+    let resp = app
+        .client
+        .get(app.url(&format!("/auth/pairing/{pairing_id}/result")))
+        .header("x-claim-token", claim_token)
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_error(resp, StatusCode::NOT_FOUND, "pairing_expired").await;
+    // A day later the pairing itself is forgotten.
+    app.clock.advance(chrono::Duration::days(1));
+    let started = std::time::Instant::now();
+    while envelope(&app).await.is_some() {
+        assert!(started.elapsed() < Duration::from_secs(5), "an expired pairing was never purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
