@@ -62,6 +62,15 @@ pub struct Config {
     pub sqlite_memory_limit_mb: u32,
     /// Threads of the async runtime.
     pub worker_threads: NonZeroUsize,
+    /// API connections open at once; past it new ones wait (`MAX_CONNECTIONS`).
+    pub max_connections: NonZeroUsize,
+    /// From a request's first byte to the end of its head (`HEADER_READ_TIMEOUT_SECS`).
+    pub header_read_timeout: Duration,
+    /// Longest pause while a request body is read (`BODY_READ_TIMEOUT_SECS`).
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long
+    /// without a byte (`IDLE_TIMEOUT_SECS`); long-polls are in flight.
+    pub idle_timeout: Duration,
     /// How often expired pairings are cleaned up (`PAIRING_SWEEP_SECS`).
     pub pairing_sweep: Duration,
     /// Long-polls (`GET /sync/pull?wait=`) one user may hold at once.
@@ -257,6 +266,10 @@ impl Config {
             max_open_databases: parse_or("MAX_OPEN_DATABASES", get("MAX_OPEN_DATABASES"), "1000")?,
             sqlite_memory_limit_mb: parse_or("SQLITE_MEMORY_LIMIT_MB", get("SQLITE_MEMORY_LIMIT_MB"), "128")?,
             worker_threads: parse_or("WORKER_THREADS", get("WORKER_THREADS"), &default_worker_threads().to_string())?,
+            max_connections: parse_or("MAX_CONNECTIONS", get("MAX_CONNECTIONS"), "4096")?,
+            header_read_timeout: seconds("HEADER_READ_TIMEOUT_SECS", get("HEADER_READ_TIMEOUT_SECS"), "10")?,
+            body_read_timeout: seconds("BODY_READ_TIMEOUT_SECS", get("BODY_READ_TIMEOUT_SECS"), "30")?,
+            idle_timeout: seconds("IDLE_TIMEOUT_SECS", get("IDLE_TIMEOUT_SECS"), "75")?,
             pairing_sweep: seconds("PAIRING_SWEEP_SECS", get("PAIRING_SWEEP_SECS"), "60")?,
             long_polls_per_user: parse_or("LONG_POLLS_PER_USER", get("LONG_POLLS_PER_USER"), "16")?,
             long_polls_per_device: parse_or("LONG_POLLS_PER_DEVICE", get("LONG_POLLS_PER_DEVICE"), "4")?,

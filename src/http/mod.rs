@@ -3,6 +3,7 @@
 
 pub mod client_ip;
 pub mod codec;
+pub mod conn;
 pub mod json;
 pub mod limit;
 pub mod path;

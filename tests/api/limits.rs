@@ -326,3 +326,111 @@ async fn an_approved_pairing_never_collected_is_revoked_and_purged() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Whether the server closed `stream` within `within` (EOF or reset),
+/// reading and dropping whatever it sends meanwhile.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Short deadlines, so the tests run in seconds.
+const SHORT: &[(&str, &str)] =
+    &[("HEADER_READ_TIMEOUT_SECS", "1"), ("BODY_READ_TIMEOUT_SECS", "1"), ("IDLE_TIMEOUT_SECS", "2")];
+
+#[tokio::test]
+async fn a_head_sent_one_byte_at_a_time_is_cut_off() {
+    let app = crate::helpers::spawn_app_with(SHORT).await;
+    let mut stream = connect(&app).await;
+    let started = std::time::Instant::now();
+    let head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for byte in head {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    assert!(closed_within(&mut stream, Duration::from_secs(2)).await, "a slow head kept its connection");
+    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    // Partial headers, then silence: also closed.
+    let mut stream = connect(&app).await;
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(3)).await, "partial headers kept their connection");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_but_not_before_its_time() {
+    let app = crate::helpers::spawn_app_with(SHORT).await;
+    let mut stream = connect(&app).await;
+    let request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    assert!(read_head(&mut stream, Duration::from_secs(5)).await.starts_with("HTTP/1.1 200"));
+    // Idle longer than the header deadline, shorter than the idle one: still served.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    stream.write_all(request).await.unwrap();
+    assert!(read_head(&mut stream, Duration::from_secs(5)).await.starts_with("HTTP/1.1 200"));
+    let idle_from = std::time::Instant::now();
+    assert!(closed_within(&mut stream, Duration::from_secs(5)).await, "an idle connection stayed open");
+    assert!(idle_from.elapsed() >= Duration::from_millis(1500), "closed too early: {:?}", idle_from.elapsed());
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_length_is_not_waited_for() {
+    let app = crate::helpers::spawn_app_with(SHORT).await;
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(
+            b"POST /auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"devi",
+        )
+        .await
+        .unwrap();
+    let answer = read_head(&mut stream, Duration::from_secs(4)).await;
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer:?}");
+    assert!(closed_within(&mut stream, Duration::from_secs(3)).await, "the connection stayed open");
+}
+
+#[tokio::test]
+async fn a_long_poll_outlives_the_idle_deadline() {
+    let app = crate::helpers::spawn_app_with(SHORT).await;
+    let session = app.register().await;
+    let cursor = app.pull(&session, "since=0").await["cursor"].clone();
+    let started = std::time::Instant::now();
+    let resp = app
+        .client
+        .get(app.url(&format!("/sync/pull?since={cursor}&wait=4")))
+        .bearer_auth(&session.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(3900), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_until_one_closes() {
+    let app = crate::helpers::spawn_app_with(&[("MAX_CONNECTIONS", "2")]).await;
+    let mut held = vec![connect(&app).await, connect(&app).await];
+    // Both served: they hold the two places.
+    for stream in &mut held {
+        stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert!(read_head(stream, Duration::from_secs(5)).await.starts_with("HTTP/1.1 200"));
+    }
+    let client = reqwest::Client::new();
+    let waiting = client.get(app.url("/health")).timeout(Duration::from_millis(800)).send().await;
+    assert!(waiting.is_err(), "a third connection was served: {waiting:?}");
+    let scrape = app.scrape().await;
+    assert!(scrape.lines().any(|l| l.starts_with("echolia_connection_cap_reached_total ")), "{scrape}");
+    drop(held.pop());
+    let resp = client.get(app.url("/health")).timeout(Duration::from_secs(5)).send().await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+}
