@@ -3,13 +3,14 @@
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -17,6 +18,8 @@ use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::http::conn::{self, ConnLimits};
+use crate::http::BodyLimit;
 use crate::ops::metrics;
 use crate::ops::{health, openapi::ApiDoc, telemetry};
 use crate::state::AppState;
@@ -33,12 +36,17 @@ pub const AUTH_BODY_LIMIT: usize = 1024 * 1024;
 fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
-        .merge(auth::router(state).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
-        .merge(audit::router().merge(account::router()).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
+        .merge(body_limit(AUTH_BODY_LIMIT).apply(auth::router(state)))
+        .merge(body_limit(AUTH_BODY_LIMIT).apply(audit::router().merge(account::router())))
         .merge(sync::router())
-        .merge(payments::router().layer(DefaultBodyLimit::max(payments::BODY_LIMIT)))
+        .merge(body_limit(payments::BODY_LIMIT).apply(payments::router()))
         .merge(llm::router())
         .split_for_parts()
+}
+
+/// A limit whose 413 says `body_too_large`, as [`crate::http::ApiJson`]'s does.
+fn body_limit(bytes: usize) -> BodyLimit {
+    BodyLimit { bytes, code: "body_too_large", message: "the request body is larger than this endpoint accepts" }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -55,6 +63,8 @@ pub fn router(state: AppState) -> Router {
                 .on_response(telemetry::log_response)
                 .on_failure(()),
         )
+        // A client that stops sending its body mid-way is not waited for.
+        .layer(RequestBodyTimeoutLayer::new(state.config.body_read_timeout))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(axum::middleware::map_request(drop_malformed_request_id))
@@ -135,21 +145,20 @@ pub async fn serve(
     let stopping = state.shutdown.clone();
     let metrics_app = metrics::router(state.clone());
     let metrics_stop = state.shutdown.clone();
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    // No Nagle: a streamed answer's events go out as written, not after the
-    // client's delayed ACK of the response head (≈ 40 ms).
-    let api_listener = axum::serve::ListenerExt::tap_io(listeners.api, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
-    });
-    let api = axum::serve(api_listener, app).with_graceful_shutdown(async move {
+    let limits = ConnLimits {
+        max_connections: state.config.max_connections.get(),
+        header_read: state.config.header_read_timeout,
+        idle: state.config.idle_timeout,
+    };
+    tokio::spawn(auth::pairing::sweep_regularly(state.clone()));
+    let recorder = state.metrics.clone();
+    let api = recorder.scope(conn::serve(listeners.api, router(state), limits, async move {
         shutdown.await;
         stopping.cancel();
-    });
+    }));
     let metrics = axum::serve(listeners.metrics, metrics_app)
         .with_graceful_shutdown(async move { metrics_stop.cancelled().await });
-    tokio::try_join!(api.into_future(), metrics.into_future())?;
+    tokio::try_join!(api, metrics.into_future())?;
     Ok(())
 }
 

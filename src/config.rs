@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -63,6 +64,21 @@ pub struct Config {
     pub sqlite_memory_limit_mb: u32,
     /// Threads of the async runtime.
     pub worker_threads: NonZeroUsize,
+    /// API connections open at once; past it new ones wait (`MAX_CONNECTIONS`).
+    pub max_connections: NonZeroUsize,
+    /// From a request's first byte to the end of its head (`HEADER_READ_TIMEOUT_SECS`).
+    pub header_read_timeout: Duration,
+    /// Longest pause while a request body is read (`BODY_READ_TIMEOUT_SECS`).
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long
+    /// without a byte (`IDLE_TIMEOUT_SECS`); long-polls are in flight.
+    pub idle_timeout: Duration,
+    /// How often expired pairings are cleaned up (`PAIRING_SWEEP_SECS`).
+    pub pairing_sweep: Duration,
+    /// Long-polls (`GET /sync/pull?wait=`) one user may hold at once.
+    pub long_polls_per_user: NonZeroUsize,
+    /// Long-polls one device may hold at once.
+    pub long_polls_per_device: NonZeroUsize,
     /// The LLM proxy and its OHTTP gateway.
     pub llm: llm::LlmConfig,
     /// The App Store, or the variables it still needs.
@@ -253,6 +269,13 @@ impl Config {
             id_index_max_events: parse_or("ID_INDEX_MAX_EVENTS", get("ID_INDEX_MAX_EVENTS"), "2000000")?,
             sqlite_memory_limit_mb: parse_or("SQLITE_MEMORY_LIMIT_MB", get("SQLITE_MEMORY_LIMIT_MB"), "128")?,
             worker_threads: parse_or("WORKER_THREADS", get("WORKER_THREADS"), &default_worker_threads().to_string())?,
+            max_connections: parse_or("MAX_CONNECTIONS", get("MAX_CONNECTIONS"), "4096")?,
+            header_read_timeout: seconds("HEADER_READ_TIMEOUT_SECS", get("HEADER_READ_TIMEOUT_SECS"), "10")?,
+            body_read_timeout: seconds("BODY_READ_TIMEOUT_SECS", get("BODY_READ_TIMEOUT_SECS"), "30")?,
+            idle_timeout: seconds("IDLE_TIMEOUT_SECS", get("IDLE_TIMEOUT_SECS"), "75")?,
+            pairing_sweep: seconds("PAIRING_SWEEP_SECS", get("PAIRING_SWEEP_SECS"), "60")?,
+            long_polls_per_user: parse_or("LONG_POLLS_PER_USER", get("LONG_POLLS_PER_USER"), "16")?,
+            long_polls_per_device: parse_or("LONG_POLLS_PER_DEVICE", get("LONG_POLLS_PER_DEVICE"), "4")?,
             apple: apple_store(&get, environment)?,
             google: google_play(&get)?,
             google_pubsub: google_pubsub(&get)?,
@@ -431,6 +454,15 @@ where
 {
     let raw = value.as_deref().unwrap_or(default);
     raw.parse().map_err(|err| invalid(variable, format!("`{raw}`: {err}")))
+}
+
+/// A whole number of seconds, at least 1 and at most a day.
+fn seconds(variable: &'static str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let secs: u64 = parse_or(variable, value, default)?;
+    if !(1..=86_400).contains(&secs) {
+        return Err(invalid(variable, format!("`{secs}` is not 1 to 86400 seconds")));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// `TRUSTED_PROXIES`: comma-separated CIDRs; a bare address means that one host.

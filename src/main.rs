@@ -185,7 +185,25 @@ async fn operate(config: Config, operation: Operation) -> Result<Outcome, CliErr
     }
 }
 
+/// Raises the open-files limit, warning when it is still short of what
+/// `MAX_CONNECTIONS` and `MAX_OPEN_DATABASES` may hold (three files a database:
+/// it, its WAL and its shared memory).
+fn raise_open_files_limit(config: &Config) {
+    let wanted = config.max_connections.get() as u64 + config.max_open_databases.get() as u64 * 3 + 64;
+    match echolia::http::conn::raise_open_files_limit() {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            open_files_limit = limit,
+            wanted,
+            "the open-files limit is below MAX_CONNECTIONS + 3 x MAX_OPEN_DATABASES: raise it (LimitNOFILE for \
+             systemd, ulimits: nofile for compose) or lower those"
+        ),
+        Ok(limit) => tracing::info!(open_files_limit = limit, "open-files limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open-files limit"),
+    }
+}
+
 async fn serve(config: Config) -> ExitCode {
+    raise_open_files_limit(&config);
     let state = match AppState::build(config, Arc::new(SystemClock)).await {
         Ok(state) => state,
         Err(err) => {

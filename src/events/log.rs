@@ -15,9 +15,10 @@ use crate::store::{StoreError, StoreResult};
 /// Items a page of the log or of the views holds at most (`limit`), and by default.
 pub const MAX_LIMIT: u64 = 1000;
 pub const DEFAULT_LIMIT: u64 = 500;
-/// A page ends once it holds this many payload bytes (so it holds at most
-/// this plus one item's): with up to 1,000 items of up to 1 MiB each,
-/// `limit` alone would not bound memory.
+/// A page ends once it holds this many bytes (so it holds at most this plus
+/// one item's, and always one item): with up to 1,000 items of up to 1 MiB
+/// each, `limit` alone would not bound memory. Every byte counts: payloads,
+/// version vectors, ids and times.
 pub const MAX_PAGE_PAYLOAD_BYTES: u64 = 8 * 1024 * 1024;
 
 const COLUMNS: &str =
@@ -123,7 +124,8 @@ pub async fn read_filtered(
 pub async fn page_len(conn: &Connection, since: u64, limit: u64, byte_budget: u64) -> StoreResult<(u64, bool)> {
     let mut rows = conn
         .query(
-            "SELECT coalesce(length(payload), 0) FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            // An event's ids, hash, times and field names: 300 bytes at most.
+            "SELECT coalesce(length(payload), 0) + length(version) + 300 FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             (since, limit + 1),
         )
         .await?;

@@ -54,14 +54,33 @@ impl VersionVector {
         self.0.iter()
     }
 
-    /// Compares causally: counters missing on one side count as 0.
+    /// Compares causally: counters missing on one side count as 0. One walk
+    /// over both vectors in key order (linear in their lengths), stopping as
+    /// soon as they are known to be concurrent.
     pub fn compare(&self, other: &Self) -> Causality {
+        use std::cmp::Ordering;
         let (mut less, mut greater) = (false, false);
-        for device in self.0.keys().chain(other.0.keys()) {
-            match self.get(device).cmp(&other.get(device)) {
-                std::cmp::Ordering::Less => less = true,
-                std::cmp::Ordering::Greater => greater = true,
-                std::cmp::Ordering::Equal => {}
+        let (mut mine, mut theirs) = (self.0.iter().peekable(), other.0.iter().peekable());
+        while !(less && greater) {
+            let step = match (mine.peek(), theirs.peek()) {
+                (None, None) => break,
+                // A device on one side only: its counter (≥ 1 once pushed) against 0.
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((a, _)), Some((b, _))) => a.cmp(b),
+            };
+            let order = match step {
+                Ordering::Less => mine.next().map_or(Ordering::Equal, |(_, counter)| counter.cmp(&0)),
+                Ordering::Greater => theirs.next().map_or(Ordering::Equal, |(_, counter)| 0.cmp(counter)),
+                Ordering::Equal => match (mine.next(), theirs.next()) {
+                    (Some((_, a)), Some((_, b))) => a.cmp(b),
+                    _ => Ordering::Equal,
+                },
+            };
+            match order {
+                Ordering::Less => less = true,
+                Ordering::Greater => greater = true,
+                Ordering::Equal => {}
             }
         }
         match (less, greater) {
@@ -166,6 +185,20 @@ mod tests {
             };
             prop_assert_eq!(b.compare(&a), expected);
             prop_assert_eq!(a.compare(&b) == Causality::Equal, a == b);
+        }
+
+        #[test]
+        fn compare_agrees_with_the_counters(a in vector(), b in vector()) {
+            let devices: Vec<&Uuid> = a.0.keys().chain(b.0.keys()).collect();
+            let less = devices.iter().any(|d| a.get(d) < b.get(d));
+            let greater = devices.iter().any(|d| a.get(d) > b.get(d));
+            let expected = match (less, greater) {
+                (false, false) => Causality::Equal,
+                (true, false) => Causality::Before,
+                (false, true) => Causality::After,
+                (true, true) => Causality::Concurrent,
+            };
+            prop_assert_eq!(a.compare(&b), expected);
         }
 
         #[test]

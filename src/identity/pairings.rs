@@ -124,6 +124,40 @@ pub async fn open_pairings(conn: &Connection, user: Uuid, now: DateTime<Utc>) ->
     }
 }
 
+/// Approved pairings whose result was never collected and whose time to
+/// collect it is over, envelope still kept: (pairing, user, new device, approver).
+pub async fn uncollected(conn: &Connection, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, Uuid, Uuid, Uuid)>> {
+    let mut rows = conn
+        .query(
+            "SELECT pairing_id, user_id, new_device_id, approver_device FROM pairings \
+             WHERE status = 'approved' AND delivered_at IS NULL AND key_envelope IS NOT NULL AND expires_at <= ?1 \
+             AND new_device_id IS NOT NULL AND approver_device IS NOT NULL",
+            [now.timestamp_millis()],
+        )
+        .await?;
+    let mut found = Vec::new();
+    while let Some(row) = rows.next().await? {
+        let id = |i: i32| -> StoreResult<Uuid> {
+            let text: String = row.get(i)?;
+            Uuid::parse_str(&text).map_err(|_| StoreError::Corrupt(format!("pairing row: `{text}` is not an id")))
+        };
+        found.push((id(0)?, id(1)?, id(2)?, id(3)?));
+    }
+    Ok(found)
+}
+
+/// Drops the sealed key of an approved pairing left uncollected past its
+/// expiry (its device is revoked first): it can never be delivered now.
+pub async fn purge_envelope(conn: &Connection, pairing_id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
+    conn.execute(
+        "UPDATE pairings SET key_envelope = NULL \
+         WHERE pairing_id = ?1 AND status = 'approved' AND delivered_at IS NULL AND expires_at <= ?2",
+        libsql::params![pairing_id.to_string(), now.timestamp_millis()],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Forgets pairings that expired over a day ago.
 pub async fn prune(conn: &Connection, now: DateTime<Utc>) -> StoreResult<()> {
     let cutoff = (now - chrono::Duration::days(1)).timestamp_millis();
@@ -211,13 +245,15 @@ pub async fn reject(conn: &Connection, pairing_id: Uuid) -> StoreResult<bool> {
     Ok(changed == 1)
 }
 
-/// Marks the approved result delivered; `true` only for the one caller that got it.
+/// Marks the approved result delivered; `true` only for the one caller that
+/// got it, before its expiry (after it, the sweep revokes the device).
 pub async fn mark_delivered(conn: &Connection, pairing_id: Uuid, now: DateTime<Utc>) -> StoreResult<bool> {
     let changed = conn
         .execute(
             "UPDATE pairings SET delivered_at = ?2, key_envelope = NULL \
-             WHERE pairing_id = ?1 AND status = 'approved' AND delivered_at IS NULL",
-            (pairing_id.to_string(), rfc3339(now)),
+             WHERE pairing_id = ?1 AND status = 'approved' AND delivered_at IS NULL AND key_envelope IS NOT NULL \
+             AND expires_at > ?3",
+            libsql::params![pairing_id.to_string(), rfc3339(now), now.timestamp_millis()],
         )
         .await?;
     Ok(changed == 1)

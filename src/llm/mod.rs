@@ -20,12 +20,12 @@ pub mod upstream;
 pub mod usage;
 pub mod usage_api;
 
-use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
+use crate::http::BodyLimit;
 use crate::state::{AppState, UserAuth};
 use quota::Tier;
 
@@ -42,10 +42,12 @@ pub fn proxy_router() -> OpenApiRouter<AppState> {
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
-    proxy_router()
-        .routes(routes!(gateway::keys))
-        .routes(routes!(gateway::ohttp))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+    let limit = BodyLimit {
+        bytes: BODY_LIMIT,
+        code: "body_too_large",
+        message: "the request body is larger than this endpoint accepts",
+    };
+    limit.apply(proxy_router().routes(routes!(gateway::keys)).routes(routes!(gateway::ohttp)))
 }
 
 /// The tier quotas are taken from: the user's subscription, as

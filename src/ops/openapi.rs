@@ -44,8 +44,19 @@ until a client resolves it. `parent_id` of a change is the first parent among it
 - A duplicate is the same `event_id` with the same content from the same device; from another device \
 it is `event_id_reused` (409). `client_time` is kept to the microsecond.\n\
 - `GET /sync/status` also counts `embeddings`; counts are of live (not deleted) aggregates.\n\
-- A page of `/sync/pull` or `/sync/events` also ends once it holds 8 MiB of payloads (then \
-`has_more` is true), whatever `limit` says. A cursor (`since`) is at most 2^63 − 1.\n\
+- A page of `/sync/pull` or `/sync/events` also ends once it holds 8 MiB (then `has_more` is true), \
+whatever `limit` says; every byte counts (payloads, version vectors, heads, ids), and a page always holds \
+at least one item. A cursor (`since`) is at most 2^63 − 1.\n\
+- A version vector names at most 128 devices (the contract's 1,024 made every comparison costly). A push \
+that would leave an aggregate more than 32 heads is 422 `too_many_heads`: pull it and push one event above \
+every head first.\n\
+- Long-polls (`wait` > 0) are capped per device and per account (`LONG_POLLS_PER_DEVICE`, \
+`LONG_POLLS_PER_USER`): past either, the new one is 429 `too_many_long_polls` with `Retry-After`; the \
+ones held are never cut short.\n\
+- A body whose `Content-Length` is over the route's limit is 413 before it is read: with \
+`Expect: 100-continue`, the client gets 413 instead of `100 Continue`.\n\
+- An approved pairing not collected within its 10 minutes has its new device revoked (recorded as \
+revoked by the approver) and its sealed key deleted.\n\
 - A `client_time` must fall in the years 0000–9999.\n\
 - Any UUID is accepted as an `event_id` or a new `aggregate_id`; time-ordered ones (version 7, RFC 9562) \
 are recommended: the log and the views index them, and ids that grow with time are appended at the end \

@@ -74,12 +74,25 @@ impl AggregateHead {
     }
 }
 
+/// Most heads a push may leave an aggregate with: an event that would make
+/// more is refused (422 `too_many_heads`) until a device merges them. With
+/// push's cap on a vector's devices (`MAX_VERSION_KEYS`) it bounds the fold's work per
+/// event: at most two walks over each head's vector (the stale check, the
+/// eviction), `2 × MAX_HEADS × 2 × MAX_VERSION_KEYS` counter comparisons,
+/// plus one merge into the row's vector. The fold itself takes any number:
+/// a log written before the cap replays as it was.
+pub const MAX_HEADS: usize = 32;
+
 impl AggregateRow {
     fn from_heads(kind: Kind, id: Uuid, heads: Vec<AggregateHead>, updated_seq: u64) -> Self {
         let mut version = VersionVector::default();
         for head in &heads {
             version.merge(&head.version);
         }
+        Self::with_version(kind, id, heads, version, updated_seq)
+    }
+
+    fn with_version(kind: Kind, id: Uuid, heads: Vec<AggregateHead>, version: VersionVector, updated_seq: u64) -> Self {
         AggregateRow {
             kind,
             id,
@@ -105,11 +118,15 @@ pub fn apply(current: Option<AggregateRow>, stored: &StoredEvent) -> (AggregateR
     if is_stale {
         return (row, Outcome::Stale);
     }
+    // The merge of the heads left and the new one equals the old merge and
+    // the new one (the heads it evicts are below it): one merge, not one per head.
+    let mut version = row.version;
+    version.merge(&head.version);
     let mut heads: Vec<AggregateHead> = row.heads.into_iter().filter(|h| !head.version.dominates(&h.version)).collect();
     let at = heads.partition_point(|h| h.event_id < head.event_id);
     heads.insert(at, head);
     let outcome = if heads.len() == 1 { Outcome::Applied } else { Outcome::Conflict };
-    (AggregateRow::from_heads(row.kind, row.id, heads, stored.seq), outcome)
+    (AggregateRow::with_version(row.kind, row.id, heads, version, stored.seq), outcome)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! extractor of the authenticated caller ([`UserAuth`]). Handlers take it as
 //! `State<AppState>`; it depends only on the layers below the areas.
 
+pub mod long_polls;
 pub mod metrics;
 pub mod notify;
 pub mod ohttp;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
+use self::long_polls::LongPolls;
 use self::metrics::Metrics;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -60,6 +62,8 @@ pub struct AppState {
     /// The LLM provider's own model list and when it was fetched: asked at
     /// most once a minute, however often devices list the models.
     pub llm_models: Arc<tokio::sync::Mutex<Option<FetchedModels>>>,
+    /// Long-polls held per user and per device (`LONG_POLLS_PER_*`).
+    pub long_polls: Arc<LongPolls>,
 }
 
 impl AppState {
@@ -97,6 +101,7 @@ impl AppState {
             register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
             claim_limiter: Arc::new(IpRateLimiter::per_minute(config.pairing_claim_rate_limit)),
             notifier: Arc::default(),
+            long_polls: Arc::new(LongPolls::new(config.long_polls_per_user.get(), config.long_polls_per_device.get())),
             read_ahead: Arc::default(),
             pairing_updates: Arc::default(),
             metrics: Arc::default(),

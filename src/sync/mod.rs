@@ -7,19 +7,20 @@ pub mod push;
 pub mod status;
 pub mod wire;
 
-use axum::extract::DefaultBodyLimit;
 use tower_http::compression::CompressionLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::http::BodyLimit;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    let limit =
+        BodyLimit { bytes: push::MAX_BATCH_BYTES, code: "batch_too_large", message: "the batch is larger than 16 MiB" };
+    let routes = OpenApiRouter::new()
         .routes(routes!(push::push))
         .routes(routes!(pull::pull))
         .routes(routes!(log::events))
-        .routes(routes!(status::status))
-        .layer(DefaultBodyLimit::max(push::MAX_BATCH_BYTES))
-        .layer(CompressionLayer::new())
+        .routes(routes!(status::status));
+    limit.apply(routes).layer(CompressionLayer::new())
 }

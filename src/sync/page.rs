@@ -75,9 +75,21 @@ impl PageChange {
         std::iter::once(&self.row.latest).chain(&self.others)
     }
 
-    /// Payload bytes of all heads.
-    pub fn payload_bytes(&self) -> u64 {
-        self.events().filter_map(|head| head.payload.as_ref()).map(|p| p.len() as u64).sum()
+    /// The bytes this change puts on a page, counted against its budget:
+    /// every head's payload and version vector, the merged vector, the ids,
+    /// times and field names around them. As MessagePack carries them; JSON
+    /// writes payloads in base64, a third more.
+    pub fn wire_bytes(&self) -> u64 {
+        /// Field names, two ids, a seq, an op and a time.
+        const HEAD: u64 = 200;
+        /// Field names and flags.
+        const CHANGE: u64 = 100;
+        let len = |text: &str| text.len() as u64;
+        let heads: u64 = self
+            .events()
+            .map(|head| HEAD + len(&head.version) + head.payload.as_ref().map_or(0, |p| p.len() as u64))
+            .sum();
+        CHANGE + len(&self.row.id) + self.row.parent_id.as_deref().map_or(0, len) + len(&self.row.version) + heads
     }
 
     fn event(&self, seq: u64) -> Option<&StoredHead> {
@@ -272,7 +284,13 @@ mod tests {
             Page { changes: page, cursor: 12, has_more: true, head: crate::events::LogTip { seq: 12, hash: [7; 32] } };
         assert_eq!(serde_json::to_vec(&page).unwrap(), serde_json::to_vec(&typed).unwrap());
         assert_eq!(rmp_serde::to_vec_named(&page).unwrap(), rmp_serde::to_vec_named(&typed).unwrap());
-        assert_eq!(page.changes.iter().map(PageChange::payload_bytes).collect::<Vec<_>>(), vec![3, 40, 17, 0]);
+        // Every byte of a change counts: its payloads and its version vectors too.
+        for change in &page.changes {
+            let json = serde_json::to_vec(change).unwrap().len() as u64;
+            let msgpack = rmp_serde::to_vec_named(change).unwrap().len() as u64;
+            assert!(change.wire_bytes() >= msgpack, "{} < {msgpack}", change.wire_bytes());
+            assert!(change.wire_bytes() >= json / 2, "{} vs {json}", change.wire_bytes());
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::events::Kind;
 use crate::events::{read_tip, LogTip};
 use crate::http::codec::{Accepts, Format};
 use crate::http::QueryParams;
+use crate::state::long_polls::Refused;
 use crate::state::read_ahead::PageKey;
 use crate::state::AppState;
 use crate::state::UserAuth;
@@ -75,6 +76,7 @@ fn parse_kinds(raw: Option<&str>) -> ApiResult<Vec<Kind>> {
         (status = 400, description = "A bad query parameter (named in the message)", body = ErrorResponse),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorResponse),
         (status = 409, description = "`cursor_ahead`: `since` is beyond the log head; resync from 0", body = ErrorResponse),
+        (status = 429, description = "`too_many_long_polls`: with `wait`, the device or the account already holds as many long-polls as allowed (`LONG_POLLS_PER_DEVICE`, `LONG_POLLS_PER_USER`); see `Retry-After`", body = ErrorResponse),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn pull(
@@ -139,16 +141,28 @@ async fn wait_for_page(state: &AppState, auth: &UserAuth, query: &PullQuery) -> 
         if !page.changes.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(page);
         }
-        waiting.get_or_insert_with(|| {
+        if waiting.is_none() {
+            let slot = state.long_polls.hold(auth.user_id, auth.device_id, deadline).map_err(too_many_long_polls)?;
             let gauge = metrics::gauge!("echolia_long_polls_waiting");
             gauge.increment(1);
-            scopeguard::guard(gauge, |gauge| gauge.decrement(1))
-        });
+            waiting = Some((slot, scopeguard::guard(gauge, |gauge| gauge.decrement(1))));
+        }
         tokio::select! {
             woke = pushes.changed() => if woke.is_err() { return Ok(page) },
             () = tokio::time::sleep_until(deadline) => return Ok(page),
             () = state.shutdown.cancelled() => return Ok(page),
         }
+    }
+}
+
+/// 429 for a long-poll over its user's or device's cap (`LONG_POLLS_PER_*`).
+fn too_many_long_polls(refused: Refused) -> ApiError {
+    let whose = if refused.per_device { "this device" } else { "this account" };
+    ApiError::Client {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "too_many_long_polls",
+        message: format!("{whose} already holds {} long-polls (wait > 0); retry after one ends", refused.limit),
+        retry_after: Some(refused.retry_after.as_secs_f64().ceil() as u64),
     }
 }
 
@@ -160,7 +174,9 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
     if query.since > head.seq {
         return Err(cursor_ahead(query.since, head));
     }
-    // One row more than the limit: whether there are more.
+    // One row more than the limit: whether there are more. A page ends once
+    // its changes' bytes (all of them: payloads, vectors, ids) reach the
+    // budget, so it always holds at least one change.
     let mut changed = ChangedSince::open(&snapshot, query.since, query.limit + 1, &query.kinds).await?;
     // For the other heads of a conflict: prepared on the first one.
     let mut read_event = None;
@@ -185,7 +201,7 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
             read_event = Some(stmt);
         }
         let change = PageChange::new(row, others);
-        bytes += change.payload_bytes();
+        bytes += change.wire_bytes();
         changes.push(change);
     }
     drop((changed, read_event));

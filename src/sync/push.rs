@@ -20,7 +20,10 @@ use crate::views::write::{apply_batch, BatchError, BatchResult, EventStatus};
 pub const MAX_BATCH_EVENTS: usize = 1000;
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
-pub const MAX_VERSION_KEYS: usize = 1024;
+/// Most devices one version vector names. A vector names the devices that
+/// edited its aggregate, which an account counts in tens over years; more
+/// only costs every comparison of the fold (see `MAX_HEADS`).
+pub const MAX_VERSION_KEYS: usize = 128;
 
 /// Push a batch of events.
 #[utoipa::path(post, path = "/sync/push", tag = "sync", security(("bearer" = [])),
@@ -32,7 +35,7 @@ pub const MAX_VERSION_KEYS: usize = 1024;
         (status = 409, description = "`event_id_reused`: an event_id already in the log with other content; nothing appended", body = ErrorResponse),
         (status = 413, description = "`batch_too_large`: over 1,000 events or 16 MiB", body = ErrorResponse),
         (status = 415, description = "Neither JSON nor MessagePack", body = ErrorResponse),
-        (status = 422, description = "An invalid event; the message names `events[i].field`; nothing appended", body = ErrorResponse),
+        (status = 422, description = "An invalid event; the message names `events[i].field`; or `too_many_heads`: the event would leave its aggregate over 32 conflicting heads (merge them first). Nothing appended", body = ErrorResponse),
     ))]
 #[tracing::instrument(skip_all, fields(events))]
 pub async fn push(
@@ -120,6 +123,7 @@ impl From<BatchError> for ApiError {
     fn from(err: BatchError) -> Self {
         match err {
             BatchError::EventIdReused { .. } => ApiError::conflict("event_id_reused", err.to_string()),
+            BatchError::TooManyHeads { .. } => ApiError::unprocessable("too_many_heads", err.to_string()),
             BatchError::Store(err) => err.into(),
         }
     }

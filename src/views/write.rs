@@ -42,6 +42,14 @@ pub struct BatchResult {
 pub enum BatchError {
     #[error("events[{index}]: event_id {event_id} is already in the log with other content")]
     EventIdReused { index: usize, event_id: Uuid },
+    /// The event would leave its aggregate more than [`aggregate::MAX_HEADS`] heads.
+    #[error(
+        "events[{index}]: {kind} {aggregate_id} would have over {max} conflicting heads; pull it, push an event that \
+         merges them (its version above every head's), then push again",
+        kind = kind.as_str(),
+        max = aggregate::MAX_HEADS
+    )]
+    TooManyHeads { index: usize, kind: Kind, aggregate_id: Uuid },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -76,7 +84,12 @@ pub async fn apply_batch(
             Some(row) => Some(row),
             None => views.load(key.0, key.1).await?,
         };
+        let before = current.as_ref().map_or(0, |row| row.heads.len());
         let (row, outcome) = aggregate::apply(current, &stored);
+        // Over the cap and growing (a row from before the cap may shrink towards it).
+        if outcome == Outcome::Conflict && row.heads.len() > aggregate::MAX_HEADS.max(before) {
+            return Err(BatchError::TooManyHeads { index, kind: key.0, aggregate_id: key.1 });
+        }
         if outcome != Outcome::Stale {
             dirty.insert(key);
         }

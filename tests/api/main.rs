@@ -10,6 +10,7 @@ mod hardening;
 mod helpers;
 mod keys_audit_account;
 mod layers;
+mod limits;
 mod llm;
 mod llm_fake;
 mod llm_ohttp;

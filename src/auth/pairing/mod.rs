@@ -466,6 +466,57 @@ async fn deliver(
     }
 }
 
+/// Runs [`sweep`] every `PAIRING_SWEEP_SECS` until the server stops.
+pub async fn sweep_regularly(state: AppState) {
+    let mut ticks = tokio::time::interval(state.config.pairing_sweep);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        if let Err(err) = sweep(&state).await {
+            tracing::warn!(error = %err, "the sweep of expired pairings failed; it runs again at its next tick");
+        }
+    }
+}
+
+/// Cleans up after pairings that ran out: an approved one never collected
+/// has its new device revoked (nobody holds its tokens; the log records the
+/// approver as having revoked it) and its sealed key dropped; every pairing
+/// expired over a day ago is forgotten. Returns how many devices it revoked.
+pub async fn sweep(state: &AppState) -> crate::store::StoreResult<usize> {
+    let now = state.clock.now();
+    let control = state.control.conn().await?;
+    let mut revoked = 0;
+    for (pairing_id, user, device, approver) in store::uncollected(&control, now).await? {
+        // Revoked before the key is dropped: a collection racing this one
+        // then finds the device revoked and hands nothing out.
+        let db = match state.users.get(user).await {
+            Ok(db) => db,
+            Err(crate::store::StoreError::UserNotFound(_)) => {
+                store::purge_envelope(&control, pairing_id, now).await?;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        let mut tx = LogTx::begin(&db).await?;
+        if status::load(&tx, device).await? == Some(status::DeviceStatus::Active) {
+            record_device(&mut tx, approver, device, DeviceAction::Revoked, now).await?;
+            sessions::revoke_refresh_tokens(&tx, device, now).await?;
+            tx.commit().await?;
+            revoked += 1;
+            tracing::info!(%pairing_id, device_id = %device, "pairing never collected: its device revoked");
+        } else {
+            drop(tx);
+        }
+        state.auth.statuses().settle(user, device, status::DeviceStatus::Revoked);
+        store::purge_envelope(&control, pairing_id, now).await?;
+    }
+    store::prune(&control, now).await?;
+    Ok(revoked)
+}
+
 /// Compares two secrets' hashes without an early exit.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -1,0 +1,290 @@
+//! The API's connection loop: axum's `serve`, plus what it lacks against slow
+//! and idle clients. A connection must send a request head within
+//! `HEADER_READ_TIMEOUT_SECS` of its first byte, and one with no request
+//! in flight is closed after `IDLE_TIMEOUT_SECS` without a byte (a
+//! long-poll is in flight, so it is never idle); bodies are bounded by the
+//! router's body timeout. At most `MAX_CONNECTIONS` are open at once: past
+//! that, new ones wait in the listen backlog (with a warning in the log)
+//! until one closes, so the file-descriptor limit is never reached by
+//! sockets alone.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use axum::Router;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// How long slow and idle connections may stay, and how many may be open.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    /// From the first byte of a request to the end of its head.
+    pub header_read: Duration,
+    /// With no request in flight and no byte received.
+    pub idle: Duration,
+}
+
+impl ConnLimits {
+    /// How often a connection checks its deadlines.
+    fn check_every(&self) -> Duration {
+        (self.header_read.min(self.idle) / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+}
+
+/// At most one "cap reached" warning this often.
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets each
+/// connection finish its requests in flight and returns once all are closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let stop = CancellationToken::new();
+    let mut shutdown = pin!(shutdown);
+    let mut warned: Option<Instant> = None;
+    loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if warned.is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY) {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection cap reached: {} connections open (MAX_CONNECTIONS); new ones wait until one closes",
+                        limits.max_connections
+                    );
+                    warned = Some(Instant::now());
+                }
+                metrics::counter!("echolia_connection_cap_reached_total").increment(1);
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, mostly: wait rather than spin.
+                    tracing::error!(error = %err, "accept error");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // No Nagle: a streamed answer's events go out as written, not after
+        // the client's delayed ACK of the response head (≈ 40 ms).
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+        tokio::spawn(connection(tcp, peer, app.clone(), limits, stop.clone(), permit));
+    }
+    drop(listener);
+    stop.cancel();
+    // Every connection holds a permit until it ends.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
+    Ok(())
+}
+
+/// What a connection's deadlines are computed from.
+#[derive(Debug)]
+struct Activity {
+    in_flight: usize,
+    /// When the last request ended (or the connection opened).
+    idle_since: Instant,
+    /// The first byte of the next request, while no request is in flight.
+    head_started: Option<Instant>,
+}
+
+type Shared = Arc<Mutex<Activity>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Activity> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: ConnLimits,
+    stop: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let activity: Shared =
+        Arc::new(Mutex::new(Activity { in_flight: 0, idle_since: Instant::now(), head_started: None }));
+    let io = TokioIo::new(Watched { inner: tcp, activity: activity.clone() });
+    let requests = activity.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let busy = InFlight::start(&requests);
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(req).await?;
+            Ok::<Response, Infallible>(response.map(|body| Body::new(Tracked { body, _busy: busy })))
+        }
+    });
+    let mut conn = pin!(http1::Builder::new().serve_connection(io, service).with_upgrades());
+    let mut checks = tokio::time::interval(limits.check_every());
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            () = stop.cancelled(), if !stopping => {
+                conn.as_mut().graceful_shutdown();
+                stopping = true;
+            }
+            _ = checks.tick() => {
+                if let Some(why) = overdue(&lock(&activity), limits) {
+                    tracing::debug!(%peer, why, "closing a connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Why a connection should be closed now, if it should.
+fn overdue(activity: &Activity, limits: ConnLimits) -> Option<&'static str> {
+    if activity.in_flight > 0 {
+        return None;
+    }
+    match activity.head_started {
+        Some(at) if at.elapsed() >= limits.header_read => Some("request head not received in time"),
+        Some(_) => None,
+        None if activity.idle_since.elapsed() >= limits.idle => Some("idle"),
+        None => None,
+    }
+}
+
+/// A request in flight on its connection, from its head to the end of its
+/// response's body.
+struct InFlight(Shared);
+
+impl InFlight {
+    fn start(shared: &Shared) -> Self {
+        let mut activity = lock(shared);
+        activity.in_flight += 1;
+        activity.head_started = None;
+        Self(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut activity = lock(&self.0);
+        activity.in_flight = activity.in_flight.saturating_sub(1);
+        if activity.in_flight == 0 {
+            activity.idle_since = Instant::now();
+        }
+    }
+}
+
+/// A response body that keeps its request in flight until it is sent.
+struct Tracked {
+    body: Body,
+    _busy: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The socket, noting when the first byte of a request head arrives.
+struct Watched {
+    inner: TcpStream,
+    activity: Shared,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let mut activity = lock(&self.activity);
+            if activity.in_flight == 0 && activity.head_started.is_none() {
+                activity.head_started = Some(Instant::now());
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Raises this process's open-files limit (soft) to its hard limit, where
+/// the OS allows: every connection and every open database holds files.
+/// Returns the soft limit now in force.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
