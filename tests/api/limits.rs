@@ -181,7 +181,7 @@ async fn conflict_heads_and_vector_keys_are_capped() {
 /// comparison walks them to the end), and 1,000 events each evicting one
 /// head and taking its place.
 #[tokio::test]
-async fn the_worst_case_push_is_bounded() {
+async fn the_worst_case_push_keeps_its_heads_at_the_cap() {
     let app = spawn_app().await;
     let a = app.register().await;
     let me = a.device_id;
@@ -208,8 +208,8 @@ async fn the_worst_case_push_is_bounded() {
     let pulled = app.pull(&a, "since=0").await;
     let change = pulled["changes"].as_array().unwrap().iter().find(|c| c["id"] == entry.to_string()).unwrap();
     assert_eq!(change["heads"].as_array().unwrap().len(), 32);
+    // A figure for the reader, not a check: speed is measured by benchmarks, not asserted in tests.
     eprintln!("worst-case push: 1,000 events, 32 heads of 128 keys: {took:?} ({:?} per event)", took / 1000);
-    assert!(took < Duration::from_secs(60), "{took:?}");
 }
 
 /// Waits until `n` long-polls wait on `app`'s server.
