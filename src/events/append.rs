@@ -51,23 +51,48 @@ pub struct LogTx {
     /// The log insert, looked up in the writer's cache once per transaction.
     insert: Option<Arc<Statement>>,
     tip: LogTip,
+    /// The tip when the transaction began: what the writer's id index may
+    /// take from the log as committed.
+    began_at: u64,
+    /// Whether the id index covers the log up to `began_at`, so appends are
+    /// staged in it. Until then they wait in `unstaged` (a transaction that
+    /// never looks an id up never reads the log's ids).
+    ids_current: bool,
+    unstaged: Vec<(Uuid, u64)>,
     tx: WriteTx,
 }
 
 impl LogTx {
-    /// Takes the user's write lock (`BEGIN IMMEDIATE`), then reads the tip
-    /// and brings the writer's index of event ids up to it.
+    /// Takes the user's write lock (`BEGIN IMMEDIATE`), then reads the tip.
     pub async fn begin(db: &UserDb) -> StoreResult<Self> {
         let mut tx = db.begin_write().await?;
         let tip = read_tip(&tx).await?;
-        catch_up_ids(&mut tx, tip.seq).await?;
-        Ok(Self { insert: None, tip, tx })
+        let ids_current = tx.ids()?.through() == tip.seq;
+        Ok(Self { insert: None, tip, began_at: tip.seq, ids_current, unstaged: Vec::new(), tx })
     }
 
     /// The seq of the event `event_id` names, if the log (or this
-    /// transaction) holds it: the idempotency check of every append.
-    pub fn find(&mut self, event_id: Uuid) -> StoreResult<Option<u64>> {
+    /// transaction) holds it: the idempotency check of every append. The
+    /// first lookup brings the writer's id index up to the log.
+    pub async fn find(&mut self, event_id: Uuid) -> StoreResult<Option<u64>> {
+        self.catch_up().await?;
         Ok(self.tx.ids()?.get(&event_id))
+    }
+
+    /// Reads the ids the index lacks from the log (what this process never
+    /// saw: all of it on the first write after the database opened, else
+    /// what other processes appended), then stages this transaction's own.
+    async fn catch_up(&mut self) -> StoreResult<()> {
+        if self.ids_current {
+            return Ok(());
+        }
+        catch_up_ids(&mut self.tx, self.began_at).await?;
+        let ids = self.tx.ids()?;
+        for (id, seq) in self.unstaged.drain(..) {
+            ids.stage(id, seq);
+        }
+        self.ids_current = true;
+        Ok(())
     }
 
     /// Appends one event after the tip and moves the tip forward (its view
@@ -86,6 +111,11 @@ impl LogTx {
             }
         };
         let seq = self.tip.seq + 1;
+        // No index on disk holds `event_id` unique: callers look it up first
+        // (`find`), and a known id is refused here whoever the caller is.
+        if self.ids_current && self.tx.ids()?.get(&event.event_id).is_some() {
+            return Err(StoreError::Conflict(format!("event {} is already in the log", event.event_id)));
+        }
         let received_text = rfc3339(received_at);
         let hash = link(&self.tip.hash, &canonical_bytes(seq, device_id, &received_text, &event));
         insert.reset();
@@ -106,7 +136,11 @@ impl LogTx {
             ])
             .await?;
         insert.reset();
-        self.tx.ids()?.stage(event.event_id, seq);
+        if self.ids_current {
+            self.tx.ids()?.stage(event.event_id, seq);
+        } else {
+            self.unstaged.push((event.event_id, seq));
+        }
         self.tip = LogTip { seq, hash };
         self.tx.count_appended();
         Ok(StoredEvent { seq, device_id, received_at, hash, event })
@@ -122,10 +156,9 @@ impl LogTx {
     }
 }
 
-/// Reads the event ids the index lacks, up to `head`: on the first write
-/// after the database opened, the whole log; later, what other processes
-/// appended since (usually nothing). The log is append-only, so an index
-/// ahead of the log can only mean the file was replaced: it starts over.
+/// Reads the event ids the index lacks, up to the committed `head`. The
+/// log is append-only, so an index ahead of it can only mean the file was
+/// replaced: it starts over.
 async fn catch_up_ids(tx: &mut WriteTx, head: u64) -> StoreResult<()> {
     let mut from = tx.ids()?.through();
     if from == head {
@@ -135,7 +168,8 @@ async fn catch_up_ids(tx: &mut WriteTx, head: u64) -> StoreResult<()> {
         tx.ids()?.clear();
         from = 0;
     }
-    let mut rows = tx.query("SELECT seq, event_id FROM events WHERE seq > ?1 ORDER BY seq", [from]).await?;
+    let mut rows =
+        tx.query("SELECT seq, event_id FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq", [from, head]).await?;
     let mut ids = Vec::new();
     while let Some(row) = rows.next().await? {
         let seq: u64 = row.get(0)?;

@@ -5,7 +5,7 @@ use libsql::Connection;
 
 use super::hash::{ChainError, ChainVerifier};
 use super::log::read_after_lenient;
-use crate::store::StoreResult;
+use crate::store::{query_opt, StoreResult};
 
 /// Events read per query.
 pub const PAGE: u64 = 10_000;
@@ -19,6 +19,10 @@ pub enum Break {
     /// kind or time), which is a break of the chain at that seq as well.
     #[error("seq {seq}: the stored event does not decode: {reason}")]
     Unreadable { seq: u64, reason: String },
+    /// An `event_id` stored twice (no index on disk holds it unique: the
+    /// writer checks it in memory), at `first` and again at `seq`.
+    #[error("seq {seq}: event_id {event_id} is already the event at seq {first}")]
+    EventIdTwice { seq: u64, first: u64, event_id: String },
 }
 
 impl Break {
@@ -28,7 +32,7 @@ impl Break {
         match self {
             Self::Chain(ChainError::Gap { previous, .. }) => previous + 1,
             Self::Chain(ChainError::HashMismatch(seq)) => *seq,
-            Self::Unreadable { seq, .. } => *seq,
+            Self::Unreadable { seq, .. } | Self::EventIdTwice { seq, .. } => *seq,
         }
     }
 }
@@ -70,7 +74,73 @@ pub async fn verify_log(conn: &Connection, progress: &(dyn Fn(u64) + Send + Sync
         }
         progress(events);
         if !full {
-            return Ok(ChainReport { events, head: verifier.head(), broken: None });
+            let broken = event_id_twice(conn).await?;
+            return Ok(ChainReport { events, head: verifier.head(), broken });
         }
+    }
+}
+
+/// The first `event_id` the log holds twice, if any: one sort of the ids
+/// (SQLite's sorter, spilling to temporary files, so memory stays flat).
+async fn event_id_twice(conn: &Connection) -> StoreResult<Option<Break>> {
+    let sql = "SELECT event_id, min(seq), max(seq) FROM events GROUP BY event_id HAVING count(*) > 1 \
+               ORDER BY max(seq) LIMIT 1";
+    let Some(row) = query_opt(conn, sql, ()).await? else { return Ok(None) };
+    Ok(Some(Break::EventIdTwice { event_id: row.get(0)?, first: row.get(1)?, seq: row.get(2)? }))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::events::version::VersionVector;
+    use crate::events::{Kind, LogTx, NewEvent, Op};
+    use crate::store::{Backend, StoreError, UserDb};
+
+    fn event(event_id: Uuid) -> NewEvent {
+        NewEvent {
+            event_id,
+            kind: Kind::Entry,
+            aggregate_id: Uuid::new_v4(),
+            parent_id: None,
+            op: Op::Put,
+            version: VersionVector::single(Uuid::from_bytes([1; 16]), 1),
+            payload: Some(b"x".to_vec()),
+            client_time: Utc::now(),
+        }
+    }
+
+    async fn append(db: &UserDb, ids: &[Uuid]) {
+        let mut tx = LogTx::begin(db).await.unwrap();
+        for id in ids {
+            tx.append(Uuid::from_bytes([1; 16]), Utc::now(), event(*id)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_event_id_stored_twice_breaks_the_log_and_the_append_path_refuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::local(dir.path());
+        let user = Uuid::new_v4();
+        let db = UserDb::open(&backend, user, true).await.unwrap();
+        let twice = Uuid::new_v4();
+        append(&db, &[Uuid::new_v4(), twice, Uuid::new_v4()]).await;
+        // A writer whose index covers the log refuses the id.
+        let mut tx = LogTx::begin(&db).await.unwrap();
+        assert!(matches!(tx.append(Uuid::nil(), Utc::now(), event(twice)).await, Err(StoreError::Conflict(_))));
+        drop(tx);
+        let report = verify_log(&db.read().await.unwrap(), &|_| {}).await.unwrap();
+        assert_eq!(report.broken, None);
+
+        // Another process's writer that never looked the id up (what `find` is for) can store it twice;
+        // verify finds it, with the chain intact.
+        let other = UserDb::open(&backend, user, false).await.unwrap();
+        append(&other, &[twice]).await;
+        let report = verify_log(&db.read().await.unwrap(), &|_| {}).await.unwrap();
+        assert_eq!(report.events, 4);
+        assert_eq!(report.broken, Some(Break::EventIdTwice { seq: 4, first: 2, event_id: twice.to_string() }));
     }
 }

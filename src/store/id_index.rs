@@ -1,8 +1,8 @@
 //! A log's row ids by key, in memory: the writer's exact answer to "is this
 //! id already in the log, and at which seq?" without a unique index on disk.
 //! With random (v4) ids such an index costs every append a write at a random
-//! leaf page; this map costs memory instead (about 40 bytes an id, only
-//! while the user's database is open: docs/sqlite-memory.md).
+//! leaf page; this map costs memory instead (about 50 bytes an id, while
+//! the user's database is open: docs/sqlite-memory.md).
 //!
 //! It covers the log up to [`IdIndex::through`]; the writer extends it from
 //! the log at the start of each transaction (whoever appended: this process
@@ -55,7 +55,7 @@ impl IdIndex {
     pub fn clear(&mut self) {
         let before = self.committed.len();
         self.committed = HashMap::new();
-        self.staged.clear();
+        self.staged = HashMap::new();
         self.through = 0;
         self.count(before);
     }
@@ -70,7 +70,8 @@ impl IdIndex {
             self.through = self.through.max(last);
         }
         let before = self.committed.len();
-        self.committed.extend(self.staged.drain());
+        // Taken, not drained: a batch's table would otherwise keep its capacity in every idle writer.
+        self.committed.extend(std::mem::take(&mut self.staged));
         self.count(before);
     }
 
@@ -87,7 +88,7 @@ impl IdIndex {
     }
 
     pub(super) fn discard_staged(&mut self) {
-        self.staged.clear();
+        self.staged = HashMap::new();
     }
 
     pub fn len(&self) -> usize {

@@ -177,8 +177,8 @@ mod tests {
         assert!(dbs.open_count() <= 1, "a failed open keeps no place in the cache");
     }
 
-    /// Writes `n` rows into the log through the writer's transaction and
-    /// indexes them as `LogTx` would (the events layer is above this one).
+    /// Puts `n` made-up ids into the writer's index, as `LogTx` would after
+    /// appending them (the events layer is above this one).
     async fn index_ids(db: &UserDb, n: usize) {
         let mut tx = db.begin_write().await.unwrap();
         let through = tx.ids().unwrap().through();

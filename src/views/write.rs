@@ -69,7 +69,7 @@ pub async fn apply_batch(
     let mut results = Vec::with_capacity(events.len());
 
     for (index, event) in events.into_iter().enumerate() {
-        if let Some(seq) = tx.find(event.event_id)? {
+        if let Some(seq) = tx.find(event.event_id).await? {
             let original = log::read_one(tx, seq).await?;
             if original.is_some_and(|o| o.device_id == device && o.event == event) {
                 results.push(BatchResult { event_id: event.event_id, seq, status: EventStatus::Duplicate });
