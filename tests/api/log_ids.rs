@@ -60,7 +60,7 @@ async fn a_refused_batch_leaves_none_of_its_ids_behind() {
     let resp = app.push(&a, &[fresh.clone(), reused]).await;
     assert_error(resp, StatusCode::CONFLICT, "event_id_reused").await;
     // `fresh` was appended and rolled back: it is new, not a duplicate.
-    let again = app.push_ok(&a, &[fresh.clone()]).await;
+    let again = app.push_ok(&a, std::slice::from_ref(&fresh)).await;
     assert_eq!(statuses(&again), ["applied"]);
     assert_retry_is_duplicate(&app, &a, &[fresh], &again).await;
 }
