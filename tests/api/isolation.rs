@@ -116,7 +116,7 @@ async fn build_a(app: &TestApp) -> World {
     let payload = b"alice's ciphertext, never B's".to_vec();
     let events = vec![
         event("entry", aggregate, "put", &[(session.device_id, 1)], Some(&payload)),
-        event("memory", Uuid::new_v4(), "put", &[(second.device_id, 1)], Some(&payload)),
+        event("memory", Uuid::new_v4(), "put", &[(session.device_id, 1), (second.device_id, 1)], Some(&payload)),
     ];
     let mut markers = vec![
         session.user_id.to_string(),
