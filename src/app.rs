@@ -31,14 +31,16 @@ pub const AUTH_BODY_LIMIT: usize = 1024 * 1024;
 /// registered with `routes!` from its handler's `#[utoipa::path]`, so none is
 /// served undocumented.
 fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
         .merge(auth::router(state).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
         .merge(audit::router().merge(account::router()).layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT)))
         .merge(sync::router())
         .merge(payments::router().layer(DefaultBodyLimit::max(payments::BODY_LIMIT)))
         .merge(llm::router())
-        .split_for_parts()
+        .split_for_parts();
+    crate::ops::openapi::add_shared_responses(&mut doc);
+    (router, doc)
 }
 
 pub fn router(state: AppState) -> Router {
