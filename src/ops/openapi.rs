@@ -34,6 +34,9 @@ Readings of the contract made by this implementation:\n\
 - After a reused refresh token, the device's remaining tokens answer 401 `token_revoked`; the device \
 stays listed (not revoked) and must be paired again.\n\
 - Access tokens of a revoked device answer 401 `device_revoked`, so do its refresh tokens.\n\
+- Tokens name their signing key in the JWT `kid` header; tokens of a previous key (`JWT_PREVIOUS_SECRETS`) \
+are accepted until they expire. Servers' clocks may differ by up to 60 s: a token is accepted until 60 s \
+after its `exp`, and refused when its `iat` is over 60 s ahead (SECURITY.md).\n\
 \n\
 Sync (`/sync/*` speak JSON and MessagePack: `Content-Type: application/msgpack` in, \
 `Accept: application/msgpack` out, same field names; responses are gzip/zstd-compressed when \
@@ -220,7 +223,11 @@ fn operations(doc: &mut utoipa::openapi::OpenApi) -> Vec<(String, &mut Operation
 
 fn add_to(operation: &mut Operation) {
     let has_param = |place: ParameterIn| {
-        operation.parameters.iter().flatten().any(|p| std::mem::discriminant(&p.parameter_in) == std::mem::discriminant(&place))
+        operation
+            .parameters
+            .iter()
+            .flatten()
+            .any(|p| std::mem::discriminant(&p.parameter_in) == std::mem::discriminant(&place))
     };
     let authenticated = operation.security.as_ref().is_some_and(|s| !s.is_empty());
     let path = has_param(ParameterIn::Path);
