@@ -34,14 +34,16 @@ pub const AUTH_BODY_LIMIT: usize = 1024 * 1024;
 /// registered with `routes!` from its handler's `#[utoipa::path]`, so none is
 /// served undocumented.
 fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
         .merge(body_limit(AUTH_BODY_LIMIT).apply(auth::router(state)))
         .merge(body_limit(AUTH_BODY_LIMIT).apply(audit::router().merge(account::router())))
         .merge(sync::router())
         .merge(body_limit(payments::BODY_LIMIT).apply(payments::router()))
         .merge(llm::router())
-        .split_for_parts()
+        .split_for_parts();
+    crate::ops::openapi::add_shared_responses(&mut doc);
+    (router, doc)
 }
 
 /// A limit whose 413 says `body_too_large`, as [`crate::http::ApiJson`]'s does.

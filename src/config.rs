@@ -49,6 +49,9 @@ pub struct Config {
     pub environment: Environment,
     /// `None` in development when unset: generated once into `DATA_DIR`.
     pub jwt_secret: Option<Secret>,
+    /// Earlier secrets whose tokens are still accepted until they expire
+    /// (`JWT_PREVIOUS_SECRETS`); nothing new is signed with them.
+    pub jwt_previous_secrets: Vec<Secret>,
     pub trusted_proxies: Vec<IpNet>,
     pub log_format: LogFormat,
     pub database_backend: BackendKind,
@@ -187,6 +190,24 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A JWT signing secret as `variable` names it: long enough, and in
+/// production varied enough.
+fn checked_jwt_secret(variable: &'static str, secret: String, environment: Environment) -> Result<Secret, ConfigError> {
+    if secret.len() < MIN_JWT_SECRET_BYTES {
+        return Err(invalid(variable, format!("must be at least {MIN_JWT_SECRET_BYTES} bytes, got {}", secret.len())));
+    }
+    if environment == Environment::Production && !enough_entropy(secret.as_bytes()) {
+        return Err(invalid(
+            variable,
+            format!(
+                "has too little entropy: needs at least {MIN_JWT_SECRET_DISTINCT_BYTES} distinct bytes and \
+                 {MIN_JWT_SECRET_ENTROPY_BITS} bits by byte frequency (generate one with `openssl rand -hex 32`)"
+            ),
+        ));
+    }
+    Ok(Secret::from(secret.into_bytes()))
+}
+
 fn invalid(variable: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError { variable, message: message.into() }
 }
@@ -215,27 +236,22 @@ impl Config {
             }
         };
         let jwt_secret = match get("JWT_SECRET") {
-            Some(secret) if secret.len() < MIN_JWT_SECRET_BYTES => {
-                return Err(invalid(
-                    "JWT_SECRET",
-                    format!("must be at least {MIN_JWT_SECRET_BYTES} bytes, got {}", secret.len()),
-                ))
-            }
-            Some(secret) if environment == Environment::Production && !enough_entropy(secret.as_bytes()) => {
-                return Err(invalid(
-                    "JWT_SECRET",
-                    format!(
-                        "has too little entropy: needs at least {MIN_JWT_SECRET_DISTINCT_BYTES} distinct bytes and \
-                         {MIN_JWT_SECRET_ENTROPY_BITS} bits by byte frequency (generate one with `openssl rand -hex 32`)"
-                    ),
-                ))
-            }
-            Some(secret) => Some(Secret::from(secret.into_bytes())),
+            Some(secret) => Some(checked_jwt_secret("JWT_SECRET", secret, environment)?),
             None if environment == Environment::Production => {
                 return Err(invalid("JWT_SECRET", "required when ENVIRONMENT=production"))
             }
             None => None,
         };
+        let jwt_previous_secrets = get("JWT_PREVIOUS_SECRETS")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|secret| !secret.is_empty())
+                    .map(|secret| checked_jwt_secret("JWT_PREVIOUS_SECRETS", secret.to_owned(), environment))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
         let log_format = match get("LOG_FORMAT").as_deref() {
             None if environment == Environment::Production => LogFormat::Json,
             None | Some("pretty") => LogFormat::Pretty,
@@ -260,6 +276,7 @@ impl Config {
             data_dir: PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "./data".into())),
             environment,
             jwt_secret,
+            jwt_previous_secrets,
             trusted_proxies: parse_cidrs(get("TRUSTED_PROXIES"))?,
             log_format,
             database_backend,

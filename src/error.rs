@@ -24,7 +24,8 @@ pub enum ApiError {
         /// Seconds, sent as `Retry-After` (429).
         retry_after: Option<u64>,
     },
-    /// Storage is busy or unreachable: 503 with `Retry-After`.
+    /// Storage is busy, full, read-only or failing: 503 `storage_unavailable`
+    /// with `Retry-After`.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     /// Anything else: a bug or an infrastructure failure, answered as 500.
@@ -154,7 +155,7 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Busy(detail) => Self::Unavailable(detail),
+            StoreError::Busy(detail) | StoreError::Unavailable(detail) => Self::Unavailable(detail),
             // The account was deleted while this request was in flight.
             StoreError::UserNotFound(_) => Self::unauthorized("invalid_token", "this account no longer exists"),
             other => Self::Internal(other.to_string()),

@@ -39,9 +39,11 @@ pub struct TokenResponse {
 }
 
 impl Auth {
-    pub fn new(secret: &[u8]) -> Result<Self, hmac::digest::InvalidLength> {
-        let pairing_codes = pairings::CodeKey::new(secret)?;
-        Ok(Self { keys: TokenKeys::new(secret), statuses: StatusCache::default(), pairing_codes })
+    /// Signs with `secret`; also verifies tokens (and finds pairing codes)
+    /// of the `previous` secrets, newest first.
+    pub fn new(secret: &[u8], previous: &[&[u8]]) -> Result<Self, hmac::digest::InvalidLength> {
+        let pairing_codes = pairings::CodeKey::new(secret, previous)?;
+        Ok(Self { keys: TokenKeys::new(secret, previous), statuses: StatusCache::default(), pairing_codes })
     }
 
     /// Hashes pairing codes for storage and lookup.

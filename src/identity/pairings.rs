@@ -60,26 +60,43 @@ impl Pairing {
 const COLUMNS: &str = "pairing_id, user_id, initiator_device, claim_token_hash, status, new_device, new_device_id, \
                        approver_device, key_envelope, delivered_at, expires_at";
 
-/// The key pairing codes are hashed with, derived from the JWT secret
+/// The keys pairing codes are hashed with, derived from the JWT secrets
 /// (HMAC-SHA256(secret, "pairing-code")): a copy of `control.db` alone no
-/// longer lets anyone try the 2^40 codes offline. Changing the secret makes
-/// open pairings unclaimable, as it signs every token out anyway.
+/// longer lets anyone try the 2^40 codes offline. New codes are hashed with
+/// the current secret's key; a lookup tries the previous secrets' keys too,
+/// so a pairing open when the secret rotates stays claimable.
 #[derive(Clone)]
-pub struct CodeKey(Hmac<Sha256>);
+pub struct CodeKey {
+    current: Hmac<Sha256>,
+    previous: Vec<Hmac<Sha256>>,
+}
 
 impl CodeKey {
-    pub fn new(jwt_secret: &[u8]) -> Result<Self, InvalidLength> {
-        let mut derive = Hmac::<Sha256>::new_from_slice(jwt_secret)?;
-        derive.update(b"pairing-code");
-        Ok(Self(Hmac::<Sha256>::new_from_slice(&derive.finalize().into_bytes())?))
+    pub fn new(jwt_secret: &[u8], previous: &[&[u8]]) -> Result<Self, InvalidLength> {
+        let derive = |secret: &[u8]| -> Result<Hmac<Sha256>, InvalidLength> {
+            let mut derive = Hmac::<Sha256>::new_from_slice(secret)?;
+            derive.update(b"pairing-code");
+            Hmac::<Sha256>::new_from_slice(&derive.finalize().into_bytes())
+        };
+        let previous = previous.iter().map(|secret| derive(secret)).collect::<Result<_, _>>()?;
+        Ok(Self { current: derive(jwt_secret)?, previous })
     }
 
     /// What is stored for a code in canonical form (the code never is).
     pub fn hash(&self, code: &str) -> Vec<u8> {
-        let mut mac = self.0.clone();
-        mac.update(code.as_bytes());
-        mac.finalize().into_bytes().to_vec()
+        hash_with(&self.current, code)
     }
+
+    /// The hashes a stored code may have: under the current key, then the previous ones.
+    pub fn candidates<'a>(&'a self, code: &'a str) -> impl Iterator<Item = Vec<u8>> + 'a {
+        std::iter::once(&self.current).chain(&self.previous).map(move |key| hash_with(key, code))
+    }
+}
+
+fn hash_with(key: &Hmac<Sha256>, code: &str) -> Vec<u8> {
+    let mut mac = key.clone();
+    mac.update(code.as_bytes());
+    mac.finalize().into_bytes().to_vec()
 }
 
 /// Inserts a new waiting pairing; `false` when the code hash is taken (retry with another code).

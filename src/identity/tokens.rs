@@ -4,16 +4,27 @@
 //! a new pair once. The `typ` claim keeps one from passing for the other.
 //! Expiry is checked against the service's [`Clock`](crate::clock::Clock),
 //! not the library's, so tests can move time.
+//!
+//! Every token names its key in the `kid` header, so the secret can rotate:
+//! new tokens are signed with the current key, and tokens of the previous
+//! keys (`JWT_PREVIOUS_SECRETS`) verify until they expire (SECURITY.md).
 
 use chrono::{DateTime, Duration, Utc};
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 
 pub const ACCESS_TTL: Duration = Duration::hours(1);
 pub const REFRESH_TTL: Duration = Duration::days(30);
+
+/// How far the clocks of servers sharing one secret may disagree: a token
+/// stays valid until this long after its `exp`, and one issued (`iat`) more
+/// than this far in the future is refused. Devices' clocks play no part.
+pub const CLOCK_SKEW: Duration = Duration::seconds(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,23 +66,55 @@ impl From<TokenError> for ApiError {
     }
 }
 
+/// One signing secret and the id tokens name it by.
+struct Key {
+    kid: String,
+    decoding: DecodingKey,
+}
+
+/// The id of a secret: the first 8 bytes of HMAC-SHA256(secret,
+/// "echolia-jwt-kid") in hex. It tells keys apart without revealing them.
+pub fn key_id(secret: &[u8]) -> String {
+    // HMAC takes a key of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+    mac.update(b"echolia-jwt-kid");
+    hex::encode(&mac.finalize().into_bytes()[..8])
+}
+
 pub struct TokenKeys {
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// The `kid` of `encoding`.
+    kid: String,
+    /// The current key first, then the previous ones, newest first.
+    keys: Vec<Key>,
     validation: Validation,
 }
 
 impl TokenKeys {
-    pub fn new(secret: &[u8]) -> Self {
+    /// Keys that sign with `current` and also verify tokens of `previous`.
+    pub fn new(current: &[u8], previous: &[&[u8]]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         // Expiry is ours to check (with the service clock); audience is unused.
         validation.validate_exp = false;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
-        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
+        let mut keys: Vec<Key> = Vec::with_capacity(1 + previous.len());
+        for secret in std::iter::once(current).chain(previous.iter().copied()) {
+            let kid = key_id(secret);
+            if keys.iter().all(|key| key.kid != kid) {
+                keys.push(Key { kid, decoding: DecodingKey::from_secret(secret) });
+            }
+        }
+        Self { encoding: EncodingKey::from_secret(current), kid: key_id(current), keys, validation }
     }
 
-    /// Signs a new token; returns it with its claims.
+    /// The `kid` of the key new tokens are signed with.
+    pub fn current_kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Signs a new token with the current key; returns it with its claims.
     pub fn issue(&self, typ: TokenType, user: Uuid, device: Uuid, now: DateTime<Utc>) -> (String, Claims) {
         let ttl = match typ {
             TokenType::Access => ACCESS_TTL,
@@ -85,19 +128,34 @@ impl TokenKeys {
             exp: (now + ttl).timestamp(),
             jti: Uuid::new_v4(),
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.current_kid().to_owned());
+        let token = encode(&header, &claims, &self.encoding)
             .unwrap_or_else(|_| unreachable!("HS256 signing of plain claims cannot fail"));
         (token, claims)
     }
 
-    /// Checks signature, algorithm (HS256 only: `none` and others are refused),
-    /// type and expiry.
+    /// Checks signature (with the key its `kid` names; without a `kid`, with
+    /// any configured key), algorithm (HS256 only: `none` and others are
+    /// refused), type, issue time and expiry, with [`CLOCK_SKEW`] either way.
     pub fn verify(&self, token: &str, expected: TokenType, now: DateTime<Utc>) -> Result<Claims, TokenError> {
-        let claims = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| TokenError::Invalid)?.claims;
+        let header = decode_header(token).map_err(|_| TokenError::Invalid)?;
+        let candidates: Vec<&Key> = match &header.kid {
+            Some(kid) => self.keys.iter().filter(|key| key.kid == *kid).collect(),
+            None => self.keys.iter().collect(),
+        };
+        let claims = candidates
+            .iter()
+            .find_map(|key| decode::<Claims>(token, &key.decoding, &self.validation).ok())
+            .ok_or(TokenError::Invalid)?
+            .claims;
         if claims.typ != expected {
             return Err(TokenError::WrongType);
         }
-        if claims.exp <= now.timestamp() {
+        if claims.iat > (now + CLOCK_SKEW).timestamp() {
+            return Err(TokenError::Invalid);
+        }
+        if claims.exp + CLOCK_SKEW.num_seconds() <= now.timestamp() {
             return Err(TokenError::Expired);
         }
         Ok(claims)
@@ -112,7 +170,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn keys() -> TokenKeys {
-        TokenKeys::new(&[7u8; 32])
+        TokenKeys::new(&[7u8; 32], &[])
     }
 
     #[test]
@@ -124,7 +182,10 @@ mod tests {
         assert_eq!(verified, claims);
         assert_eq!((verified.sub, verified.did), (user, device));
         assert_eq!(claims.exp - claims.iat, 3600);
-        assert_eq!(keys().verify(&token, TokenType::Access, now + ACCESS_TTL), Err(TokenError::Expired));
+        assert!(keys().verify(&token, TokenType::Access, now + ACCESS_TTL).is_ok(), "within the clock skew");
+        let skew_ends = now + ACCESS_TTL + CLOCK_SKEW;
+        assert!(keys().verify(&token, TokenType::Access, skew_ends - Duration::seconds(1)).is_ok());
+        assert_eq!(keys().verify(&token, TokenType::Access, skew_ends), Err(TokenError::Expired));
     }
 
     #[test]
@@ -141,12 +202,75 @@ mod tests {
     fn other_keys_and_unsigned_tokens_are_refused() {
         let now = Utc::now();
         let (token, claims) = keys().issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now);
-        assert_eq!(TokenKeys::new(&[8u8; 32]).verify(&token, TokenType::Access, now), Err(TokenError::Invalid));
+        assert_eq!(TokenKeys::new(&[8u8; 32], &[]).verify(&token, TokenType::Access, now), Err(TokenError::Invalid));
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
         for header in [r#"{"alg":"none","typ":"JWT"}"#, r#"{"alg":"HS512","typ":"JWT"}"#] {
             let forged = format!("{}.{body}.", URL_SAFE_NO_PAD.encode(header));
             assert_eq!(keys().verify(&forged, TokenType::Access, now), Err(TokenError::Invalid));
         }
+    }
+
+    #[test]
+    fn tokens_issued_in_the_future_beyond_the_skew_are_refused() {
+        let now = Utc::now();
+        let (token, _) = keys().issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now);
+        // Another server whose clock runs up to CLOCK_SKEW ahead issued it.
+        assert!(keys().verify(&token, TokenType::Access, now - CLOCK_SKEW).is_ok());
+        let behind = now - CLOCK_SKEW - Duration::seconds(1);
+        assert_eq!(keys().verify(&token, TokenType::Access, behind), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn tokens_name_their_key_and_previous_keys_verify_until_expiry() {
+        let now = Utc::now();
+        let (old, new) = ([7u8; 32], [9u8; 32]);
+        let before = TokenKeys::new(&old, &[]);
+        let (token, claims) = before.issue(TokenType::Refresh, Uuid::new_v4(), Uuid::new_v4(), now);
+        assert_eq!(decode_header(&token).unwrap().kid.as_deref(), Some(key_id(&old).as_str()));
+
+        let rotated = TokenKeys::new(&new, &[&old]);
+        assert_eq!(rotated.current_kid(), key_id(&new));
+        assert_eq!(rotated.verify(&token, TokenType::Refresh, now).unwrap(), claims);
+        let expired_at = now + REFRESH_TTL + CLOCK_SKEW;
+        assert_eq!(rotated.verify(&token, TokenType::Refresh, expired_at), Err(TokenError::Expired));
+        let (fresh, _) = rotated.issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now);
+        assert_eq!(decode_header(&fresh).unwrap().kid.as_deref(), Some(key_id(&new).as_str()));
+        assert_eq!(
+            before.verify(&fresh, TokenType::Access, now),
+            Err(TokenError::Invalid),
+            "the old key cannot verify new tokens"
+        );
+
+        // Dropped from the previous keys (it leaked): its tokens stop at once.
+        assert_eq!(TokenKeys::new(&new, &[]).verify(&token, TokenType::Refresh, now), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn a_kid_naming_no_key_is_refused_and_a_missing_kid_tries_every_key() {
+        let now = Utc::now();
+        let old = [7u8; 32];
+        let rotated = TokenKeys::new(&[9u8; 32], &[&old]);
+        let claims = Claims {
+            sub: Uuid::new_v4(),
+            did: Uuid::new_v4(),
+            typ: TokenType::Access,
+            iat: now.timestamp(),
+            exp: (now + ACCESS_TTL).timestamp(),
+            jti: Uuid::new_v4(),
+        };
+        let sign = |kid: Option<&str>| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = kid.map(str::to_owned);
+            encode(&header, &claims, &EncodingKey::from_secret(&old)).unwrap()
+        };
+        assert_eq!(rotated.verify(&sign(None), TokenType::Access, now).unwrap(), claims);
+        assert_eq!(rotated.verify(&sign(Some("0011223344556677")), TokenType::Access, now), Err(TokenError::Invalid));
+        let current = key_id(&[9u8; 32]);
+        assert_eq!(
+            rotated.verify(&sign(Some(&current)), TokenType::Access, now),
+            Err(TokenError::Invalid),
+            "signed by the old key but naming the new one"
+        );
     }
 
     proptest! {

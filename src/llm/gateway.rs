@@ -39,7 +39,7 @@ const MAX_INNER_RESPONSE: usize = 32 * 1024 * 1024;
 
 /// The OHTTP key configuration of this gateway.
 #[utoipa::path(get, path = "/llm/ohttp-keys", tag = "llm",
-    responses((status = 200, description = "`application/ohttp-keys`: the current key configuration (X25519, HKDF-SHA256, AES-128-GCM or ChaCha20-Poly1305)", body = Vec<u8>, content_type = "application/ohttp-keys")))]
+    responses((status = 200, description = "`application/ohttp-keys`: the current key configuration (X25519, HKDF-SHA256, AES-128-GCM or ChaCha20-Poly1305)", body = crate::http::Binary, content_type = "application/ohttp-keys")))]
 pub async fn keys(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, KEYS_TYPE), (header::CACHE_CONTROL, "max-age=3600")], state.ohttp.encoded_list.clone())
         .into_response()
@@ -49,10 +49,11 @@ pub async fn keys(State(state): State<AppState>) -> Response {
 /// `message/ohttp-res`) or `message/ohttp-chunked-req` (answered as
 /// `message/ohttp-chunked-res`, chunk by chunk as the inner answer streams).
 #[utoipa::path(post, path = "/llm/ohttp", tag = "llm",
-    request_body(content = Vec<u8>, description = "An encapsulated Binary HTTP request", content_type = "message/ohttp-req"),
+    request_body(content = crate::http::Binary, description = "An encapsulated Binary HTTP request", content_type = "message/ohttp-req"),
     responses(
-        (status = 200, description = "The encapsulated Binary HTTP response (the inner status is inside)", body = Vec<u8>, content_type = "message/ohttp-res"),
-        (status = 400, description = "`application/problem+json` of type `…#ohttp-key` for an unknown key id or algorithms; otherwise `invalid_encapsulation` (cannot be decrypted or decoded)", body = ErrorResponse),
+        (status = 200, description = "The encapsulated Binary HTTP response (the inner status is inside)", body = crate::http::Binary, content_type = "message/ohttp-res"),
+        (status = 400, description = "`application/problem+json` of type `…#ohttp-key` for an unknown key id or algorithms; otherwise `invalid_encapsulation` (cannot be decrypted or decoded)",
+            content((ErrorResponse = "application/json"), (ErrorResponse = "application/problem+json"))),
         (status = 413, description = "Body over 8 MiB", body = ErrorResponse),
         (status = 415, description = "Not `message/ohttp-req` or `message/ohttp-chunked-req`", body = ErrorResponse),
     ))]

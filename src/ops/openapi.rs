@@ -5,7 +5,9 @@
 //! shared schemas): each area's router registers its routes with
 //! `utoipa_axum::routes!`, which adds their paths (`app::api`).
 
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorDetail, ErrorResponse};
@@ -19,7 +21,12 @@ Conventions: JSON bodies (`Content-Type: application/json`); ids are UUID string
 Every error is `{\"error\": {\"code\", \"message\"}}`: 400 malformed JSON or a path id that is not a UUID, \
 401 missing/invalid/expired/revoked token, 404 unknown (or another user's) object, 413 body over the \
 route's limit (1 MiB on `/auth/*`), 415 wrong content type, 422 a missing or invalid field (the message \
-names it), 429 rate limited (with `Retry-After`), 503 storage busy (with `Retry-After`).\n\n\
+names it), 429 rate limited (with `Retry-After`), 503 `storage_unavailable` when storage is busy, full, \
+read-only or failing (with `Retry-After`; nothing of the request was written, reads may still work). \
+Every operation lists the answers every route of its shape can give: 401 when it takes a token, 400 \
+`invalid_path` when it has path parameters, 400 `invalid_query` when it has query parameters, 400, 413, \
+415 and 422 when it takes a body, 503 when it reads or writes storage. Operation ids are the handlers' \
+names, or `<method>_<path>` where two handlers share a name.\n\n\
 Readings of the contract made by this implementation:\n\
 - `platform` and `public_key` are required on register and pair-device; `capabilities` is optional \
 (an object, at most 4 KiB); `device_name` is 1–100 characters after trimming.\n\
@@ -27,6 +34,9 @@ Readings of the contract made by this implementation:\n\
 - After a reused refresh token, the device's remaining tokens answer 401 `token_revoked`; the device \
 stays listed (not revoked) and must be paired again.\n\
 - Access tokens of a revoked device answer 401 `device_revoked`, so do its refresh tokens.\n\
+- Tokens name their signing key in the JWT `kid` header; tokens of a previous key (`JWT_PREVIOUS_SECRETS`) \
+are accepted until they expire. Servers' clocks may differ by up to 60 s: a token is accepted until 60 s \
+after its `exp`, and refused when its `iat` is over 60 s ahead (SECURITY.md).\n\
 \n\
 Sync (`/sync/*` speak JSON and MessagePack: `Content-Type: application/msgpack` in, \
 `Accept: application/msgpack` out, same field names; responses are gzip/zstd-compressed when \
@@ -168,5 +178,107 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
+    }
+}
+
+/// Adds to every operation the answers every route of its shape can give,
+/// where its own `responses(...)` did not list them: the extractors
+/// (`UserAuth`, `ApiPath`, `QueryParams`, `ApiJson`, the body limit) and
+/// storage answer the same way on every route, so they are declared once,
+/// here. Runs on the finished document (`app::api`), after every area's
+/// routes were merged.
+pub fn add_shared_responses(doc: &mut utoipa::openapi::OpenApi) {
+    let mut ids = std::collections::HashMap::<String, usize>::new();
+    for (_, operation) in operations(doc) {
+        if let Some(id) = &operation.operation_id {
+            *ids.entry(id.clone()).or_default() += 1;
+        }
+    }
+    for (name, operation) in operations(doc) {
+        add_to(operation);
+        // Handlers of different areas share names (`show`); operation ids must be unique.
+        if operation.operation_id.as_ref().is_some_and(|id| ids.get(id).copied().unwrap_or(0) > 1) {
+            operation.operation_id = Some(name);
+        }
+    }
+}
+
+/// Every operation of the document, with a unique name made of its method and path
+/// (`get_auth_pairing_pairing_id`).
+fn operations(doc: &mut utoipa::openapi::OpenApi) -> Vec<(String, &mut Operation)> {
+    let mut out = Vec::new();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let slug: String = path
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join("_");
+        let methods = [
+            ("get", &mut item.get),
+            ("put", &mut item.put),
+            ("post", &mut item.post),
+            ("delete", &mut item.delete),
+            ("patch", &mut item.patch),
+            ("head", &mut item.head),
+            ("options", &mut item.options),
+            ("trace", &mut item.trace),
+        ];
+        for (method, operation) in methods {
+            if let Some(operation) = operation.as_mut() {
+                out.push((format!("{method}_{slug}"), operation));
+            }
+        }
+    }
+    out
+}
+
+fn add_to(operation: &mut Operation) {
+    let has_param = |place: ParameterIn| {
+        operation
+            .parameters
+            .iter()
+            .flatten()
+            .any(|p| std::mem::discriminant(&p.parameter_in) == std::mem::discriminant(&place))
+    };
+    let authenticated = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+    let path = has_param(ParameterIn::Path);
+    let query = has_param(ParameterIn::Query);
+    let body = operation.request_body.is_some();
+    let mut shared: Vec<(&str, &str)> = Vec::new();
+    if path || query || body {
+        shared.push((
+            "400",
+            "`invalid_path` (a path id that is not a UUID), `invalid_query` (a query parameter that does not \
+             parse) or a body that does not decode (`malformed_json`)",
+        ));
+    }
+    if authenticated {
+        shared.push((
+            "401",
+            "Missing, invalid or expired token (`missing_token`, `invalid_token`, `token_expired`), or a revoked \
+             device (`device_revoked`, `token_revoked`)",
+        ));
+    }
+    if body {
+        shared.push(("413", "`body_too_large`: the body is over this route's limit"));
+        shared.push(("415", "`unsupported_media_type`: the body is not in a content type listed here"));
+        shared.push(("422", "A field is missing or invalid; the message names it"));
+    }
+    if authenticated || body || path || query {
+        shared.push((
+            "503",
+            "`storage_unavailable`: storage is busy, full, read-only or failing; nothing was written \
+             (see `Retry-After`)",
+        ));
+    }
+    for (status, description) in shared {
+        operation.responses.responses.entry(status.to_owned()).or_insert_with(|| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorResponse"))))
+                    .build(),
+            )
+        });
     }
 }

@@ -85,7 +85,8 @@ impl AppState {
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|err| StoreError::Corrupt(format!("the HTTP client cannot start: {err}")))?;
-        let auth = Auth::new(secret.expose_secret())
+        let previous: Vec<&[u8]> = config.jwt_previous_secrets.iter().map(|s| s.expose_secret()).collect();
+        let auth = Auth::new(secret.expose_secret(), &previous)
             .map_err(|err| StoreError::Corrupt(format!("the pairing-code key cannot be derived: {err}")))?;
         Ok(Self {
             http,

@@ -30,11 +30,21 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite's primary result code for a locked database.
 const SQLITE_BUSY: i32 = 5;
+/// Primary result codes of storage that cannot take a write now: a read-only
+/// database or file system, an I/O error, a full disk (or a file at its
+/// size limit). The request is not at fault and nothing was written.
+const SQLITE_READONLY: i32 = 8;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_FULL: i32 = 13;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database busy: {0}")]
     Busy(String),
+    /// The disk is full or read-only, or failed: writes cannot proceed,
+    /// reads may still work. Answered 503 `storage_unavailable`.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
     Database(libsql::Error),
     #[error("{context}: {source}")]
@@ -53,14 +63,28 @@ impl From<libsql::Error> for StoreError {
     fn from(err: libsql::Error) -> Self {
         match err {
             libsql::Error::SqliteFailure(code, message) if code & 0xff == SQLITE_BUSY => Self::Busy(message),
+            libsql::Error::SqliteFailure(code, message)
+                if matches!(code & 0xff, SQLITE_READONLY | SQLITE_IOERR | SQLITE_FULL) =>
+            {
+                Self::Unavailable(format!("{message} (SQLite code {code})"))
+            }
             other => Self::Database(other),
         }
     }
 }
 
 impl StoreError {
+    /// A file-system failure; a full, read-only or over-quota disk is
+    /// [`StoreError::Unavailable`].
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        use std::io::ErrorKind;
+        match source.kind() {
+            ErrorKind::StorageFull
+            | ErrorKind::ReadOnlyFilesystem
+            | ErrorKind::QuotaExceeded
+            | ErrorKind::FileTooLarge => Self::Unavailable(format!("{}: {source}", context.into())),
+            _ => Self::Io { context: context.into(), source },
+        }
     }
 }
 
@@ -94,4 +118,36 @@ pub async fn query_opt(
 ) -> StoreResult<Option<libsql::Row>> {
     let mut rows = conn.query(sql, params).await?;
     Ok(rows.next().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_only_database_is_unavailable_not_an_internal_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.db");
+        let writable = libsql::Builder::new_local(&path).build().await.unwrap();
+        writable.connect().unwrap().execute("CREATE TABLE t (x)", ()).await.unwrap();
+        let read_only =
+            libsql::Builder::new_local(&path).flags(libsql::OpenFlags::SQLITE_OPEN_READ_ONLY).build().await.unwrap();
+        let err = read_only.connect().unwrap().execute("INSERT INTO t VALUES (1)", ()).await.unwrap_err();
+        let err = StoreError::from(err);
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+
+    #[test]
+    fn full_read_only_and_failing_storage_map_to_unavailable() {
+        for code in [SQLITE_FULL, SQLITE_READONLY, SQLITE_IOERR, SQLITE_IOERR | (4 << 8)] {
+            let err = StoreError::from(libsql::Error::SqliteFailure(code, "x".into()));
+            assert!(matches!(err, StoreError::Unavailable(_)), "{code}: {err:?}");
+        }
+        let err = StoreError::from(libsql::Error::SqliteFailure(19, "constraint".into()));
+        assert!(matches!(err, StoreError::Database(_)));
+        for kind in [std::io::ErrorKind::StorageFull, std::io::ErrorKind::ReadOnlyFilesystem] {
+            assert!(matches!(StoreError::io("creating", kind.into()), StoreError::Unavailable(_)));
+        }
+        assert!(matches!(StoreError::io("creating", std::io::ErrorKind::NotFound.into()), StoreError::Io { .. }));
+    }
 }

@@ -141,6 +141,13 @@ impl TestApp {
         start(self.dir.clone(), self.vars.clone(), self.clock.clone()).await
     }
 
+    /// Like [`restart`](Self::restart), with `vars` replacing the overrides
+    /// (e.g. a rotated `JWT_SECRET`).
+    pub async fn restart_with(mut self, vars: &[(&str, &str)]) -> TestApp {
+        self.vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.restart().await
+    }
+
     pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -214,9 +214,14 @@ pub async fn claim(
     };
     let Some(code) = code::normalize(&req.code) else { return Err(failed()) };
     let conn = state.control.conn().await?;
-    let Some(pairing) = store::by_code(&conn, &state.auth.pairing_codes().hash(&code)).await? else {
-        return Err(failed());
-    };
+    let mut found = None;
+    for hash in state.auth.pairing_codes().candidates(&code) {
+        found = store::by_code(&conn, &hash).await?;
+        if found.is_some() {
+            break;
+        }
+    }
+    let Some(pairing) = found else { return Err(failed()) };
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let claim_token = URL_SAFE_NO_PAD.encode(secret);
@@ -517,7 +522,7 @@ pub async fn sweep(state: &AppState) -> crate::store::StoreResult<usize> {
     Ok(revoked)
 }
 
-/// Compares two secrets' hashes without an early exit.
+/// Compares two secrets' hashes in constant time.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
