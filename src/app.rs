@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::ops::metrics;
 use crate::ops::{health, openapi::ApiDoc, telemetry};
 use crate::state::AppState;
-use crate::{account, audit, auth, llm, payments, sync};
+use crate::{account, audit, auth, embeddings, llm, payments, sync};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -38,6 +38,7 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(sync::router())
         .merge(payments::router().layer(DefaultBodyLimit::max(payments::BODY_LIMIT)))
         .merge(llm::router())
+        .merge(embeddings::router(state))
         .split_for_parts()
 }
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
+pub mod embeddings;
 pub mod llm;
 
 /// Minimum length of `JWT_SECRET`, in bytes (HS256 wants at least the hash size).
@@ -63,6 +64,8 @@ pub struct Config {
     pub worker_threads: NonZeroUsize,
     /// The LLM proxy and its OHTTP gateway.
     pub llm: llm::LlmConfig,
+    /// Fallback embeddings: their provider and limits.
+    pub embeddings: embeddings::EmbeddingsConfig,
     /// The App Store, or the variables it still needs.
     pub apple: Result<AppleStoreConfig, Missing>,
     /// The Play Store (Play Developer API), or the variables it still needs.
@@ -254,6 +257,7 @@ impl Config {
             google: google_play(&get)?,
             google_pubsub: google_pubsub(&get)?,
             llm: llm::from_lookup(&get)?,
+            embeddings: embeddings::from_lookup(&get)?,
         })
     }
 

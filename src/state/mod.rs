@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use self::metrics::Metrics;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::embedder::Embedder;
 use crate::entitlements::Stores;
 use crate::identity::Auth;
 use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
@@ -60,6 +61,8 @@ pub struct AppState {
     /// The LLM provider's own model list and when it was fetched: asked at
     /// most once a minute, however often devices list the models.
     pub llm_models: Arc<tokio::sync::Mutex<Option<FetchedModels>>>,
+    /// Fallback embeddings' provider (the local model and its pool, loaded at start).
+    pub embedder: Arc<Embedder>,
 }
 
 impl AppState {
@@ -83,7 +86,19 @@ impl AppState {
             .map_err(|err| StoreError::Corrupt(format!("the HTTP client cannot start: {err}")))?;
         let auth = Auth::new(secret.expose_secret())
             .map_err(|err| StoreError::Corrupt(format!("the pairing-code key cannot be derived: {err}")))?;
+        let embedder = {
+            let (embeddings, retries) = (config.embeddings.clone(), config.llm.retries);
+            tokio::task::spawn_blocking(move || Embedder::start(&embeddings, retries))
+                .await
+                .map_err(|err| err.to_string())
+                .and_then(|started| started)
+                .map_err(|err| StoreError::Io {
+                    context: "the fallback embeddings cannot start".into(),
+                    source: std::io::Error::other(err),
+                })?
+        };
         Ok(Self {
+            embedder: Arc::new(embedder),
             http,
             stores: Arc::new(Stores::from_config(&config)),
             ohttp,

@@ -6,6 +6,8 @@ mod bad_input;
 mod binary;
 mod cli;
 mod crash;
+mod embeddings;
+mod embeddings_model;
 mod hardening;
 mod helpers;
 mod keys_audit_account;
