@@ -90,14 +90,16 @@ fn model_dir(dir: String) -> Result<EmbeddingsProvider, ConfigError> {
 pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<EmbeddingsConfig, ConfigError> {
     let openai = |missing_model: bool| -> Result<Result<EmbeddingsProvider, String>, ConfigError> {
         let (Some(url), false) = (get("EMBEDDINGS_BASE_URL"), missing_model) else {
-            let missing: Vec<&str> = [("EMBEDDINGS_BASE_URL", get("EMBEDDINGS_BASE_URL").is_none()), ("EMBEDDINGS_MODEL", missing_model)]
-                .into_iter()
-                .filter_map(|(name, missing)| missing.then_some(name))
-                .collect();
+            let missing: Vec<&str> =
+                [("EMBEDDINGS_BASE_URL", get("EMBEDDINGS_BASE_URL").is_none()), ("EMBEDDINGS_MODEL", missing_model)]
+                    .into_iter()
+                    .filter_map(|(name, missing)| missing.then_some(name))
+                    .collect();
             return Ok(Err(format!("the openai embeddings provider is not configured: set {}", missing.join(" and "))));
         };
         let api_key = get("EMBEDDINGS_API_KEY").map(|key| api_key("EMBEDDINGS_API_KEY", key)).transpose()?;
-        let upstream = Provider { kind: ProviderKind::Openai, base_url: base_url("EMBEDDINGS_BASE_URL", &url)?, api_key };
+        let upstream =
+            Provider { kind: ProviderKind::Openai, base_url: base_url("EMBEDDINGS_BASE_URL", &url)?, api_key };
         Ok(Ok(EmbeddingsProvider::Openai { upstream }))
     };
     let missing_model = get("EMBEDDINGS_MODEL").is_none();

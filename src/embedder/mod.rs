@@ -23,8 +23,15 @@ enum Backend {
     /// Why there is none: the message of 503 `not_configured`.
     NotConfigured(String),
     #[cfg(feature = "local-embeddings")]
-    Local { pool: local::Pool, queue: usize },
-    Openai { upstream: Provider, timeout: Duration, retries: u32 },
+    Local {
+        pool: local::Pool,
+        queue: usize,
+    },
+    Openai {
+        upstream: Provider,
+        timeout: Duration,
+        retries: u32,
+    },
 }
 
 pub struct Embedder {

@@ -33,7 +33,8 @@ pub const ENDPOINT: &str = "fallback_embeddings";
 pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     let limits = &state.config.embeddings;
     // Every input at its limit, each character escaped as `\uXXXX`, and room for the rest.
-    let body_limit = limits.max_inputs.saturating_mul(limits.max_input_chars).saturating_mul(6).saturating_add(64 * 1024);
+    let body_limit =
+        limits.max_inputs.saturating_mul(limits.max_input_chars).saturating_mul(6).saturating_add(64 * 1024);
     OpenApiRouter::new()
         .routes(routes!(capability))
         .routes(routes!(embeddings))
@@ -131,10 +132,9 @@ fn parse_inputs(body: &[u8], max_inputs: usize, max_chars: usize) -> ApiResult<V
             Value::String(text) if text.is_empty() => {
                 Err(ApiError::invalid_field(&format!("inputs[{index}]"), "must not be empty"))
             }
-            Value::String(text) if text.chars().count() > max_chars => Err(ApiError::invalid_field(
-                &format!("inputs[{index}]"),
-                format!("at most {max_chars} characters"),
-            )),
+            Value::String(text) if text.chars().count() > max_chars => {
+                Err(ApiError::invalid_field(&format!("inputs[{index}]"), format!("at most {max_chars} characters")))
+            }
             Value::String(text) => Ok(text),
             _ => Err(ApiError::invalid_field(&format!("inputs[{index}]"), "must be a string")),
         })
@@ -240,7 +240,11 @@ pub async fn embeddings(
             drop(inputs);
             charge.close(Status::Ok, embedded.tokens).await;
             let dimensions = embedded.vectors.first().map_or(0, Vec::len);
-            Ok(Json(EmbeddingsResponse { model: embedder.model().to_owned(), dimensions, embeddings: embedded.vectors }))
+            Ok(Json(EmbeddingsResponse {
+                model: embedder.model().to_owned(),
+                dimensions,
+                embeddings: embedded.vectors,
+            }))
         }
         Err(err) => {
             let status = if err.status().is_client_error() { Status::Rejected } else { Status::UpstreamError };
@@ -292,6 +296,9 @@ mod tests {
         assert!(!embeds_locally(&caps(serde_json::json!({"local_embeddings": false})), model));
         assert!(embeds_locally(&caps(serde_json::json!({"local_embeddings": true})), model));
         assert!(embeds_locally(&caps(serde_json::json!({"local_embeddings": true, "embedding_models": ["m"]})), model));
-        assert!(!embeds_locally(&caps(serde_json::json!({"local_embeddings": true, "embedding_models": ["x"]})), model));
+        assert!(!embeds_locally(
+            &caps(serde_json::json!({"local_embeddings": true, "embedding_models": ["x"]})),
+            model
+        ));
     }
 }

@@ -20,10 +20,8 @@ pub fn write_tiny_model(dir: &std::path::Path) {
     use candle_transformers::models::bert::{BertModel, Config};
 
     let mut vocab = serde_json::Map::new();
-    let mut words: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "?"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut words: Vec<String> =
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "?"].iter().map(|s| s.to_string()).collect();
     for c in ('a'..='z').chain('0'..='9') {
         words.push(c.to_string());
         words.push(format!("##{c}"));
@@ -31,9 +29,7 @@ pub fn write_tiny_model(dir: &std::path::Path) {
     for (id, word) in words.iter().enumerate() {
         vocab.insert(word.clone(), json!(id));
     }
-    let special = |id: usize, content: &str| {
-        json!({"id": id, "special": true, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false})
-    };
+    let special = |id: usize, content: &str| json!({"id": id, "special": true, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false});
     let tokenizer = json!({
         "version": "1.0", "truncation": null, "padding": null,
         "added_tokens": [special(0, "[PAD]"), special(1, "[UNK]"), special(2, "[CLS]"), special(3, "[SEP]"), special(4, "[MASK]")],
@@ -158,7 +154,8 @@ async fn bad_inputs_answer_422_naming_the_field_and_charge_nothing() {
         (json!({"inputs": ["fine", 3]}), "inputs[1]:"),
         (json!({"input": ["fine"]}), "inputs:"),
     ] {
-        let message = assert_error(embed(&app, &token, &body).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        let message =
+            assert_error(embed(&app, &token, &body).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
         assert!(message.starts_with(field), "{message}");
         assert!(!message.contains("private"), "{message}");
     }
@@ -221,7 +218,9 @@ async fn the_quota_of_the_tier_covers_embeddings() {
 #[tokio::test]
 async fn the_capability_follows_what_the_device_registered() {
     let (app, _model) = local_app(&[]).await;
-    let phone = app.register().await;
+    let mut phone = device_body("Phone", "mobile");
+    phone["capabilities"] = json!({"local_embeddings": false, "ram_mb": 2048});
+    let phone = app.register_body(&phone).await;
     let capability = |token: String| {
         let app = &app;
         async move { app.get("/embeddings/capability", &token).await.json::<Value>().await.unwrap() }
@@ -259,9 +258,12 @@ async fn the_capability_follows_what_the_device_registered() {
 async fn without_a_provider_embeddings_answer_not_configured_naming_the_variables() {
     let app = spawn_app_with(&[]).await;
     let token = app.register().await.access_token;
-    let message =
-        assert_error(embed(&app, &token, &json!({"inputs": ["a"]})).await, StatusCode::SERVICE_UNAVAILABLE, "not_configured")
-            .await;
+    let message = assert_error(
+        embed(&app, &token, &json!({"inputs": ["a"]})).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_configured",
+    )
+    .await;
     for variable in ["EMBEDDINGS_MODEL_DIR", "EMBEDDINGS_BASE_URL", "EMBEDDINGS_MODEL"] {
         assert!(message.contains(variable), "{message}");
     }
@@ -321,8 +323,12 @@ impl FakeUpstream {
 async fn the_openai_provider_keeps_order_normalises_and_maps_failures() {
     let fake = FakeUpstream::start().await;
     let url = fake.url();
-    let app = spawn_app_with(&[("EMBEDDINGS_BASE_URL", &url), ("EMBEDDINGS_MODEL", "emb"), ("EMBEDDINGS_API_KEY", "sk-e")]).await;
-    let token = app.register().await.access_token;
+    let app =
+        spawn_app_with(&[("EMBEDDINGS_BASE_URL", &url), ("EMBEDDINGS_MODEL", "emb"), ("EMBEDDINGS_API_KEY", "sk-e")])
+            .await;
+    let mut phone = device_body("Phone", "mobile");
+    phone.as_object_mut().unwrap().remove("capabilities");
+    let token = app.register_body(&phone).await.access_token;
     let body: Value = app.get("/embeddings/capability", &token).await.json().await.unwrap();
     assert_eq!(body, json!({"use_fallback": true, "available": true, "model": "emb", "dimensions": null}));
     let resp = embed(&app, &token, &json!({"inputs": ["aaaa", "b", "aaaa"]})).await;
@@ -349,15 +355,28 @@ async fn the_openai_provider_keeps_order_normalises_and_maps_failures() {
     let token = failing.register().await.access_token;
     assert_error(embed(&failing, &token, &json!({"inputs": ["x"]})).await, StatusCode::BAD_GATEWAY, "upstream_error")
         .await;
-    let slow =
-        spawn_app_with(&[("EMBEDDINGS_BASE_URL", &url), ("EMBEDDINGS_MODEL", "slow"), ("EMBEDDINGS_TIMEOUT_SECS", "1")])
-            .await;
+    let slow = spawn_app_with(&[
+        ("EMBEDDINGS_BASE_URL", &url),
+        ("EMBEDDINGS_MODEL", "slow"),
+        ("EMBEDDINGS_TIMEOUT_SECS", "1"),
+    ])
+    .await;
     let token = slow.register().await.access_token;
-    assert_error(embed(&slow, &token, &json!({"inputs": ["x"]})).await, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
-        .await;
-    let gone = spawn_app_with(&[("EMBEDDINGS_BASE_URL", "http://127.0.0.1:1/v1"), ("EMBEDDINGS_MODEL", "m"), ("LLM_RETRIES", "0")]).await;
+    assert_error(
+        embed(&slow, &token, &json!({"inputs": ["x"]})).await,
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
+    )
+    .await;
+    let gone = spawn_app_with(&[
+        ("EMBEDDINGS_BASE_URL", "http://127.0.0.1:1/v1"),
+        ("EMBEDDINGS_MODEL", "m"),
+        ("LLM_RETRIES", "0"),
+    ])
+    .await;
     let token = gone.register().await.access_token;
-    assert_error(embed(&gone, &token, &json!({"inputs": ["x"]})).await, StatusCode::BAD_GATEWAY, "upstream_error").await;
+    assert_error(embed(&gone, &token, &json!({"inputs": ["x"]})).await, StatusCode::BAD_GATEWAY, "upstream_error")
+        .await;
 }
 
 #[cfg(feature = "local-embeddings")]
@@ -381,7 +400,8 @@ async fn inputs_reach_no_log_and_no_file_and_a_broken_model_stops_the_start() {
     use std::process::{Command, Stdio};
 
     const MARKER: &str = "okapi quietly wrote zq7 in the diary";
-    let (model, data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (model, data, logs) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     write_tiny_model(model.path());
     let server = |log: std::fs::File, port: u16| {
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -417,7 +437,8 @@ async fn inputs_reach_no_log_and_no_file_and_a_broken_model_stops_the_start() {
     assert!(up, "the server did not start: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
     let resp = client.post(format!("{base}/auth/register")).json(&device_body("Phone", "mobile")).send().await.unwrap();
     let token = resp.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
-    for body in [json!({"inputs": [MARKER, "and another"]}), json!({"inputs": [MARKER, 7]}), json!({"inputs": MARKER})] {
+    for body in [json!({"inputs": [MARKER, "and another"]}), json!({"inputs": [MARKER, 7]}), json!({"inputs": MARKER})]
+    {
         let resp = client.post(format!("{base}/embeddings")).bearer_auth(&token).json(&body).send().await.unwrap();
         let text = resp.text().await.unwrap();
         assert!(!text.contains("okapi"), "{text}");

@@ -22,8 +22,7 @@ fn model_dir() -> Option<String> {
 #[tokio::test]
 async fn the_real_model_matches_the_reference_and_knows_a_paraphrase() {
     let Some(dir) = model_dir() else { return };
-    let reference: Value =
-        serde_json::from_str(include_str!("../fixtures/embeddings/minilm_reference.json")).unwrap();
+    let reference: Value = serde_json::from_str(include_str!("../fixtures/embeddings/minilm_reference.json")).unwrap();
     let app = spawn_app_with(&[("EMBEDDINGS_MODEL_DIR", &dir)]).await;
     let token = app.register().await.access_token;
     let resp = app.post("/embeddings", Some(&token), &json!({"inputs": reference["sentences"]})).await;
