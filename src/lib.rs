@@ -13,9 +13,14 @@
 //!    tokens, sessions, device statuses, pairings; `http` — body codecs and
 //!    extractors that need no state; `entitlements` — store subscriptions,
 //!    the tier they give, the stores' verifiers and API clients;
+//!    `inference` — what calling models shares: the upstream seam, token
+//!    accounting, the usage ledger, quotas per tier; `embedder` — the
+//!    fallback embeddings' providers (the in-process model and its pool, or
+//!    an OpenAI-compatible upstream);
 //! 7. `state` — what every request shares, built once at start;
 //! 8. the areas, each with its routes: `auth`, `sync`, `audit`, `account`,
-//!    `payments`, `llm` (the LLM proxy and its OHTTP gateway), `ops` (health,
+//!    `payments`, `llm` (the LLM proxy and its OHTTP gateway), `embeddings`
+//!    (fallback embeddings for devices that cannot compute them), `ops` (health,
 //!    metrics, OpenAPI); an area never imports another's;
 //! 9. `app` — composes the areas' routers and serves; `cli` — the operator
 //!    commands.
@@ -33,11 +38,14 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod embedder;
+pub mod embeddings;
 pub mod entitlements;
 pub mod error;
 pub mod events;
 pub mod http;
 pub mod identity;
+pub mod inference;
 pub mod llm;
 pub mod ops;
 pub mod payments;

@@ -207,8 +207,8 @@ async fn serve(config: Config) -> ExitCode {
     let state = match AppState::build(config, Arc::new(SystemClock)).await {
         Ok(state) => state,
         Err(err) => {
-            tracing::error!(error = %err, "cannot open storage");
-            eprintln!("echolia: cannot open storage: {err}");
+            tracing::error!(error = %err, "cannot start");
+            eprintln!("echolia: cannot start: {err}");
             return ExitCode::FAILURE;
         }
     };

@@ -140,7 +140,7 @@ struct FileModel {
     output_per_million: f64,
 }
 
-fn base_url(variable: &'static str, url: &str) -> Result<String, ConfigError> {
+pub(super) fn base_url(variable: &'static str, url: &str) -> Result<String, ConfigError> {
     let url = url.trim().trim_end_matches('/');
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
         return Err(invalid(variable, format!("`{url}` is not an http(s) URL")));
@@ -151,7 +151,7 @@ fn base_url(variable: &'static str, url: &str) -> Result<String, ConfigError> {
 /// An upstream key, trimmed (a secrets file's trailing newline) and checked
 /// to fit an HTTP header, so a bad one stops the server at start instead of
 /// failing every request. The message never quotes the key.
-fn api_key(variable: &'static str, key: String) -> Result<Secret, ConfigError> {
+pub(super) fn api_key(variable: &'static str, key: String) -> Result<Secret, ConfigError> {
     let key = key.trim();
     if key.is_empty() || reqwest::header::HeaderValue::from_str(key).is_err() {
         return Err(invalid(variable, "is not a valid HTTP header value (empty, or holds a control character)"));

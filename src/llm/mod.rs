@@ -12,13 +12,12 @@ pub mod anthropic;
 pub mod call;
 pub mod chat;
 pub mod gateway;
-pub mod ledger;
-pub mod quota;
 pub mod relay;
 pub mod sse;
-pub mod upstream;
-pub mod usage;
 pub mod usage_api;
+
+// Shared with the fallback embeddings (`embeddings`), so they live a layer down.
+pub use crate::inference::{ledger, quota, upstream, usage};
 
 use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;

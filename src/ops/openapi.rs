@@ -148,6 +148,22 @@ the prices configured when each request ran. Works (empty) when no provider is c
 request could be decrypted; the inner status is inside. Only `/llm/v1/*` and `/llm/usage` are reachable \
 inside (others answer an inner 404).\n\
 \n\
+Fallback embeddings (`/embeddings*`):\n\
+- `GET /embeddings/capability` also answers `available` (whether this server embeds at all); when it does \
+not, `use_fallback` is false and `model` and `dimensions` are null (not a 503, so a device can always ask). \
+`use_fallback` is false only for a device that registered `capabilities.local_embeddings: true` and, if it \
+also listed `capabilities.embedding_models` (model ids), listed the server's `model`. An upstream provider's \
+`dimensions` is null until its first answer unless `EMBEDDINGS_DIMENSIONS` sets it.\n\
+- `POST /embeddings`: `inputs` holds 1 to 256 non-empty strings of at most 8,192 characters (Unicode scalar \
+values; both limits configurable); anything else is 422 `validation_failed` naming the field (`inputs`, \
+`inputs[3]`), never quoting it. Vectors are L2-normalised, in input order; identical inputs are computed \
+once. The local model reads at most its maximum sequence length (256 tokens for all-MiniLM-L6-v2): longer \
+inputs are truncated, as sentence-transformers does. A full queue answers 503 `embeddings_busy` with \
+`Retry-After`, before anything is charged. Each request counts toward the tier's LLM quotas (429 \
+`quota_exceeded`) and shows in `GET /llm/usage` under the embeddings model (its tokens: those computed, or \
+what the upstream reported). Upstream failures answer as the LLM proxy's (502 `upstream_error`, 504 \
+`upstream_timeout`).\n\
+\n\
 Operations: `GET /metrics` (Prometheus text) is served on its own listener, `METRICS_ADDR` (default \
 127.0.0.1:9090), never on this API's port (here it is 404 like any unknown path), so it is not part of \
 this document.",
@@ -164,6 +180,7 @@ this document.",
         (name = "payments", description = "App Store and Play Store purchases, store notifications, the entitlement"),
         (name = "sync", description = "Push event batches, pull changes since a cursor (JSON or MessagePack)"),
         (name = "llm", description = "OpenAI-compatible LLM proxy (usage, quotas) and its Oblivious HTTP gateway"),
+        (name = "embeddings", description = "Fallback embeddings for devices that cannot compute them"),
         (name = "operations", description = "Health (Prometheus metrics are on METRICS_ADDR, not this API)"),
     )
 )]

@@ -21,6 +21,7 @@ use self::long_polls::LongPolls;
 use self::metrics::Metrics;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::embedder::Embedder;
 use crate::entitlements::Stores;
 use crate::identity::Auth;
 use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
@@ -64,6 +65,8 @@ pub struct AppState {
     pub llm_models: Arc<tokio::sync::Mutex<Option<FetchedModels>>>,
     /// Long-polls held per user and per device (`LONG_POLLS_PER_*`).
     pub long_polls: Arc<LongPolls>,
+    /// Fallback embeddings' provider (the local model and its pool, loaded at start).
+    pub embedder: Arc<Embedder>,
 }
 
 impl AppState {
@@ -88,7 +91,19 @@ impl AppState {
         let previous: Vec<&[u8]> = config.jwt_previous_secrets.iter().map(|s| s.expose_secret()).collect();
         let auth = Auth::new(secret.expose_secret(), &previous)
             .map_err(|err| StoreError::Corrupt(format!("the pairing-code key cannot be derived: {err}")))?;
+        let embedder = {
+            let (embeddings, retries) = (config.embeddings.clone(), config.llm.retries);
+            tokio::task::spawn_blocking(move || Embedder::start(&embeddings, retries))
+                .await
+                .map_err(|err| err.to_string())
+                .and_then(|started| started)
+                .map_err(|err| StoreError::Io {
+                    context: "the fallback embeddings cannot start".into(),
+                    source: std::io::Error::other(err),
+                })?
+        };
         Ok(Self {
+            embedder: Arc::new(embedder),
             http,
             stores: Arc::new(Stores::from_config(&config)),
             ohttp,

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// Each top-level module and its layer, lowest first.
-const LAYERS: [(&str, u8); 21] = [
+const LAYERS: [(&str, u8); 24] = [
     ("clock", 1),
     ("config", 1),
     ("store", 2),
@@ -18,6 +18,8 @@ const LAYERS: [(&str, u8); 21] = [
     ("identity", 6),
     ("http", 6),
     ("entitlements", 6),
+    ("inference", 6),
+    ("embedder", 6),
     ("state", 7),
     ("auth", 8),
     ("sync", 8),
@@ -25,13 +27,14 @@ const LAYERS: [(&str, u8); 21] = [
     ("account", 8),
     ("payments", 8),
     ("llm", 8),
+    ("embeddings", 8),
     ("ops", 8),
     ("app", 9),
     ("cli", 9),
 ];
 
 /// The areas: each serves routes of its own and imports none of the others.
-const AREAS: [&str; 7] = ["auth", "sync", "audit", "account", "payments", "llm", "ops"];
+const AREAS: [&str; 8] = ["auth", "sync", "audit", "account", "payments", "llm", "embeddings", "ops"];
 
 fn layer(module: &str) -> Option<u8> {
     LAYERS.iter().find(|(name, _)| *name == module).map(|(_, layer)| *layer)

@@ -7,6 +7,8 @@ mod binary;
 mod cli;
 mod crash;
 mod disk_full;
+mod embeddings;
+mod embeddings_model;
 mod hardening;
 mod helpers;
 mod isolation;
