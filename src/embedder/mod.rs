@@ -174,6 +174,9 @@ impl Embedder {
         http: &reqwest::Client,
         inputs: &[String],
     ) -> ApiResult<Embedded> {
+        // Only the local provider has places; the others just drop it.
+        #[cfg(not(feature = "local-embeddings"))]
+        drop(admission);
         let (unique, positions) = batch::dedup(inputs);
         let provider = self.provider().unwrap_or("none");
         let (vectors, tokens) = match &self.backend {

@@ -44,6 +44,8 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/sync/status"),
     ("POST", "/llm/v1/chat/completions"),
     ("POST", "/llm/v1/embeddings"),
+    ("GET", "/embeddings/capability"),
+    ("POST", "/embeddings"),
     ("GET", "/llm/v1/models"),
     ("GET", "/llm/usage"),
     ("GET", "/llm/ohttp-keys"),
