@@ -69,7 +69,9 @@ fn scope(method: &str, path: &str) -> Option<Scope> {
         | ("POST", "/llm/v1/chat/completions")
         | ("POST", "/llm/v1/embeddings")
         | ("GET", "/llm/v1/models")
-        | ("GET", "/llm/usage") => Caller,
+        | ("GET", "/llm/usage")
+        | ("GET", "/embeddings/capability")
+        | ("POST", "/embeddings") => Caller,
         _ => return None,
     })
 }
