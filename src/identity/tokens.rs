@@ -155,7 +155,8 @@ impl TokenKeys {
         if claims.iat > (now + CLOCK_SKEW).timestamp() {
             return Err(TokenError::Invalid);
         }
-        if claims.exp + CLOCK_SKEW.num_seconds() <= now.timestamp() {
+        // Saturating: a signed `exp` near i64::MAX must not overflow.
+        if claims.exp.saturating_add(CLOCK_SKEW.num_seconds()) <= now.timestamp() {
             return Err(TokenError::Expired);
         }
         Ok(claims)
@@ -271,6 +272,22 @@ mod tests {
             Err(TokenError::Invalid),
             "signed by the old key but naming the new one"
         );
+    }
+
+    #[test]
+    fn extreme_times_in_signed_claims_neither_overflow_nor_pass() {
+        let now = Utc::now();
+        let sign = |iat: i64, exp: i64| {
+            let claims = serde_json::json!({"sub": Uuid::new_v4(), "did": Uuid::new_v4(), "typ": "access",
+                                            "iat": iat, "exp": exp, "jti": Uuid::new_v4()});
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(key_id(&[7u8; 32]));
+            encode(&header, &claims, &EncodingKey::from_secret(&[7u8; 32])).unwrap()
+        };
+        assert!(keys().verify(&sign(now.timestamp(), i64::MAX), TokenType::Access, now).is_ok());
+        assert_eq!(keys().verify(&sign(now.timestamp(), i64::MIN), TokenType::Access, now), Err(TokenError::Expired));
+        assert_eq!(keys().verify(&sign(i64::MAX, i64::MAX), TokenType::Access, now), Err(TokenError::Invalid));
+        assert!(keys().verify(&sign(i64::MIN, i64::MAX), TokenType::Access, now).is_ok());
     }
 
     proptest! {
