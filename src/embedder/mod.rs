@@ -48,21 +48,12 @@ pub struct Embedded {
     pub tokens: Option<u64>,
 }
 
-/// A request admitted to the provider: for `local`, its place in the queue
-/// (counted by `echolia_embeddings_queue_depth` until dropped, when the
-/// request is answered or its client went away).
+/// A request admitted to the provider: for `local`, its place in the queue.
+/// The place moves with the request's job, so it is freed when the job is
+/// computed or skipped, not when the request's future is dropped.
 pub struct Admission {
     #[cfg(feature = "local-embeddings")]
     place: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        #[cfg(feature = "local-embeddings")]
-        if self.place.is_some() {
-            metrics::gauge!("echolia_embeddings_queue_depth").decrement(1.0);
-        }
-    }
 }
 
 /// L2-normalises `vector` in place (a zero vector stays zero).
@@ -136,10 +127,7 @@ impl Embedder {
         match &self.backend {
             #[cfg(feature = "local-embeddings")]
             Backend::Local { pool, .. } => match pool.admit() {
-                Some(place) => {
-                    metrics::gauge!("echolia_embeddings_queue_depth").increment(1.0);
-                    Ok(Admission { place: Some(place) })
-                }
+                Some(place) => Ok(Admission { place: Some(place) }),
                 None => {
                     metrics::counter!("echolia_embeddings_busy_total").increment(1);
                     Err(ApiError::Client {
@@ -157,7 +145,7 @@ impl Embedder {
         }
     }
 
-    /// Requests admitted to the local queue and not answered yet.
+    /// Requests admitted to the local queue whose job is not computed or skipped yet.
     pub fn queue_depth(&self) -> usize {
         match &self.backend {
             #[cfg(feature = "local-embeddings")]
@@ -169,7 +157,7 @@ impl Embedder {
     /// The vectors of `inputs`, in order; identical inputs computed once.
     pub async fn embed(
         &self,
-        // Held until the answer (or until the request is dropped): its place in the queue.
+        // Its place in the queue, handed to the job.
         admission: Admission,
         http: &reqwest::Client,
         inputs: &[String],
@@ -186,11 +174,11 @@ impl Embedder {
             }
             #[cfg(feature = "local-embeddings")]
             Backend::Local { pool, .. } => {
-                if admission.place.is_none() {
+                let Some(place) = admission.place else {
                     return Err(ApiError::internal("an embeddings request was not admitted"));
-                }
+                };
                 let texts = unique.iter().map(|text| (*text).to_owned()).collect();
-                let output = pool.embed(texts).await.map_err(ApiError::internal)?;
+                let output = pool.embed(place, texts).await.map_err(ApiError::internal)?;
                 for (_, took) in &output.batches {
                     metrics::histogram!("echolia_embeddings_batch_seconds", "provider" => provider)
                         .record(took.as_secs_f64());
