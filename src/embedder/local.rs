@@ -269,7 +269,11 @@ mod tests {
         // The computing job stops at its next pass; the queued one is skipped without computing.
         go.send(()).unwrap();
         until(|| pool.depth(2) == 0).await;
-        assert_eq!(passes.load(Ordering::SeqCst), 1, "the cancelled job stopped between passes, the queued one never ran");
+        assert_eq!(
+            passes.load(Ordering::SeqCst),
+            1,
+            "the cancelled job stopped between passes, the queued one never ran"
+        );
         // And an answered request frees its place.
         let place = pool.admit().unwrap();
         go.send(()).unwrap();

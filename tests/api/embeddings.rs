@@ -212,6 +212,12 @@ async fn the_quota_of_the_tier_covers_embeddings() {
     let resp = embed(&app, &token, &json!({"inputs": ["two"]})).await;
     assert!(resp.headers().contains_key("retry-after"));
     assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
+    // Counted like the proxy's refusals.
+    let scrape = app.scrape().await;
+    assert!(
+        scrape.contains("echolia_llm_quota_refusals_total{tier=\"free\",limit=\"requests_per_minute\"} 1"),
+        "{scrape}"
+    );
 }
 
 #[cfg(feature = "local-embeddings")]
