@@ -10,7 +10,7 @@
 //! under the tier's quotas, like `POST /llm/v1/embeddings`.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use serde_json::Value;
@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 
 use crate::config::llm::Price;
 use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::http::BodyLimit;
 use crate::inference;
 use crate::inference::call::Call;
 use crate::inference::ledger::{Opening, Status};
@@ -33,10 +34,12 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     // Every input at its limit, each character escaped as `\uXXXX`, and room for the rest.
     let body_limit =
         limits.max_inputs.saturating_mul(limits.max_input_chars).saturating_mul(6).saturating_add(64 * 1024);
-    OpenApiRouter::new()
-        .routes(routes!(capability))
-        .routes(routes!(embeddings))
-        .layer(DefaultBodyLimit::max(body_limit))
+    let limit = BodyLimit {
+        bytes: body_limit,
+        code: "body_too_large",
+        message: "the request body is larger than the embeddings limits allow",
+    };
+    limit.apply(OpenApiRouter::new().routes(routes!(capability)).routes(routes!(embeddings)))
 }
 
 /// What a device should do about embeddings.

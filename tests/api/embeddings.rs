@@ -175,6 +175,9 @@ async fn bad_inputs_answer_422_naming_the_field_and_charge_nothing() {
     for body in [json!({"inputs": ["a", "b", "c"]}), json!({"inputs": ["abcdef"]})] {
         assert_error(embed(&app, &token, &body).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     }
+    // The body limit follows them (2 × 5 characters, escaped, and 64 KiB): over it, JSON 413 like every area.
+    let over = json!({"inputs": ["a".repeat(70_000)]});
+    assert_error(embed(&app, &token, &over).await, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large").await;
 }
 
 #[cfg(feature = "local-embeddings")]
