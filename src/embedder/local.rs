@@ -26,6 +26,25 @@ const MAX_BATCH: usize = 32;
 /// memory (batch × heads × length² floats).
 const TOKEN_BUDGET: usize = 4096;
 
+/// Tokens an input is truncated to when the model directory has no
+/// `sentence_bert_config.json`: all-MiniLM-L6-v2's `max_seq_length`, as
+/// sentence-transformers truncates it (not the 512 positions BERT has).
+pub const DEFAULT_MAX_SEQ_LENGTH: usize = 256;
+
+/// The truncation length: `sentence_bert_config.json`'s `max_seq_length`
+/// (the default when the file is absent), at most the model's positions.
+fn max_tokens(sentence_bert_config: Option<&[u8]>, positions: usize) -> Result<usize, String> {
+    let length = match sentence_bert_config {
+        None => DEFAULT_MAX_SEQ_LENGTH,
+        Some(bytes) => serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|value| value["max_seq_length"].as_u64())
+            .and_then(|length| usize::try_from(length).ok())
+            .ok_or("sentence_bert_config.json has no max_seq_length")?,
+    };
+    Ok(length.min(positions))
+}
+
 /// A loaded model and its tokenizer.
 pub struct Model {
     bert: BertModel,
@@ -50,19 +69,19 @@ fn read(dir: &Path, file: &str) -> Result<Vec<u8>, String> {
 
 impl Model {
     /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from
-    /// `dir` (and `sentence_bert_config.json`'s `max_seq_length` when there).
+    /// `dir`, and `sentence_bert_config.json`'s `max_seq_length` when there
+    /// (else [`DEFAULT_MAX_SEQ_LENGTH`]).
     pub fn load(dir: &Path) -> Result<Self, String> {
         let config: Config = serde_json::from_slice(&read(dir, "config.json")?)
             .map_err(|err| format!("config.json is not a BERT configuration: {err}"))?;
         let mut tokenizer = Tokenizer::from_bytes(read(dir, "tokenizer.json")?)
             .map_err(|err| format!("tokenizer.json cannot be loaded: {err}"))?;
-        // sentence-transformers truncates to the model's `max_seq_length` (256 for all-MiniLM-L6-v2).
-        let max_seq_length = std::fs::read(dir.join("sentence_bert_config.json"))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .and_then(|value| value["max_seq_length"].as_u64())
-            .and_then(|length| usize::try_from(length).ok());
-        let max_tokens = max_seq_length.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
+        let sentence_bert = match std::fs::read(dir.join("sentence_bert_config.json")) {
+            Ok(bytes) => Some(bytes),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => return Err(format!("cannot read sentence_bert_config.json: {err}")),
+        };
+        let max_tokens = max_tokens(sentence_bert.as_deref(), config.max_position_embeddings)?;
         if max_tokens < 2 {
             return Err("the model's maximum sequence length is below 2 tokens".into());
         }
@@ -244,6 +263,16 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("timed out");
+    }
+
+    #[test]
+    fn truncation_follows_sentence_transformers() {
+        assert_eq!(max_tokens(None, 512), Ok(256), "no sentence_bert_config.json: 256, not the 512 positions");
+        assert_eq!(max_tokens(None, 64), Ok(64));
+        assert_eq!(max_tokens(Some(br#"{"max_seq_length": 128}"#), 512), Ok(128));
+        assert_eq!(max_tokens(Some(br#"{"max_seq_length": 1024}"#), 512), Ok(512));
+        assert!(max_tokens(Some(b"{}"), 512).is_err());
+        assert!(max_tokens(Some(b"not json"), 512).is_err());
     }
 
     #[tokio::test]
