@@ -23,14 +23,13 @@ enum Backend {
     /// Why there is none: the message of 503 `not_configured`.
     NotConfigured(String),
     #[cfg(feature = "local-embeddings")]
-    Local {
-        pool: local::Pool,
-        queue: usize,
-    },
+    Local { pool: local::Pool, queue: usize },
     Openai {
         upstream: Provider,
         timeout: Duration,
         retries: u32,
+        /// Inputs per upstream call at most.
+        batch: usize,
     },
 }
 
@@ -84,7 +83,12 @@ impl Embedder {
                 return Err("EMBEDDINGS_MODEL_DIR: this build has no local embeddings".into());
             }
             Ok(EmbeddingsProvider::Openai { upstream }) => (
-                Backend::Openai { upstream: upstream.clone(), timeout: config.timeout, retries },
+                Backend::Openai {
+                    upstream: upstream.clone(),
+                    timeout: config.timeout,
+                    retries,
+                    batch: config.upstream_batch.get(),
+                },
                 config.dimensions.unwrap_or(0),
             ),
         };
@@ -185,23 +189,34 @@ impl Embedder {
                 }
                 (output.vectors, Some(output.tokens))
             }
-            Backend::Openai { upstream, timeout, retries } => {
-                let started = std::time::Instant::now();
-                let (mut vectors, tokens) =
-                    openai::embed(http, upstream, &self.model, &unique, *timeout, *retries).await?;
-                metrics::histogram!("echolia_embeddings_batch_seconds", "provider" => provider)
-                    .record(started.elapsed().as_secs_f64());
-                let length = vectors.first().map_or(0, Vec::len);
-                let known = self.dimensions.load(Ordering::Relaxed);
-                if known != 0 && known != length {
-                    tracing::warn!(expected = known, got = length, "the embeddings provider changed its vector length");
-                    return Err(ApiError::client(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_error",
-                        format!("the embeddings provider answered vectors of {length} dimensions, not {known}"),
-                    ));
+            Backend::Openai { upstream, timeout, retries, batch } => {
+                // In chunks of at most `batch` inputs, one call after the other; tokens only when every call counted them.
+                let mut vectors = Vec::with_capacity(unique.len());
+                let mut tokens = Some(0u64);
+                for chunk in unique.chunks((*batch).max(1)) {
+                    let started = std::time::Instant::now();
+                    let (chunk_vectors, chunk_tokens) =
+                        openai::embed(http, upstream, &self.model, chunk, *timeout, *retries).await?;
+                    metrics::histogram!("echolia_embeddings_batch_seconds", "provider" => provider)
+                        .record(started.elapsed().as_secs_f64());
+                    let length = chunk_vectors.first().map_or(0, Vec::len);
+                    let known = self.dimensions.load(Ordering::Relaxed);
+                    if known != 0 && known != length {
+                        tracing::warn!(
+                            expected = known,
+                            got = length,
+                            "the embeddings provider changed its vector length"
+                        );
+                        return Err(ApiError::client(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_error",
+                            format!("the embeddings provider answered vectors of {length} dimensions, not {known}"),
+                        ));
+                    }
+                    self.dimensions.store(length, Ordering::Relaxed);
+                    vectors.extend(chunk_vectors);
+                    tokens = tokens.zip(chunk_tokens).map(|(sum, more)| sum.saturating_add(more));
                 }
-                self.dimensions.store(length, Ordering::Relaxed);
                 vectors.iter_mut().for_each(|vector| normalise(vector));
                 (vectors, tokens)
             }
