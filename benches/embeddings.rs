@@ -70,9 +70,9 @@ fn main() {
         let mut latencies = Vec::with_capacity(runs);
         let embed = |seed: usize| {
             let texts = inputs(batch, seed);
-            let _place = pool.admit().unwrap();
+            let place = pool.admit().unwrap();
             let started = Instant::now();
-            runtime.block_on(pool.embed(texts)).unwrap();
+            runtime.block_on(pool.embed(place, texts)).unwrap();
             started.elapsed()
         };
         embed(0); // warm-up

@@ -51,6 +51,8 @@ pub struct EmbeddingsConfig {
     pub timeout: Duration,
     /// `openai`: the vector length the upstream gives, when known in advance.
     pub dimensions: Option<usize>,
+    /// `openai`: inputs per upstream call at most (a request's inputs are sent in chunks of this many).
+    pub upstream_batch: NonZeroUsize,
 }
 
 impl EmbeddingsConfig {
@@ -145,6 +147,7 @@ pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<EmbeddingsCon
         queue: nonzero(bounded("EMBEDDINGS_QUEUE", "8", 10_000)?),
         timeout: Duration::from_secs(timeout as u64),
         dimensions,
+        upstream_batch: nonzero(bounded("EMBEDDINGS_UPSTREAM_BATCH", "32", 4096)?),
     })
 }
 
@@ -167,6 +170,9 @@ mod tests {
             assert!(message.contains(variable), "{message}");
         }
         assert_eq!((config.max_inputs, config.max_input_chars, config.queue.get()), (256, 8192, 8));
+        assert_eq!(config.upstream_batch.get(), 32);
+        assert_eq!(load(&[("EMBEDDINGS_UPSTREAM_BATCH", "0")]).unwrap_err().variable, "EMBEDDINGS_UPSTREAM_BATCH");
+        assert_eq!(load(&[("EMBEDDINGS_UPSTREAM_BATCH", "5")]).unwrap().upstream_batch.get(), 5);
     }
 
     #[test]

@@ -20,18 +20,24 @@ pub fn dedup(inputs: &[String]) -> (Vec<&str>, Vec<usize>) {
     (unique, positions)
 }
 
+/// How much longer than its shortest a batch's longest sequence may be:
+/// beyond, the short ones would be mostly padding.
+pub const MAX_SPREAD: usize = 2;
+
 /// Groups indices into batches of similar length: sorted by length, a batch
 /// holds at most `max_batch` sequences and `budget` padded tokens (its size
-/// times its longest), or one sequence alone when that is longer.
+/// times its longest), or one sequence alone when that is longer, and its
+/// longest is at most [`MAX_SPREAD`] times its shortest.
 pub fn batches(lengths: &[usize], max_batch: usize, budget: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&index| lengths[index]);
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     for index in order {
-        // Sorted ascending: the newest member is the longest.
+        // Sorted ascending: the first member is the shortest, the newest the longest.
         let padded = (current.len() + 1) * lengths[index].max(1);
-        if !current.is_empty() && (current.len() >= max_batch || padded > budget) {
+        let spread = current.first().is_some_and(|&first| lengths[index] > MAX_SPREAD * lengths[first].max(1));
+        if !current.is_empty() && (current.len() >= max_batch || padded > budget || spread) {
             out.push(std::mem::take(&mut current));
         }
         current.push(index);
@@ -63,6 +69,9 @@ mod tests {
         // A budget of 200 padded tokens: two of length ~100 fit, not three.
         assert_eq!(batches(&lengths, 8, 200), [vec![1, 3, 4], vec![2, 0], vec![5]]);
         assert_eq!(batches(&[500], 8, 200), [vec![0]], "too long alone still gets a batch");
+        // Room for all, but 7 is more than twice 3: a new batch; 12 is twice 6, it fits.
+        assert_eq!(batches(&[3, 5, 6, 7, 12, 30], 8, 10_000), [vec![0, 1, 2], vec![3, 4], vec![5]]);
+        assert_eq!(batches(&[0, 1, 2, 3], 8, 10_000), [vec![0, 1, 2], vec![3]], "an empty one counts as 1");
     }
 
     proptest! {
@@ -76,6 +85,8 @@ mod tests {
                 let longest = batch.iter().map(|&i| lengths[i].max(1)).max().unwrap_or(0);
                 prop_assert!(batch.len() <= max_batch);
                 prop_assert!(batch.len() == 1 || batch.len() * longest <= budget);
+                let shortest = batch.iter().map(|&i| lengths[i].max(1)).min().unwrap_or(0);
+                prop_assert!(longest <= MAX_SPREAD * shortest);
             }
         }
 

@@ -26,6 +26,25 @@ const MAX_BATCH: usize = 32;
 /// memory (batch × heads × length² floats).
 const TOKEN_BUDGET: usize = 4096;
 
+/// Tokens an input is truncated to when the model directory has no
+/// `sentence_bert_config.json`: all-MiniLM-L6-v2's `max_seq_length`, as
+/// sentence-transformers truncates it (not the 512 positions BERT has).
+pub const DEFAULT_MAX_SEQ_LENGTH: usize = 256;
+
+/// The truncation length: `sentence_bert_config.json`'s `max_seq_length`
+/// (the default when the file is absent), at most the model's positions.
+fn max_tokens(sentence_bert_config: Option<&[u8]>, positions: usize) -> Result<usize, String> {
+    let length = match sentence_bert_config {
+        None => DEFAULT_MAX_SEQ_LENGTH,
+        Some(bytes) => serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|value| value["max_seq_length"].as_u64())
+            .and_then(|length| usize::try_from(length).ok())
+            .ok_or("sentence_bert_config.json has no max_seq_length")?,
+    };
+    Ok(length.min(positions))
+}
+
 /// A loaded model and its tokenizer.
 pub struct Model {
     bert: BertModel,
@@ -50,19 +69,19 @@ fn read(dir: &Path, file: &str) -> Result<Vec<u8>, String> {
 
 impl Model {
     /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from
-    /// `dir` (and `sentence_bert_config.json`'s `max_seq_length` when there).
+    /// `dir`, and `sentence_bert_config.json`'s `max_seq_length` when there
+    /// (else [`DEFAULT_MAX_SEQ_LENGTH`]).
     pub fn load(dir: &Path) -> Result<Self, String> {
         let config: Config = serde_json::from_slice(&read(dir, "config.json")?)
             .map_err(|err| format!("config.json is not a BERT configuration: {err}"))?;
         let mut tokenizer = Tokenizer::from_bytes(read(dir, "tokenizer.json")?)
             .map_err(|err| format!("tokenizer.json cannot be loaded: {err}"))?;
-        // sentence-transformers truncates to the model's `max_seq_length` (256 for all-MiniLM-L6-v2).
-        let max_seq_length = std::fs::read(dir.join("sentence_bert_config.json"))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .and_then(|value| value["max_seq_length"].as_u64())
-            .and_then(|length| usize::try_from(length).ok());
-        let max_tokens = max_seq_length.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
+        let sentence_bert = match std::fs::read(dir.join("sentence_bert_config.json")) {
+            Ok(bytes) => Some(bytes),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => return Err(format!("cannot read sentence_bert_config.json: {err}")),
+        };
+        let max_tokens = max_tokens(sentence_bert.as_deref(), config.max_position_embeddings)?;
         if max_tokens < 2 {
             return Err("the model's maximum sequence length is below 2 tokens".into());
         }
@@ -79,8 +98,9 @@ impl Model {
         Ok(Self { bert, tokenizer, pad_id, dimensions: config.hidden_size, max_tokens })
     }
 
-    /// The normalised mean-pooled embedding of each text, in order.
-    pub fn embed(&self, texts: &[&str]) -> Result<Output, String> {
+    /// The normalised mean-pooled embedding of each text, in order; stops
+    /// between forward passes once `cancelled` says no one awaits the answer.
+    pub fn embed(&self, texts: &[&str], cancelled: &(dyn Fn() -> bool + Sync)) -> Result<Output, String> {
         let mut ids: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
         for text in texts {
             // The tokenizer's errors never quote the text.
@@ -92,6 +112,9 @@ impl Model {
         let mut vectors = vec![Vec::new(); texts.len()];
         let mut batches = Vec::new();
         for group in batch::batches(&lengths, MAX_BATCH, TOKEN_BUDGET) {
+            if cancelled() {
+                return Err(CANCELLED.into());
+            }
             let started = Instant::now();
             let rows: Vec<&[u32]> = group.iter().map(|&index| ids[index].as_slice()).collect();
             let pooled = self.forward(&rows).map_err(|err| format!("inference: {err}"))?;
@@ -128,10 +151,18 @@ impl Model {
     }
 }
 
+/// Why a job stopped early: its request was dropped.
+const CANCELLED: &str = "the request went away";
+
+/// A request's work, holding its place in the queue until it is computed or skipped.
 struct Job {
     texts: Vec<String>,
     reply: oneshot::Sender<Result<Output, String>>,
+    _place: OwnedSemaphorePermit,
 }
+
+/// Computes texts (a model's `embed`), given whether its request is gone.
+type Compute = Box<dyn FnMut(&[&str], &(dyn Fn() -> bool + Sync)) -> Result<Output, String> + Send>;
 
 /// The queue in front of the model.
 pub struct Pool {
@@ -151,20 +182,26 @@ impl Pool {
             .thread_name(|n| format!("embeddings-{n}"))
             .build()
             .map_err(|err| format!("cannot start the embeddings threads: {err}"))?;
+        let compute: Compute = Box::new(move |texts, cancelled| compute.install(|| model.embed(texts, cancelled)));
+        Self::with_compute(compute, dimensions, queue)
+    }
+
+    /// The queue and its dispatcher thread in front of `compute`.
+    fn with_compute(mut compute: Compute, dimensions: usize, queue: usize) -> Result<Self, String> {
         let (jobs, queued) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("embeddings".into())
             .spawn(move || {
-                // Ends when the pool (the sender) is dropped.
+                // Ends when the pool (the sender) is dropped; each job's place is freed as it is dropped here.
                 while let Ok(job) = queued.recv() {
                     if job.reply.is_closed() {
                         continue; // the client went away while waiting
                     }
                     let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
-                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        compute.install(|| model.embed(&texts))
-                    }))
-                    .unwrap_or_else(|_| Err("the model panicked".into()));
+                    let cancelled = || job.reply.is_closed();
+                    let outcome =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compute(&texts, &cancelled)))
+                            .unwrap_or_else(|_| Err("the model panicked".into()));
                     let _ = job.reply.send(outcome);
                 }
             })
@@ -177,15 +214,100 @@ impl Pool {
         self.places.clone().try_acquire_owned().ok()
     }
 
-    /// Requests admitted and not answered yet.
+    /// Jobs admitted and not computed or skipped yet.
     pub fn depth(&self, capacity: usize) -> usize {
         capacity.saturating_sub(self.places.available_permits())
     }
 
-    /// Computes `texts`; the caller holds its place (from [`Pool::admit`]) until the answer.
-    pub async fn embed(&self, texts: Vec<String>) -> Result<Output, String> {
+    /// Computes `texts` in the `place` taken by [`Pool::admit`], which the job
+    /// keeps until it is computed (or skipped, its request dropped).
+    pub async fn embed(&self, place: OwnedSemaphorePermit, texts: Vec<String>) -> Result<Output, String> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { texts, reply }).map_err(|_| "the embeddings thread stopped".to_owned())?;
+        let job = Job { texts, reply, _place: place };
+        self.jobs.send(job).map_err(|_| "the embeddings thread stopped".to_owned())?;
         answer.await.map_err(|_| "the embeddings thread stopped".to_owned())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A pool whose computation blocks until `go` receives, counting passes.
+    fn blocked_pool(queue: usize) -> (Pool, mpsc::Sender<()>, Arc<AtomicUsize>) {
+        let (go, wait) = mpsc::channel::<()>();
+        let passes = Arc::new(AtomicUsize::new(0));
+        let counted = passes.clone();
+        let compute: Compute = Box::new(move |texts, cancelled| {
+            // Two "forward passes", each waiting for the test's go-ahead.
+            for _ in 0..2 {
+                if cancelled() {
+                    return Err(CANCELLED.into());
+                }
+                let _ = wait.recv();
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(Output { vectors: vec![vec![1.0]; texts.len()], tokens: 1, batches: Vec::new() })
+        });
+        (Pool::with_compute(compute, 1, queue).unwrap(), go, passes)
+    }
+
+    async fn until(what: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if what() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out");
+    }
+
+    #[test]
+    fn truncation_follows_sentence_transformers() {
+        assert_eq!(max_tokens(None, 512), Ok(256), "no sentence_bert_config.json: 256, not the 512 positions");
+        assert_eq!(max_tokens(None, 64), Ok(64));
+        assert_eq!(max_tokens(Some(br#"{"max_seq_length": 128}"#), 512), Ok(128));
+        assert_eq!(max_tokens(Some(br#"{"max_seq_length": 1024}"#), 512), Ok(512));
+        assert!(max_tokens(Some(b"{}"), 512).is_err());
+        assert!(max_tokens(Some(b"not json"), 512).is_err());
+    }
+
+    #[tokio::test]
+    async fn places_follow_the_jobs_not_the_requests() {
+        let (pool, go, passes) = blocked_pool(2);
+        let pool = Arc::new(pool);
+        // A request computing (blocked in its first pass), and one queued behind it.
+        let first = tokio::spawn({
+            let (pool, place) = (pool.clone(), pool.admit().unwrap());
+            async move { pool.embed(place, vec!["a".into()]).await }
+        });
+        let second = tokio::spawn({
+            let (pool, place) = (pool.clone(), pool.admit().unwrap());
+            async move { pool.embed(place, vec!["b".into()]).await }
+        });
+        assert!(pool.admit().is_none(), "both places taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Both clients go away: their jobs still hold the places.
+        first.abort();
+        second.abort();
+        let _ = (first.await, second.await);
+        assert_eq!(pool.depth(2), 2, "a dropped request does not free a place its job still holds");
+        // The computing job stops at its next pass; the queued one is skipped without computing.
+        go.send(()).unwrap();
+        until(|| pool.depth(2) == 0).await;
+        assert_eq!(
+            passes.load(Ordering::SeqCst),
+            1,
+            "the cancelled job stopped between passes, the queued one never ran"
+        );
+        // And an answered request frees its place.
+        let place = pool.admit().unwrap();
+        go.send(()).unwrap();
+        go.send(()).unwrap();
+        assert_eq!(pool.embed(place, vec!["c".into()]).await.unwrap().vectors.len(), 1);
+        until(|| pool.depth(2) == 0).await;
     }
 }

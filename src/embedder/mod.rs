@@ -23,14 +23,13 @@ enum Backend {
     /// Why there is none: the message of 503 `not_configured`.
     NotConfigured(String),
     #[cfg(feature = "local-embeddings")]
-    Local {
-        pool: local::Pool,
-        queue: usize,
-    },
+    Local { pool: local::Pool, queue: usize },
     Openai {
         upstream: Provider,
         timeout: Duration,
         retries: u32,
+        /// Inputs per upstream call at most.
+        batch: usize,
     },
 }
 
@@ -48,21 +47,12 @@ pub struct Embedded {
     pub tokens: Option<u64>,
 }
 
-/// A request admitted to the provider: for `local`, its place in the queue
-/// (counted by `echolia_embeddings_queue_depth` until dropped, when the
-/// request is answered or its client went away).
+/// A request admitted to the provider: for `local`, its place in the queue.
+/// The place moves with the request's job, so it is freed when the job is
+/// computed or skipped, not when the request's future is dropped.
 pub struct Admission {
     #[cfg(feature = "local-embeddings")]
     place: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        #[cfg(feature = "local-embeddings")]
-        if self.place.is_some() {
-            metrics::gauge!("echolia_embeddings_queue_depth").decrement(1.0);
-        }
-    }
 }
 
 /// L2-normalises `vector` in place (a zero vector stays zero).
@@ -93,7 +83,12 @@ impl Embedder {
                 return Err("EMBEDDINGS_MODEL_DIR: this build has no local embeddings".into());
             }
             Ok(EmbeddingsProvider::Openai { upstream }) => (
-                Backend::Openai { upstream: upstream.clone(), timeout: config.timeout, retries },
+                Backend::Openai {
+                    upstream: upstream.clone(),
+                    timeout: config.timeout,
+                    retries,
+                    batch: config.upstream_batch.get(),
+                },
                 config.dimensions.unwrap_or(0),
             ),
         };
@@ -136,10 +131,7 @@ impl Embedder {
         match &self.backend {
             #[cfg(feature = "local-embeddings")]
             Backend::Local { pool, .. } => match pool.admit() {
-                Some(place) => {
-                    metrics::gauge!("echolia_embeddings_queue_depth").increment(1.0);
-                    Ok(Admission { place: Some(place) })
-                }
+                Some(place) => Ok(Admission { place: Some(place) }),
                 None => {
                     metrics::counter!("echolia_embeddings_busy_total").increment(1);
                     Err(ApiError::Client {
@@ -157,7 +149,7 @@ impl Embedder {
         }
     }
 
-    /// Requests admitted to the local queue and not answered yet.
+    /// Requests admitted to the local queue whose job is not computed or skipped yet.
     pub fn queue_depth(&self) -> usize {
         match &self.backend {
             #[cfg(feature = "local-embeddings")]
@@ -169,7 +161,7 @@ impl Embedder {
     /// The vectors of `inputs`, in order; identical inputs computed once.
     pub async fn embed(
         &self,
-        // Held until the answer (or until the request is dropped): its place in the queue.
+        // Its place in the queue, handed to the job.
         admission: Admission,
         http: &reqwest::Client,
         inputs: &[String],
@@ -186,34 +178,45 @@ impl Embedder {
             }
             #[cfg(feature = "local-embeddings")]
             Backend::Local { pool, .. } => {
-                if admission.place.is_none() {
+                let Some(place) = admission.place else {
                     return Err(ApiError::internal("an embeddings request was not admitted"));
-                }
+                };
                 let texts = unique.iter().map(|text| (*text).to_owned()).collect();
-                let output = pool.embed(texts).await.map_err(ApiError::internal)?;
+                let output = pool.embed(place, texts).await.map_err(ApiError::internal)?;
                 for (_, took) in &output.batches {
                     metrics::histogram!("echolia_embeddings_batch_seconds", "provider" => provider)
                         .record(took.as_secs_f64());
                 }
                 (output.vectors, Some(output.tokens))
             }
-            Backend::Openai { upstream, timeout, retries } => {
-                let started = std::time::Instant::now();
-                let (mut vectors, tokens) =
-                    openai::embed(http, upstream, &self.model, &unique, *timeout, *retries).await?;
-                metrics::histogram!("echolia_embeddings_batch_seconds", "provider" => provider)
-                    .record(started.elapsed().as_secs_f64());
-                let length = vectors.first().map_or(0, Vec::len);
-                let known = self.dimensions.load(Ordering::Relaxed);
-                if known != 0 && known != length {
-                    tracing::warn!(expected = known, got = length, "the embeddings provider changed its vector length");
-                    return Err(ApiError::client(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_error",
-                        format!("the embeddings provider answered vectors of {length} dimensions, not {known}"),
-                    ));
+            Backend::Openai { upstream, timeout, retries, batch } => {
+                // In chunks of at most `batch` inputs, one call after the other; tokens only when every call counted them.
+                let mut vectors = Vec::with_capacity(unique.len());
+                let mut tokens = Some(0u64);
+                for chunk in unique.chunks((*batch).max(1)) {
+                    let started = std::time::Instant::now();
+                    let (chunk_vectors, chunk_tokens) =
+                        openai::embed(http, upstream, &self.model, chunk, *timeout, *retries).await?;
+                    metrics::histogram!("echolia_embeddings_batch_seconds", "provider" => provider)
+                        .record(started.elapsed().as_secs_f64());
+                    let length = chunk_vectors.first().map_or(0, Vec::len);
+                    let known = self.dimensions.load(Ordering::Relaxed);
+                    if known != 0 && known != length {
+                        tracing::warn!(
+                            expected = known,
+                            got = length,
+                            "the embeddings provider changed its vector length"
+                        );
+                        return Err(ApiError::client(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_error",
+                            format!("the embeddings provider answered vectors of {length} dimensions, not {known}"),
+                        ));
+                    }
+                    self.dimensions.store(length, Ordering::Relaxed);
+                    vectors.extend(chunk_vectors);
+                    tokens = tokens.zip(chunk_tokens).map(|(sum, more)| sum.saturating_add(more));
                 }
-                self.dimensions.store(length, Ordering::Relaxed);
                 vectors.iter_mut().for_each(|vector| normalise(vector));
                 (vectors, tokens)
             }

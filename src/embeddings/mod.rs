@@ -9,23 +9,22 @@
 //! `llm_usage`, model = the embeddings model, endpoint `fallback_embeddings`)
 //! under the tier's quotas, like `POST /llm/v1/embeddings`.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::time::Instant;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::config::llm::Price;
 use crate::error::{ApiError, ApiResult, ErrorResponse};
-use crate::inference::ledger::{self, Opening, Status};
-use crate::inference::usage::{Usage, BYTES_PER_TOKEN};
+use crate::http::BodyLimit;
+use crate::inference;
+use crate::inference::call::Call;
+use crate::inference::ledger::{Opening, Status};
+use crate::inference::usage::Usage;
 use crate::state::{AppState, UserAuth};
-use crate::store::UserDb;
 
 /// The `llm_usage` endpoint of these requests.
 pub const ENDPOINT: &str = "fallback_embeddings";
@@ -35,10 +34,12 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     // Every input at its limit, each character escaped as `\uXXXX`, and room for the rest.
     let body_limit =
         limits.max_inputs.saturating_mul(limits.max_input_chars).saturating_mul(6).saturating_add(64 * 1024);
-    OpenApiRouter::new()
-        .routes(routes!(capability))
-        .routes(routes!(embeddings))
-        .layer(DefaultBodyLimit::max(body_limit))
+    let limit = BodyLimit {
+        bytes: body_limit,
+        code: "body_too_large",
+        message: "the request body is larger than the embeddings limits allow",
+    };
+    limit.apply(OpenApiRouter::new().routes(routes!(capability)).routes(routes!(embeddings)))
 }
 
 /// What a device should do about embeddings.
@@ -141,68 +142,16 @@ fn parse_inputs(body: &[u8], max_inputs: usize, max_chars: usize) -> ApiResult<V
         .collect()
 }
 
-/// A request's row in `llm_usage`, completed when it ends — or, when the
-/// request is dropped first (the client went away), with an estimate.
-struct Charge {
-    db: Arc<UserDb>,
-    id: i64,
-    started: Instant,
-    /// Input bytes / 4, charged if no count comes.
-    estimate: u64,
-    closed: bool,
-}
-
-impl Charge {
-    fn close(&mut self, status: Status, tokens: Option<u64>) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.closed = true;
-        let (estimated, tokens) = match tokens {
-            Some(tokens) => (false, tokens),
-            None => (true, self.estimate),
-        };
-        let (db, id) = (self.db.clone(), self.id);
-        let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        async move {
-            let usage = Usage { input_tokens: tokens, output_tokens: 0 };
-            if let Err(err) = ledger::close(&db, id, status, usage, estimated, 0, duration_ms).await {
-                tracing::warn!(error = %err, "could not record embeddings usage");
-            }
-        }
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        if self.closed {
-            return;
-        }
-        let close = self.close(Status::Interrupted, None);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(close);
-        }
-    }
-}
-
-/// Opens the request's usage row under the tier's quotas (429 `quota_exceeded` when spent).
-async fn charge(state: &AppState, auth: &UserAuth, provider: &str, estimate: u64) -> ApiResult<Charge> {
+/// Opens the request's usage row under the tier's quotas (429 `quota_exceeded` when spent); its guard completes
+/// the row however the request ends (`interrupted`, charged an estimate, when the client goes away).
+async fn charge(state: &AppState, auth: &UserAuth, provider: &str, prompt_bytes: u64) -> ApiResult<Call> {
     let now = state.clock.now();
-    let tier = {
-        let control = state.control.conn().await?;
-        crate::entitlements::tier(&control, auth.user_id, now, state.stores.live).await?
-    };
+    let tier = inference::tier(&state.control, auth.user_id, now, state.stores.live).await?;
     let opening = Opening { model: state.embedder.model(), provider, endpoint: ENDPOINT, stream: false };
-    match ledger::open(&auth.db, tier.limits(&state.config.llm), now, opening).await? {
-        Ok(id) => Ok(Charge { db: auth.db.clone(), id, started: Instant::now(), estimate, closed: false }),
-        Err(refusal) => Err(ApiError::Client {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: "quota_exceeded",
-            message: format!(
-                "the {} tier's {} quota is used up; retry later",
-                tier.as_str(),
-                refusal.limit().replace('_', " ")
-            ),
-            retry_after: Some(refusal.retry_after()),
-        }),
-    }
+    let id = inference::open(&auth.db, tier, &state.config.llm, now, opening).await?;
+    let mut call = Call::new(auth.db.clone(), id, Price::default(), None);
+    call.counter.set_prompt_bytes(prompt_bytes);
+    Ok(call)
 }
 
 /// Embeddings of the inputs, computed by this server's provider; the inputs are forgotten once answered.
@@ -232,13 +181,16 @@ pub async fn embeddings(
     drop(body);
     // A full queue refuses before anything is charged.
     let admission = embedder.admit()?;
-    let estimate = inputs.iter().map(|input| input.len() as u64).sum::<u64>().div_ceil(BYTES_PER_TOKEN);
+    let prompt_bytes = inputs.iter().map(|input| input.len() as u64).sum::<u64>();
     let provider = embedder.provider().unwrap_or("none");
-    let mut charge = charge(&state, &auth, provider, estimate).await?;
+    let mut call = charge(&state, &auth, provider, prompt_bytes).await?;
     match embedder.embed(admission, &state.http, &inputs).await {
         Ok(embedded) => {
             drop(inputs);
-            charge.close(Status::Ok, embedded.tokens).await;
+            if let Some(tokens) = embedded.tokens {
+                call.counter.set(Usage { input_tokens: tokens, output_tokens: 0 });
+            }
+            call.finish(Status::Ok).await;
             let dimensions = embedded.vectors.first().map_or(0, Vec::len);
             Ok(Json(EmbeddingsResponse {
                 model: embedder.model().to_owned(),
@@ -248,7 +200,7 @@ pub async fn embeddings(
         }
         Err(err) => {
             let status = if err.status().is_client_error() { Status::Rejected } else { Status::UpstreamError };
-            charge.close(status, None).await;
+            call.finish(status).await;
             Err(err)
         }
     }
@@ -256,6 +208,8 @@ pub async fn embeddings(
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     fn code_and_message(result: ApiResult<Vec<String>>) -> (StatusCode, String) {

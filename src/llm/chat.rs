@@ -4,12 +4,12 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
-use super::call::Call;
-use super::ledger::{self, Opening, Status};
+use super::call::{Call, CallMetrics};
+use super::ledger::{Opening, Status};
 use super::relay::{self, Mode};
 use super::{anthropic, upstream};
 use crate::config::llm::{Price, Provider, ProviderKind, MAX_MODEL_NAME};
@@ -81,34 +81,17 @@ async fn start(
     price: Price,
 ) -> ApiResult<Call> {
     let tier = super::tier(state, auth).await?;
-    let limits = tier.limits(&state.config.llm);
     let opening = Opening { model, provider, endpoint, stream };
-    match ledger::open(&auth.db, limits, state.clock.now(), opening).await? {
-        Ok(id) => {
-            // Only the models file's names become labels: a name a client made up is
-            // forwarded, but counted as `passthrough`, so no client can use up the label slots.
-            let label = if state.config.llm.models.contains_key(model) {
-                state.metrics.model_label(model)
-            } else {
-                PASSTHROUGH_LABEL.to_owned()
-            };
-            Ok(Call::new(auth.db.clone(), id, label, endpoint, price, state.metrics.clone()))
-        }
-        Err(refusal) => {
-            metrics::counter!("echolia_llm_quota_refusals_total", "tier" => tier.as_str(), "limit" => refusal.limit())
-                .increment(1);
-            Err(ApiError::Client {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                code: "quota_exceeded",
-                message: format!(
-                    "the {} tier's {} quota is used up; retry later",
-                    tier.as_str(),
-                    refusal.limit().replace('_', " ")
-                ),
-                retry_after: Some(refusal.retry_after()),
-            })
-        }
-    }
+    let id = crate::inference::open(&auth.db, tier, &state.config.llm, state.clock.now(), opening).await?;
+    // Only the models file's names become labels: a name a client made up is
+    // forwarded, but counted as `passthrough`, so no client can use up the label slots.
+    let model_label = if state.config.llm.models.contains_key(model) {
+        state.metrics.model_label(model)
+    } else {
+        PASSTHROUGH_LABEL.to_owned()
+    };
+    let metrics = CallMetrics { model_label, endpoint, recorder: state.metrics.clone() };
+    Ok(Call::new(auth.db.clone(), id, price, Some(metrics)))
 }
 
 /// Ends a call whose upstream failed, and answers the failure.

@@ -9,7 +9,6 @@
 //! `quota`) see the content only to count and translate it.
 
 pub mod anthropic;
-pub mod call;
 pub mod chat;
 pub mod gateway;
 pub mod relay;
@@ -17,7 +16,7 @@ pub mod sse;
 pub mod usage_api;
 
 // Shared with the fallback embeddings (`embeddings`), so they live a layer down.
-pub use crate::inference::{ledger, quota, upstream, usage};
+pub use crate::inference::{call, ledger, quota, upstream, usage};
 
 use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
@@ -49,11 +48,9 @@ pub fn router() -> OpenApiRouter<AppState> {
     limit.apply(proxy_router().routes(routes!(gateway::keys)).routes(routes!(gateway::ohttp)))
 }
 
-/// The tier quotas are taken from: the user's subscription, as
-/// `GET /account/entitlement` shows it.
+/// The tier quotas are taken from (`inference::tier`).
 pub async fn tier(state: &AppState, auth: &UserAuth) -> Result<Tier, ApiError> {
-    let control = state.control.conn().await?;
-    Ok(crate::entitlements::tier(&control, auth.user_id, state.clock.now(), state.stores.live).await?)
+    crate::inference::tier(&state.control, auth.user_id, state.clock.now(), state.stores.live).await
 }
 
 /// 503 `not_configured` when no upstream is set.

@@ -153,7 +153,7 @@ impl Relay {
             if !out.is_empty() && !self.first_token {
                 self.first_token = true;
                 if let Some(call) = &self.call {
-                    metrics::histogram!("echolia_llm_time_to_first_token_seconds", "model" => call.model_label.clone())
+                    metrics::histogram!("echolia_llm_time_to_first_token_seconds", "model" => call.model_label().unwrap_or_default().to_owned())
                         .record(call.started().elapsed().as_secs_f64());
                 }
             }

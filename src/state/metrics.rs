@@ -80,6 +80,12 @@ impl Default for Metrics {
     }
 }
 
+impl crate::inference::call::Recorder for Metrics {
+    fn scope(&self, record: crate::inference::call::Record) -> crate::inference::call::Record {
+        Box::pin(Metrics::scope(self, record))
+    }
+}
+
 impl Metrics {
     /// `future`, recording into this server's metrics on whatever thread polls it.
     pub fn scope<F: Future>(&self, future: F) -> Scoped<F> {

@@ -175,6 +175,9 @@ async fn bad_inputs_answer_422_naming_the_field_and_charge_nothing() {
     for body in [json!({"inputs": ["a", "b", "c"]}), json!({"inputs": ["abcdef"]})] {
         assert_error(embed(&app, &token, &body).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     }
+    // The body limit follows them (2 × 5 characters, escaped, and 64 KiB): over it, JSON 413 like every area.
+    let over = json!({"inputs": ["a".repeat(70_000)]});
+    assert_error(embed(&app, &token, &over).await, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large").await;
 }
 
 #[cfg(feature = "local-embeddings")]
@@ -212,6 +215,12 @@ async fn the_quota_of_the_tier_covers_embeddings() {
     let resp = embed(&app, &token, &json!({"inputs": ["two"]})).await;
     assert!(resp.headers().contains_key("retry-after"));
     assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
+    // Counted like the proxy's refusals.
+    let scrape = app.scrape().await;
+    assert!(
+        scrape.contains("echolia_llm_quota_refusals_total{tier=\"free\",limit=\"requests_per_minute\"} 1"),
+        "{scrape}"
+    );
 }
 
 #[cfg(feature = "local-embeddings")]
@@ -276,21 +285,28 @@ async fn without_a_provider_embeddings_answer_not_configured_naming_the_variable
 struct FakeUpstream {
     addr: std::net::SocketAddr,
     inputs_seen: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+    /// The most inputs one call carried.
+    largest_call: Arc<AtomicUsize>,
 }
 
 impl FakeUpstream {
     async fn start() -> Self {
         use axum::routing::post;
         let inputs_seen = Arc::new(AtomicUsize::new(0));
+        let (calls, largest_call) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let seen = inputs_seen.clone();
+        let (counted, largest) = (calls.clone(), largest_call.clone());
         let app = axum::Router::new().route(
             "/v1/embeddings",
             post(move |axum::Json(body): axum::Json<Value>| {
-                let seen = seen.clone();
+                let (seen, counted, largest) = (seen.clone(), counted.clone(), largest.clone());
                 async move {
                     let inputs: Vec<String> =
                         body["input"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_owned()).collect();
                     seen.fetch_add(inputs.len(), Ordering::SeqCst);
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    largest.fetch_max(inputs.len(), Ordering::SeqCst);
                     match body["model"].as_str().unwrap() {
                         "fail" => {
                             return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": {"message": "boom"}})))
@@ -311,12 +327,42 @@ impl FakeUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeUpstream { addr, inputs_seen }
+        FakeUpstream { addr, inputs_seen, calls, largest_call }
     }
 
     fn url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
+}
+
+#[tokio::test]
+async fn the_openai_provider_sends_a_request_in_chunks_of_the_upstream_batch() {
+    let fake = FakeUpstream::start().await;
+    let url = fake.url();
+    let app = spawn_app_with(&[
+        ("EMBEDDINGS_BASE_URL", &url),
+        ("EMBEDDINGS_MODEL", "emb"),
+        ("EMBEDDINGS_UPSTREAM_BATCH", "2"),
+    ])
+    .await;
+    let token = app.register().await.access_token;
+    // Five distinct inputs (and a duplicate) whose lengths 1..=5 come back as each vector's first component.
+    let inputs = ["a", "bb", "ccc", "bb", "dddd", "eeeee"];
+    let resp = embed(&app, &token, &json!({"inputs": inputs})).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got = vectors(&resp.json().await.unwrap());
+    assert_eq!(got.len(), 6);
+    for (vector, input) in got.iter().zip(inputs) {
+        let n = input.len() as f64;
+        let norm = (n * n + 25.0).sqrt();
+        assert!(cosine(vector, &[n / norm, 3.0 / norm, 4.0 / norm]) > 0.99999, "{input}: {vector:?}");
+    }
+    assert_eq!(fake.inputs_seen.load(Ordering::SeqCst), 5);
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 3, "5 inputs in calls of at most 2");
+    assert_eq!(fake.largest_call.load(Ordering::SeqCst), 2);
+    let usage: Value = app.get("/llm/usage", &token).await.json().await.unwrap();
+    assert_eq!(usage["usage"][0]["input_tokens"], 21, "each call's count, summed: {usage}");
+    assert_eq!(sample(&app.scrape().await, "echolia_embeddings_batch_seconds_count{provider=\"openai\"}"), 3.0);
 }
 
 #[tokio::test]

@@ -68,6 +68,7 @@ async fn render(state: &AppState) -> impl IntoResponse {
         gauge!("echolia_event_id_index_ids").set(state.users.indexed_ids() as f64);
         gauge!("echolia_sqlite_memory_bytes").set(crate::store::memory::used_bytes() as f64);
         gauge!("echolia_pull_read_ahead_bytes").set(state.read_ahead.kept_bytes() as f64);
+        gauge!("echolia_embeddings_queue_depth").set(state.embedder.queue_depth() as f64);
         gauge!("echolia_daily_active_users").set(metrics.daily_active(state.clock.now()) as f64);
         if let Ok(users) = users {
             gauge!("echolia_user_databases").set(users as f64);
