@@ -434,3 +434,86 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     let resp = client.get(app.url("/health")).timeout(Duration::from_secs(5)).send().await.unwrap();
     assert_eq!(resp.status(), reqwest::StatusCode::OK);
 }
+
+/// Opens a connection whose receive buffer is tiny, and asks for
+/// `/openapi.json` at once as many times as its answers make 64 MiB (far
+/// more than the socket buffers hold), without reading any answer. Returns
+/// the stream, the number of requests and the size of one answer's body.
+async fn stalled_client(app: &TestApp) -> (TcpStream, usize, usize) {
+    let size = app.client.get(app.url("/openapi.json")).send().await.unwrap().bytes().await.unwrap().len();
+    let times = (64 << 20) / size + 1;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let requests = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(times);
+    stream.write_all(&requests).await.unwrap();
+    (stream, times, size)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let app = crate::helpers::spawn_app_with(&[("WRITE_STALL_TIMEOUT_SECS", "1")]).await;
+    let (mut stream, times, size) = stalled_client(&app).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Closed by now: reading gets what was buffered, then the end, long
+    // before every answer (or the idle deadline, 75 s).
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a client that stopped reading kept its connection");
+    assert!(got < times * size, "every answer was sent: {got} bytes");
+}
+
+#[tokio::test]
+async fn a_body_sent_a_byte_at_a_time_is_cut_off() {
+    let app = crate::helpers::spawn_app_with(SHORT).await;
+    let mut stream = connect(&app).await;
+    let started = std::time::Instant::now();
+    stream
+        .write_all(b"POST /auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    // Each byte well within the per-pause deadline (1 s); the whole, not.
+    let dripped = async {
+        loop {
+            if stream.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if started.elapsed() > Duration::from_secs(8) {
+                break;
+            }
+        }
+    };
+    dripped.await;
+    assert!(started.elapsed() < Duration::from_secs(5), "the drip went on for {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_gets_the_header_deadline() {
+    let app =
+        crate::helpers::spawn_app_with(&[("HEADER_READ_TIMEOUT_SECS", "1"), ("IDLE_TIMEOUT_SECS", "30")]).await;
+    let mut stream = connect(&app).await;
+    let started = std::time::Instant::now();
+    assert!(closed_within(&mut stream, Duration::from_secs(4)).await, "a silent connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn shutdown_finishes_with_a_client_that_stopped_reading() {
+    let mut app = crate::helpers::spawn_app_with(&[("SHUTDOWN_GRACE_SECS", "1")]).await;
+    let _stalled = stalled_client(&app).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
+    assert!(stopped.is_ok(), "shutdown waited on a client that does not read");
+    assert!(started.elapsed() >= Duration::from_millis(900), "no grace period: {:?}", started.elapsed());
+}
