@@ -517,3 +517,57 @@ async fn shutdown_finishes_with_a_client_that_stopped_reading() {
     assert!(stopped.is_ok(), "shutdown waited on a client that does not read");
     assert!(started.elapsed() >= Duration::from_millis(900), "no grace period: {:?}", started.elapsed());
 }
+
+/// Starts, claims and approves a pairing for `by`'s user; its id and the new device's.
+async fn approved_pairing(app: &TestApp, by: &crate::helpers::Session) -> (String, String) {
+    let resp = app.post("/auth/pairing", Some(&by.access_token), &serde_json::json!({})).await;
+    let started: serde_json::Value = resp.json().await.unwrap();
+    let pairing_id = started["pairing_id"].as_str().unwrap().to_owned();
+    let mut claim = crate::helpers::device_body("Phone", "mobile");
+    claim["code"] = started["code"].clone();
+    let resp = app.post("/auth/pairing/claim", None, &claim).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let approve = serde_json::json!({ "key_envelope": "c2VhbGVk" });
+    let resp = app.post(&format!("/auth/pairing/{pairing_id}/approve"), Some(&by.access_token), &approve).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    let phone: serde_json::Value = resp.json().await.unwrap();
+    (pairing_id, phone["device_id"].as_str().unwrap().to_owned())
+}
+
+async fn user_sql(app: &TestApp, user: uuid::Uuid, sql: &str) {
+    let db = libsql::Builder::new_local(app.user_db_path(user)).build().await.unwrap();
+    db.connect().unwrap().execute_batch(sql).await.unwrap();
+}
+
+async fn revoked(app: &TestApp, by: &crate::helpers::Session, device: &str) -> bool {
+    let devices = app.devices(by).await;
+    !devices.iter().find(|d| d["device_id"] == device).unwrap()["revoked_at"].is_null()
+}
+
+#[tokio::test]
+async fn the_sweep_spares_collected_devices_and_outlives_a_broken_database() {
+    // The sweep is run by hand here.
+    let app = crate::helpers::spawn_app_with(&[("PAIRING_SWEEP_SECS", "86400")]).await;
+    let (collected, broken, plain) = (app.register().await, app.register().await, app.register().await);
+    let (_, collected_phone) = approved_pairing(&app, &collected).await;
+    approved_pairing(&app, &broken).await;
+    let (_, plain_phone) = approved_pairing(&app, &plain).await;
+    // The collection's user transaction committed (a refresh token was
+    // issued) though the pairing was not marked delivered.
+    user_sql(
+        &app,
+        collected.user_id,
+        &format!(
+            "INSERT INTO refresh_tokens (token_hash, device_id, issued_at, expires_at) \
+             VALUES (zeroblob(32), '{collected_phone}', 0, 9999999999)"
+        ),
+    )
+    .await;
+    app.clock.advance(chrono::Duration::minutes(11));
+    // One user's database fails.
+    user_sql(&app, broken.user_id, "DROP TABLE device_sessions").await;
+    let swept = echolia::auth::pairing::sweep(&app.state).await;
+    assert_eq!(swept.unwrap(), 1, "only the plain uncollected device is revoked");
+    assert!(revoked(&app, &plain, &plain_phone).await, "the uncollected device is still active");
+    assert!(!revoked(&app, &collected, &collected_phone).await, "a collected device was revoked");
+}
