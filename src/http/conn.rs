@@ -54,7 +54,8 @@ pub struct ConnLimits {
 impl ConnLimits {
     /// How often a connection checks its deadlines.
     fn check_every(&self) -> Duration {
-        (self.header_read.min(self.idle).min(self.write_stall) / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+        (self.header_read.min(self.idle).min(self.write_stall) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 }
 

@@ -223,7 +223,10 @@ mod tests {
     fn other_keys_and_unsigned_tokens_are_refused() {
         let now = Utc::now();
         let (token, claims) = keys().issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now).unwrap();
-        assert_eq!(TokenKeys::new(&[8u8; 32], &[]).unwrap().verify(&token, TokenType::Access, now), Err(TokenError::Invalid));
+        assert_eq!(
+            TokenKeys::new(&[8u8; 32], &[]).unwrap().verify(&token, TokenType::Access, now),
+            Err(TokenError::Invalid)
+        );
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
         for header in [r#"{"alg":"none","typ":"JWT"}"#, r#"{"alg":"HS512","typ":"JWT"}"#] {
             let forged = format!("{}.{body}.", URL_SAFE_NO_PAD.encode(header));
@@ -263,7 +266,10 @@ mod tests {
         );
 
         // Dropped from the previous keys (it leaked): its tokens stop at once.
-        assert_eq!(TokenKeys::new(&new, &[]).unwrap().verify(&token, TokenType::Refresh, now), Err(TokenError::Invalid));
+        assert_eq!(
+            TokenKeys::new(&new, &[]).unwrap().verify(&token, TokenType::Refresh, now),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]

@@ -49,11 +49,7 @@ fn storage_unavailable(code: i32) -> bool {
     code & 0xff == SQLITE_FULL
         || matches!(
             code,
-            SQLITE_READONLY
-                | SQLITE_IOERR_WRITE
-                | SQLITE_IOERR_FSYNC
-                | SQLITE_IOERR_DIR_FSYNC
-                | SQLITE_IOERR_TRUNCATE
+            SQLITE_READONLY | SQLITE_IOERR_WRITE | SQLITE_IOERR_FSYNC | SQLITE_IOERR_DIR_FSYNC | SQLITE_IOERR_TRUNCATE
         )
 }
 

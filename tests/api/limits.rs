@@ -499,8 +499,7 @@ async fn a_body_sent_a_byte_at_a_time_is_cut_off() {
 
 #[tokio::test]
 async fn a_connection_that_sends_nothing_gets_the_header_deadline() {
-    let app =
-        crate::helpers::spawn_app_with(&[("HEADER_READ_TIMEOUT_SECS", "1"), ("IDLE_TIMEOUT_SECS", "30")]).await;
+    let app = crate::helpers::spawn_app_with(&[("HEADER_READ_TIMEOUT_SECS", "1"), ("IDLE_TIMEOUT_SECS", "30")]).await;
     let mut stream = connect(&app).await;
     let started = std::time::Instant::now();
     assert!(closed_within(&mut stream, Duration::from_secs(4)).await, "a silent connection stayed open");
