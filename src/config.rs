@@ -73,8 +73,8 @@ pub struct Config {
     /// From a request's first byte to the end of its head (`HEADER_READ_TIMEOUT_SECS`).
     pub header_read_timeout: Duration,
     /// Longest a request body may take to arrive, from the end of its head
-    /// (`BODY_READ_TIMEOUT_SECS`): a total, so a body sent a byte at a time
-    /// is cut off too.
+    /// (`BODY_READ_TIMEOUT_SECS`), plus a second per 16 KiB received: a
+    /// total, so a body sent a byte at a time is cut off too.
     pub body_read_timeout: Duration,
     /// A connection whose client stops reading (a write makes no progress)
     /// is closed after this long, request in flight or not (`WRITE_STALL_TIMEOUT_SECS`).

@@ -4,7 +4,8 @@
 //! its opening or of the next request's first byte; one with no request in
 //! flight is closed after `IDLE_TIMEOUT_SECS` without a byte (a long-poll is
 //! in flight, so it is never idle); a body must arrive in full within
-//! `BODY_READ_TIMEOUT_SECS` of its head; a client that stops reading is
+//! `BODY_READ_TIMEOUT_SECS` of its head (plus a second per 16 KiB received,
+//! so large bodies on slow links still arrive); a client that stops reading is
 //! dropped after `WRITE_STALL_TIMEOUT_SECS` of writes making no progress,
 //! request in flight or not. At most `MAX_CONNECTIONS` are open at once: past
 //! that, new ones wait in the listen backlog (with a warning in the log)
@@ -272,16 +273,32 @@ impl hyper::body::Body for Tracked {
     }
 }
 
-/// A request body that must arrive in full by a deadline set when its head
-/// was read: a per-frame timeout alone lets a client drip one byte at a time.
+/// The rate a body earns time at, past `BODY_READ_TIMEOUT_SECS`: 16 KiB/s.
+/// A large body on a slow link still arrives; a body dripped a byte at a
+/// time does not hold its connection for long.
+pub const BODY_MIN_RATE: u64 = 16 * 1024;
+
+/// A request body that must arrive within a deadline set when its head was
+/// read, extended by one second per [`BODY_MIN_RATE`] bytes received: a
+/// per-frame timeout alone lets a client drip one byte at a time for ever.
 struct Deadline {
     body: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    started: Instant,
+    within: Duration,
+    received: u64,
+    /// Made on the first wait, so a request without a body costs no timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Deadline {
     fn new(body: Incoming, within: Duration) -> Self {
-        Self { body, deadline: Box::pin(tokio::time::sleep(within)) }
+        Self { body, started: Instant::now(), within, received: 0, timer: None }
+    }
+
+    fn deadline(&self) -> Instant {
+        // At most a day: no body limit is that large, and the sum stays far from overflowing.
+        let earned = Duration::from_secs((self.received / BODY_MIN_RATE).min(86_400));
+        self.started + self.within.saturating_add(earned)
     }
 }
 
@@ -299,9 +316,18 @@ impl hyper::body::Body for Deadline {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            if let Some(data) = frame.as_ref().and_then(|frame| frame.as_ref().ok()).and_then(Frame::data_ref) {
+                self.received = self.received.saturating_add(data.len() as u64);
+                let deadline = self.deadline();
+                if let Some(timer) = self.timer.as_mut() {
+                    timer.as_mut().reset(deadline);
+                }
+            }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        match self.deadline.as_mut().poll(cx) {
+        let deadline = self.deadline();
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut.into()))),
             Poll::Pending => Poll::Pending,
         }

@@ -570,3 +570,27 @@ async fn the_sweep_spares_collected_devices_and_outlives_a_broken_database() {
     assert!(revoked(&app, &plain, &plain_phone).await, "the uncollected device is still active");
     assert!(!revoked(&app, &collected, &collected_phone).await, "a collected device was revoked");
 }
+
+#[tokio::test]
+async fn a_large_body_on_a_slow_link_still_arrives() {
+    let app = crate::helpers::spawn_app_with(SHORT).await;
+    let mut stream = connect(&app).await;
+    // 64 KiB of whitespace at 32 KiB/s: over the 1 s deadline, within the
+    // time a second per 16 KiB earns.
+    let json = crate::helpers::device_body("Desktop", "desktop").to_string();
+    let padding = 64 * 1024;
+    let head = format!(
+        "POST /auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        padding + json.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        stream.write_all(&[b' '; 8 * 1024]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stream.write_all(json.as_bytes()).await.unwrap();
+    assert!(started.elapsed() > Duration::from_secs(1));
+    let answer = read_head(&mut stream, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer:?}");
+}
