@@ -170,14 +170,14 @@ impl TokenKeys {
         if claims.iat > (now + CLOCK_SKEW).timestamp() {
             return Err(TokenError::Invalid);
         }
+        // Saturating: a signed `exp` near i64::MAX must not overflow.
+        if claims.exp.saturating_add(CLOCK_SKEW.num_seconds()) <= now.timestamp() {
+            return Err(TokenError::Expired);
+        }
         // Checked: `exp - iat` of signed extremes must not overflow.
         let lifetime = claims.exp.checked_sub(claims.iat).ok_or(TokenError::Invalid)?;
         if lifetime > (expected.ttl() + CLOCK_SKEW).num_seconds() {
             return Err(TokenError::Invalid);
-        }
-        // Saturating: a signed `exp` near i64::MAX must not overflow.
-        if claims.exp.saturating_add(CLOCK_SKEW.num_seconds()) <= now.timestamp() {
-            return Err(TokenError::Expired);
         }
         Ok(claims)
     }
