@@ -32,7 +32,15 @@ BASE="http://127.0.0.1:$PORT"
 WORK="$(mktemp -d)"
 SERVER_PID=""
 cleanup() {
-    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2> /dev/null && wait "$SERVER_PID" 2> /dev/null
+    if [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2> /dev/null; then
+        # Bounded: a server that does not stop is killed.
+        for _ in $(seq 1 50); do
+            kill -0 "$SERVER_PID" 2> /dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$SERVER_PID" 2> /dev/null || true
+        wait "$SERVER_PID" 2> /dev/null || true
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -57,6 +65,7 @@ for _ in $(seq 1 200); do
     sleep 0.1
 done
 
+# A fresh user's access token.
 register() {
     curl -fsS -H 'content-type: application/json' "$BASE/auth/register" \
         -d '{"device_name":"schemathesis","device_type":"cli","platform":"linux","public_key":"schemathesis-key"}' |
@@ -65,6 +74,10 @@ register() {
 
 export SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH="$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}"
 run() {
+    local token
+    # Explicit: `run ... || status=1` turns set -e off inside run.
+    token="$(register)" || { echo "registration failed" >&2; exit 1; }
+    [ -n "$token" ] || { echo "registration returned no access token" >&2; exit 1; }
     "$ST" --config-file scripts/schemathesis.toml run "$BASE/openapi.json" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
         --phases examples,coverage,fuzzing \
@@ -74,7 +87,7 @@ run() {
         --request-timeout 90 \
         --generation-database none \
         --no-color \
-        -H "Authorization: Bearer $(register)" \
+        -H "Authorization: Bearer $token" \
         "$@"
 }
 

@@ -66,7 +66,8 @@ pub fn router(state: AppState) -> Router {
                 .on_response(telemetry::log_response)
                 .on_failure(()),
         )
-        // A client that stops sending its body mid-way is not waited for.
+        // A client that stops sending its body mid-way is not waited for
+        // (the connection loop also bounds the whole body's time).
         .layer(RequestBodyTimeoutLayer::new(state.config.body_read_timeout))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -152,16 +153,31 @@ pub async fn serve(
         max_connections: state.config.max_connections.get(),
         header_read: state.config.header_read_timeout,
         idle: state.config.idle_timeout,
+        body_read: state.config.body_read_timeout,
+        write_stall: state.config.write_stall_timeout,
+        shutdown_grace: state.config.shutdown_grace,
     };
+    let metrics_grace = state.config.shutdown_grace;
     tokio::spawn(auth::pairing::sweep_regularly(state.clone()));
     let recorder = state.metrics.clone();
     let api = recorder.scope(conn::serve(listeners.api, router(state), limits, async move {
         shutdown.await;
         stopping.cancel();
     }));
+    let metrics_cancelled = metrics_stop.clone();
     let metrics = axum::serve(listeners.metrics, metrics_app)
         .with_graceful_shutdown(async move { metrics_stop.cancelled().await });
-    tokio::try_join!(api, metrics.into_future())?;
+    // A scraper that stops reading must not hold shutdown up either.
+    let metrics = async move {
+        tokio::select! {
+            served = metrics.into_future() => served,
+            () = async {
+                metrics_cancelled.cancelled().await;
+                tokio::time::sleep(metrics_grace).await;
+            } => Ok(()),
+        }
+    };
+    tokio::try_join!(api, metrics)?;
     Ok(())
 }
 

@@ -72,8 +72,16 @@ pub struct Config {
     pub max_connections: NonZeroUsize,
     /// From a request's first byte to the end of its head (`HEADER_READ_TIMEOUT_SECS`).
     pub header_read_timeout: Duration,
-    /// Longest pause while a request body is read (`BODY_READ_TIMEOUT_SECS`).
+    /// Longest a request body may take to arrive, from the end of its head
+    /// (`BODY_READ_TIMEOUT_SECS`), plus a second per 16 KiB received: a
+    /// total, so a body sent a byte at a time is cut off too.
     pub body_read_timeout: Duration,
+    /// A connection whose client stops reading (a write makes no progress)
+    /// is closed after this long, request in flight or not (`WRITE_STALL_TIMEOUT_SECS`).
+    pub write_stall_timeout: Duration,
+    /// At shutdown, how long connections may finish their requests before
+    /// they are closed (`SHUTDOWN_GRACE_SECS`).
+    pub shutdown_grace: Duration,
     /// A connection with no request in flight is closed after this long
     /// without a byte (`IDLE_TIMEOUT_SECS`); long-polls are in flight.
     pub idle_timeout: Duration,
@@ -293,6 +301,8 @@ impl Config {
             header_read_timeout: seconds("HEADER_READ_TIMEOUT_SECS", get("HEADER_READ_TIMEOUT_SECS"), "10")?,
             body_read_timeout: seconds("BODY_READ_TIMEOUT_SECS", get("BODY_READ_TIMEOUT_SECS"), "30")?,
             idle_timeout: seconds("IDLE_TIMEOUT_SECS", get("IDLE_TIMEOUT_SECS"), "75")?,
+            write_stall_timeout: seconds("WRITE_STALL_TIMEOUT_SECS", get("WRITE_STALL_TIMEOUT_SECS"), "30")?,
+            shutdown_grace: seconds("SHUTDOWN_GRACE_SECS", get("SHUTDOWN_GRACE_SECS"), "10")?,
             pairing_sweep: seconds("PAIRING_SWEEP_SECS", get("PAIRING_SWEEP_SECS"), "60")?,
             long_polls_per_user: parse_or("LONG_POLLS_PER_USER", get("LONG_POLLS_PER_USER"), "16")?,
             long_polls_per_device: parse_or("LONG_POLLS_PER_DEVICE", get("LONG_POLLS_PER_DEVICE"), "4")?,

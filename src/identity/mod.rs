@@ -14,7 +14,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
-use crate::store::{StoreResult, UserDb};
+use crate::store::{StoreError, StoreResult, UserDb};
 use status::{DeviceStatus, StatusCache};
 use tokens::{TokenKeys, TokenType, ACCESS_TTL};
 
@@ -43,7 +43,7 @@ impl Auth {
     /// of the `previous` secrets, newest first.
     pub fn new(secret: &[u8], previous: &[&[u8]]) -> Result<Self, hmac::digest::InvalidLength> {
         let pairing_codes = pairings::CodeKey::new(secret, previous)?;
-        Ok(Self { keys: TokenKeys::new(secret, previous), statuses: StatusCache::default(), pairing_codes })
+        Ok(Self { keys: TokenKeys::new(secret, previous)?, statuses: StatusCache::default(), pairing_codes })
     }
 
     /// Hashes pairing codes for storage and lookup.
@@ -68,8 +68,9 @@ impl Auth {
         device: Uuid,
         now: DateTime<Utc>,
     ) -> StoreResult<TokenResponse> {
-        let (access_token, _) = self.keys.issue(TokenType::Access, user, device, now);
-        let (refresh_token, refresh) = self.keys.issue(TokenType::Refresh, user, device, now);
+        let signing = |err: jsonwebtoken::errors::Error| StoreError::Corrupt(format!("cannot sign a token: {err}"));
+        let (access_token, _) = self.keys.issue(TokenType::Access, user, device, now).map_err(signing)?;
+        let (refresh_token, refresh) = self.keys.issue(TokenType::Refresh, user, device, now).map_err(signing)?;
         sessions::store_refresh(conn, &refresh_token, device, refresh.iat, refresh.exp).await?;
         Ok(TokenResponse {
             user_id: user,

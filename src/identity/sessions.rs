@@ -52,6 +52,14 @@ pub async fn store_refresh(
     Ok(())
 }
 
+/// Whether any refresh token was ever issued to the device (a pairing's
+/// device was collected).
+pub async fn has_refresh_tokens(conn: &Connection, device: Uuid) -> StoreResult<bool> {
+    Ok(query_opt(conn, "SELECT 1 FROM refresh_tokens WHERE device_id = ?1 LIMIT 1", [device.to_string()])
+        .await?
+        .is_some())
+}
+
 pub async fn refresh_state(conn: &Connection, token: &str) -> StoreResult<RefreshState> {
     let row = query_opt(
         conn,

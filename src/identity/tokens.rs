@@ -10,6 +10,7 @@
 //! keys (`JWT_PREVIOUS_SECRETS`) verify until they expire (SECURITY.md).
 
 use chrono::{DateTime, Duration, Utc};
+use hmac::digest::InvalidLength;
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,16 @@ pub const CLOCK_SKEW: Duration = Duration::seconds(60);
 pub enum TokenType {
     Access,
     Refresh,
+}
+
+impl TokenType {
+    /// How long a token of this type lives.
+    pub fn ttl(self) -> Duration {
+        match self {
+            TokenType::Access => ACCESS_TTL,
+            TokenType::Refresh => REFRESH_TTL,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,12 +85,11 @@ struct Key {
 
 /// The id of a secret: the first 8 bytes of HMAC-SHA256(secret,
 /// "echolia-jwt-kid") in hex. It tells keys apart without revealing them.
-pub fn key_id(secret: &[u8]) -> String {
-    // HMAC takes a key of any length.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+/// (HMAC takes a key of any length; the error is the library's signature.)
+pub fn key_id(secret: &[u8]) -> Result<String, InvalidLength> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)?;
     mac.update(b"echolia-jwt-kid");
-    hex::encode(&mac.finalize().into_bytes()[..8])
+    Ok(hex::encode(&mac.finalize().into_bytes()[..8]))
 }
 
 pub struct TokenKeys {
@@ -93,7 +103,7 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     /// Keys that sign with `current` and also verify tokens of `previous`.
-    pub fn new(current: &[u8], previous: &[&[u8]]) -> Self {
+    pub fn new(current: &[u8], previous: &[&[u8]]) -> Result<Self, InvalidLength> {
         let mut validation = Validation::new(Algorithm::HS256);
         // Expiry is ours to check (with the service clock); audience is unused.
         validation.validate_exp = false;
@@ -101,12 +111,12 @@ impl TokenKeys {
         validation.required_spec_claims.clear();
         let mut keys: Vec<Key> = Vec::with_capacity(1 + previous.len());
         for secret in std::iter::once(current).chain(previous.iter().copied()) {
-            let kid = key_id(secret);
+            let kid = key_id(secret)?;
             if keys.iter().all(|key| key.kid != kid) {
                 keys.push(Key { kid, decoding: DecodingKey::from_secret(secret) });
             }
         }
-        Self { encoding: EncodingKey::from_secret(current), kid: key_id(current), keys, validation }
+        Ok(Self { encoding: EncodingKey::from_secret(current), kid: key_id(current)?, keys, validation })
     }
 
     /// The `kid` of the key new tokens are signed with.
@@ -115,11 +125,14 @@ impl TokenKeys {
     }
 
     /// Signs a new token with the current key; returns it with its claims.
-    pub fn issue(&self, typ: TokenType, user: Uuid, device: Uuid, now: DateTime<Utc>) -> (String, Claims) {
-        let ttl = match typ {
-            TokenType::Access => ACCESS_TTL,
-            TokenType::Refresh => REFRESH_TTL,
-        };
+    pub fn issue(
+        &self,
+        typ: TokenType,
+        user: Uuid,
+        device: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(String, Claims), jsonwebtoken::errors::Error> {
+        let ttl = typ.ttl();
         let claims = Claims {
             sub: user,
             did: device,
@@ -130,14 +143,16 @@ impl TokenKeys {
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.current_kid().to_owned());
-        let token = encode(&header, &claims, &self.encoding)
-            .unwrap_or_else(|_| unreachable!("HS256 signing of plain claims cannot fail"));
-        (token, claims)
+        let token = encode(&header, &claims, &self.encoding)?;
+        Ok((token, claims))
     }
 
     /// Checks signature (with the key its `kid` names; without a `kid`, with
     /// any configured key), algorithm (HS256 only: `none` and others are
-    /// refused), type, issue time and expiry, with [`CLOCK_SKEW`] either way.
+    /// refused), type, issue time, expiry and lifetime (`exp - iat` at most
+    /// the type's TTL plus [`CLOCK_SKEW`]: a leaked signing key aside, no
+    /// token lives longer than the server would have issued it), with
+    /// [`CLOCK_SKEW`] either way.
     pub fn verify(&self, token: &str, expected: TokenType, now: DateTime<Utc>) -> Result<Claims, TokenError> {
         let header = decode_header(token).map_err(|_| TokenError::Invalid)?;
         let candidates: Vec<&Key> = match &header.kid {
@@ -159,6 +174,11 @@ impl TokenKeys {
         if claims.exp.saturating_add(CLOCK_SKEW.num_seconds()) <= now.timestamp() {
             return Err(TokenError::Expired);
         }
+        // Checked: `exp - iat` of signed extremes must not overflow.
+        let lifetime = claims.exp.checked_sub(claims.iat).ok_or(TokenError::Invalid)?;
+        if lifetime > (expected.ttl() + CLOCK_SKEW).num_seconds() {
+            return Err(TokenError::Invalid);
+        }
         Ok(claims)
     }
 }
@@ -171,14 +191,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn keys() -> TokenKeys {
-        TokenKeys::new(&[7u8; 32], &[])
+        TokenKeys::new(&[7u8; 32], &[]).unwrap()
     }
 
     #[test]
     fn a_token_verifies_until_it_expires() {
         let now = Utc::now();
         let (user, device) = (Uuid::new_v4(), Uuid::new_v4());
-        let (token, claims) = keys().issue(TokenType::Access, user, device, now);
+        let (token, claims) = keys().issue(TokenType::Access, user, device, now).unwrap();
         let verified = keys().verify(&token, TokenType::Access, now + Duration::minutes(59)).unwrap();
         assert_eq!(verified, claims);
         assert_eq!((verified.sub, verified.did), (user, device));
@@ -192,8 +212,8 @@ mod tests {
     #[test]
     fn types_do_not_pass_for_each_other() {
         let now = Utc::now();
-        let (access, _) = keys().issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now);
-        let (refresh, claims) = keys().issue(TokenType::Refresh, Uuid::new_v4(), Uuid::new_v4(), now);
+        let (access, _) = keys().issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now).unwrap();
+        let (refresh, claims) = keys().issue(TokenType::Refresh, Uuid::new_v4(), Uuid::new_v4(), now).unwrap();
         assert_eq!(claims.exp - claims.iat, 30 * 24 * 3600);
         assert_eq!(keys().verify(&access, TokenType::Refresh, now), Err(TokenError::WrongType));
         assert_eq!(keys().verify(&refresh, TokenType::Access, now), Err(TokenError::WrongType));
@@ -202,8 +222,11 @@ mod tests {
     #[test]
     fn other_keys_and_unsigned_tokens_are_refused() {
         let now = Utc::now();
-        let (token, claims) = keys().issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now);
-        assert_eq!(TokenKeys::new(&[8u8; 32], &[]).verify(&token, TokenType::Access, now), Err(TokenError::Invalid));
+        let (token, claims) = keys().issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now).unwrap();
+        assert_eq!(
+            TokenKeys::new(&[8u8; 32], &[]).unwrap().verify(&token, TokenType::Access, now),
+            Err(TokenError::Invalid)
+        );
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
         for header in [r#"{"alg":"none","typ":"JWT"}"#, r#"{"alg":"HS512","typ":"JWT"}"#] {
             let forged = format!("{}.{body}.", URL_SAFE_NO_PAD.encode(header));
@@ -214,7 +237,7 @@ mod tests {
     #[test]
     fn tokens_issued_in_the_future_beyond_the_skew_are_refused() {
         let now = Utc::now();
-        let (token, _) = keys().issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now);
+        let (token, _) = keys().issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now).unwrap();
         // Another server whose clock runs up to CLOCK_SKEW ahead issued it.
         assert!(keys().verify(&token, TokenType::Access, now - CLOCK_SKEW).is_ok());
         let behind = now - CLOCK_SKEW - Duration::seconds(1);
@@ -225,17 +248,17 @@ mod tests {
     fn tokens_name_their_key_and_previous_keys_verify_until_expiry() {
         let now = Utc::now();
         let (old, new) = ([7u8; 32], [9u8; 32]);
-        let before = TokenKeys::new(&old, &[]);
-        let (token, claims) = before.issue(TokenType::Refresh, Uuid::new_v4(), Uuid::new_v4(), now);
-        assert_eq!(decode_header(&token).unwrap().kid.as_deref(), Some(key_id(&old).as_str()));
+        let before = TokenKeys::new(&old, &[]).unwrap();
+        let (token, claims) = before.issue(TokenType::Refresh, Uuid::new_v4(), Uuid::new_v4(), now).unwrap();
+        assert_eq!(decode_header(&token).unwrap().kid.as_deref(), Some(key_id(&old).unwrap().as_str()));
 
-        let rotated = TokenKeys::new(&new, &[&old]);
-        assert_eq!(rotated.current_kid(), key_id(&new));
+        let rotated = TokenKeys::new(&new, &[&old]).unwrap();
+        assert_eq!(rotated.current_kid(), key_id(&new).unwrap());
         assert_eq!(rotated.verify(&token, TokenType::Refresh, now).unwrap(), claims);
         let expired_at = now + REFRESH_TTL + CLOCK_SKEW;
         assert_eq!(rotated.verify(&token, TokenType::Refresh, expired_at), Err(TokenError::Expired));
-        let (fresh, _) = rotated.issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now);
-        assert_eq!(decode_header(&fresh).unwrap().kid.as_deref(), Some(key_id(&new).as_str()));
+        let (fresh, _) = rotated.issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now).unwrap();
+        assert_eq!(decode_header(&fresh).unwrap().kid.as_deref(), Some(key_id(&new).unwrap().as_str()));
         assert_eq!(
             before.verify(&fresh, TokenType::Access, now),
             Err(TokenError::Invalid),
@@ -243,14 +266,17 @@ mod tests {
         );
 
         // Dropped from the previous keys (it leaked): its tokens stop at once.
-        assert_eq!(TokenKeys::new(&new, &[]).verify(&token, TokenType::Refresh, now), Err(TokenError::Invalid));
+        assert_eq!(
+            TokenKeys::new(&new, &[]).unwrap().verify(&token, TokenType::Refresh, now),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]
     fn a_kid_naming_no_key_is_refused_and_a_missing_kid_tries_every_key() {
         let now = Utc::now();
         let old = [7u8; 32];
-        let rotated = TokenKeys::new(&[9u8; 32], &[&old]);
+        let rotated = TokenKeys::new(&[9u8; 32], &[&old]).unwrap();
         let claims = Claims {
             sub: Uuid::new_v4(),
             did: Uuid::new_v4(),
@@ -266,7 +292,7 @@ mod tests {
         };
         assert_eq!(rotated.verify(&sign(None), TokenType::Access, now).unwrap(), claims);
         assert_eq!(rotated.verify(&sign(Some("0011223344556677")), TokenType::Access, now), Err(TokenError::Invalid));
-        let current = key_id(&[9u8; 32]);
+        let current = key_id(&[9u8; 32]).unwrap();
         assert_eq!(
             rotated.verify(&sign(Some(&current)), TokenType::Access, now),
             Err(TokenError::Invalid),
@@ -281,13 +307,39 @@ mod tests {
             let claims = serde_json::json!({"sub": Uuid::new_v4(), "did": Uuid::new_v4(), "typ": "access",
                                             "iat": iat, "exp": exp, "jti": Uuid::new_v4()});
             let mut header = Header::new(Algorithm::HS256);
-            header.kid = Some(key_id(&[7u8; 32]));
+            header.kid = Some(key_id(&[7u8; 32]).unwrap());
             encode(&header, &claims, &EncodingKey::from_secret(&[7u8; 32])).unwrap()
         };
-        assert!(keys().verify(&sign(now.timestamp(), i64::MAX), TokenType::Access, now).is_ok());
-        assert_eq!(keys().verify(&sign(now.timestamp(), i64::MIN), TokenType::Access, now), Err(TokenError::Expired));
+        let t = now.timestamp();
+        // Lifetimes longer than the server issues are refused, however signed.
+        assert_eq!(keys().verify(&sign(t, i64::MAX), TokenType::Access, now), Err(TokenError::Invalid));
+        assert_eq!(keys().verify(&sign(i64::MIN, i64::MAX), TokenType::Access, now), Err(TokenError::Invalid));
+        assert_eq!(keys().verify(&sign(i64::MIN, t + 60), TokenType::Access, now), Err(TokenError::Invalid));
+        assert_eq!(keys().verify(&sign(t, i64::MIN), TokenType::Access, now), Err(TokenError::Expired));
         assert_eq!(keys().verify(&sign(i64::MAX, i64::MAX), TokenType::Access, now), Err(TokenError::Invalid));
-        assert!(keys().verify(&sign(i64::MIN, i64::MAX), TokenType::Access, now).is_ok());
+        assert_eq!(keys().verify(&sign(i64::MAX, i64::MIN), TokenType::Access, now), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn a_lifetime_beyond_the_types_ttl_is_refused() {
+        let now = Utc::now();
+        let t = now.timestamp();
+        let sign = |typ: &str, iat: i64, exp: i64| {
+            let claims = serde_json::json!({"sub": Uuid::new_v4(), "did": Uuid::new_v4(), "typ": typ,
+                                            "iat": iat, "exp": exp, "jti": Uuid::new_v4()});
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(key_id(&[7u8; 32]).unwrap());
+            encode(&header, &claims, &EncodingKey::from_secret(&[7u8; 32])).unwrap()
+        };
+        let (access, refresh, skew) = (ACCESS_TTL.num_seconds(), REFRESH_TTL.num_seconds(), CLOCK_SKEW.num_seconds());
+        let verify = |token: &str, typ| keys().verify(token, typ, now).map(|_| ());
+        assert_eq!(verify(&sign("access", t, t + access + skew), TokenType::Access), Ok(()));
+        assert_eq!(verify(&sign("access", t, t + access + skew + 1), TokenType::Access), Err(TokenError::Invalid));
+        assert_eq!(verify(&sign("access", t, t + refresh), TokenType::Access), Err(TokenError::Invalid));
+        assert_eq!(verify(&sign("refresh", t, t + refresh + skew), TokenType::Refresh), Ok(()));
+        assert_eq!(verify(&sign("refresh", t, t + refresh + skew + 1), TokenType::Refresh), Err(TokenError::Invalid));
+        // Issued long ago with an expiry still ahead: too long-lived.
+        assert_eq!(verify(&sign("access", t - 10 * access, t + access), TokenType::Access), Err(TokenError::Invalid));
     }
 
     proptest! {
@@ -299,7 +351,7 @@ mod tests {
         #[test]
         fn any_altered_character_breaks_the_signature(index in any::<prop::sample::Index>()) {
             let now = Utc::now();
-            let (token, _) = keys().issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now);
+            let (token, _) = keys().issue(TokenType::Access, Uuid::new_v4(), Uuid::new_v4(), now).unwrap();
             let mut bytes = token.into_bytes();
             let at = index.index(bytes.len());
             bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };

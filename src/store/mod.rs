@@ -30,12 +30,28 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite's primary result code for a locked database.
 const SQLITE_BUSY: i32 = 5;
-/// Primary result codes of storage that cannot take a write now: a read-only
-/// database or file system, an I/O error, a full disk (or a file at its
-/// size limit). The request is not at fault and nothing was written.
+/// Result codes of storage that cannot take a write now (answered 503
+/// `storage_unavailable`; the request is not at fault and nothing was
+/// written): a read-only database or file system (the base code only: the
+/// extended ones mean a broken WAL or a moved file), a full disk (or a file at
+/// its size limit), and a failed write, sync or truncate. Every other error
+/// stays an internal one, logged as such.
 const SQLITE_READONLY: i32 = 8;
-const SQLITE_IOERR: i32 = 10;
 const SQLITE_FULL: i32 = 13;
+const SQLITE_IOERR_WRITE: i32 = 10 | (3 << 8);
+const SQLITE_IOERR_FSYNC: i32 = 10 | (4 << 8);
+const SQLITE_IOERR_DIR_FSYNC: i32 = 10 | (5 << 8);
+const SQLITE_IOERR_TRUNCATE: i32 = 10 | (6 << 8);
+
+/// Whether an (extended) SQLite result code means the storage cannot take
+/// a write now.
+fn storage_unavailable(code: i32) -> bool {
+    code & 0xff == SQLITE_FULL
+        || matches!(
+            code,
+            SQLITE_READONLY | SQLITE_IOERR_WRITE | SQLITE_IOERR_FSYNC | SQLITE_IOERR_DIR_FSYNC | SQLITE_IOERR_TRUNCATE
+        )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,9 +79,7 @@ impl From<libsql::Error> for StoreError {
     fn from(err: libsql::Error) -> Self {
         match err {
             libsql::Error::SqliteFailure(code, message) if code & 0xff == SQLITE_BUSY => Self::Busy(message),
-            libsql::Error::SqliteFailure(code, message)
-                if matches!(code & 0xff, SQLITE_READONLY | SQLITE_IOERR | SQLITE_FULL) =>
-            {
+            libsql::Error::SqliteFailure(code, message) if storage_unavailable(code) => {
                 Self::Unavailable(format!("{message} (SQLite code {code})"))
             }
             other => Self::Database(other),
@@ -139,12 +153,26 @@ mod tests {
 
     #[test]
     fn full_read_only_and_failing_storage_map_to_unavailable() {
-        for code in [SQLITE_FULL, SQLITE_READONLY, SQLITE_IOERR, SQLITE_IOERR | (4 << 8)] {
+        for code in [
+            SQLITE_FULL,
+            SQLITE_READONLY,
+            SQLITE_IOERR_WRITE,
+            SQLITE_IOERR_FSYNC,
+            SQLITE_IOERR_DIR_FSYNC,
+            SQLITE_IOERR_TRUNCATE,
+        ] {
             let err = StoreError::from(libsql::Error::SqliteFailure(code, "x".into()));
             assert!(matches!(err, StoreError::Unavailable(_)), "{code}: {err:?}");
         }
-        let err = StoreError::from(libsql::Error::SqliteFailure(19, "constraint".into()));
-        assert!(matches!(err, StoreError::Database(_)));
+        // Not the disk's state but a fault (a failed read, a moved or broken
+        // file, a constraint, corruption): internal errors, not 503.
+        let io_err = 10;
+        let (read, short_read, readonly_dbmoved, corrupt, not_a_db, constraint) =
+            (io_err | (1 << 8), io_err | (2 << 8), SQLITE_READONLY | (4 << 8), 11, 26, 19);
+        for code in [io_err, read, short_read, readonly_dbmoved, corrupt, not_a_db, constraint] {
+            let err = StoreError::from(libsql::Error::SqliteFailure(code, "x".into()));
+            assert!(matches!(err, StoreError::Database(_)), "{code}: {err:?}");
+        }
         for kind in [std::io::ErrorKind::StorageFull, std::io::ErrorKind::ReadOnlyFilesystem] {
             assert!(matches!(StoreError::io("creating", kind.into()), StoreError::Unavailable(_)));
         }

@@ -434,3 +434,163 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     let resp = client.get(app.url("/health")).timeout(Duration::from_secs(5)).send().await.unwrap();
     assert_eq!(resp.status(), reqwest::StatusCode::OK);
 }
+
+/// Opens a connection whose receive buffer is tiny, and asks for
+/// `/openapi.json` at once as many times as its answers make 64 MiB (far
+/// more than the socket buffers hold), without reading any answer. Returns
+/// the stream, the number of requests and the size of one answer's body.
+async fn stalled_client(app: &TestApp) -> (TcpStream, usize, usize) {
+    let size = app.client.get(app.url("/openapi.json")).send().await.unwrap().bytes().await.unwrap().len();
+    let times = (64 << 20) / size + 1;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let requests = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(times);
+    stream.write_all(&requests).await.unwrap();
+    (stream, times, size)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let app = crate::helpers::spawn_app_with(&[("WRITE_STALL_TIMEOUT_SECS", "1")]).await;
+    let (mut stream, times, size) = stalled_client(&app).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Closed by now: reading gets what was buffered, then the end, long
+    // before every answer (or the idle deadline, 75 s).
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a client that stopped reading kept its connection");
+    assert!(got < times * size, "every answer was sent: {got} bytes");
+}
+
+#[tokio::test]
+async fn a_body_sent_a_byte_at_a_time_is_cut_off() {
+    let app = crate::helpers::spawn_app_with(SHORT).await;
+    let mut stream = connect(&app).await;
+    let started = std::time::Instant::now();
+    stream
+        .write_all(b"POST /auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    // Each byte well within the per-pause deadline (1 s); the whole, not.
+    let dripped = async {
+        loop {
+            if stream.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if started.elapsed() > Duration::from_secs(8) {
+                break;
+            }
+        }
+    };
+    dripped.await;
+    assert!(started.elapsed() < Duration::from_secs(5), "the drip went on for {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_gets_the_header_deadline() {
+    let app = crate::helpers::spawn_app_with(&[("HEADER_READ_TIMEOUT_SECS", "1"), ("IDLE_TIMEOUT_SECS", "30")]).await;
+    let mut stream = connect(&app).await;
+    let started = std::time::Instant::now();
+    assert!(closed_within(&mut stream, Duration::from_secs(4)).await, "a silent connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn shutdown_finishes_with_a_client_that_stopped_reading() {
+    let mut app = crate::helpers::spawn_app_with(&[("SHUTDOWN_GRACE_SECS", "1")]).await;
+    let _stalled = stalled_client(&app).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
+    assert!(stopped.is_ok(), "shutdown waited on a client that does not read");
+    assert!(started.elapsed() >= Duration::from_millis(900), "no grace period: {:?}", started.elapsed());
+}
+
+/// Starts, claims and approves a pairing for `by`'s user; its id and the new device's.
+async fn approved_pairing(app: &TestApp, by: &crate::helpers::Session) -> (String, String) {
+    let resp = app.post("/auth/pairing", Some(&by.access_token), &serde_json::json!({})).await;
+    let started: serde_json::Value = resp.json().await.unwrap();
+    let pairing_id = started["pairing_id"].as_str().unwrap().to_owned();
+    let mut claim = crate::helpers::device_body("Phone", "mobile");
+    claim["code"] = started["code"].clone();
+    let resp = app.post("/auth/pairing/claim", None, &claim).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let approve = serde_json::json!({ "key_envelope": "c2VhbGVk" });
+    let resp = app.post(&format!("/auth/pairing/{pairing_id}/approve"), Some(&by.access_token), &approve).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    let phone: serde_json::Value = resp.json().await.unwrap();
+    (pairing_id, phone["device_id"].as_str().unwrap().to_owned())
+}
+
+async fn user_sql(app: &TestApp, user: uuid::Uuid, sql: &str) {
+    let db = libsql::Builder::new_local(app.user_db_path(user)).build().await.unwrap();
+    db.connect().unwrap().execute_batch(sql).await.unwrap();
+}
+
+async fn revoked(app: &TestApp, by: &crate::helpers::Session, device: &str) -> bool {
+    let devices = app.devices(by).await;
+    !devices.iter().find(|d| d["device_id"] == device).unwrap()["revoked_at"].is_null()
+}
+
+#[tokio::test]
+async fn the_sweep_spares_collected_devices_and_outlives_a_broken_database() {
+    // The sweep is run by hand here.
+    let app = crate::helpers::spawn_app_with(&[("PAIRING_SWEEP_SECS", "86400")]).await;
+    let (collected, broken, plain) = (app.register().await, app.register().await, app.register().await);
+    let (_, collected_phone) = approved_pairing(&app, &collected).await;
+    approved_pairing(&app, &broken).await;
+    let (_, plain_phone) = approved_pairing(&app, &plain).await;
+    // The collection's user transaction committed (a refresh token was
+    // issued) though the pairing was not marked delivered.
+    user_sql(
+        &app,
+        collected.user_id,
+        &format!(
+            "INSERT INTO refresh_tokens (token_hash, device_id, issued_at, expires_at) \
+             VALUES (zeroblob(32), '{collected_phone}', 0, 9999999999)"
+        ),
+    )
+    .await;
+    app.clock.advance(chrono::Duration::minutes(11));
+    // One user's database fails.
+    user_sql(&app, broken.user_id, "DROP TABLE device_sessions").await;
+    let swept = echolia::auth::pairing::sweep(&app.state).await;
+    assert_eq!(swept.unwrap(), 1, "only the plain uncollected device is revoked");
+    assert!(revoked(&app, &plain, &plain_phone).await, "the uncollected device is still active");
+    assert!(!revoked(&app, &collected, &collected_phone).await, "a collected device was revoked");
+}
+
+#[tokio::test]
+async fn a_large_body_on_a_slow_link_still_arrives() {
+    let app = crate::helpers::spawn_app_with(SHORT).await;
+    let mut stream = connect(&app).await;
+    // 64 KiB of whitespace at 32 KiB/s: over the 1 s deadline, within the
+    // time a second per 16 KiB earns.
+    let json = crate::helpers::device_body("Desktop", "desktop").to_string();
+    let padding = 64 * 1024;
+    let head = format!(
+        "POST /auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        padding + json.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        stream.write_all(&[b' '; 8 * 1024]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stream.write_all(json.as_bytes()).await.unwrap();
+    assert!(started.elapsed() > Duration::from_secs(1));
+    let answer = read_head(&mut stream, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer:?}");
+}

@@ -172,7 +172,7 @@ pub async fn post_transaction(app: &TestApp, session: &Session, jws: &str) -> re
 /// An access token of `session`'s device valid at the server's clock (the
 /// tests move it by weeks; access tokens live an hour).
 pub fn bearer(app: &TestApp, session: &Session) -> String {
-    app.state.auth.keys().issue(TokenType::Access, session.user_id, session.device_id, app.clock.now()).0
+    app.state.auth.keys().issue(TokenType::Access, session.user_id, session.device_id, app.clock.now()).unwrap().0
 }
 
 pub async fn entitlement(app: &TestApp, session: &Session) -> Value {

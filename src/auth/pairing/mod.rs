@@ -489,37 +489,66 @@ pub async fn sweep_regularly(state: AppState) {
 /// Cleans up after pairings that ran out: an approved one never collected
 /// has its new device revoked (nobody holds its tokens; the log records the
 /// approver as having revoked it) and its sealed key dropped; every pairing
-/// expired over a day ago is forgotten. Returns how many devices it revoked.
+/// expired over a day ago is forgotten. A user whose database fails is
+/// logged and skipped (tried again at the next sweep), so one broken
+/// database does not hold up the others. Returns how many devices it revoked.
 pub async fn sweep(state: &AppState) -> crate::store::StoreResult<usize> {
     let now = state.clock.now();
     let control = state.control.conn().await?;
     let mut revoked = 0;
     for (pairing_id, user, device, approver) in store::uncollected(&control, now).await? {
-        // Revoked before the key is dropped: a collection racing this one
-        // then finds the device revoked and hands nothing out.
-        let db = match state.users.get(user).await {
-            Ok(db) => db,
-            Err(crate::store::StoreError::UserNotFound(_)) => {
+        match sweep_one(state, user, device, approver, now).await {
+            Ok(outcome) => {
+                if outcome == Swept::Revoked {
+                    revoked += 1;
+                    tracing::info!(%pairing_id, device_id = %device, "pairing never collected: its device revoked");
+                }
                 store::purge_envelope(&control, pairing_id, now).await?;
-                continue;
             }
-            Err(err) => return Err(err),
-        };
-        let mut tx = LogTx::begin(&db).await?;
-        if status::load(&tx, device).await? == Some(status::DeviceStatus::Active) {
-            record_device(&mut tx, approver, device, DeviceAction::Revoked, now).await?;
-            sessions::revoke_refresh_tokens(&tx, device, now).await?;
-            tx.commit().await?;
-            revoked += 1;
-            tracing::info!(%pairing_id, device_id = %device, "pairing never collected: its device revoked");
-        } else {
-            drop(tx);
+            Err(err) => {
+                tracing::error!(%pairing_id, error = %err, "an expired pairing could not be swept; it is tried again at the next sweep");
+            }
         }
-        state.auth.statuses().settle(user, device, status::DeviceStatus::Revoked);
-        store::purge_envelope(&control, pairing_id, now).await?;
     }
     store::prune(&control, now).await?;
     Ok(revoked)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Swept {
+    Revoked,
+    /// Collected (the device holds tokens), already revoked, or its user gone.
+    Untouched,
+}
+
+/// Revokes an uncollected pairing's device in its user's database, unless
+/// the device was collected after all (a refresh token was issued to it:
+/// the collection's transaction committed before this one).
+async fn sweep_one(
+    state: &AppState,
+    user: Uuid,
+    device: Uuid,
+    approver: Uuid,
+    now: DateTime<Utc>,
+) -> crate::store::StoreResult<Swept> {
+    // Revoked before the key is dropped: a collection racing this one
+    // then finds the device revoked and hands nothing out.
+    let db = match state.users.get(user).await {
+        Ok(db) => db,
+        Err(crate::store::StoreError::UserNotFound(_)) => return Ok(Swept::Untouched),
+        Err(err) => return Err(err),
+    };
+    let mut tx = LogTx::begin(&db).await?;
+    if status::load(&tx, device).await? != Some(status::DeviceStatus::Active)
+        || sessions::has_refresh_tokens(&tx, device).await?
+    {
+        return Ok(Swept::Untouched);
+    }
+    record_device(&mut tx, approver, device, DeviceAction::Revoked, now).await?;
+    sessions::revoke_refresh_tokens(&tx, device, now).await?;
+    tx.commit().await?;
+    state.auth.statuses().settle(user, device, status::DeviceStatus::Revoked);
+    Ok(Swept::Revoked)
 }
 
 /// Compares two secrets' hashes in constant time.
