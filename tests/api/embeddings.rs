@@ -472,15 +472,7 @@ async fn inputs_reach_no_log_and_no_file_and_a_broken_model_stops_the_start() {
     let mut child = server(std::fs::File::create(&log_path).unwrap(), port);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..600 {
-        if client.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status() == StatusCode::OK) {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the server did not start: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+    crate::helpers::wait_healthy(&client, &base, &log_path).await;
     let resp = client.post(format!("{base}/auth/register")).json(&device_body("Phone", "mobile")).send().await.unwrap();
     let token = resp.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
     for body in [json!({"inputs": [MARKER, "and another"]}), json!({"inputs": [MARKER, 7]}), json!({"inputs": MARKER})]

@@ -321,3 +321,15 @@ impl TestApp {
         rows.next().await.unwrap().unwrap().get(0).unwrap()
     }
 }
+
+/// Polls `base`'s `/health` until it answers 200 (30 s at most), for tests
+/// that run the real binary; panics with the server's log otherwise.
+pub async fn wait_healthy(client: &reqwest::Client, base: &str, log: &Path) {
+    for _ in 0..600 {
+        if client.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status() == StatusCode::OK) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the server did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+}

@@ -580,15 +580,7 @@ async fn prompts_and_completions_reach_no_log_and_no_database_file() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..600 {
-        if client.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status() == StatusCode::OK) {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the server did not start");
+    crate::helpers::wait_healthy(&client, &base, &log_path).await;
     let resp = client
         .post(format!("{base}/auth/register"))
         .json(&crate::helpers::device_body("Mac", "desktop"))
