@@ -12,7 +12,8 @@ use crate::embeddings::{cosine, vectors};
 use crate::helpers::spawn_app_with;
 
 fn model_dir() -> Option<String> {
-    let dir = std::env::var("ECHOLIA_TEST_MODEL_DIR").or_else(|_| std::env::var("EMBEDDINGS_MODEL_DIR")).ok();
+    let set = |name: &str| std::env::var(name).ok().filter(|dir| !dir.is_empty());
+    let dir = set("ECHOLIA_TEST_MODEL_DIR").or_else(|| set("EMBEDDINGS_MODEL_DIR"));
     if dir.is_none() {
         eprintln!("skipped: set ECHOLIA_TEST_MODEL_DIR (or EMBEDDINGS_MODEL_DIR) to all-MiniLM-L6-v2's directory");
     }
