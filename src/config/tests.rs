@@ -1,3 +1,6 @@
+//! Unit tests of configuration loading (compiled only for tests: `#[cfg(test)] mod tests;` in config.rs).
+#![cfg(test)]
+
 use super::*;
 use std::collections::HashMap;
 

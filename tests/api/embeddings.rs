@@ -443,33 +443,16 @@ fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 #[cfg(feature = "local-embeddings")]
 #[tokio::test]
 async fn inputs_reach_no_log_and_no_file_and_a_broken_model_stops_the_start() {
-    use std::process::{Command, Stdio};
-
     const MARKER: &str = "okapi quietly wrote zq7 in the diary";
     let (model, data, logs) =
         (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     write_tiny_model(model.path());
-    let server = |log: std::fs::File, port: u16| {
-        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Command::new(env!("CARGO_BIN_EXE_echolia"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATA_DIR", data.path())
-            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "trace")
-            .env("EMBEDDINGS_MODEL_DIR", model.path())
-            .current_dir(data.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap()
+    let server = |log: &std::path::Path, port: u16| {
+        crate::helpers::spawn_binary(data.path(), port, log, &[("EMBEDDINGS_MODEL_DIR", model.path().as_os_str())])
     };
     let log_path = logs.path().join("server.log");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = server(std::fs::File::create(&log_path).unwrap(), port);
+    let mut child = server(&log_path, port);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     crate::helpers::wait_healthy(&client, &base, &log_path).await;
@@ -481,7 +464,7 @@ async fn inputs_reach_no_log_and_no_file_and_a_broken_model_stops_the_start() {
         let text = resp.text().await.unwrap();
         assert!(!text.contains("okapi"), "{text}");
     }
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let _ = child.wait();
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("/embeddings"), "requests are traced: {log}");
@@ -497,7 +480,7 @@ async fn inputs_reach_no_log_and_no_file_and_a_broken_model_stops_the_start() {
     std::fs::write(model.path().join("model.safetensors"), b"not a model").unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let broken_log = logs.path().join("broken.log");
-    let status = server(std::fs::File::create(&broken_log).unwrap(), port).wait().unwrap();
+    let status = server(&broken_log, port).wait().unwrap();
     assert!(!status.success());
     let log = std::fs::read_to_string(&broken_log).unwrap();
     assert!(log.contains("EMBEDDINGS_MODEL_DIR") && log.contains("model.safetensors"), "{log}");

@@ -333,3 +333,27 @@ pub async fn wait_healthy(client: &reqwest::Client, base: &str, log: &Path) {
     }
     panic!("the server did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
 }
+
+/// Starts the shipped binary on `port` with a fresh environment (`DATA_DIR`,
+/// JSON logs at `trace` written to `log`) plus `vars`, for tests that read
+/// what the real process logs and writes.
+pub fn spawn_binary(data: &Path, port: u16, log: &Path, vars: &[(&str, &std::ffi::OsStr)]) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_echolia"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATA_DIR", data)
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "trace")
+        .envs(vars.iter().copied())
+        .current_dir(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap()
+}

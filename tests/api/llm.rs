@@ -550,34 +550,21 @@ fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 /// none of its log lines and in no file of its data directory.
 #[tokio::test]
 async fn prompts_and_completions_reach_no_log_and_no_database_file() {
-    use std::process::{Command, Stdio};
-
     const MARKER: &str = "ZEBRA-7f3a-PROMPT-MARKER";
     let fake = FakeUpstream::start().await;
     let models = models_file(&fake);
     let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log_path = logs.path().join("server.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_echolia"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATA_DIR", data.path())
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "trace")
-        .env("LLM_BASE_URL", fake.url())
-        .env("LLM_API_KEY", "sk-test")
-        .env("LLM_MODELS_FILE", models.path().join("models.toml"))
-        .env("CLAUDE_KEY", "ak-test")
-        .current_dir(data.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+    let models_path = models.path().join("models.toml");
+    let upstream = fake.url();
+    let vars: [(&str, &std::ffi::OsStr); 4] = [
+        ("LLM_BASE_URL", upstream.as_ref()),
+        ("LLM_API_KEY", "sk-test".as_ref()),
+        ("LLM_MODELS_FILE", models_path.as_os_str()),
+        ("CLAUDE_KEY", "ak-test".as_ref()),
+    ];
+    let mut child = crate::helpers::spawn_binary(data.path(), port, &log_path, &vars);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     crate::helpers::wait_healthy(&client, &base, &log_path).await;
@@ -632,7 +619,7 @@ async fn prompts_and_completions_reach_no_log_and_no_database_file() {
     let plain = response.decapsulate(&resp.bytes().await.unwrap()).unwrap();
     assert!(String::from_utf8_lossy(&plain).contains(MARKER));
 
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(status.success());
     for _ in 0..400 {
         if child.try_wait().unwrap().is_some() {
