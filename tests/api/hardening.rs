@@ -121,12 +121,6 @@ async fn pairing_codes_are_stored_keyed_with_a_server_secret_and_still_claim() {
     let approve = serde_json::json!({ "key_envelope": "c2VhbGVk" });
     let resp = app.post(&format!("/auth/pairing/{pairing_id}/approve"), Some(&a.access_token), &approve).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let resp = app
-        .client
-        .get(app.url(&format!("/auth/pairing/{pairing_id}/result")))
-        .header("x-claim-token", claim_token)
-        .send()
-        .await
-        .unwrap();
+    let resp = crate::pairing::result(&app, &pairing_id.to_string(), &claim_token, "").await;
     assert_eq!(resp.status(), StatusCode::OK);
 }

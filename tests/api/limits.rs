@@ -310,13 +310,7 @@ async fn an_approved_pairing_never_collected_is_revoked_and_purged() {
     };
     assert!(!revoked["revoked_at"].is_null(), "the uncollected device is still active: {revoked}");
     assert_eq!(envelope(&app).await, Some(false), "the sealed key is still stored");
-    let resp = app
-        .client
-        .get(app.url(&format!("/auth/pairing/{pairing_id}/result")))
-        .header("x-claim-token", claim_token)
-        .send()
-        .await
-        .unwrap();
+    let resp = crate::pairing::result(&app, &pairing_id.to_string(), &claim_token, "").await;
     crate::helpers::assert_error(resp, StatusCode::NOT_FOUND, "pairing_expired").await;
     // A day later the pairing itself is forgotten.
     app.clock.advance(chrono::Duration::days(1));

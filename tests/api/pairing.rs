@@ -42,7 +42,8 @@ async fn claim(app: &TestApp, body: &Value) -> Response {
     app.post("/auth/pairing/claim", None, body).await
 }
 
-async fn result(app: &TestApp, pairing: &str, claim_token: &str, query: &str) -> Response {
+/// `GET /auth/pairing/{pairing}/result{query}` with the claimer's token.
+pub(crate) async fn result(app: &TestApp, pairing: &str, claim_token: &str, query: &str) -> Response {
     let url = app.url(&format!("/auth/pairing/{pairing}/result{query}"));
     app.client.get(url).header("x-claim-token", claim_token).send().await.unwrap()
 }
