@@ -62,7 +62,7 @@ FIGURES='
   | [ "push \($push.items_per_sec // 0 | floor)/s p99 \($push.latency_ms.p99 // 0) ms",
       (.single_user | select(.) | "slices last/first \(.last_over_first // "-"), pull \(.pull.rows | tostring) rows \(.pull.rows_per_sec | floor)/s in \(.pull.secs * 1000 | floor) ms"),
       (.open_loop | select(.) | "offered \(.offered_events_per_sec | floor)/s (scheduled \(.scheduled_events_per_sec | floor)) achieved \(.achieved_events_per_sec | floor)/s, \(.late_starts) late"),
-      (.server_cpu | select(.) | "server CPU \(.cpu_secs) s, \(.us_per_event // 0 | . * 10 | floor / 10) µs/event") ]
+      (.server_cpu | select(.) | "server CPU \(.cpu_secs) s, \(.us_per_event // 0 | . * 10 | floor / 10) µs/event, generator \(.generator_us_per_event // 0 | . * 10 | floor / 10) µs/event") ]
   | join("; ")'
 
 run() { # target scenario round

@@ -1,6 +1,8 @@
 //! The server's CPU time over a phase (`--server-pid`): user + system time
 //! from `/proc/<pid>/stat`, read before and after, for any server on this
-//! machine (Echolia's or Atuin's).
+//! machine (Echolia's or Atuin's); and the load generator's own, read the
+//! same way, since the two share the machine's cores: their sum per event
+//! bounds the throughput the machine can give.
 
 use std::time::Instant;
 
@@ -13,6 +15,7 @@ const TICKS_PER_SEC: f64 = 100.0;
 pub struct CpuProbe {
     pid: u32,
     ticks: u64,
+    own_ticks: u64,
     at: Instant,
 }
 
@@ -30,13 +33,18 @@ pub struct ServerCpu {
     pub pushed_events: u64,
     /// CPU microseconds per acknowledged event (absent when none was pushed).
     pub us_per_event: Option<f64>,
+    /// The load generator's own CPU seconds over the same phase.
+    pub generator_cpu_secs: f64,
+    /// The load generator's CPU microseconds per acknowledged event.
+    pub generator_us_per_event: Option<f64>,
 }
 
 impl CpuProbe {
     /// Reads the server's CPU time now; None without `--server-pid`.
     pub fn start(pid: Option<u32>) -> Result<Option<Self>, String> {
         let Some(pid) = pid else { return Ok(None) };
-        Ok(Some(CpuProbe { pid, ticks: cpu_ticks(pid)?, at: Instant::now() }))
+        let own_ticks = cpu_ticks(std::process::id())?;
+        Ok(Some(CpuProbe { pid, ticks: cpu_ticks(pid)?, own_ticks, at: Instant::now() }))
     }
 
     /// Reads it again: the CPU spent since [`CpuProbe::start`]. None (said on stderr) if the
@@ -50,14 +58,19 @@ impl CpuProbe {
                 return None;
             }
         };
+        let own_ticks = cpu_ticks(std::process::id()).unwrap_or(self.own_ticks);
         let cpu_secs = ticks.saturating_sub(self.ticks) as f64 / TICKS_PER_SEC;
+        let generator_cpu_secs = own_ticks.saturating_sub(self.own_ticks) as f64 / TICKS_PER_SEC;
+        let per_event = |secs: f64| (pushed_events > 0).then(|| secs * 1e6 / pushed_events as f64);
         Some(ServerCpu {
             pid: self.pid,
             cpu_secs,
             wall_secs,
             cores: cpu_secs / wall_secs,
             pushed_events,
-            us_per_event: (pushed_events > 0).then(|| cpu_secs * 1e6 / pushed_events as f64),
+            us_per_event: per_event(cpu_secs),
+            generator_cpu_secs,
+            generator_us_per_event: per_event(generator_cpu_secs),
         })
     }
 }
@@ -100,6 +113,7 @@ mod tests {
         let probe = CpuProbe::start(Some(std::process::id())).unwrap().unwrap();
         let cpu = probe.finish(10).unwrap();
         assert!(cpu.cpu_secs >= 0.0 && cpu.us_per_event.is_some());
+        assert!(cpu.generator_cpu_secs >= 0.0 && cpu.generator_us_per_event.is_some());
         assert!(CpuProbe::start(None).unwrap().is_none());
     }
 }

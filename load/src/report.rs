@@ -330,10 +330,12 @@ impl Report {
         }
         if let Some(c) = &self.server_cpu {
             let per_event = c.us_per_event.map(|us| format!(", {us:.1} µs per pushed event")).unwrap_or_default();
+            let own_per_event =
+                c.generator_us_per_event.map(|us| format!(", {us:.1} µs per pushed event")).unwrap_or_default();
             let _ = writeln!(
                 out,
-                "\nserver CPU (pid {}): {:.2} s over {:.2} s ({:.2} cores){per_event}",
-                c.pid, c.cpu_secs, c.wall_secs, c.cores
+                "\nserver CPU (pid {}): {:.2} s over {:.2} s ({:.2} cores){per_event}\nload generator CPU: {:.2} s{own_per_event}",
+                c.pid, c.cpu_secs, c.wall_secs, c.cores, c.generator_cpu_secs
             );
         }
         for (what, message) in &self.first_errors {
