@@ -28,6 +28,9 @@ struct Variant {
     blob_ids: bool,
     /// The duplicate check against an in-memory set of the log's event ids (no `find` statement).
     memory_ids: bool,
+    /// View rows found through an in-memory map of aggregate id to rowid: no index on the view's id, so no
+    /// random-keyed B-tree at all (`load` then takes ?1 the rowid; `save` ?1 the rowid, ?2 the id, then as above).
+    memory_aggregates: bool,
     schema: &'static str,
     find: &'static str,
     insert: &'static str,
@@ -60,6 +63,7 @@ fn variants() -> Vec<Variant> {
             name: "current",
             blob_ids: false,
             memory_ids: false,
+            memory_aggregates: false,
             schema: leak(&[events_unique, entries, by_seq]),
             find,
             insert: INSERT,
@@ -71,6 +75,7 @@ fn variants() -> Vec<Variant> {
             name: "blob-ids",
             blob_ids: true,
             memory_ids: false,
+            memory_aggregates: false,
             schema: leak(&[events_unique, entries, by_seq]),
             find,
             insert: INSERT,
@@ -82,6 +87,7 @@ fn variants() -> Vec<Variant> {
             name: "view-clustered",
             blob_ids: true,
             memory_ids: false,
+            memory_aggregates: false,
             schema: leak(&[events_unique, &format!("{entries}, WITHOUT ROWID"), by_seq]),
             find,
             insert: INSERT,
@@ -94,6 +100,7 @@ fn variants() -> Vec<Variant> {
             name: "clustered-changes",
             blob_ids: true,
             memory_ids: false,
+            memory_aggregates: false,
             schema: leak(&[
                 events_unique,
                 &format!("{entries}, WITHOUT ROWID"),
@@ -112,6 +119,7 @@ fn variants() -> Vec<Variant> {
             name: "per-aggregate-ids",
             blob_ids: true,
             memory_ids: false,
+            memory_aggregates: false,
             schema: leak(&[
                 events_plain,
                 "CREATE TABLE entries (id ANY NOT NULL, event_id ANY NOT NULL, seq INTEGER, heads TEXT, version TEXT, \
@@ -133,6 +141,7 @@ fn variants() -> Vec<Variant> {
             name: "memory-ids",
             blob_ids: false,
             memory_ids: true,
+            memory_aggregates: false,
             schema: leak(&[events_plain, entries, by_seq]),
             find,
             insert: INSERT,
@@ -144,12 +153,29 @@ fn variants() -> Vec<Variant> {
             name: "memory-blob-ids",
             blob_ids: true,
             memory_ids: true,
+            memory_aggregates: false,
             schema: leak(&[events_plain, entries, by_seq]),
             find,
             insert: INSERT,
             after_insert: None,
             load,
             save: UPSERT,
+        },
+        // No random-keyed B-tree written: the view's rows are found by rowid through an in-memory map, as
+        // the event ids are through the in-memory set.
+        Variant {
+            name: "memory-aggregates",
+            blob_ids: false,
+            memory_ids: true,
+            memory_aggregates: true,
+            schema: leak(&[events_plain, &entries.replace("id ANY PRIMARY KEY", "id ANY NOT NULL"), by_seq]),
+            find,
+            insert: INSERT,
+            after_insert: None,
+            load: "SELECT heads, version, updated_seq FROM entries WHERE rowid = ?1",
+            save: "INSERT INTO entries (rowid, id, parent_id, heads, version, deleted, conflict, updated_seq) \
+                   VALUES (?1, ?2, NULL, ?3, ?4, 0, 0, ?5) ON CONFLICT (rowid) DO UPDATE SET heads = excluded.heads, \
+                   version = excluded.version, updated_seq = excluded.updated_seq",
         },
     ]
 }
@@ -204,6 +230,7 @@ async fn run(variant: &Variant, events: u64, v7: bool) {
     let mut rates = Vec::new();
     let mut seq = 0u64;
     let mut known = std::collections::HashSet::new();
+    let mut rowids: std::collections::HashMap<Uuid, i64> = std::collections::HashMap::new();
     while seq < events {
         let device = devices[(seq / PER_TX as u64 % 2) as usize];
         let tx = conn.transaction().await.unwrap();
@@ -258,14 +285,23 @@ async fn run(variant: &Variant, events: u64, v7: bool) {
                 statement.execute(values[..*takes].to_vec()).await.unwrap();
             }
             load.reset();
-            let current = load.query([id(variant, aggregate)]).await.unwrap().next().await.unwrap().is_some();
+            let key = if variant.memory_aggregates {
+                let next = rowids.len() as i64 + 1;
+                libsql::Value::Integer(*rowids.entry(aggregate).or_insert(next))
+            } else {
+                id(variant, aggregate)
+            };
+            let current = load.query([key.clone()]).await.unwrap().next().await.unwrap().is_some();
             assert_eq!(current, edit);
-            let row = vec![
-                id(variant, aggregate),
+            let mut row = vec![
+                key,
                 libsql::Value::Text(format!("[{seq}]")),
                 libsql::Value::Text(version),
                 libsql::Value::Integer(seq as i64),
             ];
+            if variant.memory_aggregates {
+                row.insert(1, id(variant, aggregate));
+            }
             save.reset();
             save.execute(row).await.unwrap();
             if seq.is_multiple_of(slice) {
