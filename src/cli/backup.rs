@@ -12,7 +12,7 @@ use super::{CliError, Outcome, Storage};
 use crate::backup::restore::{self, Report};
 use crate::backup::snapshot::{self, BackupOptions, BackupSummary, Source};
 use crate::backup::{BackupError, Target};
-use crate::config::Config;
+use crate::config::{BackendKind, Config};
 use crate::store::Backend;
 
 impl From<BackupError> for CliError {
@@ -43,7 +43,18 @@ pub struct BackupArgs {
     pub json: bool,
 }
 
+/// `backup` works on the local backend's files only: any other backend is
+/// refused before anything is opened.
+pub fn require_local(backend: BackendKind) -> Result<(), CliError> {
+    match backend {
+        BackendKind::Local => Ok(()),
+        #[allow(unreachable_patterns)]
+        other => Err(CliError::Usage(remote_refusal(&format!("{other:?}").to_lowercase()))),
+    }
+}
+
 pub async fn backup(config: &Config, args: &BackupArgs) -> Result<Outcome, CliError> {
+    require_local(config.database_backend)?;
     let storage = Storage::open(config)?;
     let local = match &storage.backend {
         Backend::Local(local) => local.clone(),
@@ -177,6 +188,7 @@ mod tests {
 
     #[test]
     fn a_remote_backend_is_refused_with_the_way_to_its_own_recovery() {
+        assert!(require_local(BackendKind::Local).is_ok());
         let message = remote_refusal("sqld");
         assert!(message.contains("DATABASE_BACKEND=sqld") && message.contains("point-in-time"), "{message}");
     }
