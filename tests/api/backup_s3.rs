@@ -179,6 +179,17 @@ async fn the_s3_target_stores_checks_and_restores_and_a_failed_upload_never_coun
         }
         sessions.push(session);
     }
+    // One database over the 8 MiB part size, so its upload is a multipart one.
+    for round in 0..2 {
+        let big: Vec<Value> = (0..10)
+            .map(|i| {
+                let payload: String =
+                    (0..600 * 1024).map(|n| char::from(b'a' + ((n * 7 + i * 13 + round) % 26) as u8)).collect();
+                entry(&sessions[0], &payload)
+            })
+            .collect();
+        app.push_ok(&sessions[0], &big).await;
+    }
     let target = format!("s3://{BUCKET}/nightly");
 
     // Through a proxy that cuts the upload part way: the run fails, and its backup is not listed.
@@ -198,7 +209,8 @@ async fn the_s3_target_stores_checks_and_restores_and_a_failed_upload_never_coun
     assert_eq!(done.code, Some(0), "{done:?}");
     let first = json(&done);
     assert_eq!((first["users"].as_u64(), first["copied"].as_u64()), (Some(4), Some(4)));
-    assert_eq!(first["events"], 4 * (100 + 1));
+    assert_eq!(first["events"], 4 * (100 + 1) + 20);
+    assert!(first["bytes_copied"].as_u64().unwrap() > 12 << 20, "{first}");
     let check = s3(app.data_dir(), moto.addr, &["backup", "--check", &target, "--json"]).await;
     assert_eq!(check.code, Some(0), "{check:?}");
     assert_eq!(json(&check)["events"], first["events"]);
@@ -210,7 +222,7 @@ async fn the_s3_target_stores_checks_and_restores_and_a_failed_upload_never_coun
     assert_eq!(json(&restore)["users"], 4);
     let verify = echolia(&into, &["verify", "--all"]);
     assert_eq!(verify.code, Some(0), "{verify:?}");
-    assert!(verify.stdout.contains("404 events"), "{}", verify.stdout);
+    assert!(verify.stdout.contains("424 events"), "{}", verify.stdout);
 
     // Incremental on S3 too, and --keep 1 removes what only the older backup needed.
     app.push_ok(&sessions[2], &[entry(&sessions[2], "later")]).await;
