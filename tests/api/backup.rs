@@ -114,7 +114,18 @@ async fn a_backup_taken_under_pushes_restores_every_acknowledged_event_with_veri
         .map(|(sent, done)| done.duration_since(*sent))
         .max()
         .unwrap_or_default();
-    eprintln!("backup took {:?}; the slowest push overlapping it took {stall:?}", ended - began);
+    let before_backup = slowest
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, done)| *done < began)
+        .map(|(sent, done)| done.duration_since(*sent))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "backup took {:?}; the slowest push overlapping it took {stall:?} (before it: {before_backup:?})",
+        ended - began
+    );
 
     let restored = tempfile::tempdir().unwrap();
     let to = restored.path().join("data");
