@@ -299,9 +299,12 @@ pub async fn load(target: &Target, name: &str) -> Result<Manifest, BackupError> 
 /// Keeps the newest `keep` backups. Their manifests name every file they
 /// need, wherever it was first stored; a pruned backup's manifest goes
 /// first (so it stops counting), then every file under `data/` that no kept
-/// backup needs and that no backup newer than `current` may be writing.
+/// backup needs and that no unlisted backup newer than `current` may be writing.
 async fn prune(target: &Target, current: &str, keep: NonZeroUsize) -> Result<(Vec<String>, u64), BackupError> {
-    let names = target.backups().await?;
+    // The backup just taken is always kept, even when a clock set back makes it sort before older ones.
+    let mut names = target.backups().await?;
+    names.retain(|name| name != current);
+    names.push(current.to_owned());
     let cut = names.len().saturating_sub(keep.get());
     let (old, kept) = names.split_at(cut);
     let mut needed = HashSet::new();
@@ -316,7 +319,9 @@ async fn prune(target: &Target, current: &str, keep: NonZeroUsize) -> Result<(Ve
     let mut emptied = HashSet::new();
     for key in target.list(DATA).await? {
         let Some(owner) = manifest::owner(&key) else { continue };
-        if owner < current && !needed.contains(&key) && !kept.iter().any(|name| name == owner) {
+        // A backup newer than `current` without a manifest may be one still being written.
+        let finished = owner < current || old.iter().any(|name| name == owner);
+        if finished && !needed.contains(&key) && !kept.iter().any(|name| name == owner) {
             target.delete(&key).await?;
             emptied.insert(owner.to_owned());
             removed += 1;
@@ -341,4 +346,60 @@ async fn remove_abandoned_staging(root: &Path) {
         Ok(())
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(name: &str, users: &[(Uuid, &str)]) -> Vec<u8> {
+        let file = |path: String| FileEntry { path, size: 1, sha256: "ab".repeat(32) };
+        let manifest = Manifest {
+            format: FORMAT,
+            name: name.into(),
+            started_at: String::new(),
+            finished_at: String::new(),
+            version: String::new(),
+            control: file(manifest::control_key(name)),
+            users: users
+                .iter()
+                .map(|(user, owner)| UserEntry {
+                    user_id: *user,
+                    head_seq: 1,
+                    head_hash: String::new(),
+                    state_sha256: String::new(),
+                    file: file(manifest::user_key(owner, *user)),
+                })
+                .collect(),
+            missing: vec![],
+        };
+        serde_json::to_vec(&manifest).unwrap()
+    }
+
+    /// `--keep` keeps what kept manifests point to (files shared with a
+    /// pruned backup included), and never the backup just taken, even when
+    /// a clock set back makes its name sort before older ones.
+    #[tokio::test]
+    async fn prune_keeps_the_current_backup_and_every_file_a_kept_one_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::Dir(dir.path().to_path_buf());
+        target.prepare().await.unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let [first, second, current] = ["20261207T050000.000Z", "20261207T060000.000Z", "20261207T040000.000Z"];
+        for (name, users) in [(first, vec![(a, first), (b, first)]), (second, vec![(a, second), (b, first)])] {
+            target.write(&Manifest::key(name), manifest(name, &users)).await.unwrap();
+            for file in Manifest::parse(name, &manifest(name, &users)).unwrap().files() {
+                let path = dir.path().join(&file.path);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, b"x").unwrap();
+            }
+        }
+        target.write(&Manifest::key(current), manifest(current, &[(a, current), (b, first)])).await.unwrap();
+
+        let (pruned, _) = prune(&target, current, NonZeroUsize::new(1).unwrap()).await.unwrap();
+        assert_eq!(pruned, [first, second], "the backup just taken stays");
+        assert_eq!(target.backups().await.unwrap(), [current]);
+        assert!(dir.path().join(manifest::user_key(first, b)).exists(), "shared by the kept backup");
+        assert!(!dir.path().join(manifest::user_key(first, a)).exists());
+    }
 }
