@@ -81,7 +81,12 @@ impl Manifest {
         if parse_control_key(&manifest.control.path).is_none() {
             return Err(bad(format!("`{}` is not a control database copy", manifest.control.path)));
         }
+        let mut seen = std::collections::HashSet::new();
         for user in &manifest.users {
+            // Two entries for one user would be restored into one file at once.
+            if !seen.insert(user.user_id) {
+                return Err(bad(format!("user {} is listed twice", user.user_id)));
+            }
             if parse_user_key(&user.file.path) != Some(user.user_id) {
                 return Err(bad(format!("`{}` is not a copy of user {}", user.file.path, user.user_id)));
             }
@@ -174,6 +179,12 @@ mod tests {
             let bytes = serde_json::to_vec(&bad).unwrap();
             assert!(Manifest::parse(&bad.name, &bytes).is_err(), "{path}");
         }
+        let mut twice = good.clone();
+        twice.users.push(twice.users[0].clone());
+        assert!(Manifest::parse(&good.name, &serde_json::to_vec(&twice).unwrap()).is_err(), "a user listed twice");
+        let mut control = good.clone();
+        control.control.path = "/etc/passwd".into();
+        assert!(Manifest::parse(&good.name, &serde_json::to_vec(&control).unwrap()).is_err(), "an absolute path");
         let mut other_user = good.clone();
         other_user.users[0].file.path = user_key(&good.name, Uuid::new_v4());
         assert!(Manifest::parse(&good.name, &serde_json::to_vec(&other_user).unwrap()).is_err());
