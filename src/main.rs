@@ -111,7 +111,8 @@ enum Operation {
         /// The DATA_DIR to rebuild: missing or empty, unless --force.
         #[arg(long, value_name = "DATA_DIR")]
         to: PathBuf,
-        /// Replace the databases of a DATA_DIR that is not empty.
+        /// Replace the databases of a DATA_DIR that is not empty (deleted before the first download: restore
+        /// into a new folder unless the old one is lost anyway).
         #[arg(long)]
         force: bool,
         #[command(flatten)]

@@ -40,6 +40,9 @@ pub enum BackupError {
     /// A manifest that cannot be read or names what a backup never writes.
     #[error("{0}")]
     Manifest(String),
+    /// A restore that stopped after it began writing `DATA_DIR`.
+    #[error("{source}; {data_dir} is left half restored: do not start a server on it, restore again with --force")]
+    Incomplete { data_dir: String, source: Box<BackupError> },
 }
 
 impl BackupError {

@@ -96,6 +96,7 @@ pub async fn restore(
 ) -> Result<Report, BackupError> {
     let manifest = pick(&target, at).await?;
     prepare_data_dir(to, force).await?;
+    let data_dir = to.display().to_string();
     let to: Arc<Path> = to.into();
     let report = run(target, manifest, jobs, progress, move |target, file, user| {
         let to = to.clone();
@@ -109,7 +110,8 @@ pub async fn restore(
             Ok::<_, BackupError>((Fetched { digested, copy: part, keep: true }, true))
         }
     })
-    .await?;
+    .await
+    .map_err(|err| BackupError::Incomplete { data_dir, source: Box::new(err) })?;
     Ok(report)
 }
 

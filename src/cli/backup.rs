@@ -133,6 +133,12 @@ pub async fn restore(config: &Config, args: &ReadArgs, to: &Path, force: bool) -
 }
 
 fn report_outcome(what: &str, report: &Report, json: bool, to: Option<&Path>) -> Result<Outcome, CliError> {
+    if let (Some(to), false) = (to, report.mismatches.is_empty()) {
+        eprintln!(
+            "{} lacks the mismatched files: do not start a server on it; restore another backup (--at) with --force",
+            to.display()
+        );
+    }
     if json {
         print_json(report)?;
     } else {

@@ -246,6 +246,7 @@ async fn a_corrupted_or_missing_file_is_found_by_check_and_by_restore() {
     let mismatched: HashSet<&str> =
         report["mismatches"].as_array().unwrap().iter().map(|m| m["user_id"].as_str().unwrap()).collect();
     assert_eq!(mismatched, HashSet::from([damaged.to_string().as_str(), gone.to_string().as_str()]));
+    assert!(restore.stderr.contains("do not start a server on it"), "{}", restore.stderr);
     assert!(!restored.path().join(format!("users/{damaged}.db")).exists(), "a damaged copy is not installed");
     assert!(restored.path().join(format!("users/{}.db", sessions[1].user_id)).exists());
 
@@ -347,4 +348,29 @@ async fn bad_backup_arguments_exit_2_with_a_clear_message() {
     let run = run(empty.path(), &["backup", "--to", to]).await;
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("control.db"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn a_restore_that_fails_part_way_says_the_data_dir_is_half_restored() {
+    let app = spawn_app().await;
+    let sessions = users(&app, 2, 3).await;
+    let target = tempfile::tempdir().unwrap();
+    let to = target.path().to_str().unwrap();
+    let backup = json(&run(app.data_dir(), &["backup", "--to", to, "--json"]).await);
+    let name = backup["name"].as_str().unwrap();
+    // A copy that cannot be read at all (not a mismatch: the read itself fails).
+    let copy = target.path().join(format!("data/{name}/users/{}.db", sessions[1].user_id));
+    std::fs::remove_file(&copy).unwrap();
+    std::fs::create_dir(&copy).unwrap();
+
+    let restored = tempfile::tempdir().unwrap();
+    let into = restored.path().join("data");
+    let restore = run(app.data_dir(), &["restore", "--from", to, "--to", into.to_str().unwrap()]).await;
+    assert_eq!(restore.code, Some(1), "{restore:?}");
+    assert!(
+        restore.stderr.contains("half restored") && restore.stderr.contains(into.to_str().unwrap()),
+        "{}",
+        restore.stderr
+    );
+    assert!(into.join("control.db").exists(), "the restore had begun writing");
 }
