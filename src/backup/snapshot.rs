@@ -81,14 +81,12 @@ pub async fn backup(
     let started_at = Utc::now();
     let name = manifest::name_at(started_at);
     target.prepare().await?;
-    let _lock = target.lock()?;
+    let _lock = target.lock(source.data_dir)?;
     if target.read(&Manifest::key(&name)).await?.is_some() {
         return Err(BackupError::Usage(format!("a backup named {name} is at the target already: try again")));
     }
     let previous = if options.full { None } else { latest(&target).await? };
-    if let Target::Dir(root) = &*target {
-        remove_abandoned_staging(root).await;
-    }
+    remove_abandoned_staging(&target.staging_parent(source.data_dir)).await;
     let staging = target.staging(&name, source.data_dir)?;
 
     // The control database first: its copy's directory is the list of users.
@@ -333,8 +331,8 @@ async fn prune(target: &Target, current: &str, keep: NonZeroUsize) -> Result<(Ve
     Ok((old.to_vec(), removed))
 }
 
-/// Staging folders a killed backup left in a folder target (the target's
-/// lock is held, so none is in use).
+/// Staging folders a killed backup left (in a folder target, or in
+/// `DATA_DIR` for object storage: the lock over them is held, so none is in use).
 async fn remove_abandoned_staging(root: &Path) {
     let root = root.to_path_buf();
     let _ = blocking(move || {

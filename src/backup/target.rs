@@ -115,19 +115,31 @@ impl Target {
         Ok(())
     }
 
-    /// An exclusive hold on a folder target for one backup (a lock file, so
-    /// across processes): a second backup to it is refused, not interleaved.
-    pub fn lock(&self) -> Result<Option<std::fs::File>, BackupError> {
-        let Self::Dir(root) = self else { return Ok(None) };
-        let path = root.join(".lock");
+    /// An exclusive hold for one backup (a lock file, so across processes):
+    /// on a folder target, a second backup to it is refused, not
+    /// interleaved; with object storage, a second backup of this `DATA_DIR`
+    /// (whose staging folders it holds) is.
+    pub fn lock(&self, data_dir: &Path) -> Result<std::fs::File, BackupError> {
+        let (path, what) = match self {
+            Self::Dir(root) => (root.join(".lock"), root.display().to_string()),
+            Self::Bucket { .. } => (data_dir.join(".backup.lock"), format!("from {}", data_dir.display())),
+        };
         let io = |err| BackupError::io(format!("locking {}", path.display()), err);
         let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
+            Ok(()) => Ok(file),
             Err(std::fs::TryLockError::WouldBlock) => {
-                Err(BackupError::Usage(format!("another backup is writing to {} now", root.display())))
+                Err(BackupError::Usage(format!("another backup is writing {what} now")))
             }
             Err(std::fs::TryLockError::Error(err)) => Err(io(err)),
+        }
+    }
+
+    /// The folder staging folders are made in (see [`Self::staging`]).
+    pub fn staging_parent(&self, data_dir: &Path) -> PathBuf {
+        match self {
+            Self::Dir(root) => root.clone(),
+            Self::Bucket { .. } => data_dir.to_path_buf(),
         }
     }
 
@@ -135,10 +147,8 @@ impl Target {
     /// target (stored by a rename), otherwise in `DATA_DIR` (which has room
     /// for the databases it holds), removed when the backup ends.
     pub fn staging(&self, name: &str, data_dir: &Path) -> Result<tempfile::TempDir, BackupError> {
-        let (parent, what) = match self {
-            Self::Dir(root) => (root.clone(), "the target"),
-            Self::Bucket { .. } => (data_dir.to_path_buf(), "DATA_DIR"),
-        };
+        let parent = self.staging_parent(data_dir);
+        let what = if matches!(self, Self::Dir(_)) { "the target" } else { "DATA_DIR" };
         tempfile::Builder::new()
             .prefix(&format!(".staging-{name}-"))
             .tempdir_in(&parent)

@@ -204,9 +204,15 @@ async fn the_s3_target_stores_checks_and_restores_and_a_failed_upload_never_coun
     assert_eq!(none.code, Some(2), "{none:?}");
     assert!(none.stderr.contains("there is no backup"), "{}", none.stderr);
 
+    // What a killed run would leave: its staging folder in DATA_DIR, removed by the next run.
+    let abandoned = app.data_dir().join(".staging-20261207T000000.000Z-killed");
+    std::fs::create_dir(&abandoned).unwrap();
+    std::fs::write(abandoned.join("control.db"), b"a partial snapshot").unwrap();
+
     // The next run, straight to the server, completes a backup, which checks and restores.
     let done = s3(app.data_dir(), moto.addr, &["backup", "--to", &target, "--json"]).await;
     assert_eq!(done.code, Some(0), "{done:?}");
+    assert!(!abandoned.exists(), "an abandoned staging folder in DATA_DIR is removed");
     let first = json(&done);
     assert_eq!((first["users"].as_u64(), first["copied"].as_u64()), (Some(4), Some(4)));
     assert_eq!(first["events"], 4 * (100 + 1) + 20);
