@@ -374,3 +374,32 @@ async fn a_restore_that_fails_part_way_says_the_data_dir_is_half_restored() {
     );
     assert!(into.join("control.db").exists(), "the restore had begun writing");
 }
+
+#[tokio::test]
+async fn a_crafted_manifest_naming_paths_outside_the_target_is_refused_before_anything_is_written() {
+    let app = spawn_app().await;
+    users(&app, 1, 2).await;
+    let target = tempfile::tempdir().unwrap();
+    let to = target.path().to_str().unwrap();
+    let backup = json(&run(app.data_dir(), &["backup", "--to", to, "--json"]).await);
+    let name = backup["name"].as_str().unwrap();
+    let secret = tempfile::tempdir().unwrap();
+    std::fs::write(secret.path().join("secret.db"), b"not for a restore").unwrap();
+    let outside = format!("data/{name}/../../../../../../../..{}/secret.db", secret.path().display());
+    for (field, path) in [("control", outside.as_str()), ("control", "/etc/passwd"), ("user", outside.as_str())] {
+        let mut manifest = manifest(target.path(), name);
+        match field {
+            "control" => manifest["control"]["path"] = path.into(),
+            _ => manifest["users"][0]["path"] = path.into(),
+        }
+        std::fs::write(target.path().join(format!("backups/{name}.json")), manifest.to_string()).unwrap();
+        let into = tempfile::tempdir().unwrap();
+        let data = into.path().join("data");
+        let restore = run(app.data_dir(), &["restore", "--from", to, "--to", data.to_str().unwrap()]).await;
+        assert_eq!(restore.code, Some(1), "{field} {path}: {restore:?}");
+        assert!(restore.stderr.contains(&format!("backup {name}")), "{}", restore.stderr);
+        assert!(!data.exists(), "{field} {path}: nothing is written for a refused manifest");
+        let check = run(app.data_dir(), &["backup", "--check", to]).await;
+        assert_eq!(check.code, Some(1), "{field} {path}: {check:?}");
+    }
+}
