@@ -184,7 +184,10 @@ pub async fn backup(
     drop(staging);
 
     let (pruned, files_removed) = match options.keep {
-        Some(keep) => prune(&target, &name, keep).await?,
+        // The backup counts already: say so, or the operator would take it for lost.
+        Some(keep) => prune(&target, &name, keep)
+            .await
+            .map_err(|err| BackupError::Target(format!("backup {name} is stored, but --keep failed: {err}")))?,
         None => (Vec::new(), 0),
     };
     Ok(BackupSummary {

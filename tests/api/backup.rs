@@ -315,6 +315,14 @@ async fn keep_prunes_old_backups_but_never_a_file_a_kept_one_needs() {
         let check = run(app.data_dir(), &["backup", "--check", to, "--at", name]).await;
         assert_eq!(check.code, Some(0), "{check:?}");
     }
+    // A kept manifest that does not read stops the pruning (nothing removed), after the backup counts.
+    std::fs::write(target.path().join("backups/20000101T000000.000Z.json"), b"{").unwrap();
+    let failed = run(app.data_dir(), &["backup", "--to", to, "--keep", "5", "--json"]).await;
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    assert!(failed.stderr.contains("is stored, but --keep failed"), "{}", failed.stderr);
+    let check = run(app.data_dir(), &["backup", "--check", to]).await;
+    assert_eq!(check.code, Some(0), "the backup counts: {check:?}");
+    assert!(target.path().join(format!("data/{}", names[2])).exists());
     let gone = run(app.data_dir(), &["backup", "--check", to, "--at", &names[0]]).await;
     assert_eq!(gone.code, Some(2), "{gone:?}");
     assert!(gone.stderr.contains("there is no backup"), "{}", gone.stderr);
