@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub mod backup;
 pub mod embeddings;
 pub mod llm;
 
@@ -95,6 +96,8 @@ pub struct Config {
     pub llm: llm::LlmConfig,
     /// Fallback embeddings: their provider and limits.
     pub embeddings: embeddings::EmbeddingsConfig,
+    /// S3-compatible object storage, for backups (`AWS_*`).
+    pub object_storage: backup::ObjectStorageConfig,
     /// The App Store, or the variables it still needs.
     pub apple: Result<AppleStoreConfig, Missing>,
     /// The Play Store (Play Developer API), or the variables it still needs.
@@ -311,6 +314,7 @@ impl Config {
             google_pubsub: google_pubsub(&get)?,
             llm: llm::from_lookup(&get)?,
             embeddings: embeddings::from_lookup(&get)?,
+            object_storage: backup::from_lookup(&get)?,
         })
     }
 

@@ -16,7 +16,8 @@
 //!    `inference` — what calling models shares: the upstream seam, token
 //!    accounting, the usage ledger, quotas per tier; `embedder` — the
 //!    fallback embeddings' providers (the in-process model and its pool, or
-//!    an OpenAI-compatible upstream);
+//!    an OpenAI-compatible upstream); `backup` — snapshots of the local
+//!    databases, their targets (a folder, object storage), restore and check;
 //! 7. `state` — what every request shares, built once at start;
 //! 8. the areas, each with its routes: `auth`, `sync`, `audit`, `account`,
 //!    `payments`, `llm` (the LLM proxy and its OHTTP gateway), `embeddings`
@@ -35,6 +36,7 @@ pub mod account;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -6,6 +6,7 @@
 
 use std::io::BufWriter;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
 use echolia::app;
+use echolia::cli::backup::{BackupArgs, ReadArgs};
 use echolia::cli::{self, audit::AuditArgs, CliError, Job, Outcome, Storage, Target};
 use echolia::clock::{parse_rfc3339, SystemClock};
 use echolia::config::Config;
@@ -80,6 +82,66 @@ enum Operation {
     },
     /// Apply pending migrations to the control database and every user database.
     Migrate,
+    /// Back up the control database and every user database (consistent snapshots, safe while the server
+    /// runs) to a folder or s3://bucket/prefix, incrementally; or with --check, verify a backup.
+    Backup {
+        #[command(flatten)]
+        mode: BackupMode,
+        /// With --to: keep only the newest N backups at the target (files a kept backup needs always stay).
+        #[arg(long, value_name = "N")]
+        keep: Option<NonZeroUsize>,
+        /// With --to: copy every user, even those unchanged since the previous backup at the target (a
+        /// backup that shares no file with earlier ones, e.g. after --check found a damaged copy).
+        #[arg(long)]
+        full: bool,
+        /// With --check: the backup to verify, by name (the newest by default).
+        #[arg(long, value_name = "BACKUP")]
+        at: Option<String>,
+        #[command(flatten)]
+        common: BackupCommon,
+    },
+    /// Rebuild a DATA_DIR from a backup: every file's SHA-256 checked, every log's hash chain verified.
+    Restore {
+        /// The folder or s3://bucket/prefix the backups are in.
+        #[arg(long, value_name = "TARGET")]
+        from: String,
+        /// The backup to restore, by name (the newest by default).
+        #[arg(long, value_name = "BACKUP")]
+        at: Option<String>,
+        /// The DATA_DIR to rebuild: missing or empty, unless --force.
+        #[arg(long, value_name = "DATA_DIR")]
+        to: PathBuf,
+        /// Replace the databases of a DATA_DIR that is not empty (deleted before the first download: restore
+        /// into a new folder unless the old one is lost anyway).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        common: BackupCommon,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct BackupMode {
+    /// The folder or s3://bucket/prefix to back up to.
+    #[arg(long, value_name = "TARGET")]
+    to: Option<String>,
+    /// Verify a backup at this folder or s3://bucket/prefix without restoring it; exit 1 on any mismatch.
+    #[arg(long, value_name = "TARGET")]
+    check: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct BackupCommon {
+    /// A JSON summary on stdout instead of lines.
+    #[arg(long)]
+    json: bool,
+    /// Databases worked on at once.
+    #[arg(long, value_name = "N", default_value_t = default_jobs())]
+    jobs: NonZeroUsize,
+    /// Retries of each request to object storage (with backoff) before the run fails.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    retries: usize,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +228,28 @@ fn main() -> ExitCode {
 }
 
 async fn operate(config: Config, operation: Operation) -> Result<Outcome, CliError> {
+    // Backups read their target (and restore writes its own DATA_DIR) before anything else is opened.
+    let operation = match operation {
+        Operation::Backup { mode, keep, full, at, common } => {
+            let BackupCommon { json, jobs, retries } = common;
+            return match (mode.to, mode.check) {
+                (Some(_), _) if at.is_some() => Err(CliError::Usage("--at goes with --check, not --to".into())),
+                (Some(to), _) => {
+                    cli::backup::backup(&config, &BackupArgs { to, keep, full, jobs, retries, json }).await
+                }
+                (None, Some(_)) if keep.is_some() || full => {
+                    Err(CliError::Usage("--keep and --full go with --to, not --check".into()))
+                }
+                (None, Some(from)) => cli::backup::check(&config, &ReadArgs { from, at, jobs, retries, json }).await,
+                (None, None) => Err(CliError::Usage("backup needs --to <target> or --check <target>".into())),
+            };
+        }
+        Operation::Restore { from, at, to, force, common } => {
+            let BackupCommon { json, jobs, retries } = common;
+            return cli::backup::restore(&config, &ReadArgs { from, at, jobs, retries, json }, &to, force).await;
+        }
+        other => other,
+    };
     let storage = Storage::open(&config)?;
     match operation {
         Operation::Replay { target, check, jobs } => {
@@ -182,6 +266,7 @@ async fn operate(config: Config, operation: Operation) -> Result<Outcome, CliErr
             cli::export::run(&storage, user, &mut out).await
         }
         Operation::Migrate => cli::migrate::run(&storage).await,
+        Operation::Backup { .. } | Operation::Restore { .. } => Err(CliError::Usage("handled above".into())),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The operator commands: `echolia replay | verify | audit | export | migrate`.
+//! The operator commands: `echolia replay | verify | audit | export | migrate |
+//! backup | restore`.
 //!
 //! They read the same configuration and open the same storage as the server,
 //! and are safe while it runs (reads use snapshots; writes take the user's
@@ -8,6 +9,7 @@
 //! failed), 2 usage (a bad or unknown id, a missing `DATA_DIR`).
 
 pub mod audit;
+pub mod backup;
 pub mod export;
 pub mod migrate;
 pub mod progress;
@@ -55,6 +57,9 @@ pub enum CliError {
     Store(StoreError),
     #[error("{context}: {source}")]
     Io { context: &'static str, source: std::io::Error },
+    /// A backup, restore or check that could not run to its end.
+    #[error("{0}")]
+    Backup(String),
 }
 
 impl From<StoreError> for CliError {

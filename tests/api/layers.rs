@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// Each top-level module and its layer, lowest first.
-const LAYERS: [(&str, u8); 24] = [
+const LAYERS: [(&str, u8); 25] = [
     ("clock", 1),
     ("config", 1),
     ("store", 2),
@@ -20,6 +20,7 @@ const LAYERS: [(&str, u8); 24] = [
     ("entitlements", 6),
     ("inference", 6),
     ("embedder", 6),
+    ("backup", 6),
     ("state", 7),
     ("auth", 8),
     ("sync", 8),

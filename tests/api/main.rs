@@ -2,6 +2,8 @@
 //! directory, and HTTP in between.
 
 mod auth_flow;
+mod backup;
+mod backup_s3;
 mod bad_input;
 mod binary;
 mod cli;
