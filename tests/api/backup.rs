@@ -25,11 +25,11 @@ async fn run(data_dir: &Path, args: &[&str]) -> Run {
         .unwrap()
 }
 
-fn json(run: &Run) -> Value {
+pub(crate) fn json(run: &Run) -> Value {
     serde_json::from_str(run.stdout.trim()).unwrap_or_else(|err| panic!("{err}: {run:?}"))
 }
 
-fn entry(session: &Session, payload: &str) -> Value {
+pub(crate) fn entry(session: &Session, payload: &str) -> Value {
     event("entry", Uuid::new_v4(), "put", &[(session.device_id, 1)], Some(payload.as_bytes()))
 }
 

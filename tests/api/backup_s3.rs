@@ -14,10 +14,10 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use uuid::Uuid;
 
-use crate::cli::{echolia, Run};
-use crate::helpers::{event, spawn_app, Session};
+use crate::backup::{entry, json};
+use crate::cli::{echolia, echolia_with, Run};
+use crate::helpers::spawn_app;
 
 const BUCKET: &str = "echolia-backups";
 
@@ -118,23 +118,13 @@ async fn failing_proxy(upstream: SocketAddr, budget: u64) -> (SocketAddr, Arc<At
 }
 
 fn with_s3(data_dir: &Path, endpoint: SocketAddr, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_echolia"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATA_DIR", data_dir)
-        .env("AWS_ACCESS_KEY_ID", "test-key")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", format!("http://{endpoint}"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    let vars = [
+        ("AWS_ACCESS_KEY_ID", "test-key".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "test-secret".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", format!("http://{endpoint}")),
+    ];
+    echolia_with(data_dir, args, &vars)
 }
 
 async fn s3(data_dir: &Path, endpoint: SocketAddr, args: &[&str]) -> Run {
@@ -143,14 +133,6 @@ async fn s3(data_dir: &Path, endpoint: SocketAddr, args: &[&str]) -> Run {
     tokio::task::spawn_blocking(move || with_s3(&dir, endpoint, &args.iter().map(String::as_str).collect::<Vec<_>>()))
         .await
         .unwrap()
-}
-
-fn json(run: &Run) -> Value {
-    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|err| panic!("{err}: {run:?}"))
-}
-
-fn entry(session: &Session, payload: &str) -> Value {
-    event("entry", Uuid::new_v4(), "put", &[(session.device_id, 1)], Some(payload.as_bytes()))
 }
 
 /// The keys in the bucket under `prefix`, as moto lists them.

@@ -21,11 +21,17 @@ pub struct Run {
 
 /// Runs `echolia <args>` with `DATA_DIR` and nothing else from the environment.
 pub fn echolia(data_dir: &Path, args: &[&str]) -> Run {
+    echolia_with(data_dir, args, &[])
+}
+
+/// [`echolia`] with `vars` set too.
+pub fn echolia_with(data_dir: &Path, args: &[&str], vars: &[(&str, String)]) -> Run {
     let output = Command::new(env!("CARGO_BIN_EXE_echolia"))
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATA_DIR", data_dir)
+        .envs(vars.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .output()
         .unwrap();
