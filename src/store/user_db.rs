@@ -131,7 +131,10 @@ impl UserDb {
                 conn
             }
         };
-        Ok(PooledConn { conn: Some(conn), idle: self.idle.clone() })
+        // A remote connection is not kept: it holds a stream (a baton) the
+        // server forgets after a while idle, or when it restarts.
+        let idle = if self.remote.is_some() { Arc::default() } else { self.idle.clone() };
+        Ok(PooledConn { conn: Some(conn), idle })
     }
 
     /// Starts the one write transaction of this user: takes the user's lock

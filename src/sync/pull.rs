@@ -148,13 +148,27 @@ async fn wait_for_page(state: &AppState, auth: &UserAuth, query: &PullQuery) -> 
             gauge.increment(1);
             waiting = Some((slot, scopeguard::guard(gauge, |gauge| gauge.decrement(1))));
         }
-        tokio::select! {
-            woke = pushes.changed() => if woke.is_err() { return Ok(page) },
-            () = tokio::time::sleep_until(deadline) => return Ok(page),
-            () = state.shutdown.cancelled() => return Ok(page),
+        loop {
+            tokio::select! {
+                woke = pushes.changed() => if woke.is_err() { return Ok(page) } else { break },
+                () = tokio::time::sleep_until(deadline) => return Ok(page),
+                () = state.shutdown.cancelled() => return Ok(page),
+                // Appends through another server (several share a store) notify nobody here:
+                // watch the log's head, one read a second per waiting long-poll (they are
+                // bounded per user and device), and the device's status with it.
+                () = tokio::time::sleep(HEAD_WATCH) => {
+                    state.auth.require_active(&auth.db, auth.device_id).await?;
+                    if read_tip(&*auth.db.read().await?).await? != page.head {
+                        break;
+                    }
+                }
+            }
         }
     }
 }
+
+/// How often a waiting long-poll reads the log's head.
+const HEAD_WATCH: Duration = Duration::from_secs(1);
 
 /// 429 for a long-poll over its user's or device's cap (`LONG_POLLS_PER_*`).
 fn too_many_long_polls(refused: Refused) -> ApiError {

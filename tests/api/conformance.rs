@@ -308,6 +308,35 @@ async fn unfinished_provisioning_is_swept_at_start(store: Store) {
     assert_eq!(fx.app.push_ok(&kept, &[]).await["cursor"], 1);
 }
 
+/// Two API servers on one store, as two processes would be (each its own
+/// caches, writers and notifier): a long-poll on one wakes when the other
+/// appends, and a device revoked through one is refused by the other
+/// within a second.
+async fn two_servers_long_poll_and_revocation(store: Store) {
+    let fx = Fixture::new(store).await;
+    let other = fx.app.beside().await;
+    let a = fx.app.register().await;
+    let b = fx.app.pair(&a, "B").await;
+    let head = other.pull(&b, "since=0").await["cursor"].as_u64().unwrap();
+    let waiting = other.client.get(other.url(&format!("/sync/pull?since={head}&wait=20"))).bearer_auth(&b.access_token);
+    let waiter = tokio::spawn(async move { waiting.send().await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let entry = Uuid::new_v4();
+    fx.app.push_ok(&a, &[event("entry", entry, "put", &[(a.device_id, 1)], Some(b"through the first"))]).await;
+    let resp = waiter.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let page: Value = resp.json().await.unwrap();
+    assert_eq!(page["changes"][0]["id"], entry.to_string(), "{page}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "woken by the head watch: {:?}", started.elapsed());
+
+    assert_eq!(other.get("/sync/status", &b.access_token).await.status(), StatusCode::OK);
+    let revoked = fx.app.delete(&format!("/auth/device/{}", b.device_id), &a.access_token).await;
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_error(other.get("/sync/status", &b.access_token).await, StatusCode::UNAUTHORIZED, "device_revoked").await;
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod local {
@@ -337,6 +366,7 @@ conformance!(
     migrations_and_operator_commands,
     account_deletion,
     unfinished_provisioning_is_swept_at_start,
+    two_servers_long_poll_and_revocation,
 );
 
 /// sqld stopped while a push is in flight: 503 `storage_unavailable` with
@@ -344,6 +374,7 @@ conformance!(
 /// push succeeds on the same server, with no restart of the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqld_stopped_mid_push_is_unavailable_then_recovers() {
+    let _ = tracing_subscriber::fmt().with_env_filter("error").with_test_writer().try_init();
     let mut fx = Fixture::new(Store::Sqld).await;
     let a = fx.app.register().await;
     let batch: Vec<Value> =
@@ -368,6 +399,8 @@ async fn sqld_stopped_mid_push_is_unavailable_then_recovers() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "failing is quick, not a hang");
 
     fx.sqld.as_mut().unwrap().restart().await;
+    let sqld = fx.sqld.as_ref().unwrap();
+    assert!(sqld.namespace_exists(&format!("user-{}", a.user_id)).await, "{}", sqld.log());
     let (head, _) = verify_chain(&fx.app, &a).await;
     assert!(head == 1 || head == 401, "all of the batch or none of it: head {head}");
     let retried = fx.app.push_ok(&a, &batch).await;

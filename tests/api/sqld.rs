@@ -50,8 +50,19 @@ fn binary() -> &'static Path {
     })
 }
 
+/// A port free now, below the ephemeral range the other tests' `127.0.0.1:0`
+/// listeners take theirs from: a sqld stopped and restarted on its ports must
+/// not find one taken by another test in between.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// An Ed25519 key pair for the run: sqld gets the public key, tokens are signed with the private one.
@@ -108,6 +119,11 @@ impl Sqld {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("sqld did not start: {}", std::fs::read_to_string(self.dir.path().join("sqld.log")).unwrap_or_default());
+    }
+
+    /// What it logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sqld.log")).unwrap_or_default()
     }
 
     /// The process id, while it runs.

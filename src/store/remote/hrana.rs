@@ -337,7 +337,13 @@ impl Hrana {
         let (status, bytes) = tokio::time::timeout(inner.timeout, call)
             .await
             .map_err(|_| unavailable(format!("no answer within {:?}", inner.timeout)))??;
-        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        // A namespace sqld says does not exist, when this client was made for an existing one:
+        // sqld answers so while it shuts down (and if another server deleted the account, the
+        // retry finds out and answers 401).
+        if status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::NOT_FOUND
+        {
             return Err(unavailable(format!("HTTP {status}")));
         }
         if !status.is_success() {

@@ -168,9 +168,15 @@ fn admin_error(what: &str, status: reqwest::StatusCode, body: &str) -> StoreErro
 
 /// Whether an error of libSQL's remote client means the server cannot be
 /// reached or cannot serve now (rather than a statement that failed).
+/// A stream the server no longer knows (its baton expired, or the server
+/// restarted) is one of these too: the next request opens a new one. So is a
+/// namespace said not to exist on a database opened as existing.
 pub(super) fn remote_unavailable(message: &str) -> bool {
     message.contains("http error")
         || message.contains("status=5")
         || message.contains("status=429")
         || message.contains("stream closed")
+        || message.contains("baton")
+        // sqld shutting down answers so for namespaces that exist (see `hrana`).
+        || message.contains("doesn't exist")
 }
