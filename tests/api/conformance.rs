@@ -410,6 +410,31 @@ async fn sqld_stopped_mid_push_is_unavailable_then_recovers() {
     assert_eq!((head, seqs.len()), (401, 401));
 }
 
+/// The round trips the design promises: a push (of any size) is one read
+/// and one write batch, a pull page one read, counted where they are sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_two_round_trips_and_a_pull_page_one() {
+    let fx = Fixture::new(Store::Sqld).await;
+    let a = fx.app.register().await;
+    let trips = |scrape: &str| {
+        scrape
+            .lines()
+            .find_map(|line| line.strip_prefix("echolia_sqld_round_trips_total "))
+            .map_or(0, |value| value.trim().parse::<u64>().unwrap())
+    };
+    for size in [1, 300] {
+        let before = trips(&fx.app.scrape().await);
+        let batch: Vec<Value> =
+            (0..size).map(|_| event("entry", Uuid::new_v4(), "put", &[(a.device_id, 1)], Some(b"counted"))).collect();
+        fx.app.push_ok(&a, &batch).await;
+        assert_eq!(trips(&fx.app.scrape().await) - before, 2, "a push of {size}");
+    }
+    let before = trips(&fx.app.scrape().await);
+    let page = fx.app.pull(&a, "since=0&limit=1000").await;
+    assert_eq!(page["changes"].as_array().unwrap().len(), 301);
+    assert_eq!(trips(&fx.app.scrape().await) - before, 1, "a pull page");
+}
+
 /// sqld frozen (SIGSTOP): the push answers 503 within `SQLD_TIMEOUT_SECS`,
 /// and once it runs again the service goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -315,6 +315,7 @@ impl Hrana {
         baton: Option<&str>,
         requests: &[Request<'_>],
     ) -> StoreResult<(Vec<StreamResult>, Option<String>)> {
+        metrics::counter!("echolia_sqld_round_trips_total").increment(1);
         let body = Pipeline { baton, requests };
         let body = serde_json::to_vec(&body).map_err(|err| StoreError::Corrupt(format!("a Hrana request: {err}")))?;
         let inner = &self.inner;
