@@ -187,9 +187,28 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum BackendKind {
     Local,
+    /// A libSQL server (sqld) with namespaces: one per user, and one for the control database.
+    Sqld(SqldConfig),
+}
+
+/// `DATABASE_BACKEND=sqld`: where the server answers and how to reach it.
+#[derive(Debug, Clone)]
+pub struct SqldConfig {
+    /// Its data listener (Hrana over HTTP): `SQLD_URL`.
+    pub url: String,
+    /// Its admin listener (namespaces are created and deleted there): `SQLD_ADMIN_URL`.
+    pub admin_url: String,
+    /// Sent as `Authorization: Bearer` on every data request (`SQLD_AUTH_TOKEN`): a JWT
+    /// signed with the key sqld was given (`--auth-jwt-key-file`).
+    pub auth_token: Secret,
+    /// Sent as `Authorization: basic <key>` to the admin API (`SQLD_ADMIN_AUTH_KEY`,
+    /// sqld's `--admin-auth-key`); optional.
+    pub admin_auth_key: Option<Secret>,
+    /// The longest any one call to sqld may take (`SQLD_TIMEOUT_SECS`).
+    pub timeout: Duration,
 }
 
 /// Secret bytes that never show in `Debug` output or logs, and are zeroed
@@ -274,10 +293,11 @@ impl Config {
         };
         let database_backend = match get("DATABASE_BACKEND").as_deref() {
             None | Some("local") => BackendKind::Local,
-            Some(name @ ("sqld" | "turso")) => {
+            Some("sqld") => BackendKind::Sqld(sqld(&get)?),
+            Some("turso") => {
                 return Err(invalid(
                     "DATABASE_BACKEND",
-                    format!("the `{name}` backend is not available in this build yet; use `local`"),
+                    "the `turso` backend is not available in this build yet; use `local` or `sqld`",
                 ))
             }
             Some(other) => {
@@ -387,6 +407,40 @@ fn apple_store(
             Ok(AppleStoreConfig { bundle_id, environment, app_apple_id, root_certs })
         }
         _ => Err(Missing(missing)),
+    })
+}
+
+/// `SQLD_*`: every one of the three that is missing is named at once.
+fn sqld(get: &impl Fn(&str) -> Option<String>) -> Result<SqldConfig, ConfigError> {
+    if !cfg!(feature = "remote-storage") {
+        return Err(invalid(
+            "DATABASE_BACKEND",
+            "this build has no remote storage (built without the `remote-storage` cargo feature); use `local`",
+        ));
+    }
+    let (url, admin_url, token) = (get("SQLD_URL"), get("SQLD_ADMIN_URL"), get("SQLD_AUTH_TOKEN"));
+    let missing: Vec<&str> =
+        [(url.is_none(), "SQLD_URL"), (admin_url.is_none(), "SQLD_ADMIN_URL"), (token.is_none(), "SQLD_AUTH_TOKEN")]
+            .into_iter()
+            .filter_map(|(missing, name)| missing.then_some(name))
+            .collect();
+    let (Some(url), Some(admin_url), Some(token)) = (url, admin_url, token) else {
+        return Err(invalid(
+            "DATABASE_BACKEND",
+            format!("`sqld` needs {} (see README, Running against sqld)", missing.join(", ")),
+        ));
+    };
+    for (variable, value) in [("SQLD_URL", &url), ("SQLD_ADMIN_URL", &admin_url)] {
+        if !value.starts_with("http://") && !value.starts_with("https://") {
+            return Err(invalid(variable, format!("`{value}` is not an http(s) URL")));
+        }
+    }
+    Ok(SqldConfig {
+        url: url.trim_end_matches('/').to_owned(),
+        admin_url: admin_url.trim_end_matches('/').to_owned(),
+        auth_token: Secret::from(token.into_bytes()),
+        admin_auth_key: get("SQLD_ADMIN_AUTH_KEY").map(|key| Secret::from(key.into_bytes())),
+        timeout: seconds("SQLD_TIMEOUT_SECS", get("SQLD_TIMEOUT_SECS"), "10")?,
     })
 }
 

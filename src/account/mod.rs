@@ -20,7 +20,7 @@ use crate::events::read_tip;
 use crate::events::wire::write_ndjson;
 use crate::state::AppState;
 use crate::state::UserAuth;
-use crate::store::{query_opt, StoreError};
+use crate::store::{provisioning, query_opt, StoreError};
 use crate::views::devices;
 
 /// Events read per chunk of an export.
@@ -113,7 +113,11 @@ pub async fn export(auth: UserAuth) -> ApiResult<Response> {
 pub async fn delete(State(state): State<AppState>, auth: UserAuth) -> ApiResult<StatusCode> {
     let user = auth.user_id;
     // Hold the user's write lock so no write lands while the files go.
-    let writing = auth.db.begin_write().await?;
+    // (On a remote database the lock alone: a transaction held open there would hold up its deletion.)
+    let writing = match auth.db.remote() {
+        Some(_) => (None, Some(auth.db.lock_remote_writer().await?)),
+        None => (Some(auth.db.begin_write().await?), None),
+    };
     // The directory rows first, in one transaction: if that fails nothing is
     // gone and the client can retry; once it is done the user does not exist.
     let control = state.control.conn().await?;
@@ -121,8 +125,13 @@ pub async fn delete(State(state): State<AppState>, auth: UserAuth) -> ApiResult<
     tx.execute("DELETE FROM users WHERE user_id = ?1", [user.to_string()]).await?;
     crate::identity::pairings::delete_user(&tx, user).await?;
     entitlements::delete_user(&tx, user).await?;
+    // A crash before the database is gone leaves it in the ledger, for the sweep at start.
+    provisioning::note_delete(&tx, user, state.clock.now()).await?;
     tx.commit().await?;
     state.users.delete(user).await?;
+    if let Err(err) = provisioning::finish(&state.control, user).await {
+        tracing::warn!(error = %err, %user, "a deleted account's ledger row stays for the next sweep");
+    }
     drop(writing);
     state.auth.statuses().forget_user(user);
     state.read_ahead.forget(user);

@@ -17,6 +17,7 @@ use crate::http::ApiJson;
 use crate::identity::{sessions, status, TokenResponse};
 use crate::state::AppState;
 use crate::state::UserAuth;
+use crate::store::provisioning;
 use crate::views::write::record_device;
 
 pub const MAX_DEVICE_NAME_CHARS: usize = 100;
@@ -77,14 +78,22 @@ pub async fn register(
     let now = state.clock.now();
     let (user_id, device_id) = (Uuid::new_v4(), Uuid::new_v4());
 
-    let db = state.users.create(user_id).await?;
+    // In the ledger first, so a crash from here on leaves nothing for good (store::provisioning).
+    provisioning::begin_create(&state.control, user_id, now).await?;
+    let db = match state.users.create(user_id).await {
+        Ok(db) => db,
+        Err(err) => {
+            forget_registration(&state, user_id).await;
+            return Err(err.into());
+        }
+    };
     let written = async {
         let mut tx = LogTx::begin(&db).await?;
         record_device(&mut tx, device_id, device_id, DeviceAction::Registered(profile), now).await?;
         sessions::open(&tx, device_id, now).await?;
         let tokens = state.auth.issue_session(&tx, user_id, device_id, now).await?;
         tx.commit().await?;
-        state.control.insert_user(user_id, now).await?;
+        provisioning::finish_create(&state.control, user_id, now).await?;
         Ok::<_, crate::store::StoreError>(tokens)
     }
     .await;
@@ -93,15 +102,25 @@ pub async fn register(
     let tokens = match written {
         Ok(tokens) => tokens,
         Err(err) => {
-            // A registration that did not finish leaves nothing behind.
-            if let Err(cleanup) = state.users.delete(user_id).await {
-                tracing::error!(error = %cleanup, %user_id, "could not remove the database of a failed registration");
-            }
+            forget_registration(&state, user_id).await;
             return Err(err.into());
         }
     };
     tracing::info!(%user_id, %device_id, "user registered");
     Ok((StatusCode::CREATED, super::NO_STORE, Json(tokens)))
+}
+
+/// A registration that did not finish leaves nothing behind: its database
+/// goes, then its ledger row. Whatever fails here stays in the ledger, for
+/// the sweep at the next start.
+async fn forget_registration(state: &AppState, user_id: Uuid) {
+    if let Err(cleanup) = state.users.delete(user_id).await {
+        tracing::error!(error = %cleanup, %user_id, "could not remove the database of a failed registration");
+        return;
+    }
+    if let Err(cleanup) = provisioning::finish(&state.control, user_id).await {
+        tracing::warn!(error = %cleanup, %user_id, "a failed registration's ledger row stays for the next sweep");
+    }
 }
 
 /// Enrol a new device directly from an existing one (e.g. after scanning its QR code).

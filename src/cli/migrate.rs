@@ -4,11 +4,12 @@
 //! this does all of them now, e.g. before a deploy.)
 
 use super::{CliError, Outcome, Storage};
-use crate::store::{connect, migrations, StoreError};
+use crate::store::{migrations, StoreError};
 
 pub async fn run(storage: &Storage) -> Result<Outcome, CliError> {
     let control = storage.backend.open_control().await?;
-    let applied = migrations::apply(&connect(&control).await?, migrations::CONTROL).await?;
+    let applied =
+        storage.backend.migrate(&control, storage.backend.control_hrana().as_ref(), migrations::CONTROL).await?;
     report("control", &applied);
     let mut total = applied.len();
     let users = storage.control(true).await?.user_ids().await?;
@@ -23,7 +24,8 @@ pub async fn run(storage: &Storage) -> Result<Outcome, CliError> {
             }
             Err(err) => return Err(err.into()),
         };
-        let applied = migrations::apply(&connect(&db).await?, migrations::USER).await?;
+        let applied =
+            storage.backend.migrate(&db, storage.backend.user_hrana(*user).as_ref(), migrations::USER).await?;
         report(&format!("user {user}"), &applied);
         total += applied.len();
     }

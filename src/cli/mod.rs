@@ -112,7 +112,7 @@ impl Storage {
     /// `./data`, but an operator command must not invent an empty data
     /// directory and then report it clean.
     pub fn open(config: &Config) -> Result<Self, CliError> {
-        let backend = match config.database_backend {
+        let backend = match &config.database_backend {
             BackendKind::Local => {
                 if !config.data_dir.is_dir() {
                     return Err(CliError::Usage(format!(
@@ -121,6 +121,13 @@ impl Storage {
                     )));
                 }
                 Backend::local(&config.data_dir)
+            }
+            BackendKind::Sqld(_) => {
+                let http = reqwest::Client::builder()
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .build()
+                    .map_err(|err| CliError::Usage(format!("the HTTP client cannot start: {err}")))?;
+                Backend::from_config(config, &http)
             }
         };
         let users = Arc::new(
@@ -140,7 +147,7 @@ impl Storage {
                     local.data_dir().display()
                 )))
             }
-            Backend::Local(_) => {}
+            Backend::Local(_) | Backend::Sqld(_) => {}
         }
         Ok(ControlDb::open(&self.backend).await?)
     }

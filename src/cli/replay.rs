@@ -13,6 +13,20 @@ use crate::store::{StoreResult, UserDb};
 
 pub async fn rebuild_one(user: Uuid, db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<Done> {
     let started = Instant::now();
+    if let Some(hrana) = db.remote() {
+        let report = replay::remote::rebuild(db, hrana, progress).await?;
+        let secs = started.elapsed().as_secs_f64();
+        return Ok(Done {
+            line: format!(
+                "user {user}: replayed {} events into {} view rows in {secs:.2} s ({:.0} events/s)",
+                report.events,
+                report.rows,
+                per_second(report.events, secs),
+            ),
+            found: false,
+            events: report.events,
+        });
+    }
     let report = replay::rebuild_with(db, scanners, progress).await?;
     let secs = started.elapsed().as_secs_f64();
     Ok(Done {
@@ -29,6 +43,16 @@ pub async fn rebuild_one(user: Uuid, db: &Arc<UserDb>, scanners: u64, progress: 
 }
 
 pub async fn check_one(user: Uuid, db: &Arc<UserDb>, scanners: u64, progress: &OnProgress<'_>) -> StoreResult<Done> {
+    if db.remote().is_some() {
+        let report = replay::remote::check(db, progress).await?;
+        let line = match &report.first {
+            None => format!("user {user}: views match the log: {} events, {} rows", report.events, report.rows),
+            Some(first) => {
+                format!("user {user}: views DIFFER from the log in {} rows; first: {first}", report.differences)
+            }
+        };
+        return Ok(Done { line, found: report.first.is_some(), events: report.events });
+    }
     let report = replay::check_with(db, scanners, progress).await?;
     let line = match &report.first {
         None => format!(

@@ -66,6 +66,7 @@ fn bad_values_name_their_variable() {
         ("LOG_FORMAT", "xml"),
         ("DATABASE_BACKEND", "postgres"),
         ("DATABASE_BACKEND", "sqld"),
+        ("DATABASE_BACKEND", "turso"),
         ("TRUSTED_PROXIES", "10.0.0.0/8, bogus"),
         ("REGISTER_RATE_LIMIT", "0"),
         ("PAIRING_CLAIM_RATE_LIMIT", "many"),
@@ -153,4 +154,27 @@ fn trusted_proxies_accept_cidrs_and_addresses() {
     let config = load(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1")]).unwrap();
     assert_eq!(config.trusted_proxies.len(), 3);
     assert!(config.trusted_proxies[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+}
+
+#[test]
+fn sqld_names_every_missing_variable_and_checks_its_urls() {
+    let err = load(&[("DATABASE_BACKEND", "sqld"), ("SQLD_ADMIN_URL", "http://127.0.0.1:2")]).unwrap_err();
+    assert_eq!(err.variable, "DATABASE_BACKEND");
+    if cfg!(feature = "remote-storage") {
+        assert!(err.message.contains("SQLD_URL, SQLD_AUTH_TOKEN"), "{}", err.message);
+        assert!(!err.message.contains("SQLD_ADMIN_URL"), "{}", err.message);
+        let full = [
+            ("DATABASE_BACKEND", "sqld"),
+            ("SQLD_URL", "http://127.0.0.1:1/"),
+            ("SQLD_ADMIN_URL", "http://127.0.0.1:2"),
+            ("SQLD_AUTH_TOKEN", "token-value"),
+        ];
+        let config = load(&full).unwrap();
+        let BackendKind::Sqld(sqld) = &config.database_backend else { panic!("not sqld") };
+        assert_eq!((sqld.url.as_str(), sqld.timeout), ("http://127.0.0.1:1", Duration::from_secs(10)));
+        assert!(!format!("{config:?}").contains("token-value"), "the token must not show in Debug");
+        let mut bad = full.to_vec();
+        bad[1] = ("SQLD_URL", "127.0.0.1:1");
+        assert_eq!(load(&bad).unwrap_err().variable, "SQLD_URL");
+    }
 }

@@ -21,7 +21,8 @@ pub const DEFAULT_LIMIT: u64 = 500;
 /// version vectors, ids and times.
 pub const MAX_PAGE_PAYLOAD_BYTES: u64 = 8 * 1024 * 1024;
 
-const COLUMNS: &str =
+/// The log's columns in the order every reader of whole events selects them.
+pub const COLUMNS: &str =
     "seq, event_id, device_id, kind, aggregate_id, parent_id, op, version, payload, client_time, received_at, hash";
 
 /// Events with `seq > since`, oldest first, at most `limit`.
@@ -192,6 +193,29 @@ impl LogColumns for RawRow<'_> {
     fn blob(&self, idx: i32) -> StoreResult<Option<Cow<'_, [u8]>>> {
         Ok(RawRow::blob(self, idx)?.map(Cow::Borrowed))
     }
+}
+
+impl LogColumns for crate::store::remote::hrana::Row {
+    fn integer(&self, idx: i32) -> StoreResult<i64> {
+        crate::store::remote::hrana::Row::integer(self, idx)
+    }
+
+    fn is_null(&self, idx: i32) -> StoreResult<bool> {
+        crate::store::remote::hrana::Row::is_null(self, idx)
+    }
+
+    fn text(&self, idx: i32) -> StoreResult<&str> {
+        crate::store::remote::hrana::Row::text(self, idx)
+    }
+
+    fn blob(&self, idx: i32) -> StoreResult<Option<Cow<'_, [u8]>>> {
+        Ok(crate::store::remote::hrana::Row::blob(self, idx)?.map(Cow::Borrowed))
+    }
+}
+
+/// An event from a row of [`COLUMNS`] as a remote batch returned it.
+pub fn decode_remote(row: &crate::store::remote::hrana::Row) -> StoreResult<StoredEvent> {
+    decode(row)
 }
 
 fn decode(row: &impl LogColumns) -> StoreResult<StoredEvent> {

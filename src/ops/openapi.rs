@@ -31,6 +31,9 @@ Readings of the contract made by this implementation:\n\
 - `platform` and `public_key` are required on register and pair-device; `capabilities` is optional \
 (an object, at most 4 KiB); `device_name` is 1–100 characters after trimming.\n\
 - `DELETE /auth/device/{id}` is idempotent: revoking an already revoked device answers 204 again.\n\
+- On a remote storage backend (sqld), a 503 `storage_unavailable` on `POST /sync/push` can follow a batch \
+that was stored but whose answer was lost on the way back from the database: pushing the same batch again \
+answers its events `duplicate` with their seqs, so a retry is always safe and nothing is appended twice.\n\
 - After a reused refresh token, the device's remaining tokens answer 401 `token_revoked`; the device \
 stays listed (not revoked) and must be paired again.\n\
 - Access tokens of a revoked device answer 401 `device_revoked`, so do its refresh tokens.\n\

@@ -8,6 +8,7 @@ mod check;
 mod checkpointer;
 mod checksum;
 mod fold;
+pub mod remote;
 mod schema;
 mod shadow;
 pub mod sorted_log;

@@ -73,21 +73,21 @@ impl AppState {
     /// Opens storage and prepares the keys. Fails on a store that cannot be
     /// opened, never on a client's doing.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
-        let backend = match config.database_backend {
-            crate::config::BackendKind::Local => Backend::local(&config.data_dir),
-        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|err| StoreError::Corrupt(format!("the HTTP client cannot start: {err}")))?;
+        let backend = Backend::from_config(&config, &http);
         let control = ControlDb::open(&backend).await?;
-        let limit = u64::from(config.sqlite_memory_limit_mb) * 1024 * 1024;
-        crate::store::memory::set_soft_limit(&control.conn().await?, limit).await?;
+        if !control.is_remote() {
+            let limit = u64::from(config.sqlite_memory_limit_mb) * 1024 * 1024;
+            crate::store::memory::set_soft_limit(&control.conn().await?, limit).await?;
+        }
         let secret = match &config.jwt_secret {
             Some(secret) => secret.clone(),
             None => crate::identity::secret::load_or_create(&config.data_dir)?,
         };
         let ohttp = Arc::new(ohttp::OhttpKey::load(&config.llm.ohttp_key, &config.data_dir)?);
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|err| StoreError::Corrupt(format!("the HTTP client cannot start: {err}")))?;
         let previous: Vec<&[u8]> = config.jwt_previous_secrets.iter().map(|s| s.expose_secret()).collect();
         let auth = Auth::new(secret.expose_secret(), &previous)
             .map_err(|err| StoreError::Corrupt(format!("the pairing-code key cannot be derived: {err}")))?;
@@ -102,6 +102,19 @@ impl AppState {
                     source: std::io::Error::other(err),
                 })?
         };
+        let users =
+            UserDatabases::new(backend, config.max_open_databases).with_id_index_budget(config.id_index_max_events);
+        // Databases a crash left between their creation and their user (or their user and their removal).
+        let swept = crate::store::provisioning::sweep(
+            &control,
+            &users,
+            clock.now(),
+            crate::store::provisioning::ABANDONED_AFTER,
+        )
+        .await?;
+        if swept > 0 {
+            tracing::info!(swept, "removed databases left by unfinished registrations or deletions");
+        }
         Ok(Self {
             embedder: Arc::new(embedder),
             http,
@@ -110,9 +123,7 @@ impl AppState {
             llm_models: Arc::default(),
             clock,
             control: Arc::new(control),
-            users: Arc::new(
-                UserDatabases::new(backend, config.max_open_databases).with_id_index_budget(config.id_index_max_events),
-            ),
+            users: Arc::new(users),
             auth: Arc::new(auth),
             register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
             claim_limiter: Arc::new(IpRateLimiter::per_minute(config.pairing_claim_rate_limit)),

@@ -1,17 +1,20 @@
-//! Where databases live. `local` keeps libSQL files under `DATA_DIR`; the
-//! remote backends (sqld namespaces, Turso databases) join this enum later,
-//! behind the same three operations.
+//! Where databases live. `local` keeps libSQL files under `DATA_DIR`;
+//! `sqld` keeps them as namespaces of a libSQL server ([`super::remote`]).
+//! Turso databases join this enum later, behind the same operations.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use libsql::{Builder, Database, OpenFlags};
 use uuid::Uuid;
 
+use super::remote::{self, hrana::Hrana, SqldBackend};
 use super::{connect, StoreError, StoreResult};
 
 #[derive(Debug, Clone)]
 pub enum Backend {
     Local(LocalBackend),
+    Sqld(Arc<SqldBackend>),
 }
 
 impl Backend {
@@ -19,10 +22,28 @@ impl Backend {
         Self::Local(LocalBackend { data_dir: data_dir.into() })
     }
 
+    /// The backend `config` names; `http` is the process's shared client.
+    pub fn from_config(config: &crate::config::Config, http: &reqwest::Client) -> Self {
+        match &config.database_backend {
+            crate::config::BackendKind::Local => Self::local(&config.data_dir),
+            crate::config::BackendKind::Sqld(sqld) => Self::Sqld(Arc::new(SqldBackend::new(sqld, http.clone()))),
+        }
+    }
+
+    /// Whether databases are reached over the network (no file here, no
+    /// local SQLite settings, a round trip per statement).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, Self::Local(_))
+    }
+
     /// Opens (creating when needed) the control database.
     pub async fn open_control(&self) -> StoreResult<Database> {
         match self {
             Self::Local(local) => local.open_control().await,
+            Self::Sqld(sqld) => {
+                sqld.create_namespace(remote::CONTROL_NAMESPACE).await?;
+                sqld.open(remote::CONTROL_NAMESPACE).await
+            }
         }
     }
 
@@ -31,6 +52,45 @@ impl Backend {
     pub async fn open_user(&self, user_id: Uuid, create: bool) -> StoreResult<Database> {
         match self {
             Self::Local(local) => local.open_user(user_id, create).await,
+            Self::Sqld(sqld) => {
+                let namespace = remote::user_namespace(user_id);
+                if create {
+                    sqld.create_namespace(&namespace).await?;
+                } else if !sqld.namespace_exists(&namespace).await? {
+                    return Err(StoreError::UserNotFound(user_id));
+                }
+                sqld.open(&namespace).await
+            }
+        }
+    }
+
+    /// The Hrana client of a user's database, on a remote backend.
+    pub fn user_hrana(&self, user_id: Uuid) -> Option<Hrana> {
+        match self {
+            Self::Local(_) => None,
+            Self::Sqld(sqld) => Some(sqld.hrana(&remote::user_namespace(user_id))),
+        }
+    }
+
+    /// The Hrana client of the control database, on a remote backend.
+    pub fn control_hrana(&self) -> Option<Hrana> {
+        match self {
+            Self::Local(_) => None,
+            Self::Sqld(sqld) => Some(sqld.hrana(remote::CONTROL_NAMESPACE)),
+        }
+    }
+
+    /// Brings a database of this backend up to date with `set`: through
+    /// `hrana` on a remote one, else on a connection of its own.
+    pub async fn migrate(
+        &self,
+        db: &Database,
+        hrana: Option<&Hrana>,
+        set: &[super::migrations::Migration],
+    ) -> StoreResult<Vec<&'static str>> {
+        match hrana {
+            Some(hrana) => super::migrations::apply_remote(hrana, set).await,
+            None => super::migrations::apply(&connect(db).await?, set).await,
         }
     }
 
@@ -38,6 +98,7 @@ impl Backend {
     pub fn user_file(&self, user_id: Uuid) -> Option<PathBuf> {
         match self {
             Self::Local(local) => Some(local.user_path(user_id)),
+            Self::Sqld(_) => None,
         }
     }
 
@@ -45,21 +106,26 @@ impl Backend {
     pub async fn user_storage_bytes(&self, user_id: Uuid) -> StoreResult<u64> {
         match self {
             Self::Local(local) => Ok(local.storage_bytes(user_id).await),
+            Self::Sqld(sqld) => sqld.storage_bytes(&remote::user_namespace(user_id)).await,
         }
     }
 
     /// Bytes every database takes: the control database and all user
     /// databases, with their WALs. Walks the directory: callers cache it.
+    /// On sqld, the control namespace's alone (sqld cannot list namespaces,
+    /// and one call per user would not be a metric's cost).
     pub async fn total_storage_bytes(&self) -> StoreResult<u64> {
         match self {
             Self::Local(local) => local.total_storage_bytes().await,
+            Self::Sqld(sqld) => sqld.storage_bytes(remote::CONTROL_NAMESPACE).await,
         }
     }
 
-    /// Removes a user's database for good.
+    /// Removes a user's database for good (one already gone is fine).
     pub async fn delete_user(&self, user_id: Uuid) -> StoreResult<()> {
         match self {
             Self::Local(local) => local.delete_user(user_id).await,
+            Self::Sqld(sqld) => sqld.delete_namespace(&remote::user_namespace(user_id)).await,
         }
     }
 }

@@ -5,22 +5,29 @@ use chrono::{DateTime, Utc};
 use libsql::{Connection, Database};
 use uuid::Uuid;
 
-use super::{connect, migrations, query_opt, Backend, StoreError, StoreResult};
+use super::{connect_to, migrations, query_opt, Backend, StoreError, StoreResult};
 use crate::clock::rfc3339;
 
 pub struct ControlDb {
     db: Database,
+    remote: bool,
 }
 
 impl ControlDb {
     pub async fn open(backend: &Backend) -> StoreResult<Self> {
         let db = backend.open_control().await?;
-        migrations::apply(&connect(&db).await?, migrations::CONTROL).await?;
-        Ok(Self { db })
+        let remote = backend.is_remote();
+        backend.migrate(&db, backend.control_hrana().as_ref(), migrations::CONTROL).await?;
+        Ok(Self { db, remote })
     }
 
     pub async fn conn(&self) -> StoreResult<Connection> {
-        connect(&self.db).await
+        connect_to(&self.db, self.remote).await
+    }
+
+    /// Whether this database is reached over the network.
+    pub fn is_remote(&self) -> bool {
+        self.remote
     }
 
     /// A cheap round trip proving the database answers.

@@ -15,7 +15,8 @@ use std::collections::HashSet;
 
 use libsql::{Connection, TransactionBehavior};
 
-use super::StoreResult;
+use super::remote::hrana::{Hrana, Request, Stmt, StreamResponse, StreamResult, Value};
+use super::{StoreError, StoreResult};
 
 /// One embedded SQL file.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +45,7 @@ pub const CONTROL: &[Migration] = &[
     migration!("schema/control/0001_users.sql"),
     migration!("schema/control/0002_pairings.sql"),
     migration!("schema/control/0003_entitlements.sql"),
+    migration!("schema/control/0005_provisioning.sql"),
 ];
 
 /// Every user database: the event log, auth state, then the read models.
@@ -106,4 +108,71 @@ async fn pending<'a>(conn: &Connection, set: &'a [Migration]) -> StoreResult<Vec
         applied.insert(row.get::<String>(0)?);
     }
     Ok(set.iter().filter(|migration| !applied.contains(migration.name)).collect())
+}
+
+/// [`apply`] on a remote database, through Hrana rather than libSQL's
+/// client: that client parses batches of SQL itself before sending them,
+/// and its parser refuses some of SQLite's syntax the migrations use (an
+/// aggregate's `ORDER BY`). Here the server parses each file (a `sequence`),
+/// inside one `BEGIN IMMEDIATE` held across round trips on one stream, after
+/// checking again under that lock which migrations are pending; any failure
+/// rolls all of them back.
+pub async fn apply_remote(hrana: &Hrana, set: &[Migration]) -> StoreResult<Vec<&'static str>> {
+    let create =
+        "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL) STRICT";
+    let names = "SELECT name FROM schema_migrations";
+    let tables = "SELECT name FROM sqlite_schema WHERE type = 'table'";
+    let execute = |sql: &'static str| Request::Execute { stmt: Stmt::new(sql, Vec::new()) };
+    let (results, _) = hrana.pipeline(None, &[execute(create), execute(names), Request::Close]).await?;
+    let applied = column(&results, 1)?;
+    if set.iter().all(|migration| applied.contains(migration.name)) {
+        return Ok(Vec::new());
+    }
+    let (results, mut baton) =
+        hrana.pipeline(None, &[execute("BEGIN IMMEDIATE"), execute(names), execute(tables)]).await?;
+    let outcome = async {
+        column(&results, 0)?;
+        let applied = column(&results, 1)?;
+        let existing = column(&results, 2)?;
+        let pending: Vec<&Migration> = set.iter().filter(|migration| !applied.contains(migration.name)).collect();
+        let now = crate::clock::rfc3339(chrono::Utc::now());
+        let mut requests = Vec::new();
+        for migration in &pending {
+            if migration.tables.is_empty() {
+                requests.push(Request::Sequence { sql: migration.sql.into() });
+            }
+            for table in migration.tables.iter().filter(|table| existing.contains(**table)) {
+                requests.push(Request::Sequence { sql: migration.sql.replace("{table}", table).into() });
+            }
+            let record = "INSERT INTO schema_migrations (name, applied_at) VALUES (?1, ?2)";
+            let args = vec![Value::text(migration.name), Value::text(now.clone())];
+            requests.push(Request::Execute { stmt: Stmt::new(record, args) });
+        }
+        // Each answer hands on the stream with a new baton.
+        let (results, next) = hrana.pipeline(baton.as_deref(), &requests).await?;
+        baton = next;
+        for (at, result) in results.iter().enumerate() {
+            if let StreamResult::Error { error } = result {
+                return Err(StoreError::Corrupt(format!("migrating (request {at}): {}", error.message)));
+            }
+        }
+        Ok(pending.iter().map(|migration| migration.name).collect::<Vec<_>>())
+    }
+    .await;
+    let end = if outcome.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let (results, _) = hrana.pipeline(baton.as_deref(), &[execute(end), Request::Close]).await?;
+    let applied = outcome?;
+    column(&results, 0)?;
+    Ok(applied)
+}
+
+/// The first column of every row `results[at]` returned (an error if it failed).
+fn column(results: &[StreamResult], at: usize) -> StoreResult<HashSet<String>> {
+    match results.get(at) {
+        Some(StreamResult::Ok { response: StreamResponse::Execute { result } }) => {
+            result.rows.iter().map(|row| row.text(0).map(str::to_owned)).collect()
+        }
+        Some(StreamResult::Error { error }) => Err(StoreError::Corrupt(format!("migrating: {}", error.message))),
+        _ => Err(StoreError::Corrupt("migrating: an unexpected answer".into())),
+    }
 }

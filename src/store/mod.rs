@@ -7,15 +7,17 @@ pub mod id_index;
 #[allow(unsafe_code)]
 pub mod memory;
 pub mod migrations;
+pub mod provisioning;
 #[allow(unsafe_code)]
 pub mod raw;
+pub mod remote;
 pub mod user_db;
 pub mod users;
 
 pub use backend::Backend;
 pub use control::ControlDb;
 pub use id_index::IdIndex;
-pub use user_db::{PooledConn, ReplayLock, UserDb, WriteLock, WriteTx};
+pub use user_db::{PooledConn, RemoteWriter, ReplayLock, UserDb, WriteLock, WriteTx};
 pub use users::UserDatabases;
 
 use std::time::Duration;
@@ -82,6 +84,10 @@ impl From<libsql::Error> for StoreError {
             libsql::Error::SqliteFailure(code, message) if storage_unavailable(code) => {
                 Self::Unavailable(format!("{message} (SQLite code {code})"))
             }
+            libsql::Error::Hrana(err) if remote::remote_unavailable(&err.to_string()) => {
+                Self::Unavailable(format!("remote database: {err}"))
+            }
+            libsql::Error::ConnectionFailed(message) => Self::Unavailable(format!("remote database: {message}")),
             other => Self::Database(other),
         }
     }
@@ -122,6 +128,15 @@ pub async fn connect(db: &libsql::Database) -> StoreResult<libsql::Connection> {
     ))
     .await?;
     Ok(conn)
+}
+
+/// Opens a fresh connection for one unit of work on a database of either
+/// kind: a remote one takes none of the local file's settings.
+pub async fn connect_to(db: &libsql::Database, remote: bool) -> StoreResult<libsql::Connection> {
+    if remote {
+        return Ok(db.connect()?);
+    }
+    connect(db).await
 }
 
 /// Reads the first row of a query, if any.

@@ -13,13 +13,16 @@ use uuid::Uuid;
 use super::backend::REPLAY_LOCK_SUFFIX;
 use super::id_index::IdIndex;
 use super::raw::RawConn;
-use super::{connect, memory, migrations, Backend, StoreError, StoreResult};
+use super::remote::hrana::Hrana;
+use super::{connect_to, memory, migrations, Backend, StoreError, StoreResult};
 
 pub struct UserDb {
     user_id: Uuid,
     db: Database,
     /// Its file, on a backend that keeps one on this machine.
     file: Option<PathBuf>,
+    /// Its Hrana client, on a remote backend.
+    remote: Option<Hrana>,
     /// The connection writes go through, behind the user's lock: one writer
     /// per user inside this process, so writers queue here rather than on
     /// SQLite's lock (`BEGIN IMMEDIATE` still arbitrates between processes).
@@ -49,11 +52,12 @@ impl UserDb {
     /// Opens (or with `create`, makes) the database and brings its schema up to date.
     pub async fn open(backend: &Backend, user_id: Uuid, create: bool) -> StoreResult<Self> {
         let db = backend.open_user(user_id, create).await?;
-        migrations::apply(&connect(&db).await?, migrations::USER).await?;
+        backend.migrate(&db, backend.user_hrana(user_id).as_ref(), migrations::USER).await?;
         Ok(Self {
             user_id,
             db,
             file: backend.user_file(user_id),
+            remote: backend.user_hrana(user_id),
             writer: Arc::new(Mutex::new(None)),
             idle: Arc::default(),
             deleted: AtomicBool::new(false),
@@ -90,6 +94,12 @@ impl UserDb {
         self.user_id
     }
 
+    /// The Hrana client of this database, on a remote backend: the append
+    /// and pull paths batch their statements through it.
+    pub fn remote(&self) -> Option<&Hrana> {
+        self.remote.as_ref()
+    }
+
     /// The account is gone: refuse every unit of work from now on.
     pub fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
@@ -114,12 +124,17 @@ impl UserDb {
         let conn = match idle {
             Some(conn) => conn,
             None => {
-                let conn = connect(&self.db).await?;
-                memory::size_reader_cache(&conn).await?;
+                let conn = connect_to(&self.db, self.remote.is_some()).await?;
+                if self.remote.is_none() {
+                    memory::size_reader_cache(&conn).await?;
+                }
                 conn
             }
         };
-        Ok(PooledConn { conn: Some(conn), idle: self.idle.clone() })
+        // A remote connection is not kept: it holds a stream (a baton) the
+        // server forgets after a while idle, or when it restarts.
+        let idle = if self.remote.is_some() { Arc::default() } else { self.idle.clone() };
+        Ok(PooledConn { conn: Some(conn), idle })
     }
 
     /// Starts the one write transaction of this user: takes the user's lock
@@ -133,7 +148,7 @@ impl UserDb {
             _ => Writer {
                 statements: HashMap::new(),
                 ids: IdIndex::counted(self.indexed.clone(), self.all_indexed.clone()),
-                conn: connect(&self.db).await?,
+                conn: connect_to(&self.db, self.remote.is_some()).await?,
             },
         };
         // Ids a rolled-back transaction staged were never committed.
@@ -148,7 +163,8 @@ impl UserDb {
         let tx = writer.conn.transaction_with_behavior(TransactionBehavior::Immediate).await;
         // Kept for the next writer whether `BEGIN` worked or not (busy from another process).
         *guard = Some(writer);
-        Ok(WriteTx { tx: tx?, appended: 0, counter: self.appended.clone(), guard })
+        let cache = self.remote.is_none();
+        Ok(WriteTx { tx: tx?, appended: 0, counter: self.appended.clone(), cache, guard })
     }
 
     /// A connection of this database outside libSQL's API ([`RawConn`]), for
@@ -183,12 +199,56 @@ impl UserDb {
         }
     }
 
+    /// The user's write lock and its writer's id index, for a remote append
+    /// whose writes go in one batch rather than through a transaction held
+    /// open here ([`UserDb::remote`]).
+    pub async fn lock_remote_writer(&self) -> StoreResult<RemoteWriter> {
+        self.check_live()?;
+        let mut guard = self.writer.clone().lock_owned().await;
+        if guard.is_none() {
+            *guard = Some(Writer {
+                statements: HashMap::new(),
+                ids: IdIndex::counted(self.indexed.clone(), self.all_indexed.clone()),
+                conn: connect_to(&self.db, self.remote.is_some()).await?,
+            });
+        }
+        if let Some(writer) = guard.as_mut() {
+            writer.ids.discard_staged();
+        }
+        Ok(RemoteWriter { counter: self.appended.clone(), guard })
+    }
+
     /// The user's write lock alone, for a transaction on a [`RawConn`]:
     /// held from its `BEGIN IMMEDIATE` to its end, it queues that writer
     /// with the others of this process.
     pub async fn lock_writes(&self) -> StoreResult<WriteLock> {
         self.check_live()?;
         Ok(WriteLock { _guard: self.writer.clone().lock_owned().await })
+    }
+}
+
+/// The user's write lock with its writer's id index (see
+/// [`UserDb::lock_remote_writer`]); the ids staged count once
+/// [`RemoteWriter::committed`] says the batch committed.
+pub struct RemoteWriter {
+    counter: Arc<AtomicU64>,
+    guard: OwnedMutexGuard<Option<Writer>>,
+}
+
+impl RemoteWriter {
+    /// The writer's in-memory index of the log's event ids ([`IdIndex`]).
+    pub fn ids(&mut self) -> StoreResult<&mut IdIndex> {
+        let writer =
+            self.guard.as_mut().ok_or_else(|| StoreError::Corrupt("a remote writer without its state".into()))?;
+        Ok(&mut writer.ids)
+    }
+
+    /// The batch committed with `appended` events: its staged ids count.
+    pub fn committed(&mut self, appended: u64) {
+        self.counter.fetch_add(appended, Ordering::Relaxed);
+        if let Some(writer) = self.guard.as_mut() {
+            writer.ids.publish();
+        }
     }
 }
 
@@ -227,6 +287,10 @@ pub struct WriteTx {
     /// Events appended in this transaction; they count once it commits.
     appended: u64,
     counter: Arc<AtomicU64>,
+    /// Whether prepared statements outlive the transaction: not on a remote
+    /// database, where a statement belongs to the stream (the transaction)
+    /// that prepared it.
+    cache: bool,
     guard: OwnedMutexGuard<Option<Writer>>,
 }
 
@@ -240,6 +304,9 @@ impl WriteTx {
             return Ok(statement.clone());
         }
         let statement = Arc::new(self.tx.prepare(sql).await?);
+        if !self.cache {
+            return Ok(statement);
+        }
         if let Some(writer) = self.guard.as_mut() {
             if writer.statements.len() >= MAX_CACHED_STATEMENTS {
                 writer.statements.clear();

@@ -22,6 +22,7 @@ use crate::state::AppState;
 use crate::state::UserAuth;
 use crate::store::{StoreError, StoreResult, UserDb};
 use crate::views::changes::{ChangedSince, StoredChange, StoredHead, STORED_HEAD_COLUMNS};
+use crate::views::remote_read::changed_since;
 use crate::views::CLIENT_KINDS;
 
 pub const MAX_WAIT_SECS: u64 = 60;
@@ -147,13 +148,27 @@ async fn wait_for_page(state: &AppState, auth: &UserAuth, query: &PullQuery) -> 
             gauge.increment(1);
             waiting = Some((slot, scopeguard::guard(gauge, |gauge| gauge.decrement(1))));
         }
-        tokio::select! {
-            woke = pushes.changed() => if woke.is_err() { return Ok(page) },
-            () = tokio::time::sleep_until(deadline) => return Ok(page),
-            () = state.shutdown.cancelled() => return Ok(page),
+        loop {
+            tokio::select! {
+                woke = pushes.changed() => if woke.is_err() { return Ok(page) } else { break },
+                () = tokio::time::sleep_until(deadline) => return Ok(page),
+                () = state.shutdown.cancelled() => return Ok(page),
+                // Appends through another server (several share a store) notify nobody here:
+                // watch the log's head, one read a second per waiting long-poll (they are
+                // bounded per user and device), and the device's status with it.
+                () = tokio::time::sleep(HEAD_WATCH) => {
+                    state.auth.require_active(&auth.db, auth.device_id).await?;
+                    if read_tip(&*auth.db.read().await?).await? != page.head {
+                        break;
+                    }
+                }
+            }
         }
     }
 }
+
+/// How often a waiting long-poll reads the log's head.
+const HEAD_WATCH: Duration = Duration::from_secs(1);
 
 /// 429 for a long-poll over its user's or device's cap (`LONG_POLLS_PER_*`).
 fn too_many_long_polls(refused: Refused) -> ApiError {
@@ -168,6 +183,9 @@ fn too_many_long_polls(refused: Refused) -> ApiError {
 
 /// One page, read from one snapshot of the database.
 pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
+    if let Some(hrana) = db.remote() {
+        return read_remote_page(hrana, query).await;
+    }
     let conn = db.read().await?;
     let snapshot = conn.transaction().await?;
     let head = read_tip(&snapshot).await?;
@@ -206,6 +224,32 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
     }
     drop((changed, read_event));
     snapshot.commit().await?;
+    let cursor = match changes.last() {
+        _ if !has_more => head.seq,
+        Some(last) => last.updated_seq(),
+        None => query.since,
+    };
+    Ok(Page { changes, cursor, has_more, head })
+}
+
+/// [`read_page`] on a remote database: one round trip (views::remote_read),
+/// then the same limits as the local page.
+async fn read_remote_page(hrana: &crate::store::remote::hrana::Hrana, query: &PullQuery) -> ApiResult<Page> {
+    let read = changed_since(hrana, query.since, query.limit + 1, &query.kinds).await?;
+    let head = read.head;
+    if query.since > head.seq {
+        return Err(cursor_ahead(query.since, head));
+    }
+    let (mut changes, mut bytes, mut has_more) = (Vec::new(), 0u64, false);
+    for (row, others) in read.changes {
+        if changes.len() as u64 == query.limit || bytes >= MAX_PAGE_PAYLOAD_BYTES {
+            has_more = true;
+            break;
+        }
+        let change = PageChange::new(row, others);
+        bytes += change.wire_bytes();
+        changes.push(change);
+    }
     let cursor = match changes.last() {
         _ if !has_more => head.seq,
         Some(last) => last.updated_seq(),

@@ -10,11 +10,12 @@ use uuid::Uuid;
 use super::wire::{ClientEvent, HexHash, PushRequest, PushResponse, PushResult, PushStatus};
 use crate::error::ErrorResponse;
 use crate::error::{ApiError, ApiResult};
-use crate::events::{Kind, LogTx, NewEvent, Op};
+use crate::events::{Kind, LogTip, LogTx, NewEvent, Op};
 use crate::http::codec::{Accepts, SyncBody};
 use crate::identity::status::require_active_in;
 use crate::state::AppState;
 use crate::state::UserAuth;
+use crate::views::remote_write::apply_batch_remote;
 use crate::views::write::{apply_batch, BatchError, BatchResult, EventStatus};
 
 pub const MAX_BATCH_EVENTS: usize = 1000;
@@ -48,6 +49,12 @@ pub async fn push(
     let events = validate(auth.device_id, req.events)?;
     let now = state.clock.now();
 
+    if let Some(hrana) = auth.db.remote() {
+        // One read round trip and one conditional write batch (views::remote_write).
+        let (results, tip) = apply_batch_remote(&auth.db, hrana, auth.device_id, now, &events).await?;
+        state.notifier.notify(auth.user_id, tip.seq);
+        return Ok(respond(format, results, tip));
+    }
     let mut tx = LogTx::begin(&auth.db).await?;
     // The device may have been revoked while this request waited for the lock.
     require_active_in(&tx, auth.device_id).await?;
@@ -55,12 +62,16 @@ pub async fn push(
     let tip = tx.tip();
     tx.commit().await?;
     state.notifier.notify(auth.user_id, tip.seq);
+    Ok(respond(format, results, tip))
+}
+
+/// The answer to a push that committed (or found every event already there).
+fn respond(format: crate::http::codec::Format, results: Vec<BatchResult>, tip: LogTip) -> Response {
     let conflicts = results.iter().filter(|result| result.status == EventStatus::Conflict).count();
     metrics::counter!("echolia_conflicts_created_total").increment(conflicts as u64);
-
     let results = results.into_iter().map(push_result).collect();
     let body = PushResponse { cursor: tip.seq, head_hash: HexHash(tip.hash), results };
-    Ok(format.respond(StatusCode::OK, &body))
+    format.respond(StatusCode::OK, &body)
 }
 
 /// Checks every event before anything is written; the first bad one is a
@@ -124,6 +135,12 @@ impl From<BatchError> for ApiError {
         match err {
             BatchError::EventIdReused { .. } => ApiError::conflict("event_id_reused", err.to_string()),
             BatchError::TooManyHeads { .. } => ApiError::unprocessable("too_many_heads", err.to_string()),
+            BatchError::DeviceInactive { tokens_only: true } => {
+                ApiError::unauthorized("token_revoked", "every token of this device has been revoked")
+            }
+            BatchError::DeviceInactive { tokens_only: false } => {
+                ApiError::unauthorized("device_revoked", "this device has been revoked")
+            }
             BatchError::Store(err) => err.into(),
         }
     }

@@ -46,6 +46,19 @@ static SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
         .collect()
 });
 
+/// The load SQL of `kind` for many aggregates at once: the rows of every id
+/// in the JSON array `?1`, one per head as [`ViewStatements::load`] reads
+/// them (a remote append reads a whole batch's rows in one round trip).
+pub fn load_many_sql(kind: Kind) -> StoreResult<String> {
+    let (load, _) = &SQL[client_index(kind)?];
+    Ok(load.replace("WHERE v.id = ?1", "WHERE v.id IN (SELECT value FROM json_each(?1))"))
+}
+
+/// The save SQL of `kind` (an upsert of [`super::COLUMNS`]).
+pub fn save_sql(kind: Kind) -> StoreResult<&'static str> {
+    Ok(SQL[client_index(kind)?].1.as_str())
+}
+
 impl ViewStatements {
     /// Every view's statements, prepared on `conn`.
     pub async fn prepare(conn: &Connection) -> StoreResult<Self> {

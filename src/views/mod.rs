@@ -7,6 +7,8 @@
 pub mod aggregates;
 pub mod changes;
 pub mod devices;
+pub mod remote_read;
+pub mod remote_write;
 pub mod write;
 
 use chrono::{DateTime, Utc};

@@ -50,6 +50,11 @@ pub enum BatchError {
         max = aggregate::MAX_HEADS
     )]
     TooManyHeads { index: usize, kind: Kind, aggregate_id: Uuid },
+    /// The pushing device was revoked (or only its tokens were) since its
+    /// token was checked: nothing appended. Found by the remote path, which
+    /// reads the device's status in the same round trip as the log's head.
+    #[error("the device may no longer write")]
+    DeviceInactive { tokens_only: bool },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -403,7 +403,7 @@ async fn the_database_holds_exactly_the_bytes_clients_sent() {
 }
 
 /// Rebuilds a stored event from its `/sync/events` JSON.
-fn stored_from_json(e: &Value) -> StoredEvent {
+pub(crate) fn stored_from_json(e: &Value) -> StoredEvent {
     let uuid = |v: &Value| Uuid::parse_str(v.as_str().unwrap()).unwrap();
     let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap().to_utc();
     let version: VersionVector = serde_json::from_value(e["version"].clone()).unwrap();
