@@ -45,21 +45,19 @@ pub struct BackupArgs {
 
 /// `backup` works on the local backend's files only: any other backend is
 /// refused before anything is opened.
-pub fn require_local(backend: BackendKind) -> Result<(), CliError> {
+pub fn require_local(backend: &BackendKind) -> Result<(), CliError> {
     match backend {
         BackendKind::Local => Ok(()),
-        #[allow(unreachable_patterns)]
-        other => Err(CliError::Usage(remote_refusal(&format!("{other:?}").to_lowercase()))),
+        BackendKind::Sqld(_) => Err(CliError::Usage(remote_refusal("sqld"))),
     }
 }
 
 pub async fn backup(config: &Config, args: &BackupArgs) -> Result<Outcome, CliError> {
-    require_local(config.database_backend)?;
+    require_local(&config.database_backend)?;
     let storage = Storage::open(config)?;
     let local = match &storage.backend {
         Backend::Local(local) => local.clone(),
-        #[allow(unreachable_patterns)]
-        _ => return Err(CliError::Usage(remote_refusal(&format!("{:?}", config.database_backend).to_lowercase()))),
+        Backend::Sqld(_) => return Err(CliError::Usage(remote_refusal("sqld"))),
     };
     // Refuses a directory that is not a data directory, as the other commands do.
     drop(storage.control(false).await?);
@@ -194,7 +192,7 @@ mod tests {
 
     #[test]
     fn a_remote_backend_is_refused_with_the_way_to_its_own_recovery() {
-        assert!(require_local(BackendKind::Local).is_ok());
+        assert!(require_local(&BackendKind::Local).is_ok());
         let message = remote_refusal("sqld");
         assert!(message.contains("DATABASE_BACKEND=sqld") && message.contains("point-in-time"), "{message}");
     }

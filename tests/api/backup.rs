@@ -411,3 +411,23 @@ async fn a_crafted_manifest_naming_paths_outside_the_target_is_refused_before_an
         assert_eq!(check.code, Some(1), "{field} {path}: {check:?}");
     }
 }
+
+#[tokio::test]
+async fn a_backup_with_a_remote_backend_is_refused_with_the_way_to_its_own_recovery() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let vars = [
+        ("DATABASE_BACKEND", "sqld".to_string()),
+        ("SQLD_URL", "http://127.0.0.1:9".to_string()),
+        ("SQLD_ADMIN_URL", "http://127.0.0.1:9".to_string()),
+        ("SQLD_AUTH_TOKEN", "unused".to_string()),
+    ];
+    let refused =
+        crate::cli::echolia_with(data_dir.path(), &["backup", "--to", target.path().to_str().unwrap()], &vars);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("DATABASE_BACKEND=sqld") && refused.stderr.contains("point-in-time"),
+        "{refused:?}"
+    );
+    assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0, "nothing written to the target");
+}
