@@ -23,6 +23,10 @@ use super::{StoreError, StoreResult};
 use crate::config::SqldConfig;
 use hrana::Hrana;
 
+/// The durability every namespace is created with: sqld's `strong` is
+/// SQLite's `synchronous = FULL` (a commit is on disk before it is answered).
+pub const DURABILITY_MODE: &str = "strong";
+
 /// The namespace of the control database.
 pub const CONTROL_NAMESPACE: &str = "control";
 
@@ -112,11 +116,16 @@ impl SqldBackend {
     }
 
     /// Creates `namespace`; one that exists already is fine (a retry).
+    ///
+    /// With [`DURABILITY_MODE`]: sqld's default (`relaxed`, SQLite's
+    /// `synchronous = NORMAL`) acknowledges commits that an OS crash or a
+    /// power loss can take back, and an acknowledged event must never be lost
+    /// (the local backend commits with `synchronous = FULL` for the same reason).
     pub async fn create_namespace(&self, namespace: &str) -> StoreResult<()> {
         let what = format!("creating {namespace}");
         let request = self
             .admin(reqwest::Method::POST, &format!("/v1/namespaces/{namespace}/create"))
-            .json(&serde_json::json!({}));
+            .json(&serde_json::json!({ "durability_mode": DURABILITY_MODE }));
         match self.send(request, &what).await? {
             (status, _) if status.is_success() => Ok(()),
             (_, body) if body.contains("already exists") => Ok(()),
