@@ -12,6 +12,8 @@
 
 #[cfg(feature = "remote-storage")]
 mod connector;
+#[cfg(test)]
+mod tests;
 pub mod hrana;
 
 use std::time::Duration;
@@ -173,6 +175,14 @@ impl SqldBackend {
 fn admin_error(what: &str, status: reqwest::StatusCode, body: &str) -> StoreError {
     let body: String = body.chars().take(300).collect();
     StoreError::Corrupt(format!("sqld admin API, {what}: HTTP {status}: {body}"))
+}
+
+/// The HTTP status of an error of libSQL's remote client that is an answer
+/// other than 200 (its text holds `status=<status>, body=<body>`).
+pub(super) fn http_status(message: &str) -> Option<&str> {
+    let at = message.find("status=")? + "status=".len();
+    let status = message[at..].split(',').next()?.trim();
+    (!status.is_empty()).then_some(status)
 }
 
 /// Whether an error of libSQL's remote client means the server cannot be
