@@ -114,6 +114,12 @@ impl SqldBackend {
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(StoreError::Unavailable(format!("sqld admin API, {what}: HTTP {status}")));
         }
+        // A key it refuses is the configuration's fault, not the request's: 503, named in the log.
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(StoreError::Unavailable(format!(
+                "sqld admin API, {what}: HTTP {status} (check SQLD_ADMIN_AUTH_KEY)"
+            )));
+        }
         Ok((status, body))
     }
 
