@@ -454,7 +454,8 @@ mod tests {
 
     #[test]
     fn a_server_that_cannot_serve_now_is_unavailable_and_a_failed_statement_is_not() {
-        let error = |message: &str, code: Option<&str>| ErrorBody { message: message.into(), code: code.map(Into::into) };
+        let error =
+            |message: &str, code: Option<&str>| ErrorBody { message: message.into(), code: code.map(Into::into) };
         for (message, code) in [
             ("database is locked", Some("SQLITE_BUSY")),
             ("disk I/O error", Some("SQLITE_IOERR_WRITE")),

@@ -12,9 +12,9 @@
 
 #[cfg(feature = "remote-storage")]
 mod connector;
+pub mod hrana;
 #[cfg(test)]
 mod tests;
-pub mod hrana;
 
 use std::time::Duration;
 
