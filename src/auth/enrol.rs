@@ -83,7 +83,7 @@ pub async fn register(
     let db = match state.users.create(user_id).await {
         Ok(db) => db,
         Err(err) => {
-            forget_registration(&state, user_id).await;
+            forget_registration(&state, user_id, false).await;
             return Err(err.into());
         }
     };
@@ -102,7 +102,7 @@ pub async fn register(
     let tokens = match written {
         Ok(tokens) => tokens,
         Err(err) => {
-            forget_registration(&state, user_id).await;
+            forget_registration(&state, user_id, true).await;
             return Err(err.into());
         }
     };
@@ -113,7 +113,22 @@ pub async fn register(
 /// A registration that did not finish leaves nothing behind: its database
 /// goes, then its ledger row. Whatever fails here stays in the ledger, for
 /// the sweep at the next start.
-async fn forget_registration(state: &AppState, user_id: Uuid) {
+///
+/// `maybe_recorded`: the failure may be a lost answer to the step that adds
+/// the user to the directory (a remote commit that went through). Such a user
+/// keeps its database (a directory row without one would break every
+/// operator command); if the directory cannot be read now, the sweep decides.
+async fn forget_registration(state: &AppState, user_id: Uuid, maybe_recorded: bool) {
+    if maybe_recorded {
+        match provisioning::in_directory(&state.control, user_id).await {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, %user_id, "a failed registration stays in the ledger for the next sweep");
+                return;
+            }
+        }
+    }
     if let Err(cleanup) = state.users.delete(user_id).await {
         tracing::error!(error = %cleanup, %user_id, "could not remove the database of a failed registration");
         return;

@@ -101,7 +101,7 @@ pub async fn rebuild(db: &UserDb, hrana: &Hrana, progress: &OnProgress<'_>) -> S
         Some((0, _)) => Err(StoreError::Conflict(
             "events were appended while the log was read; nothing was changed: run the replay again".into(),
         )),
-        Some((at, error)) => Err(StoreError::Corrupt(format!("writing the views (statement {at}): {}", error.message))),
+        Some((at, error)) => Err(error.into_store_error(&format!("writing the views (statement {at})"))),
     }
 }
 

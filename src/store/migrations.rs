@@ -153,7 +153,7 @@ pub async fn apply_remote(hrana: &Hrana, set: &[Migration]) -> StoreResult<Vec<&
         baton = next;
         for (at, result) in results.iter().enumerate() {
             if let StreamResult::Error { error } = result {
-                return Err(StoreError::Corrupt(format!("migrating (request {at}): {}", error.message)));
+                return Err(error.clone().into_store_error(&format!("migrating (request {at})")));
             }
         }
         Ok(pending.iter().map(|migration| migration.name).collect::<Vec<_>>())

@@ -84,6 +84,14 @@ impl From<libsql::Error> for StoreError {
             libsql::Error::SqliteFailure(code, message) if storage_unavailable(code) => {
                 Self::Unavailable(format!("{message} (SQLite code {code})"))
             }
+            // An HTTP answer other than 200 (libSQL's text: `status=…, body=…`): the server's
+            // or its configuration's fault (a token it refuses is 401), so 503; without the
+            // body, which could quote the request.
+            libsql::Error::Hrana(err) if remote::http_status(&err.to_string()).is_some() => {
+                let message = err.to_string();
+                let status = remote::http_status(&message).unwrap_or_default();
+                Self::Unavailable(format!("remote database: HTTP {status}"))
+            }
             libsql::Error::Hrana(err) if remote::remote_unavailable(&err.to_string()) => {
                 Self::Unavailable(format!("remote database: {err}"))
             }

@@ -46,6 +46,13 @@ pub async fn finish_create(control: &ControlDb, user_id: Uuid, now: DateTime<Utc
     Ok(())
 }
 
+/// Whether `user_id` is in the users directory: after a registration whose
+/// last step failed, whether that step committed all the same (its answer lost).
+pub async fn in_directory(control: &ControlDb, user_id: Uuid) -> StoreResult<bool> {
+    let conn = control.conn().await?;
+    Ok(super::query_opt(&conn, "SELECT 1 FROM users WHERE user_id = ?1", [user_id.to_string()]).await?.is_some())
+}
+
 /// In the transaction that removes a user from the directory: its
 /// database is to be deleted.
 pub async fn note_delete(tx: &Connection, user_id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {

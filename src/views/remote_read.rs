@@ -55,7 +55,7 @@ pub async fn changed_since(hrana: &Hrana, since: u64, limit: u64, kinds: &[Kind]
     stmts.push(Stmt::new("COMMIT", Vec::new()));
     let outcome = hrana.read(stmts).await?;
     if let Some((at, error)) = outcome.failed {
-        return Err(StoreError::Corrupt(format!("a remote pull read (statement {at}): {}", error.message)));
+        return Err(error.into_store_error(&format!("a remote pull read (statement {at})")));
     }
     let mut results = outcome.results.into_iter().skip(1).map(|result| result.unwrap_or_default().rows);
     let head = match results.next().unwrap_or_default().first() {

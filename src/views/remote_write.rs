@@ -119,7 +119,7 @@ async fn attempt_once(
     }
     let outcome = hrana.read(reads).await?;
     if let Some((at, error)) = outcome.failed {
-        return Err(StoreError::Corrupt(format!("a remote read (statement {at}): {}", error.message)).into());
+        return Err(error.into_store_error(&format!("a remote read (statement {at})")).into());
     }
     let mut results = outcome.results.into_iter().map(Option::unwrap_or_default);
     let mut next_rows = || results.next().map(|result| result.rows).unwrap_or_default();
@@ -233,23 +233,8 @@ async fn attempt_once(
             Ok(Some((out, tip)))
         }
         Some((0, error)) if error.message.contains("UNIQUE constraint failed: events.seq") => Ok(None),
-        Some((at, error)) => Err(write_error(at, &error.message, error.code.as_deref()).into()),
+        Some((at, error)) => Err(error.into_store_error(&format!("a remote write (statement {at})")).into()),
     }
-}
-
-/// A statement of the write batch that failed for another reason than a
-/// moved head: a server that cannot write now is unavailable (503); any
-/// other failure is the store's fault, not the request's.
-fn write_error(at: usize, message: &str, code: Option<&str>) -> StoreError {
-    let code = code.unwrap_or_default();
-    if ["SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED"]
-        .iter()
-        .any(|unavailable| code.starts_with(unavailable))
-        || message.contains("database is locked")
-    {
-        return StoreError::Unavailable(format!("a remote write (statement {at}): {message}"));
-    }
-    StoreError::Corrupt(format!("a remote write (statement {at}): {message}"))
 }
 
 /// The values of [`INSERT`] for one event, in its order.

@@ -410,6 +410,20 @@ async fn sqld_stopped_mid_push_is_unavailable_then_recovers() {
     assert_eq!((head, seqs.len()), (401, 401));
 }
 
+/// Every namespace the service creates (the control database's and each
+/// user's) commits with `synchronous = FULL` (sqld's `strong`), not sqld's
+/// default `relaxed`, whose last commits an OS crash can take back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqld_namespaces_are_created_durable() {
+    let fx = Fixture::new(Store::Sqld).await;
+    let a = fx.app.register().await;
+    let sqld = fx.sqld.as_ref().unwrap();
+    for namespace in ["control".to_string(), format!("user-{}", a.user_id)] {
+        let config = sqld.config(&namespace).await;
+        assert_eq!(config["durability_mode"], "strong", "{namespace}: {config}");
+    }
+}
+
 /// The round trips the design promises: a push (of any size) is one read
 /// and one write batch, a pull page one read, counted where they are sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

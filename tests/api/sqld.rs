@@ -172,6 +172,13 @@ impl Sqld {
         self.spawn().await;
     }
 
+    /// The namespace's configuration, as its admin API answers it.
+    pub async fn config(&self, namespace: &str) -> serde_json::Value {
+        let resp = reqwest::get(format!("{}/v1/namespaces/{namespace}/config", self.admin_url())).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "GET config of {namespace}");
+        resp.json().await.unwrap()
+    }
+
     /// Whether the namespace exists (its admin API's config route).
     pub async fn namespace_exists(&self, namespace: &str) -> bool {
         let resp = reqwest::get(format!("{}/v1/namespaces/{namespace}/config", self.admin_url())).await.unwrap();

@@ -228,6 +228,29 @@ pub struct ErrorBody {
     pub code: Option<String>,
 }
 
+impl ErrorBody {
+    /// The store's error for this failure of a statement (`what` says where).
+    /// A server that cannot serve now (busy, locked, out of space, an I/O
+    /// error, read-only, blocked) is [`StoreError::Unavailable`] (503 and a
+    /// retry); anything else is the store's fault. SQLite's messages name
+    /// columns and constraints, never a statement's arguments.
+    pub fn into_store_error(self, what: &str) -> StoreError {
+        let code = self.code.as_deref().unwrap_or_default();
+        let unavailable = ["SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY"]
+            .iter()
+            .any(|prefix| code.starts_with(prefix))
+            || code.contains("BLOCKED")
+            || code.contains("TIMEOUT")
+            || self.message.contains("database is locked");
+        let detail = format!("{what}: {}", self.message);
+        if unavailable {
+            StoreError::Unavailable(detail)
+        } else {
+            StoreError::Corrupt(detail)
+        }
+    }
+}
+
 /// What a batch's statements gave, each `None` if it did not run.
 #[derive(Debug)]
 pub struct Outcome {
@@ -253,7 +276,8 @@ impl Hrana {
     /// each only if the one before succeeded, `COMMIT` only if all did,
     /// `ROLLBACK` otherwise. The outcome's results are the statements' (not
     /// the `BEGIN`'s), and `failed` names the statement that failed, by its
-    /// index in `stmts` (or `stmts.len()` for the commit).
+    /// index in `stmts` (or `stmts.len()` for the commit). A `BEGIN` that
+    /// fails (nothing ran) is an error of its own, never statement 0's.
     pub async fn transaction(&self, stmts: Vec<Stmt>) -> StoreResult<Outcome> {
         let begin = Stmt { sql: "BEGIN IMMEDIATE".into(), args: Vec::new(), want_rows: false };
         let count = u32::try_from(stmts.len() + 1).map_err(|_| StoreError::Corrupt("a batch too long".into()))?;
@@ -272,7 +296,9 @@ impl Hrana {
         outcome.results.pop();
         outcome.results.remove(0);
         outcome.failed = match outcome.failed {
-            Some((0, error)) => Some((0, error)),
+            Some((0, error)) => {
+                return Err(error.into_store_error(&format!("sqld namespace {}: BEGIN", self.inner.namespace)))
+            }
             Some((at, error)) => Some((at - 1, error)),
             None if outcome.results.last().is_some_and(Option::is_none) => Some((
                 outcome.results.len() - 1,
@@ -291,7 +317,7 @@ impl Hrana {
         let batch = match results.into_iter().next() {
             Some(StreamResult::Ok { response: StreamResponse::Batch { result } }) => result,
             Some(StreamResult::Error { error }) => {
-                return Err(StoreError::Corrupt(format!("sqld namespace {}: {}", inner.namespace, error.message)))
+                return Err(error.into_store_error(&format!("sqld namespace {}", inner.namespace)))
             }
             _ => return Err(StoreError::Corrupt(format!("sqld namespace {}: no batch result", inner.namespace))),
         };
@@ -341,15 +367,15 @@ impl Hrana {
         // A namespace sqld says does not exist, when this client was made for an existing one:
         // sqld answers so while it shuts down (and if another server deleted the account, the
         // retry finds out and answers 401).
-        if status.is_server_error()
-            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-            || status == reqwest::StatusCode::NOT_FOUND
-        {
-            return Err(unavailable(format!("HTTP {status}")));
-        }
+        // Any other refusal is the server's or its configuration's (a token it does not take is
+        // 401): 503, for the operator to see in the log. The body is not kept: an error that
+        // quotes the request could quote a statement's arguments (payloads).
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
-            return Err(StoreError::Corrupt(format!("sqld namespace {}: HTTP {status}: {text}", inner.namespace)));
+            let hint = match status {
+                reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => " (check SQLD_AUTH_TOKEN)",
+                _ => "",
+            };
+            return Err(unavailable(format!("HTTP {status}{hint}")));
         }
         let response: PipelineResponse = serde_json::from_slice(&bytes)
             .map_err(|err| StoreError::Corrupt(format!("sqld namespace {}: a Hrana answer: {err}", inner.namespace)))?;
@@ -425,6 +451,23 @@ impl Row {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_cannot_serve_now_is_unavailable_and_a_failed_statement_is_not() {
+        let error =
+            |message: &str, code: Option<&str>| ErrorBody { message: message.into(), code: code.map(Into::into) };
+        for (message, code) in [
+            ("database is locked", Some("SQLITE_BUSY")),
+            ("disk I/O error", Some("SQLITE_IOERR_WRITE")),
+            ("database or disk is full", Some("SQLITE_FULL")),
+            ("database is locked", None),
+        ] {
+            let err = error(message, code).into_store_error("a write");
+            assert!(matches!(err, StoreError::Unavailable(_)), "{message}: {err:?}");
+        }
+        let err = error("UNIQUE constraint failed: events.event_id", Some("SQLITE_CONSTRAINT_UNIQUE"));
+        assert!(matches!(err.into_store_error("a write"), StoreError::Corrupt(_)));
+    }
 
     #[test]
     fn values_take_hranas_json_shape() {

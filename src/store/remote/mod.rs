@@ -13,6 +13,8 @@
 #[cfg(feature = "remote-storage")]
 mod connector;
 pub mod hrana;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
@@ -22,6 +24,10 @@ use uuid::Uuid;
 use super::{StoreError, StoreResult};
 use crate::config::SqldConfig;
 use hrana::Hrana;
+
+/// The durability every namespace is created with: sqld's `strong` is
+/// SQLite's `synchronous = FULL` (a commit is on disk before it is answered).
+pub const DURABILITY_MODE: &str = "strong";
 
 /// The namespace of the control database.
 pub const CONTROL_NAMESPACE: &str = "control";
@@ -108,15 +114,26 @@ impl SqldBackend {
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(StoreError::Unavailable(format!("sqld admin API, {what}: HTTP {status}")));
         }
+        // A key it refuses is the configuration's fault, not the request's: 503, named in the log.
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(StoreError::Unavailable(format!(
+                "sqld admin API, {what}: HTTP {status} (check SQLD_ADMIN_AUTH_KEY)"
+            )));
+        }
         Ok((status, body))
     }
 
     /// Creates `namespace`; one that exists already is fine (a retry).
+    ///
+    /// With [`DURABILITY_MODE`]: sqld's default (`relaxed`, SQLite's
+    /// `synchronous = NORMAL`) acknowledges commits that an OS crash or a
+    /// power loss can take back, and an acknowledged event must never be lost
+    /// (the local backend commits with `synchronous = FULL` for the same reason).
     pub async fn create_namespace(&self, namespace: &str) -> StoreResult<()> {
         let what = format!("creating {namespace}");
         let request = self
             .admin(reqwest::Method::POST, &format!("/v1/namespaces/{namespace}/create"))
-            .json(&serde_json::json!({}));
+            .json(&serde_json::json!({ "durability_mode": DURABILITY_MODE }));
         match self.send(request, &what).await? {
             (status, _) if status.is_success() => Ok(()),
             (_, body) if body.contains("already exists") => Ok(()),
@@ -164,6 +181,14 @@ impl SqldBackend {
 fn admin_error(what: &str, status: reqwest::StatusCode, body: &str) -> StoreError {
     let body: String = body.chars().take(300).collect();
     StoreError::Corrupt(format!("sqld admin API, {what}: HTTP {status}: {body}"))
+}
+
+/// The HTTP status of an error of libSQL's remote client that is an answer
+/// other than 200 (its text holds `status=<status>, body=<body>`).
+pub(super) fn http_status(message: &str) -> Option<&str> {
+    let at = message.find("status=")? + "status=".len();
+    let status = message[at..].split(',').next()?.trim();
+    (!status.is_empty()).then_some(status)
 }
 
 /// Whether an error of libSQL's remote client means the server cannot be
