@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::aggregates::{load_many_sql, save_sql};
-use super::write::{BatchError, BatchResult, EventStatus};
+use super::write::{fold, BatchError, BatchResult, EventStatus};
 use super::{heads_error, parse_heads, values};
 use crate::clock::{parse_rfc3339, rfc3339};
 use crate::events::append::INSERT;
@@ -33,7 +33,7 @@ use crate::events::hash::{canonical_bytes, link};
 use crate::events::log::{decode_remote, COLUMNS};
 use crate::events::version::VersionVector;
 use crate::events::{Kind, LogTip, NewEvent, Op, StoredEvent};
-use crate::projection::aggregate::{self, AggregateHead, AggregateRow, Outcome};
+use crate::projection::aggregate::{AggregateHead, AggregateRow};
 use crate::store::remote::hrana::{Hrana, Row, Stmt, Value};
 use crate::store::{StoreError, StoreResult, UserDb};
 
@@ -193,22 +193,8 @@ async fn attempt_once(
         writer.ids()?.stage(event.event_id, seq);
         tip = LogTip { seq, hash };
 
-        let key = (event.kind, event.aggregate_id);
-        let current = rows.remove(&key);
-        let before = current.as_ref().map_or(0, |row| row.heads.len());
-        let (row, outcome) = aggregate::apply(current, &stored);
-        if outcome == Outcome::Conflict && row.heads.len() > aggregate::MAX_HEADS.max(before) {
-            return Err(BatchError::TooManyHeads { index, kind: key.0, aggregate_id: key.1 });
-        }
-        if outcome != Outcome::Stale {
-            dirty.insert(key);
-        }
-        rows.insert(key, row);
-        let status = match outcome {
-            Outcome::Applied => EventStatus::Applied,
-            Outcome::Conflict => EventStatus::Conflict,
-            Outcome::Stale => EventStatus::Stale,
-        };
+        let current = rows.remove(&(event.kind, event.aggregate_id));
+        let status = fold(&mut rows, &mut dirty, current, &stored, index)?;
         out.push(BatchResult { event_id: event.event_id, seq, status });
         appended.push(stored);
     }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::aggregates::ViewStatements;
 use super::devices;
 use crate::events::device::DeviceAction;
-use crate::events::{log, Kind, LogTx, NewEvent};
+use crate::events::{log, Kind, LogTx, NewEvent, StoredEvent};
 use crate::projection::aggregate::{self, AggregateRow, Outcome};
 use crate::projection::devices::{self as device_fold, DeviceRow};
 use crate::store::{StoreError, StoreResult};
@@ -59,6 +59,35 @@ pub enum BatchError {
     Store(#[from] StoreError),
 }
 
+/// Folds `stored`, the batch's event at `index`, into its aggregate's row
+/// (`current`: loaded, or left by an earlier event of the batch), keeping
+/// the head cap, and notes the row to write unless the event was stale.
+/// Both append paths, local and remote, fold through it.
+pub(super) fn fold(
+    rows: &mut HashMap<(Kind, Uuid), AggregateRow>,
+    dirty: &mut HashSet<(Kind, Uuid)>,
+    current: Option<AggregateRow>,
+    stored: &StoredEvent,
+    index: usize,
+) -> Result<EventStatus, BatchError> {
+    let key = (stored.event.kind, stored.event.aggregate_id);
+    let before = current.as_ref().map_or(0, |row| row.heads.len());
+    let (row, outcome) = aggregate::apply(current, stored);
+    // Over the cap and growing (a row from before the cap may shrink towards it).
+    if outcome == Outcome::Conflict && row.heads.len() > aggregate::MAX_HEADS.max(before) {
+        return Err(BatchError::TooManyHeads { index, kind: key.0, aggregate_id: key.1 });
+    }
+    if outcome != Outcome::Stale {
+        dirty.insert(key);
+    }
+    rows.insert(key, row);
+    Ok(match outcome {
+        Outcome::Applied => EventStatus::Applied,
+        Outcome::Conflict => EventStatus::Conflict,
+        Outcome::Stale => EventStatus::Stale,
+    })
+}
+
 /// Appends a validated batch and folds it into the views, inside `tx`.
 /// View rows touched several times are written once, at the end.
 pub async fn apply_batch(
@@ -89,21 +118,7 @@ pub async fn apply_batch(
             Some(row) => Some(row),
             None => views.load(key.0, key.1).await?,
         };
-        let before = current.as_ref().map_or(0, |row| row.heads.len());
-        let (row, outcome) = aggregate::apply(current, &stored);
-        // Over the cap and growing (a row from before the cap may shrink towards it).
-        if outcome == Outcome::Conflict && row.heads.len() > aggregate::MAX_HEADS.max(before) {
-            return Err(BatchError::TooManyHeads { index, kind: key.0, aggregate_id: key.1 });
-        }
-        if outcome != Outcome::Stale {
-            dirty.insert(key);
-        }
-        rows.insert(key, row);
-        let status = match outcome {
-            Outcome::Applied => EventStatus::Applied,
-            Outcome::Conflict => EventStatus::Conflict,
-            Outcome::Stale => EventStatus::Stale,
-        };
+        let status = fold(&mut rows, &mut dirty, current, &stored, index)?;
         results.push(BatchResult { event_id: stored.event.event_id, seq: stored.seq, status });
     }
     for key in &dirty {
