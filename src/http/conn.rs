@@ -60,6 +60,12 @@ impl ConnLimits {
     }
 }
 
+/// The most a connection's read buffer grows to (hyper's default is
+/// 400 KiB, and it grows with large bodies): every open connection keeps the
+/// buffer its earlier bodies grew, idle or not. Bodies arrive in pieces of
+/// this size; a request head must fit in it (else 431).
+const READ_BUFFER_MAX: usize = 8 * 1024;
+
 /// At most one "cap reached" warning this often.
 const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
@@ -178,7 +184,8 @@ async fn connection(
             Ok::<Response, Infallible>(response.map(|body| Body::new(Tracked { body, _busy: busy })))
         }
     });
-    let mut conn = pin!(http1::Builder::new().serve_connection(io, service).with_upgrades());
+    let mut conn =
+        pin!(http1::Builder::new().max_buf_size(READ_BUFFER_MAX).serve_connection(io, service).with_upgrades());
     let mut checks = tokio::time::interval(limits.check_every());
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
