@@ -1,3 +1,6 @@
+//! Unit tests of the entitlement ledger (compiled only for tests: `#[cfg(test)] mod tests;` in mod.rs).
+#![cfg(test)]
+
 use chrono::Duration;
 
 use super::*;

@@ -1,3 +1,6 @@
+//! Unit tests of App Store verification (compiled only for tests: `#[cfg(test)] mod tests;` in apple.rs).
+#![cfg(test)]
+
 use super::*;
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/apple");

@@ -1,3 +1,6 @@
+//! Unit tests of the remote backend's error classification (compiled only for tests: `#[cfg(test)] mod tests;` in mod.rs).
+#![cfg(test)]
+
 use super::http_status;
 
 #[test]
