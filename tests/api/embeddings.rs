@@ -425,18 +425,6 @@ async fn the_openai_provider_keeps_order_normalises_and_maps_failures() {
         .await;
 }
 
-#[cfg(feature = "local-embeddings")]
-fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
-}
-
 /// The shipped binary logging at `trace`: an input's text is in none of its
 /// log lines and in no file of its data directory. A model directory that
 /// does not load stops the start, naming it.
@@ -470,7 +458,7 @@ async fn inputs_reach_no_log_and_no_file_and_a_broken_model_stops_the_start() {
     assert!(log.contains("/embeddings"), "requests are traced: {log}");
     assert!(!log.contains("okapi"), "an input reached the log");
     let mut files = Vec::new();
-    files_under(data.path(), &mut files);
+    crate::helpers::files_under(data.path(), &mut files);
     for file in files {
         let bytes = std::fs::read(&file).unwrap();
         assert!(!bytes.windows(5).any(|w| w == b"okapi"), "an input reached {}", file.display());

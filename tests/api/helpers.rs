@@ -357,3 +357,15 @@ pub fn spawn_binary(data: &Path, port: u16, log: &Path, vars: &[(&str, &std::ffi
         .spawn()
         .unwrap()
 }
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use echolia::clock::Clock;
 
-use crate::helpers::{assert_error, spawn_app, spawn_app_with, Session, TestApp};
+use crate::helpers::{assert_error, files_under, spawn_app, spawn_app_with, Session, TestApp};
 use crate::llm_fake::{anthropic_events, openai_events, FakeUpstream};
 
 pub struct LlmApp {
@@ -531,18 +531,6 @@ async fn stream_metrics_are_scraped() {
     assert!(scrape.contains("echolia_llm_upstream_latency_seconds_count{provider=\"openai\"} 1"));
     assert!(scrape.contains("echolia_llm_tokens_total{model=\"priced\"} 15"));
     assert!(scrape.contains("echolia_llm_cost_microdollars_total{model=\"priced\"} 19"));
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
 }
 
 /// A whole conversation with a marker in the prompts (and so, echoed, in the
