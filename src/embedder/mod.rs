@@ -166,9 +166,9 @@ impl Embedder {
         http: &reqwest::Client,
         inputs: &[String],
     ) -> ApiResult<Embedded> {
-        // Only the local provider has places; the others just drop it.
+        // Only the local provider has places; without it there is nothing to hold.
         #[cfg(not(feature = "local-embeddings"))]
-        drop(admission);
+        let Admission {} = admission;
         let (unique, positions) = batch::dedup(inputs);
         let provider = self.provider().unwrap_or("none");
         let (vectors, tokens) = match &self.backend {
