@@ -8,8 +8,7 @@ use crate::store::{migrations, StoreError};
 
 pub async fn run(storage: &Storage) -> Result<Outcome, CliError> {
     let control = storage.backend.open_control().await?;
-    let applied =
-        storage.backend.migrate(&control, storage.backend.control_hrana().as_ref(), migrations::CONTROL).await?;
+    let applied = control.migrate(migrations::CONTROL).await?;
     report("control", &applied);
     let mut total = applied.len();
     let users = storage.control(true).await?.user_ids().await?;
@@ -24,8 +23,7 @@ pub async fn run(storage: &Storage) -> Result<Outcome, CliError> {
             }
             Err(err) => return Err(err.into()),
         };
-        let applied =
-            storage.backend.migrate(&db, storage.backend.user_hrana(*user).as_ref(), migrations::USER).await?;
+        let applied = db.migrate(migrations::USER).await?;
         report(&format!("user {user}"), &applied);
         total += applied.len();
     }

@@ -79,10 +79,7 @@ impl AppState {
             .map_err(|err| StoreError::Corrupt(format!("the HTTP client cannot start: {err}")))?;
         let backend = Backend::from_config(&config, &http);
         let control = ControlDb::open(&backend).await?;
-        if !control.is_remote() {
-            let limit = u64::from(config.sqlite_memory_limit_mb) * 1024 * 1024;
-            crate::store::memory::set_soft_limit(&control.conn().await?, limit).await?;
-        }
+        control.set_memory_limit(u64::from(config.sqlite_memory_limit_mb) * 1024 * 1024).await?;
         let secret = match &config.jwt_secret {
             Some(secret) => secret.clone(),
             None => crate::identity::secret::load_or_create(&config.data_dir)?,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use libsql::{Builder, Database, OpenFlags};
 use uuid::Uuid;
 
-use super::remote::{self, hrana::Hrana, SqldBackend};
+use super::database::Db;
+use super::remote::{self, SqldBackend};
 use super::{connect, StoreError, StoreResult};
 
 #[derive(Debug, Clone)]
@@ -30,28 +31,22 @@ impl Backend {
         }
     }
 
-    /// Whether databases are reached over the network (no file here, no
-    /// local SQLite settings, a round trip per statement).
-    pub fn is_remote(&self) -> bool {
-        !matches!(self, Self::Local(_))
-    }
-
     /// Opens (creating when needed) the control database.
-    pub async fn open_control(&self) -> StoreResult<Database> {
+    pub async fn open_control(&self) -> StoreResult<Db> {
         match self {
-            Self::Local(local) => local.open_control().await,
+            Self::Local(local) => Ok(Db::Local(local.open_control().await?)),
             Self::Sqld(sqld) => {
                 sqld.create_namespace(remote::CONTROL_NAMESPACE).await?;
-                sqld.open(remote::CONTROL_NAMESPACE).await
+                Ok(Db::Remote(sqld.open(remote::CONTROL_NAMESPACE).await?))
             }
         }
     }
 
     /// Opens a user's database; `create` decides whether a missing one is
     /// made (registration) or reported as [`StoreError::UserNotFound`].
-    pub async fn open_user(&self, user_id: Uuid, create: bool) -> StoreResult<Database> {
+    pub async fn open_user(&self, user_id: Uuid, create: bool) -> StoreResult<Db> {
         match self {
-            Self::Local(local) => local.open_user(user_id, create).await,
+            Self::Local(local) => Ok(Db::Local(local.open_user(user_id, create).await?)),
             Self::Sqld(sqld) => {
                 let namespace = remote::user_namespace(user_id);
                 if create {
@@ -59,38 +54,8 @@ impl Backend {
                 } else if !sqld.namespace_exists(&namespace).await? {
                     return Err(StoreError::UserNotFound(user_id));
                 }
-                sqld.open(&namespace).await
+                Ok(Db::Remote(sqld.open(&namespace).await?))
             }
-        }
-    }
-
-    /// The Hrana client of a user's database, on a remote backend.
-    pub fn user_hrana(&self, user_id: Uuid) -> Option<Hrana> {
-        match self {
-            Self::Local(_) => None,
-            Self::Sqld(sqld) => Some(sqld.hrana(&remote::user_namespace(user_id))),
-        }
-    }
-
-    /// The Hrana client of the control database, on a remote backend.
-    pub fn control_hrana(&self) -> Option<Hrana> {
-        match self {
-            Self::Local(_) => None,
-            Self::Sqld(sqld) => Some(sqld.hrana(remote::CONTROL_NAMESPACE)),
-        }
-    }
-
-    /// Brings a database of this backend up to date with `set`: through
-    /// `hrana` on a remote one, else on a connection of its own.
-    pub async fn migrate(
-        &self,
-        db: &Database,
-        hrana: Option<&Hrana>,
-        set: &[super::migrations::Migration],
-    ) -> StoreResult<Vec<&'static str>> {
-        match hrana {
-            Some(hrana) => super::migrations::apply_remote(hrana, set).await,
-            None => super::migrations::apply(&connect(db).await?, set).await,
         }
     }
 

@@ -2,32 +2,31 @@
 //! pairing sessions, entitlements and webhook dedupe).
 
 use chrono::{DateTime, Utc};
-use libsql::{Connection, Database};
+use libsql::Connection;
 use uuid::Uuid;
 
-use super::{connect_to, migrations, query_opt, Backend, StoreError, StoreResult};
+use super::{migrations, query_opt, Backend, Db, StoreError, StoreResult};
 use crate::clock::rfc3339;
 
 pub struct ControlDb {
-    db: Database,
-    remote: bool,
+    db: Db,
 }
 
 impl ControlDb {
     pub async fn open(backend: &Backend) -> StoreResult<Self> {
         let db = backend.open_control().await?;
-        let remote = backend.is_remote();
-        backend.migrate(&db, backend.control_hrana().as_ref(), migrations::CONTROL).await?;
-        Ok(Self { db, remote })
+        db.migrate(migrations::CONTROL).await?;
+        Ok(Self { db })
     }
 
     pub async fn conn(&self) -> StoreResult<Connection> {
-        connect_to(&self.db, self.remote).await
+        self.db.connect().await
     }
 
-    /// Whether this database is reached over the network.
-    pub fn is_remote(&self) -> bool {
-        self.remote
+    /// Sets SQLite's soft heap limit for the process, on a local backend
+    /// (see [`Db::set_memory_limit`]).
+    pub async fn set_memory_limit(&self, bytes: u64) -> StoreResult<()> {
+        self.db.set_memory_limit(bytes).await
     }
 
     /// A cheap round trip proving the database answers.

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod control;
+pub mod database;
 pub mod id_index;
 #[allow(unsafe_code)]
 pub mod memory;
@@ -16,6 +17,7 @@ pub mod users;
 
 pub use backend::Backend;
 pub use control::ControlDb;
+pub use database::Db;
 pub use id_index::IdIndex;
 pub use user_db::{PooledConn, RemoteWriter, ReplayLock, UserDb, WriteLock, WriteTx};
 pub use users::UserDatabases;
@@ -136,15 +138,6 @@ pub async fn connect(db: &libsql::Database) -> StoreResult<libsql::Connection> {
     ))
     .await?;
     Ok(conn)
-}
-
-/// Opens a fresh connection for one unit of work on a database of either
-/// kind: a remote one takes none of the local file's settings.
-pub async fn connect_to(db: &libsql::Database, remote: bool) -> StoreResult<libsql::Connection> {
-    if remote {
-        return Ok(db.connect()?);
-    }
-    connect(db).await
 }
 
 /// Reads the first row of a query, if any.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 
-use libsql::{Connection, Database, Statement, Transaction, TransactionBehavior};
+use libsql::{Connection, Statement, Transaction, TransactionBehavior};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
@@ -14,15 +14,13 @@ use super::backend::REPLAY_LOCK_SUFFIX;
 use super::id_index::IdIndex;
 use super::raw::RawConn;
 use super::remote::hrana::Hrana;
-use super::{connect_to, memory, migrations, Backend, StoreError, StoreResult};
+use super::{migrations, Backend, Db, StoreError, StoreResult};
 
 pub struct UserDb {
     user_id: Uuid,
-    db: Database,
+    db: Db,
     /// Its file, on a backend that keeps one on this machine.
     file: Option<PathBuf>,
-    /// Its Hrana client, on a remote backend.
-    remote: Option<Hrana>,
     /// The connection writes go through, behind the user's lock: one writer
     /// per user inside this process, so writers queue here rather than on
     /// SQLite's lock (`BEGIN IMMEDIATE` still arbitrates between processes).
@@ -52,12 +50,11 @@ impl UserDb {
     /// Opens (or with `create`, makes) the database and brings its schema up to date.
     pub async fn open(backend: &Backend, user_id: Uuid, create: bool) -> StoreResult<Self> {
         let db = backend.open_user(user_id, create).await?;
-        backend.migrate(&db, backend.user_hrana(user_id).as_ref(), migrations::USER).await?;
+        db.migrate(migrations::USER).await?;
         Ok(Self {
             user_id,
             db,
             file: backend.user_file(user_id),
-            remote: backend.user_hrana(user_id),
             writer: Arc::new(Mutex::new(None)),
             idle: Arc::default(),
             deleted: AtomicBool::new(false),
@@ -97,7 +94,7 @@ impl UserDb {
     /// The Hrana client of this database, on a remote backend: the append
     /// and pull paths batch their statements through it.
     pub fn remote(&self) -> Option<&Hrana> {
-        self.remote.as_ref()
+        self.db.hrana()
     }
 
     /// The account is gone: refuse every unit of work from now on.
@@ -123,17 +120,10 @@ impl UserDb {
         let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => {
-                let conn = connect_to(&self.db, self.remote.is_some()).await?;
-                if self.remote.is_none() {
-                    memory::size_reader_cache(&conn).await?;
-                }
-                conn
-            }
+            None => self.db.connect_reader().await?,
         };
-        // A remote connection is not kept: it holds a stream (a baton) the
-        // server forgets after a while idle, or when it restarts.
-        let idle = if self.remote.is_some() { Arc::default() } else { self.idle.clone() };
+        // Not kept unless the database allows it ([`Db::keeps_connections`]).
+        let idle = if self.db.keeps_connections() { self.idle.clone() } else { Arc::default() };
         Ok(PooledConn { conn: Some(conn), idle })
     }
 
@@ -148,7 +138,7 @@ impl UserDb {
             _ => Writer {
                 statements: HashMap::new(),
                 ids: IdIndex::counted(self.indexed.clone(), self.all_indexed.clone()),
-                conn: connect_to(&self.db, self.remote.is_some()).await?,
+                conn: self.db.connect().await?,
             },
         };
         // Ids a rolled-back transaction staged were never committed.
@@ -163,7 +153,7 @@ impl UserDb {
         let tx = writer.conn.transaction_with_behavior(TransactionBehavior::Immediate).await;
         // Kept for the next writer whether `BEGIN` worked or not (busy from another process).
         *guard = Some(writer);
-        let cache = self.remote.is_none();
+        let cache = self.db.keeps_connections();
         Ok(WriteTx { tx: tx?, appended: 0, counter: self.appended.clone(), cache, guard })
     }
 
@@ -209,7 +199,7 @@ impl UserDb {
             *guard = Some(Writer {
                 statements: HashMap::new(),
                 ids: IdIndex::counted(self.indexed.clone(), self.all_indexed.clone()),
-                conn: connect_to(&self.db, self.remote.is_some()).await?,
+                conn: self.db.connect().await?,
             });
         }
         if let Some(writer) = guard.as_mut() {

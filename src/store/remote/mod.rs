@@ -38,6 +38,24 @@ pub fn user_namespace(user_id: Uuid) -> String {
     format!("user-{}", user_id.as_hyphenated())
 }
 
+/// One database over the network: libSQL's remote client for statements
+/// one at a time and transactions, [`Hrana`] for batches in one round trip.
+pub struct RemoteDb {
+    db: libsql::Database,
+    hrana: Hrana,
+}
+
+impl RemoteDb {
+    /// A fresh connection (nothing is sent until it runs a statement).
+    pub async fn connect(&self) -> StoreResult<libsql::Connection> {
+        Ok(self.db.connect()?)
+    }
+
+    pub fn hrana(&self) -> &Hrana {
+        &self.hrana
+    }
+}
+
 /// A libSQL server (sqld) with namespaces.
 pub struct SqldBackend {
     http: reqwest::Client,
@@ -79,19 +97,20 @@ impl SqldBackend {
         Hrana::new(self.http.clone(), &self.url, namespace.to_owned(), self.token.clone(), self.timeout)
     }
 
-    /// A libSQL database handle on `namespace` (nothing is sent until a connection is used).
+    /// The database `namespace`: libSQL's remote client and the Hrana
+    /// client (nothing is sent until a connection is used).
     #[cfg(feature = "remote-storage")]
-    pub async fn open(&self, namespace: &str) -> StoreResult<libsql::Database> {
+    pub async fn open(&self, namespace: &str) -> StoreResult<RemoteDb> {
         let db = libsql::Builder::new_remote(self.url.clone(), self.token.expose_secret().to_owned())
             .namespace(namespace)
             .connector(connector::TimeoutConnector::new(self.timeout))
             .build()
             .await?;
-        Ok(db)
+        Ok(RemoteDb { db, hrana: self.hrana(namespace) })
     }
 
     #[cfg(not(feature = "remote-storage"))]
-    pub async fn open(&self, _namespace: &str) -> StoreResult<libsql::Database> {
+    pub async fn open(&self, _namespace: &str) -> StoreResult<RemoteDb> {
         Err(StoreError::Unavailable("this build has no remote storage (the `remote-storage` cargo feature)".into()))
     }
 
