@@ -13,6 +13,7 @@ use ipnet::IpNet;
 pub mod backup;
 pub mod embeddings;
 pub mod llm;
+pub mod turso;
 
 /// Minimum length of `JWT_SECRET`, in bytes (HS256 wants at least the hash size).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -192,6 +193,8 @@ pub enum BackendKind {
     Local,
     /// A libSQL server (sqld) with namespaces: one per user, and one for the control database.
     Sqld(SqldConfig),
+    /// Turso Cloud: a database per user, and one for the control database.
+    Turso(turso::TursoConfig),
 }
 
 /// `DATABASE_BACKEND=sqld`: where the server answers and how to reach it.
@@ -294,12 +297,7 @@ impl Config {
         let database_backend = match get("DATABASE_BACKEND").as_deref() {
             None | Some("local") => BackendKind::Local,
             Some("sqld") => BackendKind::Sqld(sqld(&get)?),
-            Some("turso") => {
-                return Err(invalid(
-                    "DATABASE_BACKEND",
-                    "the `turso` backend is not available in this build yet; use `local` or `sqld`",
-                ))
-            }
+            Some("turso") => BackendKind::Turso(turso::from_lookup(&get)?),
             Some(other) => {
                 return Err(invalid("DATABASE_BACKEND", format!("`{other}` is not one of local, sqld, turso")))
             }

@@ -49,6 +49,7 @@ pub fn require_local(backend: &BackendKind) -> Result<(), CliError> {
     match backend {
         BackendKind::Local => Ok(()),
         BackendKind::Sqld(_) => Err(CliError::Usage(remote_refusal("sqld"))),
+        BackendKind::Turso(_) => Err(CliError::Usage(remote_refusal("turso"))),
     }
 }
 
@@ -58,6 +59,7 @@ pub async fn backup(config: &Config, args: &BackupArgs) -> Result<Outcome, CliEr
     let local = match &storage.backend {
         Backend::Local(local) => local.clone(),
         Backend::Sqld(_) => return Err(CliError::Usage(remote_refusal("sqld"))),
+        Backend::Turso(_) => return Err(CliError::Usage(remote_refusal("turso"))),
     };
     // Refuses a directory that is not a data directory, as the other commands do.
     drop(storage.control(false).await?);

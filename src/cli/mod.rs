@@ -122,12 +122,12 @@ impl Storage {
                 }
                 Backend::local(&config.data_dir)
             }
-            BackendKind::Sqld(_) => {
+            BackendKind::Sqld(_) | BackendKind::Turso(_) => {
                 let http = reqwest::Client::builder()
                     .connect_timeout(std::time::Duration::from_secs(10))
                     .build()
                     .map_err(|err| CliError::Usage(format!("the HTTP client cannot start: {err}")))?;
-                Backend::from_config(config, &http)
+                Backend::from_config(config, &http)?
             }
         };
         let users = Arc::new(
@@ -147,7 +147,7 @@ impl Storage {
                     local.data_dir().display()
                 )))
             }
-            Backend::Local(_) | Backend::Sqld(_) => {}
+            Backend::Local(_) | Backend::Sqld(_) | Backend::Turso(_) => {}
         }
         Ok(ControlDb::open(&self.backend).await?)
     }

@@ -178,3 +178,49 @@ fn sqld_names_every_missing_variable_and_checks_its_urls() {
         assert_eq!(load(&bad).unwrap_err().variable, "SQLD_URL");
     }
 }
+
+#[test]
+fn turso_names_every_missing_variable_and_checks_its_values() {
+    let err = load(&[("DATABASE_BACKEND", "turso"), ("TURSO_GROUP", "default")]).unwrap_err();
+    assert_eq!(err.variable, "DATABASE_BACKEND");
+    if !cfg!(feature = "remote-storage") {
+        return;
+    }
+    assert!(err.message.contains("TURSO_ORG, TURSO_AUTH_TOKEN"), "{}", err.message);
+    assert!(!err.message.contains("TURSO_GROUP"), "{}", err.message);
+    let full = [
+        ("DATABASE_BACKEND", "turso"),
+        ("TURSO_ORG", "acme"),
+        ("TURSO_AUTH_TOKEN", "platform-token-value"),
+        ("TURSO_GROUP", "default"),
+    ];
+    let config = load(&full).unwrap();
+    let BackendKind::Turso(turso) = &config.database_backend else { panic!("not turso") };
+    assert_eq!(turso.api_url, "https://api.turso.tech");
+    assert_eq!((turso.org.as_str(), turso.group.as_str()), ("acme", "default"));
+    assert_eq!(turso.control_database, "echolia-control");
+    assert_eq!(turso.token_expiration.duration, Duration::from_secs(7 * 86_400));
+    assert_eq!((turso.timeout, turso.retries, turso.connect_to), (Duration::from_secs(10), 3, None));
+    assert!(!format!("{config:?}").contains("platform-token-value"), "the token must not show in Debug");
+    for (name, value) in [
+        ("TURSO_ORG", "acme/../x"),
+        ("TURSO_GROUP", "a b"),
+        ("TURSO_API_URL", "api.turso.tech"),
+        ("TURSO_CONTROL_DATABASE", "Control"),
+        ("TURSO_CONTROL_DATABASE", "a-name-far-longer-than-thirty-two-chars"),
+        ("TURSO_TOKEN_EXPIRATION", "soon"),
+        ("TURSO_TIMEOUT_SECS", "0"),
+        ("TURSO_RETRIES", "11"),
+        ("TURSO_CONNECT_TO", "localhost"),
+    ] {
+        let mut vars = full.to_vec();
+        vars.push((name, value));
+        assert_eq!(load(&vars).unwrap_err().variable, name, "{name}={value}");
+    }
+    let mut vars = full.to_vec();
+    vars.extend([("TURSO_CONNECT_TO", "127.0.0.1:8080"), ("TURSO_TOKEN_EXPIRATION", "1h30m")]);
+    let config = load(&vars).unwrap();
+    let BackendKind::Turso(turso) = &config.database_backend else { panic!("not turso") };
+    assert_eq!(turso.connect_to, Some("127.0.0.1:8080".parse().unwrap()));
+    assert_eq!(turso.token_expiration.text, "1h30m");
+}

@@ -77,7 +77,7 @@ impl AppState {
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|err| StoreError::Corrupt(format!("the HTTP client cannot start: {err}")))?;
-        let backend = Backend::from_config(&config, &http);
+        let backend = Backend::from_config(&config, &http)?;
         let control = ControlDb::open(&backend).await?;
         control.set_memory_limit(u64::from(config.sqlite_memory_limit_mb) * 1024 * 1024).await?;
         let secret = match &config.jwt_secret {

@@ -1,6 +1,7 @@
 //! Where databases live. `local` keeps libSQL files under `DATA_DIR`;
-//! `sqld` keeps them as namespaces of a libSQL server ([`super::remote`]).
-//! Turso databases join this enum later, behind the same operations.
+//! `sqld` keeps them as namespaces of a libSQL server ([`super::remote`]);
+//! `turso` as Turso Cloud databases ([`super::remote::turso`]). What an open
+//! database does differently on each is [`Db`]'s.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use libsql::{Builder, Database, OpenFlags};
 use uuid::Uuid;
 
 use super::database::Db;
+use super::remote::turso::TursoBackend;
 use super::remote::{self, SqldBackend};
 use super::{connect, StoreError, StoreResult};
 
@@ -16,6 +18,7 @@ use super::{connect, StoreError, StoreResult};
 pub enum Backend {
     Local(LocalBackend),
     Sqld(Arc<SqldBackend>),
+    Turso(Arc<TursoBackend>),
 }
 
 impl Backend {
@@ -24,11 +27,14 @@ impl Backend {
     }
 
     /// The backend `config` names; `http` is the process's shared client.
-    pub fn from_config(config: &crate::config::Config, http: &reqwest::Client) -> Self {
-        match &config.database_backend {
+    pub fn from_config(config: &crate::config::Config, http: &reqwest::Client) -> StoreResult<Self> {
+        Ok(match &config.database_backend {
             crate::config::BackendKind::Local => Self::local(&config.data_dir),
             crate::config::BackendKind::Sqld(sqld) => Self::Sqld(Arc::new(SqldBackend::new(sqld, http.clone()))),
-        }
+            crate::config::BackendKind::Turso(turso) => {
+                Self::Turso(Arc::new(TursoBackend::new(turso, http.clone(), config.max_open_databases)?))
+            }
+        })
     }
 
     /// Opens (creating when needed) the control database.
@@ -39,6 +45,7 @@ impl Backend {
                 sqld.create_namespace(remote::CONTROL_NAMESPACE).await?;
                 Ok(Db::Remote(sqld.open(remote::CONTROL_NAMESPACE).await?))
             }
+            Self::Turso(turso) => Ok(Db::Remote(turso.open_control().await?)),
         }
     }
 
@@ -56,6 +63,7 @@ impl Backend {
                 }
                 Ok(Db::Remote(sqld.open(&namespace).await?))
             }
+            Self::Turso(turso) => Ok(Db::Remote(turso.open_user(user_id, create).await?)),
         }
     }
 
@@ -63,7 +71,7 @@ impl Backend {
     pub fn user_file(&self, user_id: Uuid) -> Option<PathBuf> {
         match self {
             Self::Local(local) => Some(local.user_path(user_id)),
-            Self::Sqld(_) => None,
+            Self::Sqld(_) | Self::Turso(_) => None,
         }
     }
 
@@ -72,17 +80,19 @@ impl Backend {
         match self {
             Self::Local(local) => Ok(local.storage_bytes(user_id).await),
             Self::Sqld(sqld) => sqld.storage_bytes(&remote::user_namespace(user_id)).await,
+            Self::Turso(turso) => turso.user_storage_bytes(user_id).await,
         }
     }
 
     /// Bytes every database takes: the control database and all user
     /// databases, with their WALs. Walks the directory: callers cache it.
-    /// On sqld, the control namespace's alone (sqld cannot list namespaces,
-    /// and one call per user would not be a metric's cost).
+    /// On sqld and Turso, the control database's alone (sqld cannot list
+    /// namespaces, and one call per user would not be a metric's cost).
     pub async fn total_storage_bytes(&self) -> StoreResult<u64> {
         match self {
             Self::Local(local) => local.total_storage_bytes().await,
             Self::Sqld(sqld) => sqld.storage_bytes(remote::CONTROL_NAMESPACE).await,
+            Self::Turso(turso) => turso.control_storage_bytes().await,
         }
     }
 
@@ -91,6 +101,7 @@ impl Backend {
         match self {
             Self::Local(local) => local.delete_user(user_id).await,
             Self::Sqld(sqld) => sqld.delete_namespace(&remote::user_namespace(user_id)).await,
+            Self::Turso(turso) => turso.delete_user(user_id).await,
         }
     }
 }

@@ -132,13 +132,25 @@ impl UserDb {
     pub async fn begin_write(&self) -> StoreResult<WriteTx> {
         self.check_live()?;
         let mut guard = self.writer.clone().lock_owned().await;
+        // A remote database's connection is not kept from one transaction to
+        // the next ([`Db::keeps_connections`]); nor the token it was made
+        // with, which a Turso database renews.
+        let fresh = if self.db.keeps_connections() { None } else { Some(self.db.connect().await?) };
         // A writer left inside a transaction (a rollback that failed) is replaced.
         let writer = match guard.take() {
-            Some(writer) if writer.conn.is_autocommit() => writer,
+            Some(mut writer) if writer.conn.is_autocommit() => {
+                if let Some(conn) = fresh {
+                    writer.conn = conn;
+                }
+                writer
+            }
             _ => Writer {
                 statements: HashMap::new(),
                 ids: IdIndex::counted(self.indexed.clone(), self.all_indexed.clone()),
-                conn: self.db.connect().await?,
+                conn: match fresh {
+                    Some(conn) => conn,
+                    None => self.db.connect().await?,
+                },
             },
         };
         // Ids a rolled-back transaction staged were never committed.

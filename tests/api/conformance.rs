@@ -1,8 +1,9 @@
 //! One storage conformance suite, run against every backend: `local`
-//! (files under `DATA_DIR`) and `sqld` (the real libSQL server, started by
-//! each test, [`crate::sqld`]). Everything goes through the HTTP API or the
-//! operator commands, as a user would see it; only where a database lives
-//! differs ([`Fixture::database_exists`]).
+//! (files under `DATA_DIR`), `sqld` (the real libSQL server, started by
+//! each test, [`crate::sqld`]) and `turso` (a fake Turso Platform API whose
+//! databases are namespaces of a real sqld, [`crate::turso_fake`]).
+//! Everything goes through the HTTP API or the operator commands, as a user
+//! would see it; only where a database lives differs ([`Fixture::database_exists`]).
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
@@ -15,16 +16,21 @@ use uuid::Uuid;
 use crate::helpers::{assert_error, event, spawn_app_with, Session, TestApp};
 use crate::sqld::Sqld;
 use crate::sync_flow::stored_from_json;
+use crate::turso_fake::FakeTurso;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Store {
     Local,
     Sqld,
+    Turso,
 }
 
 pub struct Fixture {
     pub app: TestApp,
     pub sqld: Option<Sqld>,
+    pub turso: Option<FakeTurso>,
+    /// The storage variables (the server's and the operator commands').
+    vars: Vec<(&'static str, String)>,
 }
 
 impl Fixture {
@@ -32,22 +38,46 @@ impl Fixture {
         Self::with(store, &[]).await
     }
 
-    pub async fn with(store: Store, extra: &[(&str, &str)]) -> Fixture {
+    pub async fn with(store: Store, extra: &[(&'static str, &str)]) -> Fixture {
         let sqld = match store {
             Store::Local => None,
-            Store::Sqld => Some(Sqld::start().await),
+            Store::Sqld | Store::Turso => Some(Sqld::start().await),
         };
-        let mut vars: Vec<(&str, String)> = sqld.as_ref().map(Sqld::vars).unwrap_or_default();
+        let turso = match (store, &sqld) {
+            (Store::Turso, Some(sqld)) => Some(FakeTurso::start(sqld).await),
+            _ => None,
+        };
+        let mut vars: Vec<(&'static str, String)> = match (&turso, &sqld) {
+            (Some(turso), _) => turso.vars(),
+            (None, Some(sqld)) => sqld.vars(),
+            (None, None) => Vec::new(),
+        };
         vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Fixture { app: spawn_app_with(&vars).await, sqld }
+        let app = {
+            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            spawn_app_with(&vars).await
+        };
+        Fixture { app, sqld, turso, vars }
     }
 
-    /// Whether the user's database exists where its backend keeps it.
+    /// The same storage, a new server (as after a crash and a start).
+    pub async fn restart(self) -> Fixture {
+        let Fixture { app, sqld, turso, vars } = self;
+        Fixture { app: app.restart().await, sqld, turso, vars }
+    }
+
+    /// Whether the user's database exists where its backend keeps it: on
+    /// Turso, listed by the Platform API and served by its sqld namespace.
     pub async fn database_exists(&self, user: Uuid) -> bool {
-        match &self.sqld {
-            None => self.app.user_db_path(user).exists(),
-            Some(sqld) => sqld.namespace_exists(&format!("user-{user}")).await,
+        match (&self.turso, &self.sqld) {
+            (Some(turso), Some(sqld)) => {
+                let name = echolia::store::remote::turso::user_database(user);
+                let listed = turso.has_database(&name);
+                assert_eq!(listed, sqld.namespace_exists(&FakeTurso::namespace(&name)).await, "{name}");
+                listed
+            }
+            (_, Some(sqld)) => sqld.namespace_exists(&format!("user-{user}")).await,
+            (_, None) => self.app.user_db_path(user).exists(),
         }
     }
 
@@ -60,10 +90,8 @@ impl Fixture {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATA_DIR", self.app.data_dir())
             .stdin(Stdio::null());
-        if let Some(sqld) = &self.sqld {
-            for (name, value) in sqld.vars() {
-                command.env(name, value);
-            }
+        for (name, value) in &self.vars {
+            command.env(name, value);
         }
         let output = command.output().unwrap();
         (
@@ -292,8 +320,7 @@ async fn unfinished_provisioning_is_swept_at_start(store: Store) {
     control.execute("INSERT INTO provisioning VALUES (?1, 'create', ?2)", [in_flight.to_string(), now]).await.unwrap();
     assert!(fx.database_exists(orphan).await && fx.database_exists(deleted.user_id).await);
 
-    let Fixture { app, sqld } = fx;
-    let fx = Fixture { app: app.restart().await, sqld };
+    let fx = fx.restart().await;
     assert!(!fx.database_exists(orphan).await, "the crashed registration's database is gone");
     assert!(!fx.database_exists(deleted.user_id).await, "the crashed deletion's database is gone");
     assert!(fx.database_exists(in_flight).await, "a registration in flight is not touched");
@@ -352,6 +379,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Store::Sqld).await
+                }
+            )*
+        }
+        mod turso {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::Turso).await
                 }
             )*
         }

@@ -35,3 +35,5 @@ mod sync_bad_input;
 mod sync_codecs;
 mod sync_flow;
 mod token_review;
+mod turso;
+mod turso_fake;

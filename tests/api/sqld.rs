@@ -139,6 +139,12 @@ impl Sqld {
         format!("http://127.0.0.1:{}", self.admin_port)
     }
 
+    /// The private key the tokens sqld accepts are signed with (PEM), for
+    /// the fake Turso Platform API's tokens ([`crate::turso_fake`]).
+    pub fn signing_key(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("jwt.key")).unwrap()
+    }
+
     /// The variables of a server on this sqld.
     pub fn vars(&self) -> Vec<(&'static str, String)> {
         vec![

@@ -29,10 +29,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct TimeoutConnector {
     inner: HttpsConnector<HttpConnector>,
     timeout: Duration,
+    /// Every host reached at this address instead (`TURSO_CONNECT_TO`): only
+    /// the socket goes there; the request keeps its URL's host in `Host`.
+    connect_to: Option<Uri>,
 }
 
 impl TimeoutConnector {
-    pub fn new(timeout: Duration) -> Self {
+    pub fn new(timeout: Duration, connect_to: Option<std::net::SocketAddr>) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -42,7 +45,8 @@ impl TimeoutConnector {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Self { inner, timeout }
+        let connect_to = connect_to.and_then(|addr| format!("http://{addr}").parse().ok());
+        Self { inner, timeout, connect_to }
     }
 }
 
@@ -56,6 +60,7 @@ impl tower::Service<Uri> for TimeoutConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        let uri = self.connect_to.clone().unwrap_or(uri);
         let (connecting, timeout) = (self.inner.call(uri), self.timeout);
         Box::pin(async move {
             let stream = tokio::time::timeout(timeout, connecting)

@@ -6,16 +6,17 @@
 //! round trip of its own and takes batches only as SQL text; everything
 //! else goes through it ([`super::SqldBackend::open`]).
 //!
-//! Every call has a deadline (`SQLD_TIMEOUT_SECS`): a server that is down or
-//! stalled is [`StoreError::Unavailable`], never a hang.
+//! Every call has a deadline (`SQLD_TIMEOUT_SECS`, `TURSO_TIMEOUT_SECS`): a
+//! server that is down or stalled is [`StoreError::Unavailable`], never a hang.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
+use super::Auth;
 use crate::store::{StoreError, StoreResult};
 
 /// One database (a namespace) of a Hrana server.
@@ -26,15 +27,19 @@ pub struct Hrana {
 
 struct Inner {
     http: reqwest::Client,
+    url: String,
     pipeline: String,
-    namespace: String,
-    token: SecretString,
+    /// Sent as `x-namespace` (sqld); `None` where the host names the database (Turso).
+    namespace: Option<String>,
+    /// The database in messages: `sqld namespace …`, `Turso database …`.
+    label: String,
+    auth: Auth,
     timeout: Duration,
 }
 
 impl std::fmt::Debug for Hrana {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hrana").field("namespace", &self.inner.namespace).finish_non_exhaustive()
+        f.debug_struct("Hrana").field("database", &self.inner.label).finish_non_exhaustive()
     }
 }
 
@@ -260,9 +265,18 @@ pub struct Outcome {
 }
 
 impl Hrana {
-    pub fn new(http: reqwest::Client, url: &str, namespace: String, token: SecretString, timeout: Duration) -> Self {
-        let pipeline = format!("{}/v3/pipeline", url.trim_end_matches('/'));
-        Self { inner: Arc::new(Inner { http, pipeline, namespace, token, timeout }) }
+    /// The database at `url` (with `namespace` on a server that has them), as `label` in messages.
+    pub fn new(
+        http: reqwest::Client,
+        url: &str,
+        namespace: Option<String>,
+        label: String,
+        auth: Auth,
+        timeout: Duration,
+    ) -> Self {
+        let url = url.trim_end_matches('/').to_owned();
+        let pipeline = format!("{url}/v3/pipeline");
+        Self { inner: Arc::new(Inner { http, url, pipeline, namespace, label, auth, timeout }) }
     }
 
     /// Runs `stmts` one after the other in one round trip, each whatever
@@ -296,9 +310,7 @@ impl Hrana {
         outcome.results.pop();
         outcome.results.remove(0);
         outcome.failed = match outcome.failed {
-            Some((0, error)) => {
-                return Err(error.into_store_error(&format!("sqld namespace {}: BEGIN", self.inner.namespace)))
-            }
+            Some((0, error)) => return Err(error.into_store_error(&format!("{}: BEGIN", self.inner.label))),
             Some((at, error)) => Some((at - 1, error)),
             None if outcome.results.last().is_some_and(Option::is_none) => Some((
                 outcome.results.len() - 1,
@@ -316,15 +328,13 @@ impl Hrana {
         let inner = &self.inner;
         let batch = match results.into_iter().next() {
             Some(StreamResult::Ok { response: StreamResponse::Batch { result } }) => result,
-            Some(StreamResult::Error { error }) => {
-                return Err(error.into_store_error(&format!("sqld namespace {}", inner.namespace)))
-            }
-            _ => return Err(StoreError::Corrupt(format!("sqld namespace {}: no batch result", inner.namespace))),
+            Some(StreamResult::Error { error }) => return Err(error.into_store_error(&inner.label)),
+            _ => return Err(StoreError::Corrupt(format!("{}: no batch result", inner.label))),
         };
         if batch.step_results.len() != steps.len() {
             return Err(StoreError::Corrupt(format!(
-                "sqld namespace {}: {} results for {} statements",
-                inner.namespace,
+                "{}: {} results for {} statements",
+                inner.label,
                 batch.step_results.len(),
                 steps.len()
             )));
@@ -345,13 +355,15 @@ impl Hrana {
         let body = Pipeline { baton, requests };
         let body = serde_json::to_vec(&body).map_err(|err| StoreError::Corrupt(format!("a Hrana request: {err}")))?;
         let inner = &self.inner;
-        let unavailable = |what: String| StoreError::Unavailable(format!("sqld namespace {}: {what}", inner.namespace));
+        let unavailable = |what: String| StoreError::Unavailable(format!("{}: {what}", inner.label));
+        let token = inner.auth.token().await?;
         let call = async {
-            let response = inner
-                .http
-                .post(&inner.pipeline)
-                .header("x-namespace", &inner.namespace)
-                .bearer_auth(inner.token.expose_secret())
+            let mut request = inner.http.post(&inner.pipeline);
+            if let Some(namespace) = &inner.namespace {
+                request = request.header("x-namespace", namespace);
+            }
+            let response = request
+                .bearer_auth(token.expose_secret())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body)
                 .send()
@@ -372,25 +384,37 @@ impl Hrana {
         // quotes the request could quote a statement's arguments (payloads).
         if !status.is_success() {
             let hint = match status {
-                reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => " (check SQLD_AUTH_TOKEN)",
+                reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => inner.auth.refused(&token),
                 _ => "",
             };
             return Err(unavailable(format!("HTTP {status}{hint}")));
         }
         let response: PipelineResponse = serde_json::from_slice(&bytes)
-            .map_err(|err| StoreError::Corrupt(format!("sqld namespace {}: a Hrana answer: {err}", inner.namespace)))?;
+            .map_err(|err| StoreError::Corrupt(format!("{}: a Hrana answer: {err}", inner.label)))?;
         if response.results.len() != requests.len() {
-            return Err(StoreError::Corrupt(format!(
-                "sqld namespace {}: a pipeline answer short of results",
-                inner.namespace
-            )));
+            return Err(StoreError::Corrupt(format!("{}: a pipeline answer short of results", inner.label)));
         }
         Ok((response.results, response.baton))
     }
 
-    /// The namespace this client talks to.
-    pub fn namespace(&self) -> &str {
-        &self.inner.namespace
+    /// The database's URL (no trailing slash).
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The namespace sent with every request, on a server that has them.
+    pub fn namespace(&self) -> Option<&str> {
+        self.inner.namespace.as_deref()
+    }
+
+    /// The database, as messages name it.
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    /// The token a request to this database carries now.
+    pub async fn token(&self) -> StoreResult<secrecy::SecretString> {
+        self.inner.auth.token().await
     }
 }
 

@@ -1,3 +1,6 @@
+//! The remote backends: what they share ([`RemoteDb`]: libSQL's remote
+//! client and [`hrana`] on one database, [`Auth`]), and sqld's.
+//!
 //! `DATABASE_BACKEND=sqld`: a libSQL server with namespaces. A user's
 //! database is the namespace `user-<uuid>`, the control database the
 //! namespace `control`; namespaces are created and deleted through sqld's
@@ -15,6 +18,7 @@ mod connector;
 pub mod hrana;
 #[cfg(test)]
 mod tests;
+pub mod turso;
 
 use std::time::Duration;
 
@@ -38,22 +42,88 @@ pub fn user_namespace(user_id: Uuid) -> String {
     format!("user-{}", user_id.as_hyphenated())
 }
 
+/// How requests to a remote database are authorized.
+#[derive(Clone)]
+pub enum Auth {
+    /// One token for every database (`SQLD_AUTH_TOKEN`).
+    Fixed(SecretString),
+    /// A token minted for the database, renewed before it expires (Turso).
+    Minted(turso::DatabaseToken),
+}
+
+impl Auth {
+    /// The token to send now.
+    pub async fn token(&self) -> StoreResult<SecretString> {
+        match self {
+            Self::Fixed(token) => Ok(token.clone()),
+            Self::Minted(minted) => minted.get().await,
+        }
+    }
+
+    /// The server refused `token` (401, 403): what the log should say. A
+    /// minted one is forgotten, so the next request mints another.
+    pub fn refused(&self, token: &SecretString) -> &'static str {
+        match self {
+            Self::Fixed(_) => " (check SQLD_AUTH_TOKEN)",
+            Self::Minted(minted) => {
+                minted.forget(token);
+                " (the database token was refused; the next request mints another)"
+            }
+        }
+    }
+}
+
 /// One database over the network: libSQL's remote client for statements
 /// one at a time and transactions, [`Hrana`] for batches in one round trip.
+/// Both take the token [`Hrana`]'s [`Auth`] gives at the time.
 pub struct RemoteDb {
-    db: libsql::Database,
     hrana: Hrana,
+    #[cfg(feature = "remote-storage")]
+    connector: connector::TimeoutConnector,
 }
 
 impl RemoteDb {
     /// A fresh connection (nothing is sent until it runs a statement).
+    /// libSQL's remote client takes its token when built, and builds a
+    /// client of its own for every connection anyway: so one is built here
+    /// per connection, with the token current now.
+    #[cfg(feature = "remote-storage")]
     pub async fn connect(&self) -> StoreResult<libsql::Connection> {
-        Ok(self.db.connect()?)
+        let token = self.hrana.token().await?;
+        let mut builder = libsql::Builder::new_remote(self.hrana.url().to_owned(), token.expose_secret().to_owned());
+        if let Some(namespace) = self.hrana.namespace() {
+            builder = builder.namespace(namespace);
+        }
+        let db = builder.connector(self.connector.clone()).build().await?;
+        Ok(db.connect()?)
+    }
+
+    #[cfg(not(feature = "remote-storage"))]
+    pub async fn connect(&self) -> StoreResult<libsql::Connection> {
+        Err(no_remote_storage())
     }
 
     pub fn hrana(&self) -> &Hrana {
         &self.hrana
     }
+}
+
+#[cfg(not(feature = "remote-storage"))]
+fn no_remote_storage() -> StoreError {
+    StoreError::Unavailable("this build has no remote storage (the `remote-storage` cargo feature)".into())
+}
+
+/// The database `hrana` names, connected as `connect_to` says ([`TursoConfig::connect_to`]).
+///
+/// [`TursoConfig::connect_to`]: crate::config::turso::TursoConfig::connect_to
+#[cfg(feature = "remote-storage")]
+fn remote_db(hrana: Hrana, timeout: Duration, connect_to: Option<std::net::SocketAddr>) -> StoreResult<RemoteDb> {
+    Ok(RemoteDb { hrana, connector: connector::TimeoutConnector::new(timeout, connect_to) })
+}
+
+#[cfg(not(feature = "remote-storage"))]
+fn remote_db(_hrana: Hrana, _timeout: Duration, _connect_to: Option<std::net::SocketAddr>) -> StoreResult<RemoteDb> {
+    Err(no_remote_storage())
 }
 
 /// A libSQL server (sqld) with namespaces.
@@ -94,24 +164,14 @@ impl SqldBackend {
 
     /// The Hrana client of one namespace (for batches of statements in one round trip).
     pub fn hrana(&self, namespace: &str) -> Hrana {
-        Hrana::new(self.http.clone(), &self.url, namespace.to_owned(), self.token.clone(), self.timeout)
+        let label = format!("sqld namespace {namespace}");
+        let auth = Auth::Fixed(self.token.clone());
+        Hrana::new(self.http.clone(), &self.url, Some(namespace.to_owned()), label, auth, self.timeout)
     }
 
-    /// The database `namespace`: libSQL's remote client and the Hrana
-    /// client (nothing is sent until a connection is used).
-    #[cfg(feature = "remote-storage")]
+    /// The database `namespace` (nothing is sent until a connection is used).
     pub async fn open(&self, namespace: &str) -> StoreResult<RemoteDb> {
-        let db = libsql::Builder::new_remote(self.url.clone(), self.token.expose_secret().to_owned())
-            .namespace(namespace)
-            .connector(connector::TimeoutConnector::new(self.timeout))
-            .build()
-            .await?;
-        Ok(RemoteDb { db, hrana: self.hrana(namespace) })
-    }
-
-    #[cfg(not(feature = "remote-storage"))]
-    pub async fn open(&self, _namespace: &str) -> StoreResult<RemoteDb> {
-        Err(StoreError::Unavailable("this build has no remote storage (the `remote-storage` cargo feature)".into()))
+        remote_db(self.hrana(namespace), self.timeout, None)
     }
 
     fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
