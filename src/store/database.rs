@@ -54,11 +54,6 @@ impl Db {
         }
     }
 
-    /// Whether this database is reached over the network.
-    pub fn is_remote(&self) -> bool {
-        matches!(self, Self::Remote(_))
-    }
-
     /// Brings the database up to date with `set`: through Hrana on a
     /// remote one (one round trip per migration), else on a connection of its own.
     pub async fn migrate(&self, set: &[Migration]) -> StoreResult<Vec<&'static str>> {
