@@ -212,6 +212,7 @@ fn turso_names_every_missing_variable_and_checks_its_values() {
         ("TURSO_TIMEOUT_SECS", "0"),
         ("TURSO_RETRIES", "11"),
         ("TURSO_CONNECT_TO", "localhost"),
+        ("TURSO_ORG_URL", "https://api.turso.tech/v1/organizations/acme"),
     ] {
         let mut vars = full.to_vec();
         vars.push((name, value));

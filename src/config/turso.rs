@@ -84,6 +84,13 @@ pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<TursoConfig,
             "this build has no remote storage (built without the `remote-storage` cargo feature); use `local`",
         ));
     }
+    // The organization is named by its slug, the API by TURSO_API_URL: a URL of both is not read.
+    if get("TURSO_ORG_URL").is_some() {
+        return Err(invalid(
+            "TURSO_ORG_URL",
+            "is not read: set TURSO_ORG to the organization's slug (and TURSO_API_URL if not https://api.turso.tech)",
+        ));
+    }
     let (org, token, group) = (get("TURSO_ORG"), get("TURSO_AUTH_TOKEN"), get("TURSO_GROUP"));
     let (Some(org), Some(token), Some(group)) = (org.clone(), token.clone(), group.clone()) else {
         let missing: Vec<&str> =
