@@ -463,7 +463,11 @@ async fn sqld_namespaces_are_created_durable() {
 /// and one write batch, a pull page one read, counted where they are sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_is_two_round_trips_and_a_pull_page_one() {
-    let fx = Fixture::new(Store::Sqld).await;
+    round_trips(&Fixture::new(Store::Sqld).await).await;
+}
+
+/// [`a_push_is_two_round_trips_and_a_pull_page_one`] on `fx` (a remote backend).
+pub async fn round_trips(fx: &Fixture) {
     let a = fx.app.register().await;
     let trips = |scrape: &str| {
         scrape

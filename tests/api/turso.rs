@@ -42,6 +42,52 @@ async fn rate_limits_and_server_errors_are_retried_honouring_retry_after() {
     assert_eq!(fx.app.push_ok(&a, &one_event(&a, b"after the retries")).await["cursor"], 2);
 }
 
+/// On Turso too a push is two round trips and a pull page one; once a
+/// user's database is open and its token minted, pushes and pulls make no
+/// Platform API call; `GET /account` reads the database's usage route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_and_pulls_are_round_trips_to_the_database_alone() {
+    let fx = Fixture::new(Store::Turso).await;
+    let fake = fx.turso.as_ref().unwrap();
+    let a = fx.app.register().await;
+    fx.app.push_ok(&a, &one_event(&a, b"warm")).await;
+    let calls = fake.state.requests.lock().unwrap().len();
+    crate::conformance::round_trips(&fx).await;
+    for round in 0..3u8 {
+        fx.app.push_ok(&a, &one_event(&a, &[round])).await;
+        fx.app.pull(&a, "since=0").await;
+    }
+    let after = fake.state.requests.lock().unwrap()[calls..].to_vec();
+    let paths: Vec<String> = after.iter().map(|(method, path, _)| format!("{method} {path}")).collect();
+    assert!(!paths.iter().any(|path| path.contains(&user_database(a.user_id))), "{paths:?}");
+    // `round_trips` registers a user of its own (created, its token minted, opened on its first
+    // request), and a metrics scrape reads the control database's usage (at most every 15 s).
+    let expected = [
+        "POST /v1/organizations/acme/databases",
+        "/auth/tokens",
+        "GET /v1/organizations/acme/databases/u-",
+        "/echolia-control/usage",
+    ];
+    for path in &paths {
+        assert!(expected.iter().any(|e| path.starts_with(e) || path.ends_with(e)), "unexpected {path}: {paths:?}");
+    }
+    assert!(paths.len() <= 4, "{paths:?}");
+    let account: serde_json::Value = fx.app.get("/account", &a.access_token).await.json().await.unwrap();
+    // The usage route answered it (the fake relays sqld's own figure for the namespace).
+    assert_eq!(fake.requests_to(Method::GET, &format!("{}/usage", user_database(a.user_id))).len(), 1);
+    let stats = reqwest::get(format!(
+        "{}/v1/namespaces/{}/stats",
+        fx.sqld.as_ref().unwrap().admin_url(),
+        FakeTurso::namespace(&user_database(a.user_id))
+    ))
+    .await
+    .unwrap()
+    .json::<serde_json::Value>()
+    .await
+    .unwrap();
+    assert_eq!(account["storage_bytes"], stats["storage_bytes_used"], "{account} {stats}");
+}
+
 /// Failures past the retries are 503 `storage_unavailable` with
 /// `Retry-After`, leaving no database and no ledger row; a `Retry-After`
 /// longer than the wait allowed fails at once; the next registration works.
