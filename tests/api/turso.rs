@@ -116,6 +116,24 @@ async fn failures_past_the_retries_are_unavailable_and_leave_nothing() {
     assert!(fx.database_exists(a.user_id).await);
 }
 
+/// A database created but never recorded (here its token cannot be minted,
+/// so its schema cannot be made): the registration answers 503 and deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_failing_after_the_creation_deletes_its_database() {
+    let fx = Fixture::new(Store::Turso).await;
+    let fake = fx.turso.as_ref().unwrap();
+    fake.fail_next_to(Some("/auth/tokens"), &[(503, None); 4]);
+    let resp = fx.app.post("/auth/register", None, &device_body("Desktop", "desktop")).await;
+    assert_error(resp, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable").await;
+    let created = fake.requests_to(Method::POST, "/databases");
+    let deleted = fake.requests_to(Method::DELETE, "");
+    assert_eq!((created.len(), deleted.len()), (2, 1), "the control database, the user's; the user's deleted");
+    assert_eq!(fake.database_names(), ["echolia-control"], "no database left behind");
+    let control = fx.app.state.control.conn().await.unwrap();
+    let mut rows = control.query("SELECT count(*) FROM provisioning", ()).await.unwrap();
+    assert_eq!(rows.next().await.unwrap().unwrap().get::<i64>(0).unwrap(), 0, "the ledger is clean");
+}
+
 /// One token per database until three quarters of its life
 /// (`TURSO_TOKEN_EXPIRATION=4s`: 3 s), then a new one; every request on the
 /// way succeeds (sqld checks each token's signature, scope and expiry).

@@ -46,8 +46,9 @@ pub struct Fake {
     pub mints: Mutex<HashMap<String, u32>>,
     /// Every request that passed the API token check: method, path, when.
     pub requests: Mutex<Vec<(Method, String, Instant)>>,
-    /// Answers given before any route runs, one per request.
-    faults: Mutex<VecDeque<(StatusCode, Option<String>)>>,
+    /// Answers given before any route runs, one per request (to a path
+    /// ending as the first says, or to any).
+    faults: Mutex<VecDeque<(Option<String>, StatusCode, Option<String>)>>,
     /// Mint tokens that expired two minutes ago (past sqld's leeway).
     pub expired_tokens: AtomicBool,
     /// Refuse the API token (as after `turso auth api-tokens revoke`).
@@ -118,9 +119,15 @@ impl FakeTurso {
 
     /// The next requests (any route) are answered `status`, each with `Retry-After` if given.
     pub fn fail_next(&self, answers: &[(u16, Option<&str>)]) {
+        self.fail_next_to(None, answers);
+    }
+
+    /// Like [`Self::fail_next`], for requests to a path ending with `suffix` only.
+    pub fn fail_next_to(&self, suffix: Option<&str>, answers: &[(u16, Option<&str>)]) {
         let mut faults = self.state.faults.lock().unwrap();
         for (status, retry_after) in answers {
-            faults.push_back((StatusCode::from_u16(*status).unwrap(), retry_after.map(str::to_owned)));
+            let status = StatusCode::from_u16(*status).unwrap();
+            faults.push_back((suffix.map(str::to_owned), status, retry_after.map(str::to_owned)));
         }
     }
 
@@ -196,7 +203,12 @@ async fn handle(
     }
     let path = uri.path().to_owned();
     fake.requests.lock().unwrap().push((method.clone(), path.clone(), Instant::now()));
-    if let Some((status, retry_after)) = fake.faults.lock().unwrap().pop_front() {
+    let fault = {
+        let mut faults = fake.faults.lock().unwrap();
+        let at = faults.iter().position(|(suffix, ..)| suffix.as_ref().is_none_or(|suffix| path.ends_with(suffix)));
+        at.and_then(|at| faults.remove(at))
+    };
+    if let Some((_, status, retry_after)) = fault {
         let mut response = error(
             status,
             if status == StatusCode::TOO_MANY_REQUESTS { "rate limit exceeded" } else { "internal error" },
