@@ -48,7 +48,7 @@ pub struct Fake {
     pub requests: Mutex<Vec<(Method, String, Instant)>>,
     /// Answers given before any route runs, one per request (to a path
     /// ending as the first says, or to any).
-    faults: Mutex<VecDeque<(Option<String>, StatusCode, Option<String>)>>,
+    faults: Mutex<VecDeque<Fault>>,
     /// Mint tokens that expired two minutes ago (past sqld's leeway).
     pub expired_tokens: AtomicBool,
     /// Refuse the API token (as after `turso auth api-tokens revoke`).
@@ -57,6 +57,9 @@ pub struct Fake {
     /// `turso db tokens invalidate`: the database refuses them, 401).
     pub refused_tokens_for: Mutex<HashSet<String>>,
 }
+
+/// A path suffix (or any path), the status answered, its `Retry-After`.
+type Fault = (Option<String>, StatusCode, Option<String>);
 
 pub struct FakeTurso {
     pub addr: SocketAddr,
