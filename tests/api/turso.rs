@@ -18,6 +18,11 @@ fn one_event(session: &crate::helpers::Session, text: &[u8]) -> Vec<serde_json::
     vec![event("entry", Uuid::new_v4(), "put", &[(session.device_id, 1)], Some(text))]
 }
 
+/// Held by the tests that count tokens minted or make a database refuse one:
+/// libSQL's client does not say whose token it refused, so a refusal renews
+/// every token of the process (`store::remote::refusals`), the other tests' too.
+static TOKENS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Database creations the fake saw (`POST …/databases`).
 fn creates(fake: &FakeTurso) -> Vec<Instant> {
     fake.requests_to(Method::POST, "/databases")
@@ -47,6 +52,7 @@ async fn rate_limits_and_server_errors_are_retried_honouring_retry_after() {
 /// Platform API call; `GET /account` reads the database's usage route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_and_pulls_are_round_trips_to_the_database_alone() {
+    let _tokens = TOKENS.lock().await;
     let fx = Fixture::new(Store::Turso).await;
     let fake = fx.turso.as_ref().unwrap();
     let a = fx.app.register().await;
@@ -139,6 +145,7 @@ async fn a_registration_failing_after_the_creation_deletes_its_database() {
 /// way succeeds (sqld checks each token's signature, scope and expiry).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_token_is_minted_once_then_renewed_before_it_expires() {
+    let _tokens = TOKENS.lock().await;
     let fx = Fixture::with(Store::Turso, &[("TURSO_TOKEN_EXPIRATION", "4s")]).await;
     let fake = fx.turso.as_ref().unwrap();
     let a = fx.app.register().await;
@@ -163,6 +170,7 @@ async fn a_database_token_is_minted_once_then_renewed_before_it_expires() {
 /// had days to live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_is_forgotten_and_minted_again() {
+    let _tokens = TOKENS.lock().await;
     let fx = Fixture::new(Store::Turso).await;
     let a = fx.app.register().await;
     let name = user_database(a.user_id);
@@ -176,6 +184,31 @@ async fn a_refused_token_is_forgotten_and_minted_again() {
     assert_eq!(fake.mints(&name), before + 1);
     fake.state.refused_tokens_for.lock().unwrap().clear();
     assert_eq!(fx.app.push_ok(&a, &one_event(&a, b"accepted")).await["cursor"], 2, "nothing of the refused push");
+    assert_eq!(fake.mints(&name), before + 2);
+}
+
+/// A token refused on libSQL's client (a write transaction: `/auth/refresh`),
+/// which does not say whose: tokens minted before the refusal are minted
+/// again, so the next request works though the refused one was cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_refused_on_a_transaction_is_minted_again() {
+    let _tokens = TOKENS.lock().await;
+    let fx = Fixture::with(Store::Turso, &[("TURSO_TOKEN_EXPIRATION", "4s")]).await;
+    let fake = fx.turso.as_ref().unwrap();
+    let a = fx.app.register().await;
+    let name = user_database(a.user_id);
+    fx.app.push_ok(&a, &one_event(&a, b"open")).await;
+    // Past three quarters of the token's life: the next request mints, and the database refuses that one.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    fake.state.refused_tokens_for.lock().unwrap().insert(name.clone());
+    let before = fake.mints(&name);
+    let resp = fx.app.refresh(&a.refresh_token).await;
+    assert_error(resp, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable").await;
+    assert_eq!(fake.mints(&name), before + 1);
+    fake.state.refused_tokens_for.lock().unwrap().clear();
+    // Well within the refused token's 3 s: only the refusal makes it go.
+    let resp = fx.app.refresh(&a.refresh_token).await;
+    assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(fake.mints(&name), before + 2);
 }
 

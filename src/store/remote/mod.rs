@@ -20,6 +20,7 @@ pub mod hrana;
 mod tests;
 pub mod turso;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -40,6 +41,23 @@ pub const CONTROL_NAMESPACE: &str = "control";
 /// a client typed reaches a namespace name.
 pub fn user_namespace(user_id: Uuid) -> String {
     format!("user-{}", user_id.as_hyphenated())
+}
+
+/// Tokens libSQL's remote client has seen refused (401, 403) in this
+/// process. It does not say whose, so every minted token older than the
+/// last refusal is minted again ([`turso::tokens`]): after `turso db tokens
+/// invalidate` (or a group's), one mint per database in use, rather than
+/// refusals until each token's renewal.
+static REFUSALS: AtomicU64 = AtomicU64::new(0);
+
+/// A token was refused on libSQL's remote client (its error says only the status).
+pub(super) fn note_refusal() {
+    REFUSALS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many refusals [`note_refusal`] has counted.
+pub fn refusals() -> u64 {
+    REFUSALS.load(Ordering::Relaxed)
 }
 
 /// How requests to a remote database are authorized.

@@ -1,8 +1,10 @@
 //! Database tokens: minted through the Platform API once per database and
 //! kept until three quarters of their life has passed (so a request never
 //! carries one about to expire), then minted again. One mint at a time per
-//! database; a token the database refused is forgotten at once. Tokens are
-//! secrets: never logged, never in `Debug`.
+//! database; a token the database refused is forgotten at once (on the
+//! batch path, which knows whose it was; on libSQL's client, which does not,
+//! every token minted before the refusal: [`super::super::refusals`]).
+//! Tokens are secrets: never logged, never in `Debug`.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lru::LruCache;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::super::refusals;
 use super::platform::Platform;
 use crate::config::turso::TokenExpiration;
 use crate::store::StoreResult;
@@ -27,6 +30,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<Minted>>>;
 struct Minted {
     token: SecretString,
     renew_at: Instant,
+    /// [`refusals`] when it was minted.
+    refusals: u64,
 }
 
 impl Tokens {
@@ -43,14 +48,15 @@ impl Tokens {
     pub async fn get(&self, name: &str) -> StoreResult<SecretString> {
         let slot = self.slot(name);
         let mut minted = slot.lock().await;
-        if let Some(current) = minted.as_ref().filter(|m| Instant::now() < m.renew_at) {
+        if let Some(current) = minted.as_ref().filter(|m| Instant::now() < m.renew_at && m.refusals == refusals()) {
             return Ok(current.token.clone());
         }
+        let seen = refusals();
         let token = self.platform.mint_token(name, &self.expiration.text).await?;
         metrics::counter!("echolia_turso_tokens_minted_total").increment(1);
         // Its own `exp` says how long it lives, if it says.
         let life = expires_in(&token).map_or(self.expiration.duration, |left| left.min(self.expiration.duration));
-        *minted = Some(Minted { token: token.clone(), renew_at: Instant::now() + life.mul_f64(0.75) });
+        *minted = Some(Minted { token: token.clone(), renew_at: Instant::now() + life.mul_f64(0.75), refusals: seen });
         Ok(token)
     }
 
