@@ -92,7 +92,7 @@ impl From<libsql::Error> for StoreError {
             libsql::Error::Hrana(err) if remote::http_status(&err.to_string()).is_some() => {
                 let message = err.to_string();
                 let status = remote::http_status(&message).unwrap_or_default();
-                if status.starts_with("401") || status.starts_with("403") {
+                if status.starts_with("401") {
                     remote::note_refusal();
                 }
                 Self::Unavailable(format!("remote database: HTTP {status}"))

@@ -23,6 +23,13 @@ fn one_event(session: &crate::helpers::Session, text: &[u8]) -> Vec<serde_json::
 /// every token of the process (`store::remote::refusals`), the other tests' too.
 static TOKENS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Ends a test that made a database refuse tokens: a refusal still under way
+/// in the background (a device's status touch) lands while it holds [`TOKENS`].
+async fn settle_refusals(fx: &mut Fixture) {
+    fx.app.stop().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
 /// Database creations the fake saw (`POST …/databases`).
 fn creates(fake: &FakeTurso) -> Vec<Instant> {
     fake.requests_to(Method::POST, "/databases")
@@ -175,7 +182,7 @@ async fn a_refused_token_is_forgotten_and_minted_again() {
     let a = fx.app.register().await;
     let name = user_database(a.user_id);
     // A new process: no token cached.
-    let fx = fx.restart().await;
+    let mut fx = fx.restart().await;
     let fake = fx.turso.as_ref().unwrap();
     let before = fake.mints(&name);
     fake.state.refused_tokens_for.lock().unwrap().insert(name.clone());
@@ -185,6 +192,7 @@ async fn a_refused_token_is_forgotten_and_minted_again() {
     fake.state.refused_tokens_for.lock().unwrap().clear();
     assert_eq!(fx.app.push_ok(&a, &one_event(&a, b"accepted")).await["cursor"], 2, "nothing of the refused push");
     assert_eq!(fake.mints(&name), before + 2);
+    settle_refusals(&mut fx).await;
 }
 
 /// A token refused on libSQL's client (a write transaction: `/auth/refresh`),
@@ -193,7 +201,7 @@ async fn a_refused_token_is_forgotten_and_minted_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_refused_on_a_transaction_is_minted_again() {
     let _tokens = TOKENS.lock().await;
-    let fx = Fixture::with(Store::Turso, &[("TURSO_TOKEN_EXPIRATION", "4s")]).await;
+    let mut fx = Fixture::with(Store::Turso, &[("TURSO_TOKEN_EXPIRATION", "4s")]).await;
     let fake = fx.turso.as_ref().unwrap();
     let a = fx.app.register().await;
     let name = user_database(a.user_id);
@@ -210,6 +218,7 @@ async fn a_token_refused_on_a_transaction_is_minted_again() {
     let resp = fx.app.refresh(&a.refresh_token).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(fake.mints(&name), before + 2);
+    settle_refusals(&mut fx).await;
 }
 
 /// The Platform API refusing the API token: 503 while the server runs, and a

@@ -43,16 +43,23 @@ pub fn user_namespace(user_id: Uuid) -> String {
     format!("user-{}", user_id.as_hyphenated())
 }
 
-/// Tokens libSQL's remote client has seen refused (401, 403) in this
-/// process. It does not say whose, so every minted token older than the
-/// last refusal is minted again ([`turso::tokens`]): after `turso db tokens
-/// invalidate` (or a group's), one mint per database in use, rather than
-/// refusals until each token's renewal.
+/// Tokens libSQL's remote client has seen refused (401) in this process. It
+/// does not say whose, so every minted token older than the last refusal is
+/// minted again ([`turso::tokens`]): after `turso db tokens invalidate` (or a
+/// group's), one mint per database in use, rather than refusals until each
+/// token's renewal. Counted at most once per [`REFUSAL_EVERY`], so a
+/// database that keeps refusing cannot have every token minted again and again.
 static REFUSALS: AtomicU64 = AtomicU64::new(0);
+static LAST_REFUSAL: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+const REFUSAL_EVERY: Duration = Duration::from_secs(1);
 
 /// A token was refused on libSQL's remote client (its error says only the status).
 pub(super) fn note_refusal() {
-    REFUSALS.fetch_add(1, Ordering::Relaxed);
+    let mut last = LAST_REFUSAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if last.is_none_or(|at| at.elapsed() >= REFUSAL_EVERY) {
+        *last = Some(std::time::Instant::now());
+        REFUSALS.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How many refusals [`note_refusal`] has counted.
