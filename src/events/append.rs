@@ -11,9 +11,10 @@ use libsql::{Connection, Statement};
 use uuid::Uuid;
 
 use super::hash::{canonical_bytes, link, GENESIS};
+use super::Kind;
 use super::{NewEvent, StoredEvent};
 use crate::clock::rfc3339;
-use crate::store::{query_opt, StoreError, StoreResult, UserDb, WriteTx};
+use crate::store::{query_opt, Logged, StoreError, StoreResult, UserDb, WriteTx};
 
 /// The newest position of a log: its last seq and hash (not an aggregate's
 /// head, which is a view's business).
@@ -58,7 +59,7 @@ pub struct LogTx {
     /// staged in it. Until then they wait in `unstaged` (a transaction that
     /// never looks an id up never reads the log's ids).
     ids_current: bool,
-    unstaged: Vec<(Uuid, u64)>,
+    unstaged: Vec<Logged>,
     tx: WriteTx,
 }
 
@@ -79,6 +80,13 @@ impl LogTx {
         Ok(self.tx.ids()?.get(&event_id))
     }
 
+    /// The seq of the first event of aggregate `id` of `kind` in the log or
+    /// this transaction, which keys its view row (`None`: it has none yet).
+    pub async fn created(&mut self, kind: Kind, id: Uuid) -> StoreResult<Option<u64>> {
+        self.catch_up().await?;
+        Ok(kind.view_tag().and_then(|view| self.tx.ids().ok()?.created(view, id)))
+    }
+
     /// Reads the ids the index lacks from the log (what this process never
     /// saw: all of it on the first write after the database opened, else
     /// what other processes appended), then stages this transaction's own.
@@ -88,8 +96,8 @@ impl LogTx {
         }
         catch_up_ids(&mut self.tx, self.began_at).await?;
         let ids = self.tx.ids()?;
-        for (id, seq) in self.unstaged.drain(..) {
-            ids.stage(id, seq);
+        for event in self.unstaged.drain(..) {
+            ids.stage(event);
         }
         self.ids_current = true;
         Ok(())
@@ -136,10 +144,12 @@ impl LogTx {
             ])
             .await?;
         insert.reset();
+        let logged =
+            Logged { event_id: event.event_id, seq, view: event.kind.view_tag(), aggregate_id: event.aggregate_id };
         if self.ids_current {
-            self.tx.ids()?.stage(event.event_id, seq);
+            self.tx.ids()?.stage(logged);
         } else {
-            self.unstaged.push((event.event_id, seq));
+            self.unstaged.push(logged);
         }
         self.tip = LogTip { seq, hash };
         self.tx.count_appended();
@@ -168,18 +178,27 @@ async fn catch_up_ids(tx: &mut WriteTx, head: u64) -> StoreResult<()> {
         tx.ids()?.clear();
         from = 0;
     }
-    let mut rows =
-        tx.query("SELECT seq, event_id FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq", [from, head]).await?;
+    let sql = "SELECT seq, event_id, kind, aggregate_id FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq";
+    let mut rows = tx.query(sql, [from, head]).await?;
     let mut ids = Vec::new();
     while let Some(row) = rows.next().await? {
-        let seq: u64 = row.get(0)?;
-        let id =
-            Uuid::parse_str(row.get_str(1)?).map_err(|_| StoreError::Corrupt(format!("event seq {seq}: event_id")))?;
-        ids.push((id, seq));
+        ids.push(logged(row.get(0)?, row.get_str(1)?, row.get_str(2)?, row.get_str(3)?)?);
     }
     drop(rows);
     tx.ids()?.extend(ids, head);
     Ok(())
+}
+
+/// An event as the writer's index takes it, from its log columns `seq,
+/// event_id, kind, aggregate_id` (the local and the remote append share it).
+pub fn logged(seq: u64, event_id: &str, kind: &str, aggregate_id: &str) -> StoreResult<Logged> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("event seq {seq}: {what}"));
+    Ok(Logged {
+        event_id: Uuid::parse_str(event_id).map_err(|_| corrupt("event_id"))?,
+        seq,
+        view: Kind::parse(kind).ok_or_else(|| corrupt("kind"))?.view_tag(),
+        aggregate_id: Uuid::parse_str(aggregate_id).map_err(|_| corrupt("aggregate_id"))?,
+    })
 }
 
 impl Deref for LogTx {

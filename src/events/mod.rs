@@ -52,6 +52,16 @@ impl Kind {
             .into_iter()
             .find(|kind| kind.as_str() == text)
     }
+
+    /// The tag of the aggregate view this kind folds into, whose rows the
+    /// writer's index maps by first seq (`store::IdIndex::created`); `None`
+    /// for devices, whose view is keyed by device id.
+    pub fn view_tag(self) -> Option<u8> {
+        match self {
+            Self::Device => None,
+            kind => Some(kind as u8),
+        }
+    }
 }
 
 impl Op {

@@ -47,6 +47,11 @@ pub struct AggregateRow {
     pub conflict: bool,
     /// The seq of the latest event that changed this row.
     pub updated_seq: u64,
+    /// The seq of the aggregate's first event, which made the row: the row's
+    /// key as stored. Never changes, and replay finds the same one, so the
+    /// writer can map an aggregate to its row from the log alone; new rows
+    /// append to the table's B-tree instead of landing at a random leaf.
+    pub created_seq: u64,
 }
 
 /// What an event did to its aggregate's view.
@@ -84,16 +89,22 @@ impl AggregateHead {
 pub const MAX_HEADS: usize = 32;
 
 impl AggregateRow {
-    fn from_heads(kind: Kind, id: Uuid, heads: Vec<AggregateHead>, updated_seq: u64) -> Self {
-        let mut version = VersionVector::default();
-        for head in &heads {
-            version.merge(&head.version);
-        }
-        Self::with_version(kind, id, heads, version, updated_seq)
+    /// The row its first event makes.
+    fn created(kind: Kind, id: Uuid, head: AggregateHead) -> Self {
+        let (version, seq) = (head.version.clone(), head.seq);
+        Self::with_version(kind, id, vec![head], version, seq, seq)
     }
 
-    fn with_version(kind: Kind, id: Uuid, heads: Vec<AggregateHead>, version: VersionVector, updated_seq: u64) -> Self {
+    fn with_version(
+        kind: Kind,
+        id: Uuid,
+        heads: Vec<AggregateHead>,
+        version: VersionVector,
+        updated_seq: u64,
+        created_seq: u64,
+    ) -> Self {
         AggregateRow {
+            created_seq,
             kind,
             id,
             parent_id: heads.iter().find_map(|head| head.parent_id),
@@ -112,7 +123,7 @@ pub fn apply(current: Option<AggregateRow>, stored: &StoredEvent) -> (AggregateR
     let event = &stored.event;
     let head = AggregateHead::of(stored);
     let Some(row) = current else {
-        return (AggregateRow::from_heads(event.kind, event.aggregate_id, vec![head], stored.seq), Outcome::Applied);
+        return (AggregateRow::created(event.kind, event.aggregate_id, head), Outcome::Applied);
     };
     let is_stale = row.heads.iter().any(|h| h.event_id == head.event_id || h.version.dominates(&head.version));
     if is_stale {
@@ -126,7 +137,7 @@ pub fn apply(current: Option<AggregateRow>, stored: &StoredEvent) -> (AggregateR
     let at = heads.partition_point(|h| h.event_id < head.event_id);
     heads.insert(at, head);
     let outcome = if heads.len() == 1 { Outcome::Applied } else { Outcome::Conflict };
-    (AggregateRow::with_version(row.kind, row.id, heads, version, stored.seq), outcome)
+    (AggregateRow::with_version(row.kind, row.id, heads, version, stored.seq, row.created_seq), outcome)
 }
 
 #[cfg(test)]
@@ -253,6 +264,8 @@ mod tests {
                 let heads: Vec<Uuid> = row.heads.iter().map(|h| h.event_id).collect();
                 prop_assert_eq!(heads, maximal);
                 prop_assert_eq!(row.conflict, row.heads.len() > 1);
+                // Keyed by its first event, whatever came after (stale events included).
+                prop_assert_eq!(Some(row.created_seq), all.iter().map(|s| s.seq).min());
             }
         }
 

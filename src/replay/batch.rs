@@ -106,7 +106,7 @@ impl<'c> ShadowInserts<'c> {
                 .collect();
             // OR FAIL: a fresh shadow cannot hit a constraint, and without the
             // default ABORT a statement of many rows needs no statement journal.
-            format!("INSERT OR FAIL INTO {} ({}) VALUES {}", view.shadow(), view.columns, tuples.join(", "))
+            format!("INSERT OR FAIL INTO {} ({}) VALUES {}", view.inserted_into(), view.columns, tuples.join(", "))
         };
         Ok(Self { view, many: conn.prepare(&insert(ROWS_PER_INSERT))?, one: conn.prepare(&insert(1))? })
     }

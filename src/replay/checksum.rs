@@ -1,55 +1,38 @@
 //! The views' checksum: SHA-256 over every stored row, by table then key;
 //! and the stored rows of a view, read in key order (check reads them too).
 
-use std::collections::VecDeque;
-
 use libsql::{Connection, Value};
 use sha2::{Digest, Sha256};
 
-use super::{View, PAGE, VIEWS};
+use super::{View, VIEWS};
 use crate::store::StoreResult;
 
-/// The stored rows of one view, in key order, a page at a time.
+/// The stored rows of one view, in key order, from one statement. The
+/// aggregate views have no index on their key (`id`; rows are stored by
+/// `created_seq`), so SQLite sorts them once, in its sorter's bounded memory,
+/// rather than once per page.
 pub(super) struct StoredRows<'c> {
     conn: &'c Connection,
     view: View,
-    after: Option<Value>,
-    buffer: VecDeque<Vec<Value>>,
-    exhausted: bool,
+    rows: Option<libsql::Rows>,
 }
 
 impl<'c> StoredRows<'c> {
     pub(super) fn new(conn: &'c Connection, view: View) -> Self {
-        Self { conn, view, after: None, buffer: VecDeque::new(), exhausted: false }
+        Self { conn, view, rows: None }
     }
 
     pub(super) async fn next(&mut self) -> StoreResult<Option<Vec<Value>>> {
-        loop {
-            if let Some(values) = self.buffer.pop_front() {
-                return Ok(Some(values));
+        let rows = match &mut self.rows {
+            Some(rows) => rows,
+            None => {
+                let View { table, key, columns, .. } = self.view;
+                let rows = self.conn.query(&format!("SELECT {columns} FROM {table} ORDER BY {key}"), ()).await?;
+                self.rows.insert(rows)
             }
-            if self.exhausted {
-                return Ok(None);
-            }
-            let View { table, key, columns, .. } = self.view;
-            let mut rows = match self.after.clone() {
-                None => {
-                    self.conn.query(&format!("SELECT {columns} FROM {table} ORDER BY {key} LIMIT ?1"), [PAGE]).await?
-                }
-                Some(after) => {
-                    let sql = format!("SELECT {columns} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2");
-                    self.conn.query(&sql, (after, PAGE)).await?
-                }
-            };
-            let mut read = 0;
-            while let Some(row) = rows.next().await? {
-                let values = (0..row.column_count()).map(|i| row.get_value(i)).collect::<Result<Vec<_>, _>>()?;
-                self.after = values.first().cloned();
-                self.buffer.push_back(values);
-                read += 1;
-            }
-            self.exhausted = read < PAGE;
-        }
+        };
+        let Some(row) = rows.next().await? else { return Ok(None) };
+        Ok(Some((0..row.column_count()).map(|i| row.get_value(i)).collect::<Result<Vec<_>, _>>()?))
     }
 }
 

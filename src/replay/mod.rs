@@ -56,6 +56,30 @@ impl View {
         format!("{}_replay", self.table)
     }
 
+    /// Where the rows of an aggregate view's shadow are written first, in the
+    /// order replay folds them (by id), before they go to the shadow in key
+    /// order (`created_seq`, [`View::sorted_in`]): inserted by id, they
+    /// would each land at a random leaf of the shadow's B-tree. `None` for
+    /// the devices view, whose rows come in key order.
+    fn fill(&self) -> Option<String> {
+        (self.kind != Kind::Device).then(|| format!("{}_replay_fill", self.table))
+    }
+
+    /// The statements that move a filled shadow's rows in, in key order.
+    fn sorted_in(&self) -> Vec<String> {
+        let Some(fill) = self.fill() else { return Vec::new() };
+        let (shadow, columns) = (self.shadow(), self.columns);
+        vec![
+            format!("INSERT OR FAIL INTO {shadow} ({columns}) SELECT {columns} FROM {fill} ORDER BY created_seq"),
+            format!("DROP TABLE {fill}"),
+        ]
+    }
+
+    /// The table replay's inserts write to.
+    fn inserted_into(&self) -> String {
+        self.fill().unwrap_or_else(|| self.shadow())
+    }
+
     /// Where the live table goes during the swap, dropped right after.
     fn retired(&self) -> String {
         format!("{}_old", self.table)

@@ -138,7 +138,7 @@ pub async fn check(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<Checke
     let mut stored: HashMap<(&'static str, String), Vec<Value>> = HashMap::new();
     let mut tables = vec![("devices", device_rows::COLUMNS, 12)];
     for kind in CLIENT_KINDS {
-        tables.push((views::client_table(kind)?, COLUMNS, 7));
+        tables.push((views::client_table(kind)?, COLUMNS, COLUMNS.split(',').count() as i32));
     }
     for (table, columns, count) in tables {
         let mut result = conn.query(&format!("SELECT {columns} FROM {table}"), ()).await?;

@@ -47,11 +47,19 @@ pub async fn build_shadow(db: &Arc<UserDb>, scanners: u64, progress: &OnProgress
     let mut indexes = Vec::with_capacity(VIEWS.len());
     for view in VIEWS {
         // Leftovers of a rebuild that stopped halfway.
-        tx.execute(&format!("DROP TABLE IF EXISTS {}", view.shadow()), ()).await?;
-        tx.execute(&format!("DROP TABLE IF EXISTS {}", view.retired()), ()).await?;
+        for table in [Some(view.shadow()), Some(view.retired()), view.fill()].into_iter().flatten() {
+            tx.execute(&format!("DROP TABLE IF EXISTS {table}"), ()).await?;
+        }
         let live = table_sql(&tx, view.table).await?;
         tx.execute(&shadow_sql(view.table, &live)?, ()).await?;
-        indexes.push((view, shadow_indexes(&tx, view).await?));
+        if let Some(fill) = view.fill() {
+            let sql = format!("CREATE TABLE {fill} AS SELECT {} FROM {} WHERE 0", view.columns, view.shadow());
+            tx.execute(&sql, ()).await?;
+        }
+        // Once its rows are in: moved to the shadow in key order, then indexed.
+        let mut then = view.sorted_in();
+        then.extend(shadow_indexes(&tx, view).await?);
+        indexes.push((view, then));
     }
     tx.commit().await?;
 

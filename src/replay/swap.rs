@@ -3,8 +3,6 @@
 
 use std::time::Instant;
 
-use libsql::Connection;
-
 use super::schema::{explicit_indexes, index_shapes, table_exists};
 use super::shadow::Shadow;
 use super::timing::millis;
@@ -41,7 +39,8 @@ pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
         }
         tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.shadow(), view.table), ()).await?;
     }
-    let tail = fold_tail(&tx, shadow.upto).await?;
+    let mut tx = tx;
+    let tail = fold_tail(&mut tx, shadow.upto).await?;
     let head = tx.tip().seq;
     tx.commit().await?;
     tracing::debug!(tail, ms = millis(started.elapsed()), "replay: views swapped in");
@@ -69,11 +68,11 @@ async fn drop_retired(db: &UserDb) -> StoreResult<()> {
 
 /// Folds the events after `upto` into the (new) live views exactly as the
 /// write paths do: load the row, apply the projector, save what changed.
-async fn fold_tail(conn: &Connection, upto: u64) -> StoreResult<u64> {
-    let views = ViewStatements::prepare(conn).await?;
+async fn fold_tail(tx: &mut LogTx, upto: u64) -> StoreResult<u64> {
+    let views = ViewStatements::prepare(tx).await?;
     let (mut since, mut folded) = (upto, 0);
     loop {
-        let page = read_after(conn, since, PAGE).await?;
+        let page = read_after(tx, since, PAGE).await?;
         let Some(last) = page.last() else { return Ok(folded) };
         since = last.seq;
         for stored in &page {
@@ -81,13 +80,17 @@ async fn fold_tail(conn: &Connection, upto: u64) -> StoreResult<u64> {
             let id = stored.event.aggregate_id;
             match stored.event.kind {
                 Kind::Device => {
-                    let current = device_rows::load(conn, id).await?;
+                    let current = device_rows::load(tx, id).await?;
                     if let Some(row) = devices::apply(current, stored)? {
-                        device_rows::save(conn, &row).await?;
+                        device_rows::save(tx, &row).await?;
                     }
                 }
                 kind => {
-                    let current = views.load(kind, id).await?;
+                    // The writer's index knows every event up to the tip this transaction began at.
+                    let current = match tx.created(kind, id).await? {
+                        Some(created) => views.load(kind, created).await?,
+                        None => None,
+                    };
                     let (row, outcome) = aggregate::apply(current, stored);
                     if outcome != Outcome::Stale {
                         views.save(&row).await?;

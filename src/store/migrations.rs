@@ -61,6 +61,8 @@ pub const USER: &[Migration] = &[
     migration!("schema/user/0004_llm_usage.sql"),
     migration!("schema/user/0005_llm_usage_estimated.sql"),
     migration!("schema/user/0006_events_without_event_id_index.sql"),
+    migration!("schema/user/0007_views_keyed_by_creation.sql", ["entries", "memories", "tags", "embeddings"]),
+    migration!("schema/user/0008_view_parent_indexes.sql", ["tags", "embeddings"]),
 ];
 
 /// Applies every migration of `set` not yet recorded, and names those it

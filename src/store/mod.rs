@@ -18,7 +18,7 @@ pub mod users;
 pub use backend::Backend;
 pub use control::ControlDb;
 pub use database::Db;
-pub use id_index::IdIndex;
+pub use id_index::{IdIndex, Logged};
 pub use user_db::{PooledConn, RemoteWriter, ReplayLock, UserDb, WriteLock, WriteTx};
 pub use users::UserDatabases;
 

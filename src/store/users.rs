@@ -182,7 +182,13 @@ mod tests {
     async fn index_ids(db: &UserDb, n: usize) {
         let mut tx = db.begin_write().await.unwrap();
         let through = tx.ids().unwrap().through();
-        tx.ids().unwrap().extend((1..=n as u64).map(|i| (Uuid::new_v4(), through + i)), through + n as u64);
+        let logged = |i| crate::store::Logged {
+            event_id: Uuid::new_v4(),
+            seq: through + i,
+            view: None,
+            aggregate_id: Uuid::new_v4(),
+        };
+        tx.ids().unwrap().extend((1..=n as u64).map(logged), through + n as u64);
         tx.commit().await.unwrap();
     }
 

@@ -214,6 +214,7 @@ mod tests {
             heads,
             version,
             updated_seq,
+            created_seq: 1,
         };
         let values = views::values(&row).unwrap();
         let text = |i: usize| match &values[i] {

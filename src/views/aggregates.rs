@@ -29,15 +29,17 @@ static SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
             // of this aggregate still comes back (NULL event columns), so it
             // is an error rather than a missing head. `load_rows` puts the
             // heads in their stored order (no sort here).
+            // By `created_seq`, the table's key: the writer knows it from
+            // the log ([`crate::store::IdIndex::created`]).
             let load = format!(
                 "SELECT v.id, v.parent_id, v.heads, v.version, v.deleted, v.conflict, v.updated_seq, \
-                 e.seq, e.event_id, e.device_id, e.op, e.version, e.client_time, e.parent_id \
+                 e.seq, e.event_id, e.device_id, e.op, e.version, e.client_time, e.parent_id, v.created_seq \
                  FROM {table} AS v LEFT JOIN json_each(v.heads) AS h LEFT JOIN events AS e \
-                 ON e.seq = h.value AND e.aggregate_id = v.id AND e.kind = '{kind}' WHERE v.id = ?1"
+                 ON e.seq = h.value AND e.aggregate_id = v.id AND e.kind = '{kind}' WHERE v.created_seq = ?1"
             );
             let save = format!(
                 "INSERT INTO {table} ({COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (created_seq) DO UPDATE SET \
                  parent_id = excluded.parent_id, heads = excluded.heads, version = excluded.version, \
                  deleted = excluded.deleted, conflict = excluded.conflict, updated_seq = excluded.updated_seq"
             );
@@ -46,12 +48,18 @@ static SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
         .collect()
 });
 
-/// The load SQL of `kind` for many aggregates at once: the rows of every id
-/// in the JSON array `?1`, one per head as [`ViewStatements::load`] reads
-/// them (a remote append reads a whole batch's rows in one round trip).
+/// The load SQL of `kind` for many aggregates at once, one row per head as
+/// [`ViewStatements::load`] reads them (a remote append reads a whole
+/// batch's rows in one round trip): the rows keyed by the `created_seq`s in
+/// the JSON array `?1`, and the rows made after seq `?2` (by another process,
+/// since the writer's index last read the log) of the ids in the array `?3`.
 pub fn load_many_sql(kind: Kind) -> StoreResult<String> {
     let (load, _) = &SQL[client_index(kind)?];
-    Ok(load.replace("WHERE v.id = ?1", "WHERE v.id IN (SELECT value FROM json_each(?1))"))
+    Ok(load.replace(
+        "WHERE v.created_seq = ?1",
+        "WHERE v.created_seq IN (SELECT value FROM json_each(?1)) \
+         OR (v.created_seq > ?2 AND v.id IN (SELECT value FROM json_each(?3)))",
+    ))
 }
 
 /// The save SQL of `kind` (an upsert of [`super::COLUMNS`]).
@@ -84,11 +92,11 @@ impl ViewStatements {
         Ok(statements)
     }
 
-    /// The row of aggregate `id`, its heads read back from the log.
-    pub async fn load(&self, kind: Kind, id: Uuid) -> StoreResult<Option<AggregateRow>> {
+    /// The row of the aggregate made at `created_seq`, its heads read back from the log.
+    pub async fn load(&self, kind: Kind, created_seq: u64) -> StoreResult<Option<AggregateRow>> {
         let stmt = prepared(&self.load, kind)?;
         stmt.reset();
-        let loaded = load_rows(kind, stmt.query([id.to_string()]).await?).await;
+        let loaded = load_rows(kind, stmt.query([created_seq]).await?).await;
         stmt.reset();
         loaded
     }
@@ -136,8 +144,8 @@ async fn load_rows(kind: Kind, mut rows: libsql::Rows) -> StoreResult<Option<Agg
     Ok(Some(row))
 }
 
-/// Decodes the view's columns (the first seven): the row without its heads
-/// yet, and their seqs.
+/// Decodes the view's columns (the first seven, and `created_seq` after the
+/// head's): the row without its heads yet, and their seqs.
 fn decode(kind: Kind, row: &Row) -> StoreResult<(AggregateRow, Vec<u64>)> {
     let id: String = row.get(0)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("{} {id}: {what}", kind.as_str()));
@@ -154,6 +162,7 @@ fn decode(kind: Kind, row: &Row) -> StoreResult<(AggregateRow, Vec<u64>)> {
         deleted: row.get::<i64>(4)? != 0,
         conflict: row.get::<i64>(5)? != 0,
         updated_seq: row.get(6)?,
+        created_seq: row.get(14)?,
     };
     Ok((row, heads))
 }
@@ -233,22 +242,22 @@ mod tests {
         apply_batch(&mut tx, a, Utc::now(), vec![first.clone()]).await.unwrap();
         apply_batch(&mut tx, b, Utc::now(), vec![second.clone()]).await.unwrap();
         let views = ViewStatements::cached(&mut tx, [Kind::Entry]).await.unwrap();
-        let row = views.load(Kind::Entry, entry).await.unwrap().unwrap();
+        let row = views.load(Kind::Entry, 1).await.unwrap().unwrap();
         assert!(row.conflict);
         let mut expected = [(first.event_id, a, 1), (second.event_id, b, 2)];
         expected.sort();
         let heads: Vec<_> = row.heads.iter().map(|h| (h.event_id, h.device_id, h.seq)).collect();
         assert_eq!(heads, expected);
         assert_eq!(row.heads[0].client_time, if expected[0].1 == a { first.client_time } else { second.client_time });
-        assert!(views.load(Kind::Entry, Uuid::new_v4()).await.unwrap().is_none());
+        assert!(views.load(Kind::Entry, 999).await.unwrap().is_none());
 
         for bad in ["[1,9]", "[9]", "[]", "[1,1]", "[{\"seq\":1}]"] {
             tx.execute("UPDATE entries SET heads = ?1", [bad]).await.unwrap();
-            assert!(views.load(Kind::Entry, entry).await.is_err(), "{bad}");
+            assert!(views.load(Kind::Entry, 1).await.is_err(), "{bad}");
         }
         // Heads stored whole (the shape before migration 0003) say how to mend them.
         tx.execute("UPDATE entries SET heads = '[{\"seq\":1}]'", ()).await.unwrap();
-        let err = views.load(Kind::Entry, entry).await.unwrap_err().to_string();
+        let err = views.load(Kind::Entry, 1).await.unwrap_err().to_string();
         assert!(err.contains("echolia replay"), "{err}");
         // A head naming another aggregate's event is not taken for this one's.
         let other = Uuid::new_v4();
@@ -256,9 +265,9 @@ mod tests {
             .await
             .unwrap();
         tx.execute("UPDATE entries SET heads = '[1,3]' WHERE id = ?1", [entry.to_string()]).await.unwrap();
-        assert!(views.load(Kind::Entry, entry).await.is_err());
+        assert!(views.load(Kind::Entry, 1).await.is_err());
         tx.execute("UPDATE entries SET heads = '[2,1]'", ()).await.unwrap();
-        let row = views.load(Kind::Entry, entry).await.unwrap().unwrap();
+        let row = views.load(Kind::Entry, 1).await.unwrap().unwrap();
         assert_eq!(row.heads.iter().map(|h| h.seq).collect::<Vec<_>>(), [2, 1]);
     }
 

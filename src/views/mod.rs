@@ -47,7 +47,9 @@ fn no_view(kind: Kind) -> StoreError {
 }
 
 /// The stored columns of every aggregate view, in the order of [`values`].
-pub const COLUMNS: &str = "id, parent_id, heads, version, deleted, conflict, updated_seq";
+/// `created_seq` is the key (the table's rowid): see
+/// [`AggregateRow::created_seq`].
+pub const COLUMNS: &str = "id, parent_id, heads, version, deleted, conflict, updated_seq, created_seq";
 
 /// The heads as a view row stores them: their seqs, in the heads' order (by
 /// event id), as a JSON array (`[9,11]`). The rest of a head is its event
@@ -101,6 +103,7 @@ pub fn values(row: &AggregateRow) -> StoreResult<Vec<Value>> {
         Value::Integer(i64::from(row.deleted)),
         Value::Integer(i64::from(row.conflict)),
         Value::try_from(row.updated_seq)?,
+        Value::try_from(row.created_seq)?,
     ])
 }
 

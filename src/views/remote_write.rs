@@ -3,9 +3,10 @@
 //! its size.
 //!
 //! 1. Read, in one batch: the log's head, the pushing device's status, the
-//!    event ids the writer's index lacks (`seq > through`), the events the
+//!    events the writer's index lacks (`seq > through`), the events the
 //!    batch's ids name (for the duplicate check), and the view rows of every
-//!    aggregate the batch touches (one statement per kind).
+//!    aggregate the batch touches (one statement per kind: by key those the
+//!    index knows, by id among the rows made after `through` the others).
 //! 2. Fold in memory with the local path's pure logic: the hash chain
 //!    ([`link`]), the fold ([`aggregate::apply`]), the same duplicate and
 //!    head-cap rules as [`super::write::apply_batch`].
@@ -28,14 +29,14 @@ use super::aggregates::{load_many_sql, save_sql};
 use super::write::{fold, BatchError, BatchResult, EventStatus};
 use super::{heads_error, parse_heads, values};
 use crate::clock::{parse_rfc3339, rfc3339};
-use crate::events::append::INSERT;
+use crate::events::append::{logged, INSERT};
 use crate::events::hash::{canonical_bytes, link};
 use crate::events::log::{decode_remote, COLUMNS};
 use crate::events::version::VersionVector;
 use crate::events::{Kind, LogTip, NewEvent, Op, StoredEvent};
 use crate::projection::aggregate::{AggregateHead, AggregateRow};
 use crate::store::remote::hrana::{Hrana, Row, Stmt, Value};
-use crate::store::{StoreError, StoreResult, UserDb};
+use crate::store::{Logged, StoreError, StoreResult, UserDb};
 
 /// How many times a push starts again after losing the race for the log's
 /// head to another process, before it answers 503 (the client retries).
@@ -90,9 +91,19 @@ async fn attempt_once(
         events.iter().filter_map(|event| ids.get(&event.event_id)).collect()
     };
     let batch_ids: Vec<String> = events.iter().map(|event| event.event_id.to_string()).collect();
-    let mut aggregates: HashMap<Kind, Vec<String>> = HashMap::new();
-    for event in events {
-        aggregates.entry(event.kind).or_default().push(event.aggregate_id.to_string());
+    // Per kind, the rows to read: by key, those the index knows; by id among
+    // the rows made after `through`, the others (made since by another
+    // process, or new).
+    let mut aggregates: HashMap<Kind, (Vec<u64>, Vec<String>)> = HashMap::new();
+    {
+        let ids = writer.ids()?;
+        for event in events {
+            let (known, unknown) = aggregates.entry(event.kind).or_default();
+            match event.kind.view_tag().and_then(|view| ids.created(view, event.aggregate_id)) {
+                Some(created) => known.push(created),
+                None => unknown.push(event.aggregate_id.to_string()),
+            }
+        }
     }
     let kinds: Vec<Kind> = aggregates.keys().copied().collect();
 
@@ -104,7 +115,10 @@ async fn attempt_once(
              FROM devices d LEFT JOIN device_sessions s ON s.device_id = d.device_id WHERE d.device_id = ?1",
             vec![Value::text(device.to_string())],
         ),
-        Stmt::new("SELECT seq, event_id FROM events WHERE seq > ?1 ORDER BY seq", vec![Value::integer(through)?]),
+        Stmt::new(
+            "SELECT seq, event_id, kind, aggregate_id FROM events WHERE seq > ?1 ORDER BY seq",
+            vec![Value::integer(through)?],
+        ),
         Stmt::new(
             format!(
                 "SELECT {COLUMNS} FROM events WHERE seq IN (SELECT value FROM json_each(?1)) \
@@ -114,8 +128,10 @@ async fn attempt_once(
         ),
     ];
     for kind in &kinds {
-        let ids = aggregates.get(kind).map(|ids| json(ids)).unwrap_or_default();
-        reads.push(Stmt::new(load_many_sql(*kind)?, vec![Value::text(ids)]));
+        let (known, unknown) =
+            aggregates.get(kind).map(|(known, unknown)| (json(known), json(unknown))).unwrap_or_default();
+        let args = vec![Value::text(known), Value::integer(through)?, Value::text(unknown)];
+        reads.push(Stmt::new(load_many_sql(*kind)?, args));
     }
     let outcome = hrana.read(reads).await?;
     if let Some((at, error)) = outcome.failed {
@@ -162,9 +178,7 @@ async fn attempt_once(
     for row in &new_ids {
         let seq = u64::try_from(row.integer(0)?).map_err(|_| StoreError::Corrupt("a negative seq".into()))?;
         if seq <= head.seq {
-            let id =
-                Uuid::parse_str(row.text(1)?).map_err(|_| StoreError::Corrupt(format!("event seq {seq}: event_id")))?;
-            caught_up.push((id, seq));
+            caught_up.push(logged(seq, row.text(1)?, row.text(2)?, row.text(3)?)?);
         }
     }
     writer.ids()?.extend(caught_up, head.seq);
@@ -190,11 +204,13 @@ async fn attempt_once(
         let received_text = rfc3339(now);
         let hash = link(&tip.hash, &canonical_bytes(seq, device, &received_text, event));
         let stored = StoredEvent { seq, device_id: device, received_at: now, hash, event: event.clone() };
-        writer.ids()?.stage(event.event_id, seq);
+        let view = event.kind.view_tag();
+        let created = view.and_then(|view| writer.ids().ok()?.created(view, event.aggregate_id));
+        writer.ids()?.stage(Logged { event_id: event.event_id, seq, view, aggregate_id: event.aggregate_id });
         tip = LogTip { seq, hash };
 
         let current = rows.remove(&(event.kind, event.aggregate_id));
-        let status = fold(&mut rows, &mut dirty, current, &stored, index)?;
+        let status = fold(&mut rows, &mut dirty, current, created, &stored, index)?;
         out.push(BatchResult { event_id: event.event_id, seq, status });
         appended.push(stored);
     }
@@ -269,6 +285,7 @@ fn decode_view_rows(kind: Kind, rows: &[Row]) -> StoreResult<Vec<AggregateRow>> 
                 deleted: row.integer(4)? != 0,
                 conflict: row.integer(5)? != 0,
                 updated_seq: u64::try_from(row.integer(6)?).map_err(|_| corrupt("updated_seq".into()))?,
+                created_seq: u64::try_from(row.integer(14)?).map_err(|_| corrupt("created_seq".into()))?,
             };
             slot.insert((aggregate, seqs, Vec::new()));
         }

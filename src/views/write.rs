@@ -62,17 +62,24 @@ pub enum BatchError {
 /// Folds `stored`, the batch's event at `index`, into its aggregate's row
 /// (`current`: loaded, or left by an earlier event of the batch), keeping
 /// the head cap, and notes the row to write unless the event was stale.
-/// Both append paths, local and remote, fold through it.
+/// Both append paths, local and remote, fold through it. `created` is the
+/// row's key as the log has it: a row missing from its view (a damaged view,
+/// until replay mends it) is made again under that key, never a second
+/// row of the same aggregate under another.
 pub(super) fn fold(
     rows: &mut HashMap<(Kind, Uuid), AggregateRow>,
     dirty: &mut HashSet<(Kind, Uuid)>,
     current: Option<AggregateRow>,
+    created: Option<u64>,
     stored: &StoredEvent,
     index: usize,
 ) -> Result<EventStatus, BatchError> {
     let key = (stored.event.kind, stored.event.aggregate_id);
     let before = current.as_ref().map_or(0, |row| row.heads.len());
-    let (row, outcome) = aggregate::apply(current, stored);
+    let (mut row, outcome) = aggregate::apply(current, stored);
+    if let Some(created) = created {
+        row.created_seq = created;
+    }
     // Over the cap and growing (a row from before the cap may shrink towards it).
     if outcome == Outcome::Conflict && row.heads.len() > aggregate::MAX_HEADS.max(before) {
         return Err(BatchError::TooManyHeads { index, kind: key.0, aggregate_id: key.1 });
@@ -113,12 +120,14 @@ pub async fn apply_batch(
         }
 
         let key = (event.kind, event.aggregate_id);
-        let stored = tx.append(device, now, event).await?;
-        let current = match rows.remove(&key) {
-            Some(row) => Some(row),
-            None => views.load(key.0, key.1).await?,
+        let created = tx.created(key.0, key.1).await?;
+        let current = match (rows.remove(&key), created) {
+            (Some(row), _) => Some(row),
+            (None, Some(created)) => views.load(key.0, created).await?,
+            (None, None) => None,
         };
-        let status = fold(&mut rows, &mut dirty, current, &stored, index)?;
+        let stored = tx.append(device, now, event).await?;
+        let status = fold(&mut rows, &mut dirty, current, created, &stored, index)?;
         results.push(BatchResult { event_id: stored.event.event_id, seq: stored.seq, status });
     }
     for key in &dirty {

@@ -217,3 +217,91 @@ async fn replay_while_devices_push_loses_nothing_and_check_finds_stale_views() {
     assert_eq!(echolia(app.data_dir(), &["replay", "--all"]).code, Some(0));
     assert_eq!(echolia(app.data_dir(), &["replay", "--check", "--all"]).code, Some(0));
 }
+
+/// An aggregate view in the shape before `schema/user/0007_views_keyed_by_creation.sql`
+/// (keyed by a unique `id`, its indexes under either of their names).
+fn keyed_by_id(table: &str, index_suffix: &str) -> String {
+    let parent = if matches!(table, "tags" | "embeddings") {
+        format!("CREATE INDEX {table}_by_parent{index_suffix} ON {table} (parent_id);")
+    } else {
+        String::new()
+    };
+    format!(
+        "ALTER TABLE {table} RENAME TO {table}_new; \
+         CREATE TABLE {table} (id TEXT PRIMARY KEY, parent_id TEXT, heads TEXT NOT NULL, version TEXT NOT NULL, \
+         deleted INTEGER NOT NULL, conflict INTEGER NOT NULL, updated_seq INTEGER NOT NULL) STRICT; \
+         INSERT INTO {table} SELECT id, parent_id, heads, version, deleted, conflict, updated_seq FROM {table}_new \
+         ORDER BY id; DROP TABLE {table}_new; \
+         CREATE UNIQUE INDEX {table}_by_updated_seq{index_suffix} ON {table} (updated_seq); {parent}"
+    )
+}
+
+/// Views keyed by `id` upgrade with `echolia migrate`: every row kept, each
+/// under its aggregate's first seq, the indexes back under their names; the
+/// pulls and the views' content are what they were, and pushes go on editing
+/// the migrated rows (conflicts included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_keyed_by_id_migrate_to_rows_keyed_by_their_first_seq() {
+    let mut app = spawn_app().await;
+    let a = app.register().await;
+    let b = app.pair(&a, "B").await;
+    let seed: u64 = rand::random();
+    eprintln!("workload seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    workload(&app, &[a.clone(), b.clone()], &mut rng, 60).await;
+    let entry = Uuid::new_v4();
+    app.push_ok(&a, &[event("entry", entry, "put", &[(a.device_id, 1)], Some(b"first"))]).await;
+    let pulls = pull_all(&app, &a).await;
+
+    let conn = app.open_user_db(a.user_id).await;
+    let mut old_shape = String::from("BEGIN; ");
+    for (i, table) in ["entries", "memories", "tags", "embeddings"].into_iter().enumerate() {
+        old_shape.push_str(&keyed_by_id(table, if i % 2 == 0 { "" } else { "_replay" }));
+    }
+    old_shape.push_str(
+        "DELETE FROM schema_migrations WHERE name IN ('schema/user/0007_views_keyed_by_creation.sql', \
+         'schema/user/0008_view_parent_indexes.sql'); COMMIT;",
+    );
+    conn.execute_batch(&old_shape).await.unwrap();
+    drop(conn);
+    app.stop().await;
+
+    let run = echolia(app.data_dir(), &["migrate"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("0007_views_keyed_by_creation.sql"), "{}", run.stdout);
+    let conn = app.open_user_db(a.user_id).await;
+    for table in ["entries", "memories", "tags", "embeddings"] {
+        // Each row under the first seq of its aggregate's events.
+        let sql = format!(
+            "SELECT count(*), sum(v.created_seq = (SELECT min(seq) FROM events e WHERE e.aggregate_id = v.id)) \
+             FROM {table} v"
+        );
+        let mut rows = conn.query(&sql, ()).await.unwrap();
+        let row = rows.next().await.unwrap().unwrap();
+        let (count, keyed) = (row.get::<u64>(0).unwrap(), row.get::<Option<u64>>(1).unwrap().unwrap_or(0));
+        assert_eq!(keyed, count, "{table}");
+        let indexes =
+            format!("SELECT group_concat(name) FROM sqlite_schema WHERE type = 'index' AND tbl_name = '{table}'");
+        let mut rows = conn.query(&indexes, ()).await.unwrap();
+        let names: String = rows.next().await.unwrap().unwrap().get(0).unwrap();
+        assert!(names.contains(&format!("{table}_by_updated_seq")), "{table}: {names}");
+        assert_eq!(names.contains("_by_parent"), matches!(table, "tags" | "embeddings"), "{table}: {names}");
+        assert!(!names.contains("autoindex"), "{table}: no index on id: {names}");
+    }
+    let user = a.user_id.to_string();
+    let run = echolia(app.data_dir(), &["replay", "--check", "--user", &user]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+
+    let app = app.restart().await;
+    assert_eq!(pull_all(&app, &a).await, pulls);
+    // A migrated row takes edits: one device's edit, then a concurrent one from the other.
+    let edit = app.push_ok(&a, &[event("entry", entry, "put", &[(a.device_id, 2)], Some(b"second"))]).await;
+    assert_eq!(edit["results"][0]["status"], "applied");
+    let concurrent = app.push_ok(&b, &[event("entry", entry, "put", &[(b.device_id, 1)], Some(b"other"))]).await;
+    assert_eq!(concurrent["results"][0]["status"], "conflict");
+    let mut rows = conn.query("SELECT count(*) FROM entries WHERE id = ?1", [entry.to_string()]).await.unwrap();
+    assert_eq!(rows.next().await.unwrap().unwrap().get::<u64>(0).unwrap(), 1, "one row per aggregate");
+    drop(rows);
+    let run = echolia(app.data_dir(), &["replay", "--check", "--user", &user]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+}
