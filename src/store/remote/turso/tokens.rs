@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
 use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 
 use super::super::refusals;
 use super::platform::Platform;
@@ -65,7 +66,9 @@ impl Tokens {
     pub fn forget(&self, name: &str, token: &SecretString) {
         let slot = self.slot(name);
         let Ok(mut minted) = slot.try_lock() else { return };
-        if minted.as_ref().is_some_and(|m| m.token.expose_secret() == token.expose_secret()) {
+        // Constant time, as every comparison of a secret here.
+        let same = |m: &Minted| bool::from(m.token.expose_secret().as_bytes().ct_eq(token.expose_secret().as_bytes()));
+        if minted.as_ref().is_some_and(same) {
             *minted = None;
         }
     }
