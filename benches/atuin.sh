@@ -2,7 +2,7 @@
 # Runs the same workloads against Atuin's server (18.16.1, its record API) and an Echolia release binary,
 # interleaved (Atuin, Echolia, per scenario and round), each run on a fresh server with a fresh database
 # on a free port, and prints Echolia's figures over Atuin's:
-#   benches/atuin.sh [scenario…]          (default: push-v4 single-v7 single-v4)
+#   benches/atuin.sh [scenario…]          (default: push-v4 single-v7 single-v4; also cold-pull-v4, open-loop, …)
 # ATUIN the atuin-server binary (default /root/.cache/atuin/bin/atuin-server, from
 #   `cargo install atuin-server --version 18.16.1 --locked --root /root/.cache/atuin`);
 # ECHOLIA the Echolia binary (default $CARGO_TARGET_DIR/release/echolia, else target/release/echolia);
@@ -26,6 +26,7 @@ declare -A ARGS=(
     [single-v7]="--scenario single-user --devices 2 --batch 1000 --payload 512 --events $EVENTS --ids v7"
     [single-v4]="--scenario single-user --devices 2 --batch 1000 --payload 512 --events $EVENTS --ids v4"
     [single-v7-msgpack]="--scenario single-user --devices 2 --batch 1000 --payload 512 --events $EVENTS --ids v7 --format msgpack"
+    [cold-pull-v4]="--scenario cold-pull --entries 60000 --payload 512 --ids v4"
     [open-loop]="--scenario steady --open-loop --rate 15000 --users 16 --devices 2 --batch 100 --payload 512 --duration 20 --ids v4"
 )
 
@@ -59,7 +60,8 @@ start() { # target port
 # One line of figures from a report.
 FIGURES='
   (.operations.push // {}) as $push
-  | [ "push \($push.items_per_sec // 0 | floor)/s p99 \($push.latency_ms.p99 // 0) ms",
+  | [ ($push | select(.items_per_sec) | "push \(.items_per_sec | floor)/s p99 \(.latency_ms.p99) ms"),
+      (.operations.pull | select(.) | select($push.items_per_sec == null) | "pull \(.items) rows \(.items_per_sec | floor)/s, page p99 \(.latency_ms.p99) ms"),
       (.single_user | select(.) | "slices last/first \(.last_over_first // "-"), pull \(.pull.rows | tostring) rows \(.pull.rows_per_sec | floor)/s in \(.pull.secs * 1000 | floor) ms"),
       (.open_loop | select(.) | "offered \(.offered_events_per_sec | floor)/s (scheduled \(.scheduled_events_per_sec | floor)) achieved \(.achieved_events_per_sec | floor)/s, \(.late_starts) late"),
       (.server_cpu | select(.) | "server CPU \(.cpu_secs) s, \(.us_per_event // 0 | . * 10 | floor / 10) µs/event, generator \(.generator_us_per_event // 0 | . * 10 | floor / 10) µs/event") ]
@@ -82,8 +84,10 @@ ratio() { # scenario round: Echolia's figure over Atuin's (for p99 and CPU, lowe
     jq -rs --arg s "$1 round $2" '
         def over(f): ((.[1] | f) // 0) as $e | ((.[0] | f) // 0) as $a
             | if $a > 0 then ($e / $a * 100 | floor) / 100 else "-" end;
-        "\($s) Echolia/Atuin: push \(over(.operations.push.items_per_sec))x, p99 \(over(.operations.push.latency_ms.p99))x"
-        + (if .[1].single_user then ", pull \(over(.single_user.pull.rows_per_sec))x" else "" end)
+        "\($s) Echolia/Atuin:"
+        + (if .[1].operations.push then " push \(over(.operations.push.items_per_sec))x, p99 \(over(.operations.push.latency_ms.p99))x" else "" end)
+        + (if .[1].single_user then ", pull \(over(.single_user.pull.rows_per_sec))x"
+           elif .[1].operations.pull then " pull \(over(.operations.pull.items_per_sec))x" else "" end)
         + (if .[1].server_cpu then ", CPU per event \(over(.server_cpu.us_per_event))x" else "" end)' \
         "$OUT/$1-$2-atuin.json" "$OUT/$1-$2-echolia.json" | tee -a "$OUT/summary.txt"
 }
