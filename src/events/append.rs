@@ -84,7 +84,8 @@ impl LogTx {
     /// this transaction, which keys its view row (`None`: it has none yet).
     pub async fn created(&mut self, kind: Kind, id: Uuid) -> StoreResult<Option<u64>> {
         self.catch_up().await?;
-        Ok(kind.view_tag().and_then(|view| self.tx.ids().ok()?.created(view, id)))
+        let Some(view) = kind.view_tag() else { return Ok(None) };
+        Ok(self.tx.ids()?.created(view, id))
     }
 
     /// Reads the ids the index lacks from the log (what this process never

@@ -278,4 +278,41 @@ mod tests {
             assert_eq!(parse_heads(bad), None, "{bad}");
         }
     }
+
+    /// A writer whose index keys an aggregate at another's row (its database
+    /// replaced under it) refuses the batch rather than fold onto that row.
+    #[tokio::test]
+    async fn an_index_keying_an_aggregate_at_another_ones_row_refuses_the_batch() {
+        use crate::store::{Backend, Logged, UserDb};
+        use crate::views::write::{apply_batch, BatchError};
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = UserDb::open(&Backend::local(dir.path()), Uuid::new_v4(), true).await.unwrap();
+        let (device, x, y) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let put = |aggregate_id: Uuid, counter: u64| crate::events::NewEvent {
+            event_id: Uuid::new_v4(),
+            kind: Kind::Entry,
+            aggregate_id,
+            parent_id: None,
+            op: Op::Put,
+            version: VersionVector::single(device, counter),
+            payload: Some(vec![1]),
+            client_time: Utc::now().trunc_subsecs(6),
+        };
+        let mut tx = LogTx::begin(&db).await.unwrap();
+        apply_batch(&mut tx, device, Utc::now(), vec![put(x, 1), put(y, 1)]).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = LogTx::begin(&db).await.unwrap();
+        let ids = tx.ids().unwrap();
+        ids.clear();
+        ids.extend([Logged { event_id: Uuid::new_v4(), seq: 2, view: Kind::Entry.view_tag(), aggregate_id: x }], 2);
+        let err = apply_batch(&mut tx, device, Utc::now(), vec![put(x, 2)]).await.unwrap_err();
+        assert!(matches!(&err, BatchError::Store(StoreError::Corrupt(_))), "{err}");
+        drop(tx);
+        let mut tx = LogTx::begin(&db).await.unwrap();
+        let views = ViewStatements::cached(&mut tx, [Kind::Entry]).await.unwrap();
+        let row = views.load(Kind::Entry, 2).await.unwrap().unwrap();
+        assert_eq!((row.id, row.updated_seq), (y, 2), "the other aggregate's row is as it was");
+    }
 }

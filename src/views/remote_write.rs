@@ -163,8 +163,12 @@ async fn attempt_once(
         .map(|event| event.map(|event| (event.seq, event)))
         .collect::<StoreResult<_>>()?;
     let mut rows: HashMap<(Kind, Uuid), AggregateRow> = HashMap::new();
+    // Each loaded row's aggregate, by its key: a row the index keys an
+    // aggregate at but that belongs to another is never written over.
+    let mut keyed: HashMap<(Kind, u64), Uuid> = HashMap::new();
     for kind in &kinds {
         for row in decode_view_rows(*kind, &next_rows())? {
+            keyed.insert((*kind, row.created_seq), row.id);
             rows.insert((*kind, row.id), row);
         }
     }
@@ -205,11 +209,25 @@ async fn attempt_once(
         let hash = link(&tip.hash, &canonical_bytes(seq, device, &received_text, event));
         let stored = StoredEvent { seq, device_id: device, received_at: now, hash, event: event.clone() };
         let view = event.kind.view_tag();
-        let created = view.and_then(|view| writer.ids().ok()?.created(view, event.aggregate_id));
+        let created = match view {
+            Some(view) => writer.ids()?.created(view, event.aggregate_id),
+            None => None,
+        };
         writer.ids()?.stage(Logged { event_id: event.event_id, seq, view, aggregate_id: event.aggregate_id });
         tip = LogTip { seq, hash };
 
         let current = rows.remove(&(event.kind, event.aggregate_id));
+        if let Some(other) = created.and_then(|created| keyed.get(&(event.kind, created))) {
+            if current.is_none() && *other != event.aggregate_id {
+                return Err(StoreError::Corrupt(format!(
+                    "{} {}: the writer's index keys it where the view holds {other}; \
+                     restart the server, then run `echolia replay --check`",
+                    event.kind.as_str(),
+                    event.aggregate_id
+                ))
+                .into());
+            }
+        }
         let status = fold(&mut rows, &mut dirty, current, created, &stored, index)?;
         out.push(BatchResult { event_id: event.event_id, seq, status });
         appended.push(stored);

@@ -75,6 +75,21 @@ pub(super) fn fold(
     index: usize,
 ) -> Result<EventStatus, BatchError> {
     let key = (stored.event.kind, stored.event.aggregate_id);
+    // The index and the view disagree (the database replaced under a running
+    // writer?): folding on would write this aggregate over another's row.
+    if let (Some(row), Some(created)) = (&current, created) {
+        if row.id != key.1 || row.created_seq != created {
+            return Err(StoreError::Corrupt(format!(
+                "{} {}: the writer's index keys it at seq {created}, the view holds {} {} there; \
+                 restart the server, then run `echolia replay --check`",
+                key.0.as_str(),
+                key.1,
+                row.id,
+                row.created_seq
+            ))
+            .into());
+        }
+    }
     let before = current.as_ref().map_or(0, |row| row.heads.len());
     let (mut row, outcome) = aggregate::apply(current, stored);
     if let Some(created) = created {

@@ -220,7 +220,7 @@ async fn replay_while_devices_push_loses_nothing_and_check_finds_stale_views() {
 
 /// An aggregate view in the shape before `schema/user/0007_views_keyed_by_creation.sql`
 /// (keyed by a unique `id`, its indexes under either of their names).
-fn keyed_by_id(table: &str, index_suffix: &str) -> String {
+pub fn keyed_by_id(table: &str, index_suffix: &str) -> String {
     let parent = if matches!(table, "tags" | "embeddings") {
         format!("CREATE INDEX {table}_by_parent{index_suffix} ON {table} (parent_id);")
     } else {
