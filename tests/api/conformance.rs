@@ -544,9 +544,9 @@ async fn views_keyed_by_id_migrate(store: Store) {
         conn.execute("DROP TABLE memories", ()).await.unwrap();
     }
     drop((conn, db));
-    let Fixture { mut app, sqld } = fx;
+    let Fixture { mut app, sqld, turso, vars } = fx;
     app.stop().await;
-    let fx = Fixture { app, sqld };
+    let fx = Fixture { app, sqld, turso, vars };
 
     let (code, stdout, stderr) = fx.cli(&["migrate"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
@@ -559,8 +559,7 @@ async fn views_keyed_by_id_migrate(store: Store) {
     let (code, stdout, stderr) = fx.cli(&["replay", "--check", "--user", &user]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
 
-    let Fixture { app, sqld } = fx;
-    let fx = Fixture { app: app.restart().await, sqld };
+    let fx = fx.restart().await;
     let db = fx.app.state.users.get(a.user_id).await.unwrap();
     let conn = db.read().await.unwrap();
     for (table, kind) in [("entries", "entry"), ("memories", "memory"), ("tags", "tag"), ("embeddings", "embedding")] {
