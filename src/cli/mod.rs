@@ -132,7 +132,8 @@ impl Storage {
         };
         let users = Arc::new(
             UserDatabases::new(backend.clone(), config.max_open_databases)
-                .with_id_index_budget(config.id_index_max_events),
+                .with_id_index_budget(config.id_index_max_events)
+                .with_replicas(crate::store::replica::Replicas::from_config(config)?),
         );
         Ok(Self { backend, users })
     }

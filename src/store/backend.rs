@@ -72,6 +72,14 @@ impl Backend {
         }
     }
 
+    /// Where an embedded replica of a user's database syncs from, on a remote backend.
+    pub fn user_replica_target(&self, user_id: Uuid) -> Option<super::replica::ReplicaTarget> {
+        match self {
+            Self::Local(_) => None,
+            Self::Sqld(sqld) => Some(sqld.replica_target(&remote::user_namespace(user_id))),
+        }
+    }
+
     /// The Hrana client of the control database, on a remote backend.
     pub fn control_hrana(&self) -> Option<Hrana> {
         match self {

@@ -14,6 +14,7 @@ use super::backend::REPLAY_LOCK_SUFFIX;
 use super::id_index::IdIndex;
 use super::raw::RawConn;
 use super::remote::hrana::Hrana;
+use super::replica::{ReplicaTarget, Replicas};
 use super::{connect_to, memory, migrations, Backend, StoreError, StoreResult};
 
 pub struct UserDb {
@@ -23,6 +24,8 @@ pub struct UserDb {
     file: Option<PathBuf>,
     /// Its Hrana client, on a remote backend.
     remote: Option<Hrana>,
+    /// Its embedded replica, with `EMBEDDED_REPLICAS` (opened on the first read).
+    replica: Option<(Arc<Replicas>, ReplicaTarget)>,
     /// The connection writes go through, behind the user's lock: one writer
     /// per user inside this process, so writers queue here rather than on
     /// SQLite's lock (`BEGIN IMMEDIATE` still arbitrates between processes).
@@ -58,6 +61,7 @@ impl UserDb {
             db,
             file: backend.user_file(user_id),
             remote: backend.user_hrana(user_id),
+            replica: None,
             writer: Arc::new(Mutex::new(None)),
             idle: Arc::default(),
             deleted: AtomicBool::new(false),
@@ -72,6 +76,13 @@ impl UserDb {
     pub(super) fn counting_into(mut self, appended: Arc<AtomicU64>, indexed: Arc<AtomicUsize>) -> Self {
         self.appended = appended;
         self.all_indexed = indexed;
+        self
+    }
+
+    /// Reads of the log and views come from an embedded replica of this
+    /// database in `replicas`, on a backend that can name one.
+    pub(super) fn replicated_by(mut self, replicas: Option<Arc<Replicas>>, backend: &Backend) -> Self {
+        self.replica = replicas.zip(backend.user_replica_target(self.user_id));
         self
     }
 
@@ -135,6 +146,42 @@ impl UserDb {
         // server forgets after a while idle, or when it restarts.
         let idle = if self.remote.is_some() { Arc::default() } else { self.idle.clone() };
         Ok(PooledConn { conn: Some(conn), idle })
+    }
+
+    /// A connection for reads of the log and the views, which may come from
+    /// the embedded replica ([`super::replica`]): fresh within its bound and
+    /// holding this process's writes. `None`: read the primary.
+    pub async fn read_replica(&self) -> StoreResult<Option<PooledConn>> {
+        self.check_live()?;
+        let Some((replicas, target)) = &self.replica else { return Ok(None) };
+        let conn = replicas.connect(self.user_id, target).await;
+        Ok(conn.map(|conn| PooledConn { conn: Some(conn), idle: Arc::default() }))
+    }
+
+    /// [`UserDb::read_replica`], else [`UserDb::read`]: for a read that may
+    /// be answered from the replica and otherwise runs the same on the primary.
+    pub async fn read_view(&self) -> StoreResult<PooledConn> {
+        match self.read_replica().await? {
+            Some(conn) => Ok(conn),
+            None => self.read().await,
+        }
+    }
+
+    /// A write to this database committed: its replica syncs before it
+    /// answers again (read-your-writes). A sync that fails only sends reads to
+    /// the primary until one succeeds; the write stands.
+    pub async fn wrote(&self) {
+        if let Some((replicas, _)) = &self.replica {
+            replicas.after_write(self.user_id).await;
+        }
+    }
+
+    /// The primary moved past what this process knows (another process
+    /// wrote): the replica answers again only after a sync from now.
+    pub fn moved_elsewhere(&self) {
+        if let Some((replicas, _)) = &self.replica {
+            replicas.behind(self.user_id);
+        }
     }
 
     /// Starts the one write transaction of this user: takes the user's lock

@@ -11,7 +11,7 @@
 //! tries again: nothing needs a restart when it comes back.
 
 #[cfg(feature = "remote-storage")]
-mod connector;
+pub(super) mod connector;
 pub mod hrana;
 #[cfg(test)]
 mod tests;
@@ -77,6 +77,15 @@ impl SqldBackend {
     /// The Hrana client of one namespace (for batches of statements in one round trip).
     pub fn hrana(&self, namespace: &str) -> Hrana {
         Hrana::new(self.http.clone(), &self.url, namespace.to_owned(), self.token.clone(), self.timeout)
+    }
+
+    /// Where an embedded replica of `namespace` syncs from: this server, with the same token.
+    pub fn replica_target(&self, namespace: &str) -> super::replica::ReplicaTarget {
+        super::replica::ReplicaTarget {
+            url: self.url.clone(),
+            token: self.token.clone(),
+            namespace: Some(namespace.to_owned()),
+        }
     }
 
     /// A libSQL database handle on `namespace` (nothing is sent until a connection is used).
