@@ -1,11 +1,14 @@
 //! One storage conformance suite, run against every backend: `local`
-//! (files under `DATA_DIR`) and `sqld` (the real libSQL server, started by
-//! each test, [`crate::sqld`]). Everything goes through the HTTP API or the
+//! (files under `DATA_DIR`), `sqld` (the real libSQL server, started by
+//! each test, [`crate::sqld`]) and `sqld` with embedded replicas (reads
+//! from replica files under `DATA_DIR/replicas`, synced before every read:
+//! `REPLICA_MAX_STALENESS_MS=0`, so two servers agree as on the others). Everything goes through the HTTP API or the
 //! operator commands, as a user would see it; only where a database lives
 //! differs ([`Fixture::database_exists`]).
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 
 use echolia::events::hash::ChainVerifier;
 use reqwest::StatusCode;
@@ -20,11 +23,19 @@ use crate::sync_flow::stored_from_json;
 pub enum Store {
     Local,
     Sqld,
+    /// Only in a build with the `embedded-replicas` feature.
+    #[cfg_attr(not(feature = "embedded-replicas"), allow(dead_code))]
+    SqldReplicas,
 }
+
+/// The variables of embedded replicas that answer no read older than its request.
+const REPLICAS: [(&str, &str); 3] =
+    [("EMBEDDED_REPLICAS", "true"), ("REPLICA_MAX_STALENESS_MS", "0"), ("REPLICA_SYNC_INTERVAL_MS", "200")];
 
 pub struct Fixture {
     pub app: TestApp,
     pub sqld: Option<Sqld>,
+    pub store: Store,
 }
 
 impl Fixture {
@@ -35,12 +46,32 @@ impl Fixture {
     pub async fn with(store: Store, extra: &[(&str, &str)]) -> Fixture {
         let sqld = match store {
             Store::Local => None,
-            Store::Sqld => Some(Sqld::start().await),
+            Store::Sqld | Store::SqldReplicas => Some(Sqld::start().await),
         };
-        let mut vars: Vec<(&str, String)> = sqld.as_ref().map(Sqld::vars).unwrap_or_default();
+        let mut vars = Self::store_vars(store, sqld.as_ref());
         vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Fixture { app: spawn_app_with(&vars).await, sqld }
+        Fixture { app: spawn_app_with(&vars).await, sqld, store }
+    }
+
+    /// The variables of a server (or an operator command) on this store.
+    fn store_vars(store: Store, sqld: Option<&Sqld>) -> Vec<(&'static str, String)> {
+        let mut vars: Vec<(&str, String)> = sqld.map(Sqld::vars).unwrap_or_default();
+        if store == Store::SqldReplicas {
+            vars.extend(REPLICAS.iter().map(|(k, v)| (*k, v.to_string())));
+        }
+        vars
+    }
+
+    /// On sqld with replicas: `app` answered reads from its replicas, and
+    /// none went to the primary (each synced first). Elsewhere nothing to check.
+    pub fn assert_read_from_replicas(&self, app: &TestApp) {
+        if self.store != Store::SqldReplicas {
+            return;
+        }
+        let stats = &app.state.users.replicas().expect("replicas are on").stats;
+        let (reads, fallbacks) = (stats.reads.load(Ordering::Relaxed), stats.fallbacks.load(Ordering::Relaxed));
+        assert!(reads > 0 && fallbacks == 0, "{reads} reads from replicas, {fallbacks} from the primary");
     }
 
     /// Whether the user's database exists where its backend keeps it.
@@ -60,10 +91,8 @@ impl Fixture {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATA_DIR", self.app.data_dir())
             .stdin(Stdio::null());
-        if let Some(sqld) = &self.sqld {
-            for (name, value) in sqld.vars() {
-                command.env(name, value);
-            }
+        for (name, value) in Self::store_vars(self.store, self.sqld.as_ref()) {
+            command.env(name, value);
         }
         let output = command.output().unwrap();
         (
@@ -128,6 +157,7 @@ async fn append_duplicates_and_reuse(store: Store) {
     assert_error(app.push(&a, &[fresh, reused]).await, StatusCode::CONFLICT, "event_id_reused").await;
     let (head, seqs) = verify_chain(app, &a).await;
     assert_eq!((head, seqs), (4, vec![1, 2, 3, 4]));
+    fx.assert_read_from_replicas(app);
 
     // A fresh server (no id index in memory) still finds the duplicates.
     let app = fx.app.beside().await;
@@ -160,6 +190,7 @@ async fn pull_pages(store: Store) {
     assert_eq!(seen.len(), 25);
     assert!(pages >= 3, "limit=10 pages 26 changes in at least 3 pages, got {pages}");
     assert_eq!(since, 26);
+    fx.assert_read_from_replicas(app);
 }
 
 async fn projections_and_conflicts(store: Store) {
@@ -186,6 +217,7 @@ async fn projections_and_conflicts(store: Store) {
     assert_eq!((row["conflict"].clone(), row["deleted"].clone()), (json!(false), json!(true)));
     let status: Value = app.get("/sync/status", &a.access_token).await.json().await.unwrap();
     assert_eq!(status["conflicts"], 0);
+    fx.assert_read_from_replicas(app);
 }
 
 async fn concurrent_appends_from_two_servers(store: Store) {
@@ -207,6 +239,7 @@ async fn concurrent_appends_from_two_servers(store: Store) {
     let (head, seqs) = verify_chain(&other, &a).await;
     assert_eq!(head, 2 + 40, "two device events and every pushed one");
     assert_eq!(seqs, (1..=head).collect::<Vec<_>>(), "gapless");
+    fx.assert_read_from_replicas(&other);
 }
 
 async fn migrations_and_operator_commands(store: Store) {
@@ -292,8 +325,8 @@ async fn unfinished_provisioning_is_swept_at_start(store: Store) {
     control.execute("INSERT INTO provisioning VALUES (?1, 'create', ?2)", [in_flight.to_string(), now]).await.unwrap();
     assert!(fx.database_exists(orphan).await && fx.database_exists(deleted.user_id).await);
 
-    let Fixture { app, sqld } = fx;
-    let fx = Fixture { app: app.restart().await, sqld };
+    let Fixture { app, sqld, store } = fx;
+    let fx = Fixture { app: app.restart().await, sqld, store };
     assert!(!fx.database_exists(orphan).await, "the crashed registration's database is gone");
     assert!(!fx.database_exists(deleted.user_id).await, "the crashed deletion's database is gone");
     assert!(fx.database_exists(in_flight).await, "a registration in flight is not touched");
@@ -329,6 +362,7 @@ async fn two_servers_long_poll_and_revocation(store: Store) {
     let page: Value = resp.json().await.unwrap();
     assert_eq!(page["changes"][0]["id"], entry.to_string(), "{page}");
     assert!(started.elapsed() < std::time::Duration::from_secs(3), "woken by the head watch: {:?}", started.elapsed());
+    fx.assert_read_from_replicas(&other);
 
     assert_eq!(other.get("/sync/status", &b.access_token).await.status(), StatusCode::OK);
     let revoked = fx.app.delete(&format!("/auth/device/{}", b.device_id), &a.access_token).await;
@@ -352,6 +386,15 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Store::Sqld).await
+                }
+            )*
+        }
+        #[cfg(feature = "embedded-replicas")]
+        mod sqld_replicas {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::SqldReplicas).await
                 }
             )*
         }
