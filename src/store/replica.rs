@@ -21,7 +21,7 @@
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -124,7 +124,7 @@ impl Replicas {
     /// Never an error: a replica that cannot serve is only slower.
     pub async fn connect(&self, user: Uuid, target: &ReplicaTarget) -> Option<Connection> {
         let connected = match self.replica(user, target).await {
-            Ok(replica) => replica.fresh_connection(self).await,
+            Ok(replica) => self.fresh_connection(&replica).await,
             Err(err) => {
                 tracing::warn!(%user, error = %err, "the embedded replica cannot be opened; reading the primary");
                 None
@@ -146,7 +146,7 @@ impl Replicas {
     pub async fn after_write(&self, user: Uuid) -> bool {
         let Some(replica) = self.peek(user) else { return true };
         replica.behind(Instant::now());
-        replica.sync(self).await
+        self.sync(&replica).await
     }
 
     /// The primary moved past what `user`'s replica holds (another process
@@ -201,7 +201,9 @@ impl Replicas {
         let slot = self.lock().get_or_insert(user, || Arc::new(OnceCell::new())).clone();
         let path = self.dir.join(format!("{}.db", user.as_hyphenated()));
         let opened = slot
-            .get_or_try_init(|| async { Replica::open(&path, target, self.settings.sync_timeout).await.map(Arc::new) })
+            .get_or_try_init(|| async {
+                Replica::open(user, &path, target, self.settings.sync_timeout).await.map(Arc::new)
+            })
             .await
             .cloned();
         if opened.is_err() {
@@ -211,6 +213,60 @@ impl Replicas {
             }
         }
         opened
+    }
+
+    /// Syncs `replica` under the timeout; whether it worked. After one that
+    /// timed out the replicating handle is reopened on the file: libSQL's
+    /// replicator, cut off mid-transaction, keeps the frames and the write
+    /// transaction it had begun, and would build on them at its next sync.
+    async fn sync(&self, replica: &Arc<Replica>) -> bool {
+        let began = Instant::now();
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        let outcome = tokio::time::timeout(self.settings.sync_timeout, replica.sync_once()).await;
+        let error = match outcome {
+            Ok(Ok(())) => {
+                let mut freshness = replica.freshness();
+                freshness.synced = freshness.synced.max(Some(began));
+                freshness.failed = None;
+                return true;
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => {
+                replica.reopen.store(true, Ordering::Release);
+                format!("no answer within {:?}", self.settings.sync_timeout)
+            }
+        };
+        self.stats.sync_failures.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("echolia_replica_sync_failures_total").increment(1);
+        let mut freshness = replica.freshness();
+        // Once per outage, not once per interval.
+        if freshness.failed.is_none() {
+            tracing::warn!(user = %replica.user, error, "an embedded replica could not sync; its reads go to the primary");
+        } else {
+            tracing::debug!(user = %replica.user, error, "an embedded replica still cannot sync");
+        }
+        freshness.failed = Some(Instant::now());
+        false
+    }
+
+    /// A connection to `replica` if it is fresh, or once a sync made it so.
+    async fn fresh_connection(&self, replica: &Arc<Replica>) -> Option<Connection> {
+        if !replica.is_fresh(self.settings.max_staleness) {
+            // A sync that failed lately is not retried by every read (each would
+            // wait for it): the interval sync tries again.
+            let failed_lately =
+                replica.freshness().failed.is_some_and(|failed| failed.elapsed() < self.settings.sync_interval);
+            if failed_lately || !self.sync(replica).await {
+                return None;
+            }
+        }
+        match replica.read_connection().await {
+            Ok(conn) => Some(conn),
+            Err(err) => {
+                tracing::warn!(user = %replica.user, error = %err, "an embedded replica cannot be read; reading the primary");
+                None
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<Uuid, Slot>> {
@@ -233,7 +289,7 @@ async fn sync_on_interval(replicas: Weak<Replicas>, interval: Duration) {
             .for_each_concurrent(INTERVAL_SYNCS_AT_ONCE, |replica| {
                 let replicas = &replicas;
                 async move {
-                    replica.sync(replicas).await;
+                    replicas.sync(&replica).await;
                 }
             })
             .await;
@@ -260,8 +316,15 @@ fn take_dir(root: &Path) -> StoreResult<(PathBuf, std::fs::File)> {
 /// One user's replica: the replicating handle, and a read-only one on its
 /// file (opened once a sync has given the file its content).
 struct Replica {
+    user: Uuid,
     path: PathBuf,
-    sync: Database,
+    target: ReplicaTarget,
+    /// Of each call of the replicating handle's connector.
+    timeout: Duration,
+    /// Behind a lock: a sync cut off by its timeout sets `reopen`, and the
+    /// next one closes the handle and opens it again on the file first.
+    sync: tokio::sync::Mutex<Option<Database>>,
+    reopen: AtomicBool,
     read: OnceCell<Database>,
     freshness: Mutex<Freshness>,
 }
@@ -277,27 +340,35 @@ struct Freshness {
 }
 
 impl Replica {
-    #[cfg(not(feature = "embedded-replicas"))]
-    async fn open(_path: &Path, _target: &ReplicaTarget, _timeout: Duration) -> StoreResult<Self> {
-        Err(StoreError::Unavailable(
-            "this build has no embedded replicas (the `embedded-replicas` cargo feature)".into(),
-        ))
+    async fn open(user: Uuid, path: &Path, target: &ReplicaTarget, timeout: Duration) -> StoreResult<Self> {
+        let sync = replicating_handle(path, target, timeout).await?;
+        Ok(Self {
+            user,
+            path: path.to_owned(),
+            target: target.clone(),
+            timeout,
+            sync: tokio::sync::Mutex::new(Some(sync)),
+            reopen: AtomicBool::new(false),
+            read: OnceCell::new(),
+            freshness: Mutex::default(),
+        })
     }
 
-    #[cfg(feature = "embedded-replicas")]
-    async fn open(path: &Path, target: &ReplicaTarget, timeout: Duration) -> StoreResult<Self> {
-        super::memory::configure_once();
-        use secrecy::ExposeSecret;
-        let builder = Builder::new_remote_replica(path, target.url.clone(), target.token.expose_secret().to_owned())
-            .connector(super::remote::connector::TimeoutConnector::new(timeout))
-            // Writes never go through a replica here.
-            .read_your_writes(false);
-        let builder = match &target.namespace {
-            Some(namespace) => builder.namespace(namespace),
-            None => builder,
+    /// One sync, on the replicating handle (reopened first after a sync
+    /// that was cut off).
+    async fn sync_once(&self) -> StoreResult<()> {
+        let mut handle = self.sync.lock().await;
+        if self.reopen.swap(false, Ordering::AcqRel) {
+            // Closing it rolls back what the cut-off sync left open.
+            *handle = None;
+        }
+        let db = match handle.take() {
+            Some(db) => db,
+            None => replicating_handle(&self.path, &self.target, self.timeout).await?,
         };
-        let sync = builder.build().await?;
-        Ok(Self { path: path.to_owned(), sync, read: OnceCell::new(), freshness: Mutex::default() })
+        let synced = sync_database(&db).await;
+        *handle = Some(db);
+        Ok(synced?)
     }
 
     fn freshness(&self) -> std::sync::MutexGuard<'_, Freshness> {
@@ -315,64 +386,32 @@ impl Replica {
         synced.elapsed() <= max_staleness && freshness.behind.is_none_or(|behind| synced >= behind)
     }
 
-    /// Syncs under the timeout; whether it worked.
-    async fn sync(&self, replicas: &Replicas) -> bool {
-        let began = Instant::now();
-        replicas.stats.syncs.fetch_add(1, Ordering::Relaxed);
-        let outcome = tokio::time::timeout(replicas.settings.sync_timeout, sync_database(&self.sync)).await;
-        let mut freshness = self.freshness();
-        match outcome {
-            Ok(Ok(_)) => {
-                freshness.synced = freshness.synced.max(Some(began));
-                freshness.failed = None;
-                true
-            }
-            failed => {
-                replicas.stats.sync_failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("echolia_replica_sync_failures_total").increment(1);
-                let error = match failed {
-                    Ok(Err(err)) => err.to_string(),
-                    _ => format!("no answer within {:?}", replicas.settings.sync_timeout),
-                };
-                // Once per outage, not once per interval.
-                if freshness.failed.is_none() {
-                    tracing::warn!(error, "an embedded replica could not sync; its reads go to the primary");
-                } else {
-                    tracing::debug!(error, "an embedded replica still cannot sync");
-                }
-                freshness.failed = Some(Instant::now());
-                false
-            }
-        }
-    }
-
-    async fn fresh_connection(&self, replicas: &Replicas) -> Option<Connection> {
-        if !self.is_fresh(replicas.settings.max_staleness) {
-            // A sync that failed lately is not retried by every read (each would
-            // wait for it): the interval sync tries again.
-            let failed_lately =
-                self.freshness().failed.is_some_and(|failed| failed.elapsed() < replicas.settings.sync_interval);
-            if failed_lately || !self.sync(replicas).await {
-                return None;
-            }
-        }
+    /// Opens the read-only handle once, and a connection on it.
+    async fn read_connection(&self) -> StoreResult<Connection> {
         let read = self
             .read
             .get_or_try_init(|| Builder::new_local(&self.path).flags(OpenFlags::SQLITE_OPEN_READ_ONLY).build())
-            .await;
-        let connected = read.map_err(StoreError::from).and_then(|read| {
-            let conn = read.connect()?;
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            Ok(conn)
-        });
-        match connected {
-            Ok(conn) => Some(conn),
-            Err(err) => {
-                tracing::warn!(error = %err, "an embedded replica cannot be read; reading the primary");
-                None
-            }
-        }
+            .await?;
+        let conn = read.connect()?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(conn)
     }
+}
+
+/// The handle libSQL replicates `target` into the file at `path` with.
+#[cfg(feature = "embedded-replicas")]
+async fn replicating_handle(path: &Path, target: &ReplicaTarget, timeout: Duration) -> StoreResult<Database> {
+    use secrecy::ExposeSecret;
+    super::memory::configure_once();
+    let builder = Builder::new_remote_replica(path, target.url.clone(), target.token.expose_secret().to_owned())
+        .connector(super::remote::connector::TimeoutConnector::new(timeout))
+        // Writes never go through a replica here.
+        .read_your_writes(false);
+    let builder = match &target.namespace {
+        Some(namespace) => builder.namespace(namespace),
+        None => builder,
+    };
+    Ok(builder.build().await?)
 }
 
 /// One sync of a replicating handle (libSQL's `sync`, which has no deadline of its own).
@@ -381,7 +420,12 @@ async fn sync_database(db: &Database) -> libsql::Result<()> {
     db.sync().await.map(drop)
 }
 
-/// Never reached: without the feature no replica opens ([`Replica::open`]).
+#[cfg(not(feature = "embedded-replicas"))]
+async fn replicating_handle(_path: &Path, _target: &ReplicaTarget, _timeout: Duration) -> StoreResult<Database> {
+    Err(StoreError::Unavailable("this build has no embedded replicas (the `embedded-replicas` cargo feature)".into()))
+}
+
+/// Never reached: without the feature no replica opens.
 #[cfg(not(feature = "embedded-replicas"))]
 async fn sync_database(_db: &Database) -> libsql::Result<()> {
     Err(libsql::Error::Misuse("this build has no embedded replicas".into()))
