@@ -176,6 +176,11 @@ impl UserDb {
         }
     }
 
+    /// What a write marks when it commits: this database's replica, if any.
+    fn replica_to_mark(&self) -> ReplicaMark {
+        self.replica.as_ref().map(|(replicas, _)| (replicas.clone(), self.user_id))
+    }
+
     /// The primary moved past what this process knows (another process
     /// wrote): the replica answers again only after a sync from now.
     pub fn moved_elsewhere(&self) {
@@ -211,7 +216,8 @@ impl UserDb {
         // Kept for the next writer whether `BEGIN` worked or not (busy from another process).
         *guard = Some(writer);
         let cache = self.remote.is_none();
-        Ok(WriteTx { tx: tx?, appended: 0, counter: self.appended.clone(), cache, guard })
+        let replica = self.replica_to_mark();
+        Ok(WriteTx { tx: tx?, appended: 0, counter: self.appended.clone(), cache, replica, guard })
     }
 
     /// A connection of this database outside libSQL's API ([`RawConn`]), for
@@ -262,7 +268,7 @@ impl UserDb {
         if let Some(writer) = guard.as_mut() {
             writer.ids.discard_staged();
         }
-        Ok(RemoteWriter { counter: self.appended.clone(), guard })
+        Ok(RemoteWriter { counter: self.appended.clone(), replica: self.replica_to_mark(), guard })
     }
 
     /// The user's write lock alone, for a transaction on a [`RawConn`]:
@@ -279,6 +285,7 @@ impl UserDb {
 /// [`RemoteWriter::committed`] says the batch committed.
 pub struct RemoteWriter {
     counter: Arc<AtomicU64>,
+    replica: ReplicaMark,
     guard: OwnedMutexGuard<Option<Writer>>,
 }
 
@@ -293,9 +300,21 @@ impl RemoteWriter {
     /// The batch committed with `appended` events: its staged ids count.
     pub fn committed(&mut self, appended: u64) {
         self.counter.fetch_add(appended, Ordering::Relaxed);
+        mark_behind(&self.replica);
         if let Some(writer) = self.guard.as_mut() {
             writer.ids.publish();
         }
+    }
+}
+
+/// The replica a committed write leaves behind the primary.
+type ReplicaMark = Option<(Arc<Replicas>, Uuid)>;
+
+/// Every write that commits: the replica answers again only after a sync
+/// that began after it (read-your-writes for every write, not only pushes).
+fn mark_behind(replica: &ReplicaMark) {
+    if let Some((replicas, user)) = replica {
+        replicas.behind(*user);
     }
 }
 
@@ -334,6 +353,7 @@ pub struct WriteTx {
     /// Events appended in this transaction; they count once it commits.
     appended: u64,
     counter: Arc<AtomicU64>,
+    replica: ReplicaMark,
     /// Whether prepared statements outlive the transaction: not on a remote
     /// database, where a statement belongs to the stream (the transaction)
     /// that prepared it.
@@ -379,6 +399,7 @@ impl WriteTx {
 
     pub async fn commit(mut self) -> StoreResult<()> {
         self.tx.commit().await?;
+        mark_behind(&self.replica);
         self.counter.fetch_add(self.appended, Ordering::Relaxed);
         if let Some(writer) = self.guard.as_mut() {
             writer.ids.publish();

@@ -268,6 +268,14 @@ async fn migrations_and_operator_commands(store: Store) {
     let (code, stdout, stderr) = fx.cli(&["export", "--user", &user]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert_eq!(stdout.lines().filter(|line| line.contains("\"entry\"")).count(), 3, "{stdout}");
+    if store == Store::SqldReplicas {
+        // The commands kept a replica of their own, beside the server's, holding the whole log.
+        let theirs = app.data_dir().join("replicas").join("1").join(format!("{user}.db"));
+        let db = libsql::Builder::new_local(&theirs).flags(libsql::OpenFlags::SQLITE_OPEN_READ_ONLY).build().await;
+        let conn = db.unwrap().connect().unwrap();
+        let mut rows = conn.query("SELECT count(*) FROM events", ()).await.unwrap();
+        assert_eq!(rows.next().await.unwrap().unwrap().get::<u64>(0).unwrap(), 4, "{}", theirs.display());
+    }
 
     let (code, stdout, stderr) = fx.cli(&["replay", "--user", &user, "--check"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");

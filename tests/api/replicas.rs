@@ -85,17 +85,23 @@ async fn a_write_through_one_server_is_read_from_anothers_replica_after_sync() {
     let before = replica_reads(&writer);
     assert_eq!(entry_ids(&writer, &a).await, [id.to_string()]);
     assert_eq!(replica_reads(&writer), (before.0 + 1, before.1), "the writer's read came from its replica");
+    // Any other write through it (here a pairing, a device event in the log) is read back at once too:
+    // the replica, fresh a moment ago, syncs before it answers again.
+    let b = writer.pair(&a, "Phone").await;
+    let events: Value = writer.get("/sync/events?since=0", &b.access_token).await.json().await.unwrap();
+    assert_eq!(events["events"].as_array().unwrap().len(), 3, "{events}");
+    assert_eq!(replica_reads(&writer), (before.0 + 2, before.1));
 
     // The reader's replica file gets the event by its interval sync, with no request to the reader.
     let started = Instant::now();
-    while events_in_replica(&reader, a.user_id).await < 2 {
+    while events_in_replica(&reader, a.user_id).await < 3 {
         assert!(started.elapsed() < Duration::from_secs(5), "the reader's replica did not sync");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let before = replica_reads(&reader);
     assert_eq!(entry_ids(&reader, &a).await, [id.to_string()]);
     let events: Value = reader.get("/sync/events?since=0", &a.access_token).await.json().await.unwrap();
-    assert_eq!(events["events"].as_array().unwrap().len(), 2, "{events}");
+    assert_eq!(events["events"].as_array().unwrap().len(), 3, "{events}");
     let status: Value = reader.get("/sync/status", &a.access_token).await.json().await.unwrap();
     assert_eq!(status["entries"], 1, "{status}");
     assert_eq!(replica_reads(&reader), (before.0 + 3, before.1), "pull, events and status came from the replica");
