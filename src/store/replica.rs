@@ -140,13 +140,15 @@ impl Replicas {
         connected
     }
 
-    /// After a write to `user`'s primary committed: the replica must sync past
-    /// it before it answers again, and syncs now (so the writer's next read
-    /// is served locally). Returns whether it did.
-    pub async fn after_write(&self, user: Uuid) -> bool {
-        let Some(replica) = self.peek(user) else { return true };
+    /// After a write to `user`'s primary committed: the replica answers again
+    /// only after a sync that began after it, and one starts now, in the
+    /// background. The write's answer does not wait for it: a read that comes
+    /// first waits for it (and syncs), or goes to the primary if it fails.
+    pub fn after_write(self: &Arc<Self>, user: Uuid) {
+        let Some(replica) = self.peek(user) else { return };
         replica.behind(Instant::now());
-        self.sync(&replica).await
+        let replicas = self.clone();
+        tokio::spawn(async move { replicas.sync(&replica).await });
     }
 
     /// The primary moved past what `user`'s replica holds (another process

@@ -168,11 +168,12 @@ impl UserDb {
     }
 
     /// A write to this database committed: its replica syncs before it
-    /// answers again (read-your-writes). A sync that fails only sends reads to
-    /// the primary until one succeeds; the write stands.
-    pub async fn wrote(&self) {
+    /// answers again (read-your-writes), and starts syncing now, in the
+    /// background. A sync that fails only sends reads to the primary until
+    /// one succeeds; the write stands.
+    pub fn wrote(&self) {
         if let Some((replicas, _)) = &self.replica {
-            replicas.after_write(self.user_id).await;
+            replicas.after_write(self.user_id);
         }
     }
 
