@@ -13,6 +13,7 @@ use ipnet::IpNet;
 pub mod backup;
 pub mod embeddings;
 pub mod llm;
+pub mod replicas;
 pub mod turso;
 
 /// Minimum length of `JWT_SECRET`, in bytes (HS256 wants at least the hash size).
@@ -58,6 +59,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub log_format: LogFormat,
     pub database_backend: BackendKind,
+    /// `EMBEDDED_REPLICAS=true`: reads from local replicas of the remote backend's databases.
+    pub replicas: Option<replicas::ReplicaConfig>,
     /// Registrations allowed per client IP per minute.
     pub register_rate_limit: NonZeroU32,
     /// Pairing-code claims allowed per client IP per minute.
@@ -311,6 +314,7 @@ impl Config {
             jwt_previous_secrets,
             trusted_proxies: parse_cidrs(get("TRUSTED_PROXIES"))?,
             log_format,
+            replicas: replicas::from_lookup(&get, &database_backend)?,
             database_backend,
             register_rate_limit: parse_or("REGISTER_RATE_LIMIT", get("REGISTER_RATE_LIMIT"), "10")?,
             pairing_claim_rate_limit: parse_or("PAIRING_CLAIM_RATE_LIMIT", get("PAIRING_CLAIM_RATE_LIMIT"), "10")?,

@@ -130,7 +130,7 @@ fn write_table_row(out: &mut impl Write, line: &AuditLine) -> std::io::Result<()
 
 pub async fn run(storage: &Storage, args: &AuditArgs, out: &mut impl Write) -> Result<Outcome, CliError> {
     let db = storage.user(args.user).await?;
-    let conn = db.read().await?;
+    let conn = db.read_view().await?;
     let snapshot = conn.transaction().await.map_err(StoreError::from)?;
     let names: HashMap<Uuid, String> =
         devices::list(&snapshot).await?.into_iter().map(|d| (d.device_id, d.profile.device_name)).collect();

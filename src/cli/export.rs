@@ -14,7 +14,7 @@ use crate::events::wire::write_ndjson;
 /// number of events written.
 pub async fn export(storage: &Storage, user: Uuid, out: &mut impl Write) -> Result<u64, CliError> {
     let db = storage.user(user).await?;
-    let conn = db.read().await?;
+    let conn = db.read_view().await?;
     let snapshot = conn.transaction().await.map_err(crate::store::StoreError::from)?;
     let (mut since, mut written) = (0, 0);
     loop {

@@ -92,7 +92,8 @@ impl CliError {
 /// Logs of the operator commands: on stderr (stdout carries results, e.g.
 /// NDJSON), warnings and errors unless `RUST_LOG` says otherwise.
 pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,libsql::replication=error,libsql_replication=error"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -132,7 +133,8 @@ impl Storage {
         };
         let users = Arc::new(
             UserDatabases::new(backend.clone(), config.max_open_databases)
-                .with_id_index_budget(config.id_index_max_events),
+                .with_id_index_budget(config.id_index_max_events)
+                .with_replicas(crate::store::replica::Replicas::from_config(config)?),
         );
         Ok(Self { backend, users })
     }

@@ -9,7 +9,7 @@ use crate::replay::OnProgress;
 use crate::store::{StoreResult, UserDb};
 
 pub async fn verify_one(user: Uuid, db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<Done> {
-    let report = verify_log(&*db.read().await?, progress).await?;
+    let report = verify_log(&*db.read_view().await?, progress).await?;
     let (seq, hash) = report.head;
     let line = match &report.broken {
         None => {

@@ -225,3 +225,41 @@ fn turso_names_every_missing_variable_and_checks_its_values() {
     assert_eq!(turso.connect_to, Some("127.0.0.1:8080".parse().unwrap()));
     assert_eq!(turso.token_expiration.text, "1h30m");
 }
+
+#[test]
+fn embedded_replicas_are_off_unless_asked_for_and_need_a_remote_backend() {
+    assert_eq!(load(&[]).unwrap().replicas, None);
+    assert_eq!(load(&[("EMBEDDED_REPLICAS", "false")]).unwrap().replicas, None);
+    assert_eq!(load(&[("EMBEDDED_REPLICAS", "yes")]).unwrap_err().variable, "EMBEDDED_REPLICAS");
+    let err = load(&[("EMBEDDED_REPLICAS", "true")]).unwrap_err();
+    assert_eq!(err.variable, "EMBEDDED_REPLICAS");
+    let sqld = [
+        ("DATABASE_BACKEND", "sqld"),
+        ("SQLD_URL", "http://127.0.0.1:1"),
+        ("SQLD_ADMIN_URL", "http://127.0.0.1:2"),
+        ("SQLD_AUTH_TOKEN", "token-value"),
+        ("EMBEDDED_REPLICAS", "true"),
+    ];
+    if !cfg!(feature = "embedded-replicas") {
+        let err = load(&sqld).unwrap_err();
+        assert!(err.message.contains("embedded-replicas"), "{}", err.message);
+        return;
+    }
+    assert!(err.message.contains("remote DATABASE_BACKEND"), "{}", err.message);
+    let replicas = load(&sqld).unwrap().replicas.expect("on");
+    assert_eq!(
+        (replicas.sync_interval, replicas.max_staleness, replicas.sync_timeout, replicas.max_open.get()),
+        (Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(5), 256)
+    );
+    for (variable, value) in [
+        ("REPLICA_SYNC_INTERVAL_MS", "0"),
+        ("REPLICA_MAX_STALENESS_MS", "-1"),
+        ("REPLICA_SYNC_TIMEOUT_MS", "99"),
+        ("MAX_OPEN_REPLICAS", "0"),
+    ] {
+        let bad = [&sqld[..], &[(variable, value)]].concat();
+        assert_eq!(load(&bad).unwrap_err().variable, variable, "{variable}={value}");
+    }
+    let zero = [&sqld[..], &[("REPLICA_MAX_STALENESS_MS", "0")]].concat();
+    assert_eq!(load(&zero).unwrap().replicas.unwrap().max_staleness, Duration::ZERO);
+}

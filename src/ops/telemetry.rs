@@ -12,9 +12,15 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info`).
+/// What is logged unless `RUST_LOG` says otherwise: `info`, but libSQL's
+/// replication client only on errors. It logs every sync at `info` and any
+/// slower than its average at `warn` (hundreds a second with embedded
+/// replicas); a sync that fails is logged here, with its error.
+pub const DEFAULT_FILTER: &str = "info,libsql::replication=error,libsql_replication=error";
+
+/// Installs the global subscriber; `RUST_LOG` filters (default [`DEFAULT_FILTER`]).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
@@ -46,5 +52,16 @@ pub fn log_response<B>(res: &Response<B>, latency: Duration, _span: &Span) {
         tracing::error!(status, latency_ms, "request failed");
     } else {
         tracing::info!(status, latency_ms, "request done");
+    }
+}
+
+#[cfg(test)]
+mod default_filter_tests {
+    #[test]
+    fn the_default_filter_parses_whole() {
+        let filter =
+            tracing_subscriber::EnvFilter::builder().parse(super::DEFAULT_FILTER).expect("every directive parses");
+        let shown = filter.to_string();
+        assert!(shown.contains("libsql::replication=error") && shown.contains("libsql_replication=error"), "{shown}");
     }
 }

@@ -99,8 +99,9 @@ impl AppState {
                     source: std::io::Error::other(err),
                 })?
         };
-        let users =
-            UserDatabases::new(backend, config.max_open_databases).with_id_index_budget(config.id_index_max_events);
+        let users = UserDatabases::new(backend, config.max_open_databases)
+            .with_id_index_budget(config.id_index_max_events)
+            .with_replicas(crate::store::replica::Replicas::from_config(&config)?);
         // Databases a crash left between their creation and their user (or their user and their removal).
         let swept = crate::store::provisioning::sweep(
             &control,

@@ -12,6 +12,7 @@ pub mod provisioning;
 #[allow(unsafe_code)]
 pub mod raw;
 pub mod remote;
+pub mod replica;
 pub mod user_db;
 pub mod users;
 

@@ -14,6 +14,7 @@ use super::backend::REPLAY_LOCK_SUFFIX;
 use super::id_index::IdIndex;
 use super::raw::RawConn;
 use super::remote::hrana::Hrana;
+use super::replica::{ReplicaTarget, Replicas};
 use super::{migrations, Backend, Db, StoreError, StoreResult};
 
 pub struct UserDb {
@@ -21,6 +22,8 @@ pub struct UserDb {
     db: Db,
     /// Its file, on a backend that keeps one on this machine.
     file: Option<PathBuf>,
+    /// Its embedded replica, with `EMBEDDED_REPLICAS` (opened on the first read).
+    replica: Option<(Arc<Replicas>, ReplicaTarget)>,
     /// The connection writes go through, behind the user's lock: one writer
     /// per user inside this process, so writers queue here rather than on
     /// SQLite's lock (`BEGIN IMMEDIATE` still arbitrates between processes).
@@ -55,6 +58,7 @@ impl UserDb {
             user_id,
             db,
             file: backend.user_file(user_id),
+            replica: None,
             writer: Arc::new(Mutex::new(None)),
             idle: Arc::default(),
             deleted: AtomicBool::new(false),
@@ -69,6 +73,13 @@ impl UserDb {
     pub(super) fn counting_into(mut self, appended: Arc<AtomicU64>, indexed: Arc<AtomicUsize>) -> Self {
         self.appended = appended;
         self.all_indexed = indexed;
+        self
+    }
+
+    /// Reads of the log and views come from an embedded replica of this
+    /// database in `replicas`, on a backend that can name one.
+    pub(super) fn replicated_by(mut self, replicas: Option<Arc<Replicas>>, backend: &Backend) -> Self {
+        self.replica = replicas.zip(backend.user_replica_target(self.user_id));
         self
     }
 
@@ -127,6 +138,48 @@ impl UserDb {
         Ok(PooledConn { conn: Some(conn), idle })
     }
 
+    /// A connection for reads of the log and the views, which may come from
+    /// the embedded replica ([`super::replica`]): fresh within its bound and
+    /// holding this process's writes. `None`: read the primary.
+    pub async fn read_replica(&self) -> StoreResult<Option<PooledConn>> {
+        self.check_live()?;
+        let Some((replicas, target)) = &self.replica else { return Ok(None) };
+        let conn = replicas.connect(self.user_id, target).await;
+        Ok(conn.map(|conn| PooledConn { conn: Some(conn), idle: Arc::default() }))
+    }
+
+    /// [`UserDb::read_replica`], else [`UserDb::read`]: for a read that may
+    /// be answered from the replica and otherwise runs the same on the primary.
+    pub async fn read_view(&self) -> StoreResult<PooledConn> {
+        match self.read_replica().await? {
+            Some(conn) => Ok(conn),
+            None => self.read().await,
+        }
+    }
+
+    /// A write to this database committed: its replica syncs before it
+    /// answers again (read-your-writes), and starts syncing now, in the
+    /// background. A sync that fails only sends reads to the primary until
+    /// one succeeds; the write stands.
+    pub fn wrote(&self) {
+        if let Some((replicas, _)) = &self.replica {
+            replicas.after_write(self.user_id);
+        }
+    }
+
+    /// What a write marks when it commits: this database's replica, if any.
+    fn replica_to_mark(&self) -> ReplicaMark {
+        self.replica.as_ref().map(|(replicas, _)| (replicas.clone(), self.user_id))
+    }
+
+    /// The primary moved past what this process knows (another process
+    /// wrote): the replica answers again only after a sync from now.
+    pub fn moved_elsewhere(&self) {
+        if let Some((replicas, _)) = &self.replica {
+            replicas.behind(self.user_id);
+        }
+    }
+
     /// Starts the one write transaction of this user: takes the user's lock
     /// and its writer connection, then `BEGIN IMMEDIATE`.
     pub async fn begin_write(&self) -> StoreResult<WriteTx> {
@@ -166,7 +219,8 @@ impl UserDb {
         // Kept for the next writer whether `BEGIN` worked or not (busy from another process).
         *guard = Some(writer);
         let cache = self.db.keeps_connections();
-        Ok(WriteTx { tx: tx?, appended: 0, counter: self.appended.clone(), cache, guard })
+        let replica = self.replica_to_mark();
+        Ok(WriteTx { tx: tx?, appended: 0, counter: self.appended.clone(), cache, replica, guard })
     }
 
     /// A connection of this database outside libSQL's API ([`RawConn`]), for
@@ -217,7 +271,7 @@ impl UserDb {
         if let Some(writer) = guard.as_mut() {
             writer.ids.discard_staged();
         }
-        Ok(RemoteWriter { counter: self.appended.clone(), guard })
+        Ok(RemoteWriter { counter: self.appended.clone(), replica: self.replica_to_mark(), guard })
     }
 
     /// The user's write lock alone, for a transaction on a [`RawConn`]:
@@ -234,6 +288,7 @@ impl UserDb {
 /// [`RemoteWriter::committed`] says the batch committed.
 pub struct RemoteWriter {
     counter: Arc<AtomicU64>,
+    replica: ReplicaMark,
     guard: OwnedMutexGuard<Option<Writer>>,
 }
 
@@ -248,9 +303,21 @@ impl RemoteWriter {
     /// The batch committed with `appended` events: its staged ids count.
     pub fn committed(&mut self, appended: u64) {
         self.counter.fetch_add(appended, Ordering::Relaxed);
+        mark_behind(&self.replica);
         if let Some(writer) = self.guard.as_mut() {
             writer.ids.publish();
         }
+    }
+}
+
+/// The replica a committed write leaves behind the primary.
+type ReplicaMark = Option<(Arc<Replicas>, Uuid)>;
+
+/// Every write that commits: the replica answers again only after a sync
+/// that began after it (read-your-writes for every write, not only pushes).
+fn mark_behind(replica: &ReplicaMark) {
+    if let Some((replicas, user)) = replica {
+        replicas.behind(*user);
     }
 }
 
@@ -289,6 +356,7 @@ pub struct WriteTx {
     /// Events appended in this transaction; they count once it commits.
     appended: u64,
     counter: Arc<AtomicU64>,
+    replica: ReplicaMark,
     /// Whether prepared statements outlive the transaction: not on a remote
     /// database, where a statement belongs to the stream (the transaction)
     /// that prepared it.
@@ -334,6 +402,7 @@ impl WriteTx {
 
     pub async fn commit(mut self) -> StoreResult<()> {
         self.tx.commit().await?;
+        mark_behind(&self.replica);
         self.counter.fetch_add(self.appended, Ordering::Relaxed);
         if let Some(writer) = self.guard.as_mut() {
             writer.ids.publish();

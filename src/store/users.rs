@@ -10,6 +10,7 @@ use lru::LruCache;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+use super::replica::Replicas;
 use super::{Backend, StoreResult, UserDb};
 
 type Slot = Arc<OnceCell<Arc<UserDb>>>;
@@ -23,6 +24,8 @@ pub struct UserDatabases {
     /// and the most they may hold together.
     indexed: Arc<AtomicUsize>,
     max_indexed: usize,
+    /// Embedded replicas of the user databases (`EMBEDDED_REPLICAS`).
+    replicas: Option<Arc<Replicas>>,
 }
 
 impl UserDatabases {
@@ -33,7 +36,19 @@ impl UserDatabases {
             appended: Arc::default(),
             indexed: Arc::default(),
             max_indexed: usize::MAX,
+            replicas: None,
         }
+    }
+
+    /// Reads of the log and views come from embedded replicas kept by `replicas`.
+    pub fn with_replicas(mut self, replicas: Option<Arc<Replicas>>) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// The embedded replicas, when reads come from them.
+    pub fn replicas(&self) -> Option<&Arc<Replicas>> {
+        self.replicas.as_ref()
     }
 
     /// Bounds the event ids all writers hold in memory together: past it,
@@ -104,7 +119,9 @@ impl UserDatabases {
 
     async fn open_counted(&self, user_id: Uuid) -> StoreResult<UserDb> {
         let db = UserDb::open(&self.backend, user_id, false).await?;
-        Ok(db.counting_into(self.appended.clone(), self.indexed.clone()))
+        Ok(db
+            .counting_into(self.appended.clone(), self.indexed.clone())
+            .replicated_by(self.replicas.clone(), &self.backend))
     }
 
     /// Closes (from the cache's side) and deletes a user's database. Handles
@@ -114,7 +131,11 @@ impl UserDatabases {
         let deleted = self.backend.delete_user(user_id).await;
         // A handle opened while the files were going is refused too.
         self.forget(user_id);
-        deleted
+        deleted?;
+        match &self.replicas {
+            Some(replicas) => replicas.remove(user_id).await,
+            None => Ok(()),
+        }
     }
 
     fn forget(&self, user_id: Uuid) {

@@ -35,7 +35,7 @@ pub async fn events(
 ) -> ApiResult<Response> {
     let since = params.cursor()?;
     let limit = params.number("limit", DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
-    let conn = auth.db.read().await?;
+    let conn = auth.db.read_view().await?;
     let snapshot = conn.transaction().await?;
     let head = read_tip(&snapshot).await?;
     if since > head.seq {

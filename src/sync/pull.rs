@@ -159,6 +159,8 @@ async fn wait_for_page(state: &AppState, auth: &UserAuth, query: &PullQuery) -> 
                 () = tokio::time::sleep(HEAD_WATCH) => {
                     state.auth.require_active(&auth.db, auth.device_id).await?;
                     if read_tip(&*auth.db.read().await?).await? != page.head {
+                        // A replica behind that head syncs before the next read.
+                        auth.db.moved_elsewhere();
                         break;
                     }
                 }
@@ -183,10 +185,13 @@ fn too_many_long_polls(refused: Refused) -> ApiError {
 
 /// One page, read from one snapshot of the database.
 pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
-    if let Some(hrana) = db.remote() {
-        return read_remote_page(hrana, query).await;
-    }
-    let conn = db.read().await?;
+    // From the embedded replica when it is fresh, else the primary: in one
+    // round trip on a remote one.
+    let conn = match (db.read_replica().await?, db.remote()) {
+        (Some(replica), _) => replica,
+        (None, Some(hrana)) => return read_remote_page(hrana, query).await,
+        (None, None) => db.read().await?,
+    };
     let snapshot = conn.transaction().await?;
     let head = read_tip(&snapshot).await?;
     if query.since > head.seq {

@@ -52,6 +52,9 @@ pub async fn push(
     if let Some(hrana) = auth.db.remote() {
         // One read round trip and one conditional write batch (views::remote_write).
         let (results, tip) = apply_batch_remote(&auth.db, hrana, auth.device_id, now, &events).await?;
+        // The replica, if any, answers no read before it holds the batch (read-your-writes),
+        // and starts catching up now rather than at the next read.
+        auth.db.wrote();
         state.notifier.notify(auth.user_id, tip.seq);
         return Ok(respond(format, results, tip));
     }

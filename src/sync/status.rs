@@ -19,7 +19,7 @@ use crate::store::query_opt;
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn status(auth: UserAuth, Accepts(format): Accepts) -> ApiResult<Response> {
-    let conn = auth.db.read().await?;
+    let conn = auth.db.read_view().await?;
     let snapshot = conn.transaction().await?;
     let head = read_tip(&snapshot).await?;
     let counts = query_opt(

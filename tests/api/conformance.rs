@@ -1,12 +1,16 @@
 //! One storage conformance suite, run against every backend: `local`
 //! (files under `DATA_DIR`), `sqld` (the real libSQL server, started by
-//! each test, [`crate::sqld`]) and `turso` (a fake Turso Platform API whose
-//! databases are namespaces of a real sqld, [`crate::turso_fake`]).
-//! Everything goes through the HTTP API or the operator commands, as a user
-//! would see it; only where a database lives differs ([`Fixture::database_exists`]).
+//! each test, [`crate::sqld`]), `sqld` with embedded replicas (reads from
+//! replica files under `DATA_DIR/replicas`, synced before every read:
+//! `REPLICA_MAX_STALENESS_MS=0`, so two servers agree as on the others) and
+//! `turso` (a fake Turso Platform API whose databases are namespaces of a real
+//! sqld, [`crate::turso_fake`]). Everything goes through the HTTP API or the
+//! operator commands, as a user would see it; only where a database lives
+//! differs ([`Fixture::database_exists`]).
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 
 use echolia::events::hash::ChainVerifier;
 use reqwest::StatusCode;
@@ -23,7 +27,14 @@ pub enum Store {
     Local,
     Sqld,
     Turso,
+    /// Only in a build with the `embedded-replicas` feature.
+    #[cfg_attr(not(feature = "embedded-replicas"), allow(dead_code))]
+    SqldReplicas,
 }
+
+/// The variables of embedded replicas that answer no read older than its request.
+const REPLICAS: [(&str, &str); 3] =
+    [("EMBEDDED_REPLICAS", "true"), ("REPLICA_MAX_STALENESS_MS", "0"), ("REPLICA_SYNC_INTERVAL_MS", "200")];
 
 pub struct Fixture {
     pub app: TestApp,
@@ -31,6 +42,7 @@ pub struct Fixture {
     pub turso: Option<FakeTurso>,
     /// The storage variables (the server's and the operator commands').
     vars: Vec<(&'static str, String)>,
+    pub store: Store,
 }
 
 impl Fixture {
@@ -41,7 +53,7 @@ impl Fixture {
     pub async fn with(store: Store, extra: &[(&'static str, &str)]) -> Fixture {
         let sqld = match store {
             Store::Local => None,
-            Store::Sqld | Store::Turso => Some(Sqld::start().await),
+            Store::Sqld | Store::SqldReplicas | Store::Turso => Some(Sqld::start().await),
         };
         let turso = match (store, &sqld) {
             (Store::Turso, Some(sqld)) => Some(FakeTurso::start(sqld).await),
@@ -52,18 +64,32 @@ impl Fixture {
             (None, Some(sqld)) => sqld.vars(),
             (None, None) => Vec::new(),
         };
+        if store == Store::SqldReplicas {
+            vars.extend(REPLICAS.iter().map(|(k, v)| (*k, v.to_string())));
+        }
         vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let app = {
             let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
             spawn_app_with(&vars).await
         };
-        Fixture { app, sqld, turso, vars }
+        Fixture { app, sqld, turso, vars, store }
+    }
+
+    /// On sqld with replicas: `app` answered reads from its replicas, and
+    /// none went to the primary (each synced first). Elsewhere nothing to check.
+    pub fn assert_read_from_replicas(&self, app: &TestApp) {
+        if self.store != Store::SqldReplicas {
+            return;
+        }
+        let stats = &app.state.users.replicas().expect("replicas are on").stats;
+        let (reads, fallbacks) = (stats.reads.load(Ordering::Relaxed), stats.fallbacks.load(Ordering::Relaxed));
+        assert!(reads > 0 && fallbacks == 0, "{reads} reads from replicas, {fallbacks} from the primary");
     }
 
     /// The same storage, a new server (as after a crash and a start).
     pub async fn restart(self) -> Fixture {
-        let Fixture { app, sqld, turso, vars } = self;
-        Fixture { app: app.restart().await, sqld, turso, vars }
+        let Fixture { app, sqld, turso, vars, store } = self;
+        Fixture { app: app.restart().await, sqld, turso, vars, store }
     }
 
     /// Whether the user's database exists where its backend keeps it: on
@@ -156,6 +182,7 @@ async fn append_duplicates_and_reuse(store: Store) {
     assert_error(app.push(&a, &[fresh, reused]).await, StatusCode::CONFLICT, "event_id_reused").await;
     let (head, seqs) = verify_chain(app, &a).await;
     assert_eq!((head, seqs), (4, vec![1, 2, 3, 4]));
+    fx.assert_read_from_replicas(app);
 
     // A fresh server (no id index in memory) still finds the duplicates.
     let app = fx.app.beside().await;
@@ -188,6 +215,7 @@ async fn pull_pages(store: Store) {
     assert_eq!(seen.len(), 25);
     assert!(pages >= 3, "limit=10 pages 26 changes in at least 3 pages, got {pages}");
     assert_eq!(since, 26);
+    fx.assert_read_from_replicas(app);
 }
 
 async fn projections_and_conflicts(store: Store) {
@@ -214,6 +242,7 @@ async fn projections_and_conflicts(store: Store) {
     assert_eq!((row["conflict"].clone(), row["deleted"].clone()), (json!(false), json!(true)));
     let status: Value = app.get("/sync/status", &a.access_token).await.json().await.unwrap();
     assert_eq!(status["conflicts"], 0);
+    fx.assert_read_from_replicas(app);
 }
 
 async fn concurrent_appends_from_two_servers(store: Store) {
@@ -235,6 +264,7 @@ async fn concurrent_appends_from_two_servers(store: Store) {
     let (head, seqs) = verify_chain(&other, &a).await;
     assert_eq!(head, 2 + 40, "two device events and every pushed one");
     assert_eq!(seqs, (1..=head).collect::<Vec<_>>(), "gapless");
+    fx.assert_read_from_replicas(&other);
 }
 
 async fn migrations_and_operator_commands(store: Store) {
@@ -263,6 +293,14 @@ async fn migrations_and_operator_commands(store: Store) {
     let (code, stdout, stderr) = fx.cli(&["export", "--user", &user]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert_eq!(stdout.lines().filter(|line| line.contains("\"entry\"")).count(), 3, "{stdout}");
+    if store == Store::SqldReplicas {
+        // The commands kept a replica of their own, beside the server's, holding the whole log.
+        let theirs = app.data_dir().join("replicas").join("1").join(format!("{user}.db"));
+        let db = libsql::Builder::new_local(&theirs).flags(libsql::OpenFlags::SQLITE_OPEN_READ_ONLY).build().await;
+        let conn = db.unwrap().connect().unwrap();
+        let mut rows = conn.query("SELECT count(*) FROM events", ()).await.unwrap();
+        assert_eq!(rows.next().await.unwrap().unwrap().get::<u64>(0).unwrap(), 4, "{}", theirs.display());
+    }
 
     let (code, stdout, stderr) = fx.cli(&["replay", "--user", &user, "--check"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
@@ -356,6 +394,7 @@ async fn two_servers_long_poll_and_revocation(store: Store) {
     let page: Value = resp.json().await.unwrap();
     assert_eq!(page["changes"][0]["id"], entry.to_string(), "{page}");
     assert!(started.elapsed() < std::time::Duration::from_secs(3), "woken by the head watch: {:?}", started.elapsed());
+    fx.assert_read_from_replicas(&other);
 
     assert_eq!(other.get("/sync/status", &b.access_token).await.status(), StatusCode::OK);
     let revoked = fx.app.delete(&format!("/auth/device/{}", b.device_id), &a.access_token).await;
@@ -544,9 +583,9 @@ async fn views_keyed_by_id_migrate(store: Store) {
         conn.execute("DROP TABLE memories", ()).await.unwrap();
     }
     drop((conn, db));
-    let Fixture { mut app, sqld, turso, vars } = fx;
+    let Fixture { mut app, sqld, turso, vars, store } = fx;
     app.stop().await;
-    let fx = Fixture { app, sqld, turso, vars };
+    let fx = Fixture { app, sqld, turso, vars, store };
 
     let (code, stdout, stderr) = fx.cli(&["migrate"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
@@ -599,6 +638,16 @@ macro_rules! conformance {
                 }
             )*
         }
+        #[cfg(feature = "embedded-replicas")]
+        mod sqld_replicas {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::SqldReplicas).await
+                }
+            )*
+        }
+
         mod turso {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,6 +141,15 @@ impl TestApp {
         start(self.dir.clone(), self.vars.clone(), self.clock.clone()).await
     }
 
+    /// [`beside`](Self::beside), with `vars` on top of this server's overrides
+    /// (e.g. another `SQLD_URL` for the same data).
+    #[cfg_attr(not(feature = "embedded-replicas"), allow(dead_code))]
+    pub async fn beside_with(&self, vars: &[(&str, &str)]) -> TestApp {
+        let mut overrides = self.vars.clone();
+        overrides.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        start(self.dir.clone(), overrides, self.clock.clone()).await
+    }
+
     /// Like [`restart`](Self::restart), with `vars` replacing the overrides
     /// (e.g. a rotated `JWT_SECRET`).
     pub async fn restart_with(mut self, vars: &[(&str, &str)]) -> TestApp {

@@ -29,6 +29,8 @@ mod pairing;
 mod payments_apple;
 mod payments_google;
 mod replay;
+#[cfg(feature = "embedded-replicas")]
+mod replicas;
 mod sqld;
 mod storage;
 mod sync_bad_input;

@@ -14,7 +14,7 @@
 //! tries again: nothing needs a restart when it comes back.
 
 #[cfg(feature = "remote-storage")]
-mod connector;
+pub(super) mod connector;
 pub mod hrana;
 #[cfg(test)]
 mod tests;
@@ -192,6 +192,15 @@ impl SqldBackend {
         let label = format!("sqld namespace {namespace}");
         let auth = Auth::Fixed(self.token.clone());
         Hrana::new(self.http.clone(), &self.url, Some(namespace.to_owned()), label, auth, self.timeout)
+    }
+
+    /// Where an embedded replica of `namespace` syncs from: this server, with the same token.
+    pub fn replica_target(&self, namespace: &str) -> super::replica::ReplicaTarget {
+        super::replica::ReplicaTarget {
+            url: self.url.clone(),
+            token: self.token.clone(),
+            namespace: Some(namespace.to_owned()),
+        }
     }
 
     /// The database `namespace` (nothing is sent until a connection is used).
