@@ -33,11 +33,13 @@ async fn enforce(state: &AppState, which: Limiter, ip: IpAddr, req: Request, nex
         Limiter::Register => &state.register_limiter,
         Limiter::PairingClaim => &state.claim_limiter,
     };
-    match limiter.check(ip) {
+    match limiter.check(ip, &state.control, state.clock.now()).await {
         Ok(()) => next.run(req).await,
         Err(err) => {
-            metrics::counter!("echolia_rate_limited_total", "limiter" => which.as_str()).increment(1);
-            tracing::info!("rate limited");
+            if err.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
+                metrics::counter!("echolia_rate_limited_total", "limiter" => which.as_str()).increment(1);
+                tracing::info!("rate limited");
+            }
             err.into_response()
         }
     }

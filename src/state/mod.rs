@@ -26,7 +26,7 @@ use crate::entitlements::Stores;
 use crate::identity::Auth;
 use crate::store::{Backend, ControlDb, StoreError, UserDatabases};
 use notify::Notifier;
-use rate_limit::IpRateLimiter;
+use rate_limit::{IpRateLimiter, Limiter};
 use read_ahead::ReadAhead;
 
 pub use user_auth::UserAuth;
@@ -123,8 +123,8 @@ impl AppState {
             control: Arc::new(control),
             users: Arc::new(users),
             auth: Arc::new(auth),
-            register_limiter: Arc::new(IpRateLimiter::per_minute(config.register_rate_limit)),
-            claim_limiter: Arc::new(IpRateLimiter::per_minute(config.pairing_claim_rate_limit)),
+            register_limiter: Arc::new(IpRateLimiter::per_minute(Limiter::Register, config.register_rate_limit)),
+            claim_limiter: Arc::new(IpRateLimiter::per_minute(Limiter::PairingClaim, config.pairing_claim_rate_limit)),
             notifier: Arc::default(),
             long_polls: Arc::new(LongPolls::new(config.long_polls_per_user.get(), config.long_polls_per_device.get())),
             read_ahead: Arc::default(),

@@ -7,7 +7,10 @@ use std::num::NonZeroU32;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use chrono::{DateTime, Utc};
+
 use crate::error::ApiError;
+use crate::store::ControlDb;
 
 /// The per-IP rate limiters, as `echolia_rate_limited_total` labels them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,17 +33,42 @@ impl Limiter {
 /// Past this many tracked addresses, idle ones are forgotten.
 const MAX_TRACKED: usize = 10_000;
 
+/// A per-IP limit, enforced twice: in this process first (no database
+/// write for a flood), then in the control database, which every API server
+/// on it shares, so N servers still allow one limit, not N.
 pub struct IpRateLimiter {
+    which: Limiter,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
+    /// The same quota for the shared limit: one request per interval, the
+    /// limit per minute at once.
+    interval_ms: i64,
+    burst_ms: i64,
 }
 
 impl IpRateLimiter {
-    pub fn per_minute(limit: NonZeroU32) -> Self {
-        Self { limiter: RateLimiter::keyed(Quota::per_minute(limit)), clock: DefaultClock::default() }
+    pub fn per_minute(which: Limiter, limit: NonZeroU32) -> Self {
+        let interval_ms = 60_000 / i64::from(limit.get());
+        Self {
+            which,
+            limiter: RateLimiter::keyed(Quota::per_minute(limit)),
+            clock: DefaultClock::default(),
+            interval_ms,
+            burst_ms: interval_ms * i64::from(limit.get()),
+        }
     }
 
-    pub fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
+    /// Both limits: this process's, then the shared one.
+    pub async fn check(&self, ip: IpAddr, control: &ControlDb, now: DateTime<Utc>) -> Result<(), ApiError> {
+        self.check_local(ip)?;
+        let key = format!("{}:{ip}", self.which.as_str());
+        match control.take_rate(&key, now.timestamp_millis(), self.interval_ms, self.burst_ms).await? {
+            None => Ok(()),
+            Some(wait_ms) => Err(ApiError::rate_limited(wait_ms.div_ceil(1000))),
+        }
+    }
+
+    fn check_local(&self, ip: IpAddr) -> Result<(), ApiError> {
         if self.limiter.len() > MAX_TRACKED {
             self.limiter.retain_recent();
         }

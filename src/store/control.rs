@@ -46,6 +46,31 @@ impl ControlDb {
         Ok(())
     }
 
+    /// One request under the shared rate limit `key` (GCRA, table
+    /// `rate_limits`): one request per `interval_ms`, up to `burst_ms` of
+    /// them at once. `None`: allowed (and counted); `Some(ms)`: refused, and
+    /// how long until the next would be allowed. One statement, so two
+    /// servers counting the same key at once each see the other's request.
+    pub async fn take_rate(&self, key: &str, now_ms: i64, interval_ms: i64, burst_ms: i64) -> StoreResult<Option<u64>> {
+        let conn = self.conn().await?;
+        let take = "INSERT INTO rate_limits (key, tat_ms) VALUES (?1, ?2 + ?3) \
+                    ON CONFLICT (key) DO UPDATE SET tat_ms = max(tat_ms, ?2) + ?3 \
+                    WHERE max(tat_ms, ?2) + ?3 - ?2 <= ?4 RETURNING tat_ms";
+        if query_opt(&conn, take, (key, now_ms, interval_ms, burst_ms)).await?.is_some() {
+            return Ok(None);
+        }
+        let tat: i64 = match query_opt(&conn, "SELECT tat_ms FROM rate_limits WHERE key = ?1", [key]).await? {
+            Some(row) => row.get(0)?,
+            None => now_ms,
+        };
+        Ok(Some(u64::try_from(tat + interval_ms - burst_ms - now_ms).unwrap_or(0).max(1)))
+    }
+
+    /// Forgets the rate-limit keys whose requests are all in the past.
+    pub async fn sweep_rates(&self, now_ms: i64) -> StoreResult<u64> {
+        Ok(self.conn().await?.execute("DELETE FROM rate_limits WHERE tat_ms < ?1", [now_ms]).await?)
+    }
+
     /// How many users the directory holds (each has one user database).
     pub async fn user_count(&self) -> StoreResult<u64> {
         let row = query_opt(&self.conn().await?, "SELECT count(*) FROM users", ()).await?;

@@ -46,6 +46,7 @@ pub const CONTROL: &[Migration] = &[
     migration!("schema/control/0002_pairings.sql"),
     migration!("schema/control/0003_entitlements.sql"),
     migration!("schema/control/0005_provisioning.sql"),
+    migration!("schema/control/0006_rate_limits.sql"),
 ];
 
 /// Every user database: the event log, auth state, then the read models.

@@ -231,6 +231,30 @@ async fn registration_is_rate_limited_per_client_ip() {
     assert_eq!(crate::helpers::user_db_files(&app).len(), 3, "a limited request creates nothing");
 }
 
+/// Two API servers on one store share one limit (it is kept in the control
+/// database): a client cannot get twice its registrations by alternating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registration_limit_is_one_across_servers() {
+    let first = spawn_app_with(&[("REGISTER_RATE_LIMIT", "2")]).await;
+    let second = first.beside().await;
+    first.register().await;
+    second.register().await;
+    for app in [&first, &second] {
+        let resp = app.post("/auth/register", None, &device_body("Third", "desktop")).await;
+        let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=30).contains(&retry_after), "{retry_after}");
+        assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    }
+    assert_eq!(crate::helpers::user_db_files(&first).len(), 2, "a limited request creates nothing");
+    // Half a minute on (one interval at 2 a minute), one more is allowed, then none: shown on a third
+    // server, whose own in-memory limit (on the wall clock, not the test's) has counted nothing yet.
+    first.clock.advance(chrono::Duration::seconds(31));
+    let third = first.beside().await;
+    third.register().await;
+    let resp = third.post("/auth/register", None, &device_body("Fourth", "desktop")).await;
+    assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
+
 #[tokio::test]
 async fn forwarded_addresses_count_only_behind_trusted_proxies() {
     let limited = |app: &crate::helpers::TestApp, forwarded: &'static str| {

@@ -494,6 +494,8 @@ pub async fn sweep_regularly(state: AppState) {
 /// database does not hold up the others. Returns how many devices it revoked.
 pub async fn sweep(state: &AppState) -> crate::store::StoreResult<usize> {
     let now = state.clock.now();
+    // The shared rate limits' keys whose requests are all in the past.
+    state.control.sweep_rates(now.timestamp_millis()).await?;
     let control = state.control.conn().await?;
     let mut revoked = 0;
     for (pairing_id, user, device, approver) in store::uncollected(&control, now).await? {
