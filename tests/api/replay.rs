@@ -129,6 +129,17 @@ async fn dropping_the_views_and_replaying_gives_identical_pulls_and_checksum() {
     assert!(run.stdout.contains(&format!("checksum {}", hex::encode(live))), "{}", run.stdout);
 }
 
+/// A user with two devices, after a random workload of 60 batches (its seed printed).
+async fn two_devices_after_a_workload(app: &TestApp) -> (Session, Session) {
+    let a = app.register().await;
+    let b = app.pair(&a, "B").await;
+    let seed: u64 = rand::random();
+    eprintln!("workload seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    workload(app, &[a.clone(), b.clone()], &mut rng, 60).await;
+    (a, b)
+}
+
 /// Heads in the shape view rows stored them before
 /// `schema/user/0003_view_heads_as_seqs.sql`, an array of head objects, rebuilt here
 /// from the log (not byte for byte: the migration reads only their `seq`).
@@ -139,12 +150,7 @@ const WHOLE_HEADS: &str = "(SELECT json_group_array(json_object('seq', e.seq, 'e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_with_whole_heads_are_migrated_to_seqs_and_pull_the_same() {
     let app = spawn_app().await;
-    let a = app.register().await;
-    let b = app.pair(&a, "B").await;
-    let seed: u64 = rand::random();
-    eprintln!("workload seed {seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
-    workload(&app, &[a.clone(), b.clone()], &mut rng, 60).await;
+    let (a, b) = two_devices_after_a_workload(&app).await;
     // An entry in conflict for sure: two devices' concurrent edits.
     let entry = Uuid::new_v4();
     for device in [&a, &b] {
@@ -243,12 +249,7 @@ pub fn keyed_by_id(table: &str, index_suffix: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_keyed_by_id_migrate_to_rows_keyed_by_their_first_seq() {
     let mut app = spawn_app().await;
-    let a = app.register().await;
-    let b = app.pair(&a, "B").await;
-    let seed: u64 = rand::random();
-    eprintln!("workload seed {seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
-    workload(&app, &[a.clone(), b.clone()], &mut rng, 60).await;
+    let (a, b) = two_devices_after_a_workload(&app).await;
     let entry = Uuid::new_v4();
     app.push_ok(&a, &[event("entry", entry, "put", &[(a.device_id, 1)], Some(b"first"))]).await;
     let pulls = pull_all(&app, &a).await;

@@ -419,7 +419,7 @@ impl Hrana {
 }
 
 /// A reqwest error without its URL (which holds nothing secret, but is noise in every log line).
-fn without_url(err: reqwest::Error) -> String {
+pub(in crate::store) fn without_url(err: reqwest::Error) -> String {
     let kind = if err.is_timeout() {
         "timed out"
     } else if err.is_connect() {

@@ -171,7 +171,7 @@ impl Platform {
                     )))
                 }
                 Ok((status, _, body)) => return Ok((status, body)),
-                Err(err) => (describe(err), None),
+                Err(err) => (super::super::hrana::without_url(err), None),
             };
             let wait = wait.unwrap_or_else(|| backoff(attempt));
             if attempt >= self.retries || wait > MAX_WAIT {
@@ -202,17 +202,6 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-fn describe(err: reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    format!("{kind}: {}", err.without_url())
 }
 
 /// The Platform API's error shape: `{"error": "…"}`, kept short.
