@@ -40,7 +40,7 @@ impl Backend {
     /// Opens (creating when needed) the control database.
     pub async fn open_control(&self) -> StoreResult<Db> {
         match self {
-            Self::Local(local) => Ok(Db::Local(local.open_control().await?)),
+            Self::Local(local) => Ok(Db::Local(Box::new(local.open_control().await?))),
             Self::Sqld(sqld) => {
                 sqld.create_namespace(remote::CONTROL_NAMESPACE).await?;
                 Ok(Db::Remote(sqld.open(remote::CONTROL_NAMESPACE).await?))
@@ -53,7 +53,7 @@ impl Backend {
     /// made (registration) or reported as [`StoreError::UserNotFound`].
     pub async fn open_user(&self, user_id: Uuid, create: bool) -> StoreResult<Db> {
         match self {
-            Self::Local(local) => Ok(Db::Local(local.open_user(user_id, create).await?)),
+            Self::Local(local) => Ok(Db::Local(Box::new(local.open_user(user_id, create).await?))),
             Self::Sqld(sqld) => {
                 let namespace = remote::user_namespace(user_id);
                 if create {

@@ -11,8 +11,9 @@ use super::remote::RemoteDb;
 use super::{connect, memory, StoreResult};
 
 pub enum Db {
-    /// A libSQL file on this machine.
-    Local(libsql::Database),
+    /// A libSQL file on this machine (boxed: with the `embedded-replicas`
+    /// feature libSQL's handle is over 600 bytes).
+    Local(Box<libsql::Database>),
     /// A database reached over HTTP (Hrana): a sqld namespace or a Turso database.
     Remote(RemoteDb),
 }
