@@ -48,7 +48,9 @@ pub struct IpRateLimiter {
 
 impl IpRateLimiter {
     pub fn per_minute(which: Limiter, limit: NonZeroU32) -> Self {
-        let interval_ms = 60_000 / i64::from(limit.get());
+        // At least 1 ms: past 60,000 a minute the division gives 0, and a
+        // zero interval would let every request through the shared limit.
+        let interval_ms = (60_000 / i64::from(limit.get())).max(1);
         Self {
             which,
             limiter: RateLimiter::keyed(Quota::per_minute(limit)),
@@ -76,5 +78,21 @@ impl IpRateLimiter {
             let wait = not_until.wait_time_from(self.clock.now());
             ApiError::rate_limited(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_interval_is_never_zero() {
+        let quota = |limit| {
+            let limiter = IpRateLimiter::per_minute(Limiter::Register, NonZeroU32::new(limit).unwrap());
+            (limiter.interval_ms, limiter.burst_ms)
+        };
+        assert_eq!(quota(10), (6_000, 60_000));
+        assert_eq!(quota(60_000), (1, 60_000));
+        assert_eq!(quota(100_000), (1, 100_000));
     }
 }
