@@ -18,14 +18,8 @@ URL=http://127.0.0.1:$PORT
 mkdir -p "$OUT"
 SERVER= SQLD_PID=
 trap '[ -n "$SERVER" ] && kill "$SERVER" 2> /dev/null; [ -n "$SQLD_PID" ] && kill "$SQLD_PID" 2> /dev/null' EXIT
-if [ ! -x "$SQLD" ]; then xz -dc ../shared/sqld/sqld.xz > "$SQLD.partial" && chmod +x "$SQLD.partial" && mv "$SQLD.partial" "$SQLD"; fi
-
-b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
-openssl genpkey -algorithm ed25519 -out "$OUT/jwt.key" 2> /dev/null
-openssl pkey -in "$OUT/jwt.key" -pubout -out "$OUT/jwt.pub"
-SIGNED="$(printf '{"alg":"EdDSA","typ":"JWT"}' | b64url).$(printf '{"a":"rw"}' | b64url)"
-printf '%s' "$SIGNED" > "$OUT/jwt.input"
-TOKEN="$SIGNED.$(openssl pkeyutl -sign -inkey "$OUT/jwt.key" -rawin -in "$OUT/jwt.input" | b64url)"
+# shellcheck source=benches/sqld.sh
+. benches/sqld.sh
 
 measure() { # store, variables...
     local store=$1; shift
@@ -54,11 +48,8 @@ measure() { # store, variables...
 : > "$OUT/summary.tsv"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/summary.tsv"
 measure local DATABASE_BACKEND=local
-rm -rf "$OUT/sqld-data"
-"$SQLD" --db-path "$OUT/sqld-data" --http-listen-addr 127.0.0.1:$SQLD_PORT --admin-listen-addr 127.0.0.1:$SQLD_ADMIN_PORT \
-    --auth-jwt-key-file "$OUT/jwt.pub" --enable-namespaces --disable-default-namespace --no-welcome > "$OUT/sqld.log" 2>&1 &
-SQLD_PID=$!
-for _ in $(seq 100); do curl -s http://127.0.0.1:$SQLD_PORT/health > /dev/null && break; sleep 0.1; done
+start_sqld
 measure sqld DATABASE_BACKEND=sqld SQLD_URL=http://127.0.0.1:$SQLD_PORT SQLD_ADMIN_URL=http://127.0.0.1:$SQLD_ADMIN_PORT \
     SQLD_AUTH_TOKEN="$TOKEN"
+stop_sqld
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/summary.tsv"
