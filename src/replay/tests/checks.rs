@@ -1,4 +1,5 @@
 //! Check and the sorted log it reads: differences named, keys never printed.
+#![cfg(test)]
 
 use super::*;
 use crate::events::log::read_after;

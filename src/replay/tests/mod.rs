@@ -1,5 +1,6 @@
 //! Replay against the live write path: a user with random pushes (conflicts,
 //! merges, deletes, stale events, retries), rebuilt and checked.
+#![cfg(test)]
 
 mod checks;
 mod rebuilds;

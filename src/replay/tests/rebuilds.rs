@@ -1,5 +1,6 @@
 //! Rebuilds: the views come back equal, whatever was dropped, pushed or
 //! migrated meanwhile, and the index names alternate.
+#![cfg(test)]
 
 use std::sync::Arc;
 
