@@ -139,24 +139,27 @@ pub async fn check(db: &UserDb, progress: &OnProgress<'_>) -> StoreResult<Checke
     // A second stored row of one key (an aggregate's rows are keyed by
     // `created_seq`, not `id`) is a difference of its own, never folded into the first.
     let (mut differences, mut first) = (0, None);
-    let mut tables = vec![("devices", device_rows::COLUMNS, 12)];
+    let mut tables = vec![("devices", device_rows::COLUMNS)];
     for kind in CLIENT_KINDS {
-        tables.push((views::client_table(kind)?, COLUMNS, COLUMNS.split(',').count() as i32));
+        tables.push((views::client_table(kind)?, COLUMNS));
     }
-    for (table, columns, count) in tables {
+    for (table, columns) in tables {
         let mut result = conn.query(&format!("SELECT {columns} FROM {table}"), ()).await?;
         while let Some(row) = result.next().await? {
-            let values = (0..count).map(|idx| row.get_value(idx)).collect::<Result<Vec<_>, _>>()?;
-            let key = match &values[0] {
-                Value::Text(key) => key.clone(),
+            let values = (0..row.column_count()).map(|idx| row.get_value(idx)).collect::<Result<Vec<_>, _>>()?;
+            let key = match values.first() {
+                Some(Value::Text(key)) => key.clone(),
                 other => return Err(StoreError::Corrupt(format!("{table}: a key that is not text: {other:?}"))),
             };
-            if stored.contains_key(&(table, key.clone())) {
-                differences += 1;
-                first.get_or_insert_with(|| format!("{table} {key}: more than one stored row"));
-                continue;
+            match stored.entry((table, key)) {
+                std::collections::hash_map::Entry::Occupied(seen) => {
+                    differences += 1;
+                    first.get_or_insert_with(|| format!("{} {}: more than one stored row", table, seen.key().1));
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(values);
+                }
             }
-            stored.insert((table, key), values);
         }
     }
     let mut keys: Vec<_> = expected.keys().chain(stored.keys()).cloned().collect();
