@@ -22,7 +22,7 @@ use crate::views::devices as device_rows;
 /// The old tables are dropped afterwards, outside the swap.
 pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
     let started = Instant::now();
-    let tx = LogTx::begin(db).await?;
+    let mut tx = LogTx::begin(db).await?;
     for view in VIEWS {
         if table_exists(&tx, view.table).await? {
             // The shadow's indexes were read from the live table's at the
@@ -39,7 +39,6 @@ pub async fn swap(db: &UserDb, shadow: Shadow) -> StoreResult<RebuildReport> {
         }
         tx.execute(&format!("ALTER TABLE {} RENAME TO {}", view.shadow(), view.table), ()).await?;
     }
-    let mut tx = tx;
     let tail = fold_tail(&mut tx, shadow.upto).await?;
     let head = tx.tip().seq;
     tx.commit().await?;
