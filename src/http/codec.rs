@@ -63,10 +63,19 @@ impl Format {
 
     /// A body in this format.
     pub fn encode<T: Serialize>(self, value: &T) -> Result<Vec<u8>, String> {
+        self.encode_sized(value, 128)
+    }
+
+    /// A body in this format, written into a buffer of `capacity` bytes to
+    /// begin with: a body whose size is known roughly (a pull page) is then
+    /// not copied each time the buffer doubles.
+    pub fn encode_sized<T: Serialize>(self, value: &T, capacity: usize) -> Result<Vec<u8>, String> {
+        let mut body = Vec::with_capacity(capacity);
         match self {
-            Self::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
-            Self::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
+            Self::Json => serde_json::to_writer(&mut body, value).map_err(|e| e.to_string())?,
+            Self::MsgPack => rmp_serde::encode::write_named(&mut body, value).map_err(|e| e.to_string())?,
         }
+        Ok(body)
     }
 
     /// A response with a body [`Self::encode`] made.

@@ -15,6 +15,7 @@ use serde::{Serialize, Serializer};
 use super::wire::{serialize_payload, HexHash};
 use crate::events::Kind;
 use crate::events::LogTip;
+use crate::http::codec::Format;
 use crate::store::StoreResult;
 use crate::views::changes::{StoredChange, StoredHead};
 use crate::views::{heads_error, parse_heads};
@@ -28,6 +29,19 @@ pub struct Page {
     /// The log head the page was read at; its hash is `head_hash` on the wire.
     #[serde(rename = "head_hash", serialize_with = "head_hash")]
     pub head: LogTip,
+}
+
+impl Page {
+    /// The page in `format`, in a buffer sized for it up front
+    /// ([`PageChange::wire_bytes`]; JSON writes payloads a third larger).
+    pub fn encode(&self, format: Format) -> Result<Vec<u8>, String> {
+        let bytes: u64 = self.changes.iter().map(PageChange::wire_bytes).sum();
+        let bytes = match format {
+            Format::Json => bytes + bytes / 2,
+            Format::MsgPack => bytes,
+        };
+        format.encode_sized(self, usize::try_from(bytes).unwrap_or(usize::MAX).saturating_add(1024))
+    }
 }
 
 fn head_hash<S: Serializer>(head: &LogTip, serializer: S) -> Result<S::Ok, S::Error> {

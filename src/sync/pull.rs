@@ -108,7 +108,8 @@ pub async fn pull(
         read_next(&state, &auth, &query, format, page.cursor);
     }
     metrics::counter!("echolia_pulls_total").increment(1);
-    Ok(format.respond(StatusCode::OK, &page))
+    let body = page.encode(format).map_err(|err| ApiError::internal(format!("encoding a pull page: {err}")))?;
+    Ok(format.respond_encoded(StatusCode::OK, body))
 }
 
 /// Reads and encodes the page after this one in the background, for the
@@ -120,7 +121,7 @@ fn read_next(state: &AppState, auth: &UserAuth, query: &PullQuery, format: Forma
     let db = auth.db.clone();
     let read = state.metrics.scope(async move {
         let page = read_page(&db, &next).await.ok().filter(|page| !page.changes.is_empty())?;
-        let body = format.encode(&page).ok()?;
+        let body = page.encode(format).ok()?;
         Some((page.head, body, page.has_more.then_some(page.cursor)))
     });
     state.read_ahead.start(auth.user_id, key, read);
