@@ -20,6 +20,11 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+/// Keyed per map with a random seed, as std's SipHash is, at a fraction of
+/// its cost for 16-byte keys: the ids are the client's, so the seed keeps
+/// anyone from choosing ids that collide.
+type Hasher = foldhash::fast::RandomState;
+
 /// One event as the index takes it from the log. `view` tags the aggregate
 /// view its kind folds into (the events layer's `Kind::view_tag`), `None`
 /// for a kind whose view is keyed otherwise (devices).
@@ -31,14 +36,19 @@ pub struct Logged {
     pub aggregate_id: Uuid,
 }
 
+/// Ids the open transaction added go straight into the maps, and their keys
+/// into `staged`: a commit only forgets the keys, a rollback takes them out
+/// again (no second table to merge, no key hashed twice).
 #[derive(Debug, Default)]
 pub struct IdIndex {
-    committed: HashMap<Uuid, u64>,
+    ids: HashMap<Uuid, u64, Hasher>,
     /// Each aggregate's first seq (its view row's key), by view tag and id.
-    aggregates: HashMap<(u8, Uuid), u64>,
-    /// Added by the open transaction; merged on commit, dropped otherwise.
-    staged: HashMap<Uuid, u64>,
-    staged_aggregates: HashMap<(u8, Uuid), u64>,
+    aggregates: HashMap<(u8, Uuid), u64, Hasher>,
+    /// Keys the open transaction added to `ids` and `aggregates`.
+    staged: Vec<Uuid>,
+    staged_aggregates: Vec<(u8, Uuid)>,
+    /// The last seq staged.
+    staged_through: u64,
     /// The last seq the committed ids cover.
     through: u64,
     /// Committed ids held (events' and aggregates'), this index's and every index's of the process
@@ -50,10 +60,11 @@ impl IdIndex {
     /// An empty index counting its ids into `own` and `all`.
     pub fn counted(own: Arc<AtomicUsize>, all: Arc<AtomicUsize>) -> Self {
         Self {
-            committed: HashMap::new(),
-            aggregates: HashMap::new(),
-            staged: HashMap::new(),
-            staged_aggregates: HashMap::new(),
+            ids: HashMap::default(),
+            aggregates: HashMap::default(),
+            staged: Vec::new(),
+            staged_aggregates: Vec::new(),
+            staged_through: 0,
             through: 0,
             counters: [own, all],
         }
@@ -61,14 +72,13 @@ impl IdIndex {
 
     /// The seq of `id`, committed or staged.
     pub fn get(&self, id: &Uuid) -> Option<u64> {
-        self.staged.get(id).or_else(|| self.committed.get(id)).copied()
+        self.ids.get(id).copied()
     }
 
     /// The seq of the first event of aggregate `id` of the view `view`,
     /// committed or staged: the key of its view row (`None`: no row yet).
     pub fn created(&self, view: u8, id: Uuid) -> Option<u64> {
-        let key = (view, id);
-        self.staged_aggregates.get(&key).or_else(|| self.aggregates.get(&key)).copied()
+        self.aggregates.get(&(view, id)).copied()
     }
 
     /// The last seq the committed ids cover.
@@ -80,7 +90,7 @@ impl IdIndex {
     pub fn extend(&mut self, events: impl IntoIterator<Item = Logged>, through: u64) {
         let before = self.len();
         for event in events {
-            self.committed.insert(event.event_id, event.seq);
+            self.ids.insert(event.event_id, event.seq);
             if let Some(view) = event.view {
                 self.aggregates.entry((view, event.aggregate_id)).or_insert(event.seq);
             }
@@ -92,30 +102,51 @@ impl IdIndex {
     /// Forgets every id: the next transaction reads the whole log again.
     pub fn clear(&mut self) {
         let before = self.len();
-        self.committed = HashMap::new();
-        self.aggregates = HashMap::new();
-        self.discard_staged();
+        self.ids = HashMap::default();
+        self.aggregates = HashMap::default();
+        self.staged = Vec::new();
+        self.staged_aggregates = Vec::new();
         self.through = 0;
         self.count(before);
     }
 
-    /// Notes an event appended by the open transaction.
+    /// Notes an event appended by the open transaction. An id the index
+    /// holds already keeps its seq (the writer appends only ids it did not
+    /// find), and an aggregate its first seq.
     pub fn stage(&mut self, event: Logged) {
-        self.staged.insert(event.event_id, event.seq);
-        if let Some(view) = event.view.filter(|view| self.created(*view, event.aggregate_id).is_none()) {
-            self.staged_aggregates.insert((view, event.aggregate_id), event.seq);
+        if let std::collections::hash_map::Entry::Vacant(vacant) = self.ids.entry(event.event_id) {
+            vacant.insert(event.seq);
+            self.staged.push(event.event_id);
         }
+        if let Some(view) = event.view {
+            let key = (view, event.aggregate_id);
+            if let std::collections::hash_map::Entry::Vacant(vacant) = self.aggregates.entry(key) {
+                vacant.insert(event.seq);
+                self.staged_aggregates.push(key);
+            }
+        }
+        self.staged_through = self.staged_through.max(event.seq);
     }
 
+    /// The open transaction committed: what it staged is the log's.
     pub(super) fn publish(&mut self) {
-        if let Some(last) = self.staged.values().max().copied() {
-            self.through = self.through.max(last);
-        }
         let before = self.len();
-        // Taken, not drained: a batch's table would otherwise keep its capacity in every idle writer.
-        self.committed.extend(std::mem::take(&mut self.staged));
-        self.aggregates.extend(std::mem::take(&mut self.staged_aggregates));
+        self.through = self.through.max(self.staged_through);
+        // Dropped, not cleared: a batch's keys would otherwise keep their capacity in every idle writer.
+        self.staged = Vec::new();
+        self.staged_aggregates = Vec::new();
         self.count(before);
+    }
+
+    /// The open transaction rolled back: what it staged was never the log's.
+    pub(super) fn discard_staged(&mut self) {
+        for id in std::mem::take(&mut self.staged) {
+            self.ids.remove(&id);
+        }
+        for key in std::mem::take(&mut self.staged_aggregates) {
+            self.aggregates.remove(&key);
+        }
+        self.staged_through = self.through;
     }
 
     /// Moves the counters by the change of size since `before`.
@@ -130,14 +161,9 @@ impl IdIndex {
         }
     }
 
-    pub(super) fn discard_staged(&mut self) {
-        self.staged = HashMap::new();
-        self.staged_aggregates = HashMap::new();
-    }
-
-    /// Committed ids held: events' and aggregates'.
+    /// Committed ids held: events' and aggregates' (not the open transaction's).
     pub fn len(&self) -> usize {
-        self.committed.len() + self.aggregates.len()
+        self.ids.len() + self.aggregates.len() - self.staged.len() - self.staged_aggregates.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,9 +197,13 @@ mod tests {
         index.stage(b);
         assert_eq!((index.get(&a.event_id), index.get(&b.event_id)), (Some(1), Some(2)));
         assert_eq!((index.created(0, entry), index.created(0, other)), (Some(1), Some(2)));
+        let edit = logged(3, ENTRY, entry);
+        index.stage(edit);
+        assert_eq!(index.len(), 2, "staged ids do not count");
         index.discard_staged();
-        assert_eq!((index.get(&b.event_id), index.created(0, other)), (None, None));
-        assert_eq!(index.through(), 1);
+        assert_eq!((index.get(&b.event_id), index.created(0, other), index.get(&edit.event_id)), (None, None, None));
+        assert_eq!((index.get(&a.event_id), index.created(0, entry)), (Some(1), Some(1)), "what was committed stays");
+        assert_eq!((index.through(), index.len()), (1, 2));
         index.stage(b);
         index.publish();
         assert_eq!((index.get(&b.event_id), index.through(), index.len()), (Some(2), 2, 4));
