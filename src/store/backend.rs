@@ -67,15 +67,6 @@ impl Backend {
         }
     }
 
-    /// Where an embedded replica of a user's database syncs from, on a
-    /// backend that has them (sqld; Turso's rotating tokens are not handled yet).
-    pub fn user_replica_target(&self, user_id: Uuid) -> Option<super::replica::ReplicaTarget> {
-        match self {
-            Self::Sqld(sqld) => Some(sqld.replica_target(&remote::user_namespace(user_id))),
-            Self::Local(_) | Self::Turso(_) => None,
-        }
-    }
-
     /// The file of a user's database, for a backend that keeps one here.
     pub fn user_file(&self, user_id: Uuid) -> Option<PathBuf> {
         match self {

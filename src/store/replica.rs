@@ -13,11 +13,19 @@
 //! never serves anything older than the bound.
 //!
 //! Replication is libSQL's (gRPC-web on sqld's HTTP listener, the namespace
-//! in `x-namespace-bin`); reads go through a read-only handle of the replica
+//! in `x-namespace-bin`: sqld's own, or on Turso the URL host's first label,
+//! which libSQL's client sends itself); reads go through a read-only handle of the replica
 //! file, never through the replication connection, which would send any
 //! `BEGIN` to the primary. Each process keeps its replicas in a directory of
 //! its own (`DATA_DIR/replicas/<n>/`, held by a lock), since two replicators
 //! must never share a file.
+//!
+//! Tokens: libSQL's replicator keeps the token it was built with, and a
+//! Turso database's is renewed ([`crate::store::remote::turso::tokens`]). So
+//! each sync takes the token current now and, when it is not the one the
+//! replicating handle holds, opens the handle again on the same file (which
+//! keeps its frames: the next sync fetches only what is new). A sync the
+//! server refuses (401/403) forgets the token, so the next one mints another.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -32,16 +40,21 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::remote::{same_token, Auth};
 use super::{StoreError, StoreResult, BUSY_TIMEOUT};
 
-/// Where a replica syncs from: what any remote backend can name (sqld: its
-/// URL and a namespace; Turso: a database's own URL, no namespace).
+/// Where a replica syncs from, as the database's data path reaches it
+/// ([`super::remote::RemoteDb::replica_target`]): sqld's URL and a namespace;
+/// a Turso database's own URL, no namespace.
 #[derive(Clone)]
 pub struct ReplicaTarget {
     pub url: String,
-    pub token: SecretString,
-    /// Sent as `x-namespace-bin`; without it the server takes the URL host's first label.
+    /// The token source: fixed (sqld) or minted and renewed (Turso).
+    pub auth: Auth,
+    /// Sent as `x-namespace-bin`; without it libSQL sends the URL host's first label.
     pub namespace: Option<String>,
+    /// Every host reached at this address instead (`TURSO_CONNECT_TO`).
+    pub connect_to: Option<std::net::SocketAddr>,
 }
 
 /// How replicas are kept (`crate::config::replicas::ReplicaConfig`, plus where).
@@ -64,6 +77,10 @@ pub struct ReplicaStats {
     pub fallbacks: AtomicU64,
     pub syncs: AtomicU64,
     pub sync_failures: AtomicU64,
+    /// WAL frames (4 KiB pages) replicated by the syncs that succeeded.
+    pub frames_synced: AtomicU64,
+    /// Replicating handles opened again on their file with another token.
+    pub token_reopens: AtomicU64,
 }
 
 type Slot = Arc<OnceCell<Arc<Replica>>>;
@@ -224,9 +241,10 @@ impl Replicas {
     async fn sync(&self, replica: &Arc<Replica>) -> bool {
         let began = Instant::now();
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-        let outcome = tokio::time::timeout(self.settings.sync_timeout, replica.sync_once()).await;
+        let outcome = tokio::time::timeout(self.settings.sync_timeout, replica.sync_once(&self.stats)).await;
         let error = match outcome {
-            Ok(Ok(())) => {
+            Ok(Ok(frames)) => {
+                self.stats.frames_synced.fetch_add(frames, Ordering::Relaxed);
                 let mut freshness = replica.freshness();
                 freshness.synced = freshness.synced.max(Some(began));
                 freshness.failed = None;
@@ -324,8 +342,9 @@ struct Replica {
     /// Of each call of the replicating handle's connector.
     timeout: Duration,
     /// Behind a lock: a sync cut off by its timeout sets `reopen`, and the
-    /// next one closes the handle and opens it again on the file first.
-    sync: tokio::sync::Mutex<Option<Database>>,
+    /// next one closes the handle and opens it again on the file first; so
+    /// does a sync whose token is not the one the handle was opened with.
+    sync: tokio::sync::Mutex<Option<Replicating>>,
     reopen: AtomicBool,
     read: OnceCell<Database>,
     freshness: Mutex<Freshness>,
@@ -341,9 +360,16 @@ struct Freshness {
     failed: Option<Instant>,
 }
 
+/// libSQL's replicating handle, and the token it sends (it keeps the one it was built with).
+struct Replicating {
+    db: Database,
+    token: SecretString,
+}
+
 impl Replica {
     async fn open(user: Uuid, path: &Path, target: &ReplicaTarget, timeout: Duration) -> StoreResult<Self> {
-        let sync = replicating_handle(path, target, timeout).await?;
+        let token = target.auth.token().await?;
+        let sync = Replicating { db: replicating_handle(path, target, &token, timeout).await?, token };
         Ok(Self {
             user,
             path: path.to_owned(),
@@ -357,20 +383,30 @@ impl Replica {
     }
 
     /// One sync, on the replicating handle (reopened first after a sync
-    /// that was cut off).
-    async fn sync_once(&self) -> StoreResult<()> {
+    /// that was cut off, or with the token current now if it is another);
+    /// the frames it replicated.
+    async fn sync_once(&self, stats: &ReplicaStats) -> StoreResult<u64> {
         let mut handle = self.sync.lock().await;
         if self.reopen.swap(false, Ordering::AcqRel) {
             // Closing it rolls back what the cut-off sync left open.
             *handle = None;
         }
-        let db = match handle.take() {
-            Some(db) => db,
-            None => replicating_handle(&self.path, &self.target, self.timeout).await?,
+        // Cached: a mint only when the token is due for renewal or was refused.
+        let token = self.target.auth.token().await?;
+        if handle.as_ref().is_some_and(|open| !same_token(&open.token, &token)) {
+            *handle = None;
+            stats.token_reopens.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("echolia_replica_token_reopens_total").increment(1);
+        }
+        let open = match handle.take() {
+            Some(open) => open,
+            None => Replicating { db: replicating_handle(&self.path, &self.target, &token, self.timeout).await?, token },
         };
-        let synced = sync_database(&db).await;
-        *handle = Some(db);
-        Ok(synced?)
+        let synced = sync_database(&open.db).await;
+        let refused = synced.as_ref().err().is_some_and(refused);
+        let hint = if refused { self.target.auth.refused(&open.token) } else { "" };
+        *handle = Some(open);
+        synced.map_err(|err| StoreError::Unavailable(format!("replication: {err}{hint}")))
     }
 
     fn freshness(&self) -> std::sync::MutexGuard<'_, Freshness> {
@@ -400,13 +436,26 @@ impl Replica {
     }
 }
 
-/// The handle libSQL replicates `target` into the file at `path` with.
+/// Whether a sync failed because the server refused its token: sqld answers
+/// the replication service's calls with gRPC `Unauthenticated` (a token it
+/// cannot verify) or `PermissionDenied` (one for another database).
+fn refused(err: &libsql::Error) -> bool {
+    let message = err.to_string();
+    message.contains("Unauthenticated") || message.contains("PermissionDenied")
+}
+
+/// The handle libSQL replicates `target` into the file at `path` with, sending `token`.
 #[cfg(feature = "embedded-replicas")]
-async fn replicating_handle(path: &Path, target: &ReplicaTarget, timeout: Duration) -> StoreResult<Database> {
+async fn replicating_handle(
+    path: &Path,
+    target: &ReplicaTarget,
+    token: &SecretString,
+    timeout: Duration,
+) -> StoreResult<Database> {
     use secrecy::ExposeSecret;
     super::memory::configure_once();
-    let builder = Builder::new_remote_replica(path, target.url.clone(), target.token.expose_secret().to_owned())
-        .connector(super::remote::connector::TimeoutConnector::new(timeout, None))
+    let builder = Builder::new_remote_replica(path, target.url.clone(), token.expose_secret().to_owned())
+        .connector(super::remote::connector::TimeoutConnector::new(timeout, target.connect_to))
         // Writes never go through a replica here.
         .read_your_writes(false);
     let builder = match &target.namespace {
@@ -416,19 +465,25 @@ async fn replicating_handle(path: &Path, target: &ReplicaTarget, timeout: Durati
     Ok(builder.build().await?)
 }
 
-/// One sync of a replicating handle (libSQL's `sync`, which has no deadline of its own).
+/// One sync of a replicating handle (libSQL's `sync`, which has no deadline
+/// of its own): the frames it replicated.
 #[cfg(feature = "embedded-replicas")]
-async fn sync_database(db: &Database) -> libsql::Result<()> {
-    db.sync().await.map(drop)
+async fn sync_database(db: &Database) -> libsql::Result<u64> {
+    db.sync().await.map(|synced| synced.frames_synced() as u64)
 }
 
 #[cfg(not(feature = "embedded-replicas"))]
-async fn replicating_handle(_path: &Path, _target: &ReplicaTarget, _timeout: Duration) -> StoreResult<Database> {
+async fn replicating_handle(
+    _path: &Path,
+    _target: &ReplicaTarget,
+    _token: &SecretString,
+    _timeout: Duration,
+) -> StoreResult<Database> {
     Err(StoreError::Unavailable("this build has no embedded replicas (the `embedded-replicas` cargo feature)".into()))
 }
 
 /// Never reached: without the feature no replica opens.
 #[cfg(not(feature = "embedded-replicas"))]
-async fn sync_database(_db: &Database) -> libsql::Result<()> {
+async fn sync_database(_db: &Database) -> libsql::Result<u64> {
     Err(libsql::Error::Misuse("this build has no embedded replicas".into()))
 }

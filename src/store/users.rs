@@ -121,7 +121,7 @@ impl UserDatabases {
         let db = UserDb::open(&self.backend, user_id, false).await?;
         Ok(db
             .counting_into(self.appended.clone(), self.indexed.clone())
-            .replicated_by(self.replicas.clone(), &self.backend))
+            .replicated_by(self.replicas.clone()))
     }
 
     /// Closes (from the cache's side) and deletes a user's database. Handles
