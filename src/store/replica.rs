@@ -24,8 +24,11 @@
 //! Turso database's is renewed ([`crate::store::remote::turso::tokens`]). So
 //! each sync takes the token current now and, when it is not the one the
 //! replicating handle holds, opens the handle again on the same file (which
-//! keeps its frames: the next sync fetches only what is new). A sync the
-//! server refuses (401/403) forgets the token, so the next one mints another.
+//! keeps its frames: the next sync fetches only what is new). A refused token
+//! does not show in a failed sync (libSQL retries its handshake and reports a
+//! timeout), so after a failed sync of a database whose tokens are minted,
+//! one Hrana request checks the token, in the background: refused (401/403),
+//! it is forgotten ([`Auth::refused`]), and the next sync mints another.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -40,21 +43,26 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::remote::hrana::{self, Hrana};
 use super::remote::{same_token, Auth};
 use super::{StoreError, StoreResult, BUSY_TIMEOUT};
 
 /// Where a replica syncs from, as the database's data path reaches it
-/// ([`super::remote::RemoteDb::replica_target`]): sqld's URL and a namespace;
-/// a Turso database's own URL, no namespace.
+/// ([`super::remote::RemoteDb::replica_target`]).
 #[derive(Clone)]
 pub struct ReplicaTarget {
-    pub url: String,
-    /// The token source: fixed (sqld) or minted and renewed (Turso).
-    pub auth: Auth,
-    /// Sent as `x-namespace-bin`; without it libSQL sends the URL host's first label.
-    pub namespace: Option<String>,
+    /// The database's Hrana client: its URL (sqld's, or a Turso database's
+    /// own), its namespace (sqld's; none on Turso, where libSQL sends the
+    /// URL host's first label), its token source ([`Auth`]).
+    pub hrana: Hrana,
     /// Every host reached at this address instead (`TURSO_CONNECT_TO`).
     pub connect_to: Option<std::net::SocketAddr>,
+}
+
+impl ReplicaTarget {
+    fn auth(&self) -> &Auth {
+        self.hrana.auth()
+    }
 }
 
 /// How replicas are kept (`crate::config::replicas::ReplicaConfig`, plus where).
@@ -258,6 +266,7 @@ impl Replicas {
         };
         self.stats.sync_failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("echolia_replica_sync_failures_total").increment(1);
+        replica.check_token();
         let mut freshness = replica.freshness();
         // Once per outage, not once per interval.
         if freshness.failed.is_none() {
@@ -346,6 +355,8 @@ struct Replica {
     /// does a sync whose token is not the one the handle was opened with.
     sync: tokio::sync::Mutex<Option<Replicating>>,
     reopen: AtomicBool,
+    /// A check of the token is under way ([`Replica::check_token`]).
+    checking: Arc<AtomicBool>,
     read: OnceCell<Database>,
     freshness: Mutex<Freshness>,
 }
@@ -368,7 +379,7 @@ struct Replicating {
 
 impl Replica {
     async fn open(user: Uuid, path: &Path, target: &ReplicaTarget, timeout: Duration) -> StoreResult<Self> {
-        let token = target.auth.token().await?;
+        let token = target.auth().token().await?;
         let sync = Replicating { db: replicating_handle(path, target, &token, timeout).await?, token };
         Ok(Self {
             user,
@@ -377,6 +388,7 @@ impl Replica {
             timeout,
             sync: tokio::sync::Mutex::new(Some(sync)),
             reopen: AtomicBool::new(false),
+            checking: Arc::default(),
             read: OnceCell::new(),
             freshness: Mutex::default(),
         })
@@ -387,26 +399,42 @@ impl Replica {
     /// the frames it replicated.
     async fn sync_once(&self, stats: &ReplicaStats) -> StoreResult<u64> {
         let mut handle = self.sync.lock().await;
-        if self.reopen.swap(false, Ordering::AcqRel) {
-            // Closing it rolls back what the cut-off sync left open.
-            *handle = None;
-        }
         // Cached: a mint only when the token is due for renewal or was refused.
-        let token = self.target.auth.token().await?;
-        if handle.as_ref().is_some_and(|open| !same_token(&open.token, &token)) {
-            *handle = None;
+        let token = self.target.auth().token().await?;
+        let rotated = handle.as_ref().is_some_and(|open| !same_token(&open.token, &token));
+        if rotated {
             stats.token_reopens.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("echolia_replica_token_reopens_total").increment(1);
+        }
+        // Closing it (before opening another on the file) rolls back what a cut-off sync left open.
+        if self.reopen.swap(false, Ordering::AcqRel) || rotated {
+            *handle = None;
         }
         let open = match handle.take() {
             Some(open) => open,
             None => Replicating { db: replicating_handle(&self.path, &self.target, &token, self.timeout).await?, token },
         };
-        let synced = sync_database(&open.db).await;
-        let refused = synced.as_ref().err().is_some_and(refused);
-        let hint = if refused { self.target.auth.refused(&open.token) } else { "" };
-        *handle = Some(open);
-        synced.map_err(|err| StoreError::Unavailable(format!("replication: {err}{hint}")))
+        // Kept in place while it syncs: a sync cut off by its timeout leaves it for the next.
+        let open = handle.insert(open);
+        sync_database(&open.db).await.map_err(|err| StoreError::Unavailable(format!("replication: {err}")))
+    }
+
+    /// After a failed sync, on a database whose tokens are minted: one
+    /// request on the data path (a stream opened and closed), in the
+    /// background, which forgets the token if the database refuses it
+    /// ([`Hrana::pipeline`]). One at a time per replica.
+    fn check_token(&self) {
+        if !matches!(self.target.auth(), Auth::Minted(_)) || self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (hrana, checking) = (self.target.hrana.clone(), self.checking.clone());
+        tokio::spawn(async move {
+            // Its outcome is the token's: kept, or forgotten on a refusal.
+            if let Err(err) = hrana.pipeline(None, &[hrana::Request::Close]).await {
+                tracing::debug!(error = %err, "checking an embedded replica's token");
+            }
+            checking.store(false, Ordering::Release);
+        });
     }
 
     fn freshness(&self) -> std::sync::MutexGuard<'_, Freshness> {
@@ -436,14 +464,6 @@ impl Replica {
     }
 }
 
-/// Whether a sync failed because the server refused its token: sqld answers
-/// the replication service's calls with gRPC `Unauthenticated` (a token it
-/// cannot verify) or `PermissionDenied` (one for another database).
-fn refused(err: &libsql::Error) -> bool {
-    let message = err.to_string();
-    message.contains("Unauthenticated") || message.contains("PermissionDenied")
-}
-
 /// The handle libSQL replicates `target` into the file at `path` with, sending `token`.
 #[cfg(feature = "embedded-replicas")]
 async fn replicating_handle(
@@ -454,11 +474,12 @@ async fn replicating_handle(
 ) -> StoreResult<Database> {
     use secrecy::ExposeSecret;
     super::memory::configure_once();
-    let builder = Builder::new_remote_replica(path, target.url.clone(), token.expose_secret().to_owned())
+    let url = target.hrana.url().to_owned();
+    let builder = Builder::new_remote_replica(path, url, token.expose_secret().to_owned())
         .connector(super::remote::connector::TimeoutConnector::new(timeout, target.connect_to))
         // Writes never go through a replica here.
         .read_your_writes(false);
-    let builder = match &target.namespace {
+    let builder = match target.hrana.namespace() {
         Some(namespace) => builder.namespace(namespace),
         None => builder,
     };

@@ -145,12 +145,7 @@ impl RemoteDb {
     /// Where an embedded replica of this database syncs from: the URL,
     /// namespace, token source and connection its data path uses.
     pub fn replica_target(&self) -> super::replica::ReplicaTarget {
-        super::replica::ReplicaTarget {
-            url: self.hrana.url().to_owned(),
-            auth: self.hrana.auth().clone(),
-            namespace: self.hrana.namespace().map(str::to_owned),
-            connect_to: self.connect_to,
-        }
+        super::replica::ReplicaTarget { hrana: self.hrana.clone(), connect_to: self.connect_to }
     }
 }
 
