@@ -32,7 +32,9 @@ impl Backend {
             crate::config::BackendKind::Local => Self::local(&config.data_dir),
             crate::config::BackendKind::Sqld(sqld) => Self::Sqld(Arc::new(SqldBackend::new(sqld, http.clone()))),
             crate::config::BackendKind::Turso(turso) => {
-                Self::Turso(Arc::new(TursoBackend::new(turso, http.clone(), config.max_open_databases)?))
+                let replicas = config.replicas.as_ref().map_or(0, |replicas| replicas.max_open.get());
+                let open = config.max_open_databases.saturating_add(replicas);
+                Self::Turso(Arc::new(TursoBackend::new(turso, http.clone(), open)?))
             }
         })
     }

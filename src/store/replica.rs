@@ -253,6 +253,7 @@ impl Replicas {
         let error = match outcome {
             Ok(Ok(frames)) => {
                 self.stats.frames_synced.fetch_add(frames, Ordering::Relaxed);
+                metrics::counter!("echolia_replica_frames_synced_total").increment(frames);
                 let mut freshness = replica.freshness();
                 freshness.synced = freshness.synced.max(Some(began));
                 freshness.failed = None;
@@ -412,7 +413,9 @@ impl Replica {
         }
         let open = match handle.take() {
             Some(open) => open,
-            None => Replicating { db: replicating_handle(&self.path, &self.target, &token, self.timeout).await?, token },
+            None => {
+                Replicating { db: replicating_handle(&self.path, &self.target, &token, self.timeout).await?, token }
+            }
         };
         // Kept in place while it syncs: a sync cut off by its timeout leaves it for the next.
         let open = handle.insert(open);

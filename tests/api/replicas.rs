@@ -321,7 +321,8 @@ async fn on_turso_a_replica_keeps_syncing_across_token_renewals() {
     assert_eq!(ids.len(), 40);
     let pages = replica_pages(&reader, a.user_id).await;
     assert!(pages >= 80, "{pages} pages");
-    let (mints, reopens, fallbacks) = (fake.mints(&name), count(&stats(&reader).token_reopens), count(&stats(&reader).fallbacks));
+    let (mints, reopens, fallbacks) =
+        (fake.mints(&name), count(&stats(&reader).token_reopens), count(&stats(&reader).fallbacks));
 
     let started = Instant::now();
     let mut events = 41; // the device's registration, and the bulk
