@@ -354,7 +354,7 @@ struct Replica {
     /// Behind a lock: a sync cut off by its timeout sets `reopen`, and the
     /// next one closes the handle and opens it again on the file first; so
     /// does a sync whose token is not the one the handle was opened with.
-    sync: tokio::sync::Mutex<Option<Replicating>>,
+    sync: tokio::sync::Mutex<Replicating>,
     reopen: AtomicBool,
     /// A check of the token is under way ([`Replica::check_token`]).
     checking: Arc<AtomicBool>,
@@ -372,22 +372,24 @@ struct Freshness {
     failed: Option<Instant>,
 }
 
-/// libSQL's replicating handle, and the token it sends (it keeps the one it was built with).
+/// libSQL's replicating handle (none while a sync has it, or after one that
+/// was cut off dropped it), and the token it was last opened with (it keeps
+/// the one it was built with).
 struct Replicating {
-    db: Database,
+    db: Option<Database>,
     token: SecretString,
 }
 
 impl Replica {
     async fn open(user: Uuid, path: &Path, target: &ReplicaTarget, timeout: Duration) -> StoreResult<Self> {
         let token = target.auth().token().await?;
-        let sync = Replicating { db: replicating_handle(path, target, &token, timeout).await?, token };
+        let sync = Replicating { db: Some(replicating_handle(path, target, &token, timeout).await?), token };
         Ok(Self {
             user,
             path: path.to_owned(),
             target: target.clone(),
             timeout,
-            sync: tokio::sync::Mutex::new(Some(sync)),
+            sync: tokio::sync::Mutex::new(sync),
             reopen: AtomicBool::new(false),
             checking: Arc::default(),
             read: OnceCell::new(),
@@ -402,24 +404,28 @@ impl Replica {
         let mut handle = self.sync.lock().await;
         // Cached: a mint only when the token is due for renewal or was refused.
         let token = self.target.auth().token().await?;
-        let rotated = handle.as_ref().is_some_and(|open| !same_token(&open.token, &token));
+        let rotated = !same_token(&handle.token, &token);
         if rotated {
+            tracing::debug!(user = %self.user, "an embedded replica reopens with its database's new token");
             stats.token_reopens.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("echolia_replica_token_reopens_total").increment(1);
         }
         // Closing it (before opening another on the file) rolls back what a cut-off sync left open.
         if self.reopen.swap(false, Ordering::AcqRel) || rotated {
-            *handle = None;
+            handle.db = None;
         }
-        let open = match handle.take() {
-            Some(open) => open,
+        let db = match handle.db.take() {
+            Some(db) => db,
             None => {
-                Replicating { db: replicating_handle(&self.path, &self.target, &token, self.timeout).await?, token }
+                let db = replicating_handle(&self.path, &self.target, &token, self.timeout).await?;
+                handle.token = token;
+                db
             }
         };
-        // Kept in place while it syncs: a sync cut off by its timeout leaves it for the next.
-        let open = handle.insert(open);
-        sync_database(&open.db).await.map_err(|err| StoreError::Unavailable(format!("replication: {err}")))
+        // Cut off by the timeout, this future drops `db` (closed, what it began rolled back).
+        let synced = sync_database(&db).await;
+        handle.db = Some(db);
+        synced.map_err(|err| StoreError::Unavailable(format!("replication: {err}")))
     }
 
     /// After a failed sync, on a database whose tokens are minted: one

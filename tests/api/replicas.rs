@@ -58,6 +58,8 @@ async fn events_in_replica(app: &TestApp, user: Uuid) -> u64 {
         .await
         .unwrap();
     let conn = db.connect().unwrap();
+    // The replicator may hold the file a moment (reopened, it recovers the WAL), as the server's reads wait for.
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut rows = conn.query("SELECT count(*) FROM events", ()).await.unwrap();
     rows.next().await.unwrap().unwrap().get(0).unwrap()
 }
@@ -295,7 +297,9 @@ async fn replica_pages(app: &TestApp, user: Uuid) -> u64 {
         .build()
         .await
         .unwrap();
-    let mut rows = db.connect().unwrap().query("PRAGMA page_count", ()).await.unwrap();
+    let conn = db.connect().unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut rows = conn.query("PRAGMA page_count", ()).await.unwrap();
     rows.next().await.unwrap().unwrap().get(0).unwrap()
 }
 
@@ -309,7 +313,12 @@ async fn on_turso_a_replica_keeps_syncing_across_token_renewals() {
     let sqld = Sqld::start().await;
     let fake = FakeTurso::start(&sqld).await;
     let mut vars = with_replicas(fake.vars());
-    vars.push(("TURSO_TOKEN_EXPIRATION", "4s".to_owned()));
+    // Timing is not what this test is about: a slow sync on a busy machine must not send a read to the primary.
+    vars.extend([
+        ("TURSO_TOKEN_EXPIRATION", "4s".to_owned()),
+        ("REPLICA_SYNC_TIMEOUT_MS", "5000".to_owned()),
+        ("REPLICA_MAX_STALENESS_MS", "5000".to_owned()),
+    ]);
     let writer = spawn(&vars).await;
     let reader = writer.beside().await;
     let a = writer.register().await;
@@ -327,7 +336,9 @@ async fn on_turso_a_replica_keeps_syncing_across_token_renewals() {
     let started = Instant::now();
     let mut events = 41; // the device's registration, and the bulk
     let mut most_frames_in_a_round = 0;
-    while started.elapsed() < Duration::from_secs(8) {
+    // Two renewals (at about 3 s and 6 s), a round of writes and reads every 300 ms or so.
+    while count(&stats(&reader).token_reopens) < reopens + 2 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no two renewals in 30 s");
         let frames = count(&stats(&reader).frames_synced);
         let (id, event) = put(&a, b"one more");
         writer.push_ok(&a, &[event]).await;
@@ -344,12 +355,11 @@ async fn on_turso_a_replica_keeps_syncing_across_token_renewals() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let reopened = count(&stats(&reader).token_reopens) - reopens;
-    assert!(reopened >= 2, "renewed at 3 s and 6 s: {reopened} reopens");
     assert!(fake.mints(&name) >= mints + 2, "{} mints, {mints} before", fake.mints(&name));
     assert_eq!(count(&stats(&reader).fallbacks), fallbacks, "no read went to the primary");
     // No round fetched the database again: each took its own write's frames.
     assert!(most_frames_in_a_round * 4 < pages, "{most_frames_in_a_round} frames in a round, of {pages} pages");
-    eprintln!("{reopened} reopens; at most {most_frames_in_a_round} frames synced in a round; the replica holds {pages} pages");
+    eprintln!("{reopened} reopens in {:?}; at most {most_frames_in_a_round} frames synced in a round; the replica holds {pages} pages", started.elapsed());
 }
 
 /// The replica's token is invalidated (every token out so far refused, as
@@ -397,8 +407,14 @@ async fn on_turso_a_refused_token_sends_reads_to_the_primary_until_a_new_one_is_
     both.sort();
     assert_eq!(seen, both, "past the bound, nothing stale");
     assert_eq!(count(&stats(&reader).fallbacks), fallbacks + 1, "answered by the primary");
-    // The new token is taken: replication failing for another reason mints no more.
-    assert_eq!(fake.mints(&name), mints + 1, "one new token");
+    // A token the database takes is kept while replication fails for another reason: no more
+    // mints. (After a pause: a refusal on libSQL's client, which the revoked token may have met in
+    // a request under way, has every token minted again, the writer's too.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (minted, failures) = (fake.mints(&name), count(&stats(&reader).sync_failures));
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(count(&stats(&reader).sync_failures) > failures, "replication still fails");
+    assert_eq!(fake.mints(&name), minted, "no token minted while the one taken is good");
 
     proxy.refused.store(false, Ordering::Relaxed);
     replica_holds(&reader, a.user_id, 3).await;
