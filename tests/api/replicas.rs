@@ -329,6 +329,7 @@ async fn on_turso_a_replica_keeps_syncing_across_token_renewals() {
     let mut ids: Vec<String> = entry_ids(&reader, &a).await;
     assert_eq!(ids.len(), 40);
     let pages = replica_pages(&reader, a.user_id).await;
+    let first_download = count(&stats(&reader).frames_synced);
     assert!(pages >= 80, "{pages} pages");
     let (mints, reopens, fallbacks) =
         (fake.mints(&name), count(&stats(&reader).token_reopens), count(&stats(&reader).fallbacks));
@@ -359,7 +360,11 @@ async fn on_turso_a_replica_keeps_syncing_across_token_renewals() {
     assert_eq!(count(&stats(&reader).fallbacks), fallbacks, "no read went to the primary");
     // No round fetched the database again: each took its own write's frames.
     assert!(most_frames_in_a_round * 4 < pages, "{most_frames_in_a_round} frames in a round, of {pages} pages");
-    eprintln!("{reopened} reopens in {:?}; at most {most_frames_in_a_round} frames synced in a round; the replica holds {pages} pages", started.elapsed());
+    eprintln!(
+        "{reopened} reopens in {:?}; at most {most_frames_in_a_round} frames synced in a round; \
+         the replica holds {pages} pages, {first_download} frames came with its first syncs",
+        started.elapsed()
+    );
 }
 
 /// The replica's token is invalidated (every token out so far refused, as
