@@ -417,9 +417,9 @@ impl Replica {
         let db = match handle.db.take() {
             Some(db) => db,
             None => {
-                let db = replicating_handle(&self.path, &self.target, &token, self.timeout).await?;
-                handle.token = token;
-                db
+                // Noted first: a handle that fails to open is not counted as rotated again.
+                handle.token = token.clone();
+                replicating_handle(&self.path, &self.target, &token, self.timeout).await?
             }
         };
         // Cut off by the timeout, this future drops `db` (closed, what it began rolled back).
