@@ -39,14 +39,10 @@ pub fn from_lookup(
         BackendKind::Local => {
             return Err(invalid(
                 FLAG,
-                "embedded replicas need a remote DATABASE_BACKEND (sqld); `local` reads its files",
+                "embedded replicas need a remote DATABASE_BACKEND (sqld or turso); `local` reads its files",
             ))
         }
-        // A replica keeps the token it opened with, and Turso's are minted and renewed per database.
-        BackendKind::Turso(_) => {
-            return Err(invalid(FLAG, "embedded replicas work with `sqld` only for now, not with `turso`"))
-        }
-        BackendKind::Sqld(_) => {}
+        BackendKind::Sqld(_) | BackendKind::Turso(_) => {}
     }
     let millis = |variable: &'static str, default: &str, min: u64| -> Result<Duration, ConfigError> {
         let ms: u64 = parse_or(variable, get(variable), default)?;

@@ -262,4 +262,13 @@ fn embedded_replicas_are_off_unless_asked_for_and_need_a_remote_backend() {
     }
     let zero = [&sqld[..], &[("REPLICA_MAX_STALENESS_MS", "0")]].concat();
     assert_eq!(load(&zero).unwrap().replicas.unwrap().max_staleness, Duration::ZERO);
+    // Turso too: each sync takes the database's current token.
+    let turso = [
+        ("DATABASE_BACKEND", "turso"),
+        ("TURSO_ORG", "acme"),
+        ("TURSO_AUTH_TOKEN", "platform-token-value"),
+        ("TURSO_GROUP", "default"),
+        ("EMBEDDED_REPLICAS", "true"),
+    ];
+    assert!(load(&turso).unwrap().replicas.is_some());
 }

@@ -32,7 +32,9 @@ impl Backend {
             crate::config::BackendKind::Local => Self::local(&config.data_dir),
             crate::config::BackendKind::Sqld(sqld) => Self::Sqld(Arc::new(SqldBackend::new(sqld, http.clone()))),
             crate::config::BackendKind::Turso(turso) => {
-                Self::Turso(Arc::new(TursoBackend::new(turso, http.clone(), config.max_open_databases)?))
+                let replicas = config.replicas.as_ref().map_or(0, |replicas| replicas.max_open.get());
+                let open = config.max_open_databases.saturating_add(replicas);
+                Self::Turso(Arc::new(TursoBackend::new(turso, http.clone(), open)?))
             }
         })
     }
@@ -64,15 +66,6 @@ impl Backend {
                 Ok(Db::Remote(sqld.open(&namespace).await?))
             }
             Self::Turso(turso) => Ok(Db::Remote(turso.open_user(user_id, create).await?)),
-        }
-    }
-
-    /// Where an embedded replica of a user's database syncs from, on a
-    /// backend that has them (sqld; Turso's rotating tokens are not handled yet).
-    pub fn user_replica_target(&self, user_id: Uuid) -> Option<super::replica::ReplicaTarget> {
-        match self {
-            Self::Sqld(sqld) => Some(sqld.replica_target(&remote::user_namespace(user_id))),
-            Self::Local(_) | Self::Turso(_) => None,
         }
     }
 

@@ -55,6 +55,16 @@ impl Db {
         }
     }
 
+    /// Where an embedded replica of it syncs from, on a remote database:
+    /// what opening it learned (URL, namespace, token source), so opening a
+    /// replica asks the backend nothing more.
+    pub fn replica_target(&self) -> Option<super::replica::ReplicaTarget> {
+        match self {
+            Self::Local(_) => None,
+            Self::Remote(remote) => Some(remote.replica_target()),
+        }
+    }
+
     /// Brings the database up to date with `set`: through Hrana on a
     /// remote one (one round trip per migration), else on a connection of its own.
     pub async fn migrate(&self, set: &[Migration]) -> StoreResult<Vec<&'static str>> {

@@ -13,11 +13,22 @@
 //! never serves anything older than the bound.
 //!
 //! Replication is libSQL's (gRPC-web on sqld's HTTP listener, the namespace
-//! in `x-namespace-bin`); reads go through a read-only handle of the replica
+//! in `x-namespace-bin`: sqld's own, or on Turso the URL host's first label,
+//! which libSQL's client sends itself); reads go through a read-only handle of the replica
 //! file, never through the replication connection, which would send any
 //! `BEGIN` to the primary. Each process keeps its replicas in a directory of
 //! its own (`DATA_DIR/replicas/<n>/`, held by a lock), since two replicators
 //! must never share a file.
+//!
+//! Tokens: libSQL's replicator keeps the token it was built with, and a
+//! Turso database's is renewed ([`crate::store::remote::turso::tokens`]). So
+//! each sync takes the token current now and, when it is not the one the
+//! replicating handle holds, opens the handle again on the same file (which
+//! keeps its frames: the next sync fetches only what is new). A refused token
+//! does not show in a failed sync (libSQL retries its handshake and reports a
+//! timeout), so after a failed sync of a database whose tokens are minted,
+//! one Hrana request checks the token, in the background: refused (401/403),
+//! it is forgotten ([`Auth::refused`]), and the next sync mints another.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -32,16 +43,26 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::remote::hrana::{self, Hrana};
+use super::remote::{same_token, Auth};
 use super::{StoreError, StoreResult, BUSY_TIMEOUT};
 
-/// Where a replica syncs from: what any remote backend can name (sqld: its
-/// URL and a namespace; Turso: a database's own URL, no namespace).
+/// Where a replica syncs from, as the database's data path reaches it
+/// ([`super::remote::RemoteDb::replica_target`]).
 #[derive(Clone)]
 pub struct ReplicaTarget {
-    pub url: String,
-    pub token: SecretString,
-    /// Sent as `x-namespace-bin`; without it the server takes the URL host's first label.
-    pub namespace: Option<String>,
+    /// The database's Hrana client: its URL (sqld's, or a Turso database's
+    /// own), its namespace (sqld's; none on Turso, where libSQL sends the
+    /// URL host's first label), its token source ([`Auth`]).
+    pub hrana: Hrana,
+    /// Every host reached at this address instead (`TURSO_CONNECT_TO`).
+    pub connect_to: Option<std::net::SocketAddr>,
+}
+
+impl ReplicaTarget {
+    fn auth(&self) -> &Auth {
+        self.hrana.auth()
+    }
 }
 
 /// How replicas are kept (`crate::config::replicas::ReplicaConfig`, plus where).
@@ -64,6 +85,10 @@ pub struct ReplicaStats {
     pub fallbacks: AtomicU64,
     pub syncs: AtomicU64,
     pub sync_failures: AtomicU64,
+    /// WAL frames (4 KiB pages) replicated by the syncs that succeeded.
+    pub frames_synced: AtomicU64,
+    /// Replicating handles opened again on their file with another token.
+    pub token_reopens: AtomicU64,
 }
 
 type Slot = Arc<OnceCell<Arc<Replica>>>;
@@ -224,9 +249,11 @@ impl Replicas {
     async fn sync(&self, replica: &Arc<Replica>) -> bool {
         let began = Instant::now();
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-        let outcome = tokio::time::timeout(self.settings.sync_timeout, replica.sync_once()).await;
+        let outcome = tokio::time::timeout(self.settings.sync_timeout, replica.sync_once(&self.stats)).await;
         let error = match outcome {
-            Ok(Ok(())) => {
+            Ok(Ok(frames)) => {
+                self.stats.frames_synced.fetch_add(frames, Ordering::Relaxed);
+                metrics::counter!("echolia_replica_frames_synced_total").increment(frames);
                 let mut freshness = replica.freshness();
                 freshness.synced = freshness.synced.max(Some(began));
                 freshness.failed = None;
@@ -240,6 +267,7 @@ impl Replicas {
         };
         self.stats.sync_failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("echolia_replica_sync_failures_total").increment(1);
+        replica.check_token();
         let mut freshness = replica.freshness();
         // Once per outage, not once per interval.
         if freshness.failed.is_none() {
@@ -324,9 +352,12 @@ struct Replica {
     /// Of each call of the replicating handle's connector.
     timeout: Duration,
     /// Behind a lock: a sync cut off by its timeout sets `reopen`, and the
-    /// next one closes the handle and opens it again on the file first.
-    sync: tokio::sync::Mutex<Option<Database>>,
+    /// next one closes the handle and opens it again on the file first; so
+    /// does a sync whose token is not the one the handle was opened with.
+    sync: tokio::sync::Mutex<Replicating>,
     reopen: AtomicBool,
+    /// A check of the token is under way ([`Replica::check_token`]).
+    checking: Arc<AtomicBool>,
     read: OnceCell<Database>,
     freshness: Mutex<Freshness>,
 }
@@ -341,36 +372,78 @@ struct Freshness {
     failed: Option<Instant>,
 }
 
+/// libSQL's replicating handle (none while a sync has it, or after one that
+/// was cut off dropped it), and the token it was last opened with (it keeps
+/// the one it was built with).
+struct Replicating {
+    db: Option<Database>,
+    token: SecretString,
+}
+
 impl Replica {
     async fn open(user: Uuid, path: &Path, target: &ReplicaTarget, timeout: Duration) -> StoreResult<Self> {
-        let sync = replicating_handle(path, target, timeout).await?;
+        let token = target.auth().token().await?;
+        let sync = Replicating { db: Some(replicating_handle(path, target, &token, timeout).await?), token };
         Ok(Self {
             user,
             path: path.to_owned(),
             target: target.clone(),
             timeout,
-            sync: tokio::sync::Mutex::new(Some(sync)),
+            sync: tokio::sync::Mutex::new(sync),
             reopen: AtomicBool::new(false),
+            checking: Arc::default(),
             read: OnceCell::new(),
             freshness: Mutex::default(),
         })
     }
 
     /// One sync, on the replicating handle (reopened first after a sync
-    /// that was cut off).
-    async fn sync_once(&self) -> StoreResult<()> {
+    /// that was cut off, or with the token current now if it is another);
+    /// the frames it replicated.
+    async fn sync_once(&self, stats: &ReplicaStats) -> StoreResult<u64> {
         let mut handle = self.sync.lock().await;
-        if self.reopen.swap(false, Ordering::AcqRel) {
-            // Closing it rolls back what the cut-off sync left open.
-            *handle = None;
+        // Cached: a mint only when the token is due for renewal or was refused.
+        let token = self.target.auth().token().await?;
+        let rotated = !same_token(&handle.token, &token);
+        if rotated {
+            tracing::debug!(user = %self.user, "an embedded replica reopens with its database's new token");
+            stats.token_reopens.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("echolia_replica_token_reopens_total").increment(1);
         }
-        let db = match handle.take() {
+        // Closing it (before opening another on the file) rolls back what a cut-off sync left open.
+        if self.reopen.swap(false, Ordering::AcqRel) || rotated {
+            handle.db = None;
+        }
+        let db = match handle.db.take() {
             Some(db) => db,
-            None => replicating_handle(&self.path, &self.target, self.timeout).await?,
+            None => {
+                // Noted first: a handle that fails to open is not counted as rotated again.
+                handle.token = token.clone();
+                replicating_handle(&self.path, &self.target, &token, self.timeout).await?
+            }
         };
+        // Cut off by the timeout, this future drops `db` (closed, what it began rolled back).
         let synced = sync_database(&db).await;
-        *handle = Some(db);
-        Ok(synced?)
+        handle.db = Some(db);
+        synced.map_err(|err| StoreError::Unavailable(format!("replication: {err}")))
+    }
+
+    /// After a failed sync, on a database whose tokens are minted: one
+    /// request on the data path (a stream opened and closed), in the
+    /// background, which forgets the token if the database refuses it
+    /// ([`Hrana::pipeline`]). One at a time per replica.
+    fn check_token(&self) {
+        if !matches!(self.target.auth(), Auth::Minted(_)) || self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (hrana, checking) = (self.target.hrana.clone(), self.checking.clone());
+        tokio::spawn(async move {
+            // Its outcome is the token's: kept, or forgotten on a refusal.
+            if let Err(err) = hrana.pipeline(None, &[hrana::Request::Close]).await {
+                tracing::debug!(error = %err, "checking an embedded replica's token");
+            }
+            checking.store(false, Ordering::Release);
+        });
     }
 
     fn freshness(&self) -> std::sync::MutexGuard<'_, Freshness> {
@@ -400,35 +473,47 @@ impl Replica {
     }
 }
 
-/// The handle libSQL replicates `target` into the file at `path` with.
+/// The handle libSQL replicates `target` into the file at `path` with, sending `token`.
 #[cfg(feature = "embedded-replicas")]
-async fn replicating_handle(path: &Path, target: &ReplicaTarget, timeout: Duration) -> StoreResult<Database> {
+async fn replicating_handle(
+    path: &Path,
+    target: &ReplicaTarget,
+    token: &SecretString,
+    timeout: Duration,
+) -> StoreResult<Database> {
     use secrecy::ExposeSecret;
     super::memory::configure_once();
-    let builder = Builder::new_remote_replica(path, target.url.clone(), target.token.expose_secret().to_owned())
-        .connector(super::remote::connector::TimeoutConnector::new(timeout, None))
+    let url = target.hrana.url().to_owned();
+    let builder = Builder::new_remote_replica(path, url, token.expose_secret().to_owned())
+        .connector(super::remote::connector::TimeoutConnector::new(timeout, target.connect_to))
         // Writes never go through a replica here.
         .read_your_writes(false);
-    let builder = match &target.namespace {
+    let builder = match target.hrana.namespace() {
         Some(namespace) => builder.namespace(namespace),
         None => builder,
     };
     Ok(builder.build().await?)
 }
 
-/// One sync of a replicating handle (libSQL's `sync`, which has no deadline of its own).
+/// One sync of a replicating handle (libSQL's `sync`, which has no deadline
+/// of its own): the frames it replicated.
 #[cfg(feature = "embedded-replicas")]
-async fn sync_database(db: &Database) -> libsql::Result<()> {
-    db.sync().await.map(drop)
+async fn sync_database(db: &Database) -> libsql::Result<u64> {
+    db.sync().await.map(|synced| synced.frames_synced() as u64)
 }
 
 #[cfg(not(feature = "embedded-replicas"))]
-async fn replicating_handle(_path: &Path, _target: &ReplicaTarget, _timeout: Duration) -> StoreResult<Database> {
+async fn replicating_handle(
+    _path: &Path,
+    _target: &ReplicaTarget,
+    _token: &SecretString,
+    _timeout: Duration,
+) -> StoreResult<Database> {
     Err(StoreError::Unavailable("this build has no embedded replicas (the `embedded-replicas` cargo feature)".into()))
 }
 
 /// Never reached: without the feature no replica opens.
 #[cfg(not(feature = "embedded-replicas"))]
-async fn sync_database(_db: &Database) -> libsql::Result<()> {
+async fn sync_database(_db: &Database) -> libsql::Result<u64> {
     Err(libsql::Error::Misuse("this build has no embedded replicas".into()))
 }

@@ -77,9 +77,9 @@ impl UserDb {
     }
 
     /// Reads of the log and views come from an embedded replica of this
-    /// database in `replicas`, on a backend that can name one.
-    pub(super) fn replicated_by(mut self, replicas: Option<Arc<Replicas>>, backend: &Backend) -> Self {
-        self.replica = replicas.zip(backend.user_replica_target(self.user_id));
+    /// database in `replicas`, on a remote backend (sqld, Turso).
+    pub(super) fn replicated_by(mut self, replicas: Option<Arc<Replicas>>) -> Self {
+        self.replica = replicas.zip(self.db.replica_target());
         self
     }
 

@@ -119,9 +119,7 @@ impl UserDatabases {
 
     async fn open_counted(&self, user_id: Uuid) -> StoreResult<UserDb> {
         let db = UserDb::open(&self.backend, user_id, false).await?;
-        Ok(db
-            .counting_into(self.appended.clone(), self.indexed.clone())
-            .replicated_by(self.replicas.clone(), &self.backend))
+        Ok(db.counting_into(self.appended.clone(), self.indexed.clone()).replicated_by(self.replicas.clone()))
     }
 
     /// Closes (from the cache's side) and deletes a user's database. Handles

@@ -2,9 +2,9 @@
 //! (files under `DATA_DIR`), `sqld` (the real libSQL server, started by
 //! each test, [`crate::sqld`]), `sqld` with embedded replicas (reads from
 //! replica files under `DATA_DIR/replicas`, synced before every read:
-//! `REPLICA_MAX_STALENESS_MS=0`, so two servers agree as on the others) and
+//! `REPLICA_MAX_STALENESS_MS=0`, so two servers agree as on the others),
 //! `turso` (a fake Turso Platform API whose databases are namespaces of a real
-//! sqld, [`crate::turso_fake`]). Everything goes through the HTTP API or the
+//! sqld, [`crate::turso_fake`]) and `turso` with embedded replicas. Everything goes through the HTTP API or the
 //! operator commands, as a user would see it; only where a database lives
 //! differs ([`Fixture::database_exists`]).
 
@@ -30,6 +30,16 @@ pub enum Store {
     /// Only in a build with the `embedded-replicas` feature.
     #[cfg_attr(not(feature = "embedded-replicas"), allow(dead_code))]
     SqldReplicas,
+    /// Only in a build with the `embedded-replicas` feature.
+    #[cfg_attr(not(feature = "embedded-replicas"), allow(dead_code))]
+    TursoReplicas,
+}
+
+impl Store {
+    /// Whether reads come from embedded replicas.
+    pub fn replicated(self) -> bool {
+        matches!(self, Store::SqldReplicas | Store::TursoReplicas)
+    }
 }
 
 /// The variables of embedded replicas that answer no read older than its request.
@@ -53,10 +63,10 @@ impl Fixture {
     pub async fn with(store: Store, extra: &[(&'static str, &str)]) -> Fixture {
         let sqld = match store {
             Store::Local => None,
-            Store::Sqld | Store::SqldReplicas | Store::Turso => Some(Sqld::start().await),
+            Store::Sqld | Store::SqldReplicas | Store::Turso | Store::TursoReplicas => Some(Sqld::start().await),
         };
         let turso = match (store, &sqld) {
-            (Store::Turso, Some(sqld)) => Some(FakeTurso::start(sqld).await),
+            (Store::Turso | Store::TursoReplicas, Some(sqld)) => Some(FakeTurso::start(sqld).await),
             _ => None,
         };
         let mut vars: Vec<(&'static str, String)> = match (&turso, &sqld) {
@@ -64,7 +74,7 @@ impl Fixture {
             (None, Some(sqld)) => sqld.vars(),
             (None, None) => Vec::new(),
         };
-        if store == Store::SqldReplicas {
+        if store.replicated() {
             vars.extend(REPLICAS.iter().map(|(k, v)| (*k, v.to_string())));
         }
         vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
@@ -75,10 +85,10 @@ impl Fixture {
         Fixture { app, sqld, turso, vars, store }
     }
 
-    /// On sqld with replicas: `app` answered reads from its replicas, and
-    /// none went to the primary (each synced first). Elsewhere nothing to check.
+    /// With replicas: `app` answered reads from its replicas, and none went
+    /// to the primary (each synced first). Elsewhere nothing to check.
     pub fn assert_read_from_replicas(&self, app: &TestApp) {
-        if self.store != Store::SqldReplicas {
+        if !self.store.replicated() {
             return;
         }
         let stats = &app.state.users.replicas().expect("replicas are on").stats;
@@ -293,7 +303,7 @@ async fn migrations_and_operator_commands(store: Store) {
     let (code, stdout, stderr) = fx.cli(&["export", "--user", &user]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert_eq!(stdout.lines().filter(|line| line.contains("\"entry\"")).count(), 3, "{stdout}");
-    if store == Store::SqldReplicas {
+    if store.replicated() {
         // The commands kept a replica of their own, beside the server's, holding the whole log.
         let theirs = app.data_dir().join("replicas").join("1").join(format!("{user}.db"));
         let db = libsql::Builder::new_local(&theirs).flags(libsql::OpenFlags::SQLITE_OPEN_READ_ONLY).build().await;
@@ -653,6 +663,15 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Store::Turso).await
+                }
+            )*
+        }
+        #[cfg(feature = "embedded-replicas")]
+        mod turso_replicas {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::TursoReplicas).await
                 }
             )*
         }

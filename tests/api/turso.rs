@@ -21,7 +21,7 @@ fn one_event(session: &crate::helpers::Session, text: &[u8]) -> Vec<serde_json::
 /// Held by the tests that count tokens minted or make a database refuse one:
 /// libSQL's client does not say whose token it refused, so a refusal renews
 /// every token of the process (`store::remote::refusals`), the other tests' too.
-static TOKENS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static TOKENS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Ends a test that made a database refuse tokens: a refusal still under way
 /// in the background (a device's status touch) lands while it holds [`TOKENS`].

@@ -412,6 +412,11 @@ impl Hrana {
         &self.inner.label
     }
 
+    /// Where its tokens come from.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
     /// The token a request to this database carries now.
     pub async fn token(&self) -> StoreResult<secrecy::SecretString> {
         self.inner.auth.token().await

@@ -98,6 +98,12 @@ impl Auth {
     }
 }
 
+/// Whether two tokens are the same, in constant time (as every comparison of a secret here).
+pub fn same_token(a: &SecretString, b: &SecretString) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(a.expose_secret().as_bytes().ct_eq(b.expose_secret().as_bytes()))
+}
+
 /// One database over the network: libSQL's remote client for statements
 /// one at a time and transactions, [`Hrana`] for batches in one round trip.
 /// Both take the token [`Hrana`]'s [`Auth`] gives at the time.
@@ -105,6 +111,10 @@ pub struct RemoteDb {
     hrana: Hrana,
     #[cfg(feature = "remote-storage")]
     connector: connector::TimeoutConnector,
+    /// Every host reached at this address instead ([`TursoConfig::connect_to`]).
+    ///
+    /// [`TursoConfig::connect_to`]: crate::config::turso::TursoConfig::connect_to
+    connect_to: Option<std::net::SocketAddr>,
 }
 
 impl RemoteDb {
@@ -131,6 +141,12 @@ impl RemoteDb {
     pub fn hrana(&self) -> &Hrana {
         &self.hrana
     }
+
+    /// Where an embedded replica of this database syncs from: the URL,
+    /// namespace, token source and connection its data path uses.
+    pub fn replica_target(&self) -> super::replica::ReplicaTarget {
+        super::replica::ReplicaTarget { hrana: self.hrana.clone(), connect_to: self.connect_to }
+    }
 }
 
 #[cfg(not(feature = "remote-storage"))]
@@ -143,7 +159,7 @@ fn no_remote_storage() -> StoreError {
 /// [`TursoConfig::connect_to`]: crate::config::turso::TursoConfig::connect_to
 #[cfg(feature = "remote-storage")]
 fn remote_db(hrana: Hrana, timeout: Duration, connect_to: Option<std::net::SocketAddr>) -> StoreResult<RemoteDb> {
-    Ok(RemoteDb { hrana, connector: connector::TimeoutConnector::new(timeout, connect_to) })
+    Ok(RemoteDb { hrana, connector: connector::TimeoutConnector::new(timeout, connect_to), connect_to })
 }
 
 #[cfg(not(feature = "remote-storage"))]
@@ -192,15 +208,6 @@ impl SqldBackend {
         let label = format!("sqld namespace {namespace}");
         let auth = Auth::Fixed(self.token.clone());
         Hrana::new(self.http.clone(), &self.url, Some(namespace.to_owned()), label, auth, self.timeout)
-    }
-
-    /// Where an embedded replica of `namespace` syncs from: this server, with the same token.
-    pub fn replica_target(&self, namespace: &str) -> super::replica::ReplicaTarget {
-        super::replica::ReplicaTarget {
-            url: self.url.clone(),
-            token: self.token.clone(),
-            namespace: Some(namespace.to_owned()),
-        }
     }
 
     /// The database `namespace` (nothing is sent until a connection is used).

@@ -74,7 +74,9 @@ impl reqwest::dns::Resolve for ConnectTo {
 
 impl TursoBackend {
     /// `http` is the process's shared client (every call sets its own
-    /// timeout); `open_databases` bounds the tokens kept (`MAX_OPEN_DATABASES`).
+    /// timeout); `open_databases` bounds the tokens kept (`MAX_OPEN_DATABASES`,
+    /// plus `MAX_OPEN_REPLICAS`: a replica syncs with its database's token
+    /// while the database itself may be closed).
     pub fn new(config: &TursoConfig, http: reqwest::Client, open_databases: NonZeroUsize) -> StoreResult<Self> {
         let api_token = SecretString::from(
             String::from_utf8_lossy(secrecy::ExposeSecret::expose_secret(&config.auth_token)).into_owned(),

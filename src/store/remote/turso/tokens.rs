@@ -12,9 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
 use secrecy::{ExposeSecret, SecretString};
-use subtle::ConstantTimeEq;
 
-use super::super::refusals;
+use super::super::{refusals, same_token};
 use super::platform::Platform;
 use crate::config::turso::TokenExpiration;
 use crate::store::StoreResult;
@@ -66,9 +65,7 @@ impl Tokens {
     pub fn forget(&self, name: &str, token: &SecretString) {
         let slot = self.slot(name);
         let Ok(mut minted) = slot.try_lock() else { return };
-        // Constant time, as every comparison of a secret here.
-        let same = |m: &Minted| bool::from(m.token.expose_secret().as_bytes().ct_eq(token.expose_secret().as_bytes()));
-        if minted.as_ref().is_some_and(same) {
+        if minted.as_ref().is_some_and(|m| same_token(&m.token, token)) {
             *minted = None;
         }
     }
