@@ -49,8 +49,8 @@ fn replica_reads(app: &TestApp) -> (u64, u64) {
     (stats.reads.load(Ordering::Relaxed), stats.fallbacks.load(Ordering::Relaxed))
 }
 
-/// Events in the replica file of `user` that `app` keeps, read as an operator would.
-async fn events_in_replica(app: &TestApp, user: Uuid) -> u64 {
+/// One number read from the replica file of `user` that `app` keeps, as an operator would.
+async fn read_replica_file(app: &TestApp, user: Uuid, sql: &str) -> u64 {
     let dir = app.state.users.replicas().unwrap().dir().to_owned();
     let db = libsql::Builder::new_local(dir.join(format!("{user}.db")))
         .flags(libsql::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -60,8 +60,13 @@ async fn events_in_replica(app: &TestApp, user: Uuid) -> u64 {
     let conn = db.connect().unwrap();
     // The replicator may hold the file a moment (reopened, it recovers the WAL), as the server's reads wait for.
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    let mut rows = conn.query("SELECT count(*) FROM events", ()).await.unwrap();
+    let mut rows = conn.query(sql, ()).await.unwrap();
     rows.next().await.unwrap().unwrap().get(0).unwrap()
+}
+
+/// Events in the replica file of `user` that `app` keeps.
+async fn events_in_replica(app: &TestApp, user: Uuid) -> u64 {
+    read_replica_file(app, user, "SELECT count(*) FROM events").await
 }
 
 async fn entry_ids(app: &TestApp, session: &Session) -> Vec<String> {
@@ -291,16 +296,7 @@ async fn replica_holds(app: &TestApp, user: Uuid, events: u64) {
 
 /// Pages of `user`'s replica file kept by `app`.
 async fn replica_pages(app: &TestApp, user: Uuid) -> u64 {
-    let dir = app.state.users.replicas().unwrap().dir().to_owned();
-    let db = libsql::Builder::new_local(dir.join(format!("{user}.db")))
-        .flags(libsql::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .build()
-        .await
-        .unwrap();
-    let conn = db.connect().unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    let mut rows = conn.query("PRAGMA page_count", ()).await.unwrap();
-    rows.next().await.unwrap().unwrap().get(0).unwrap()
+    read_replica_file(app, user, "PRAGMA page_count").await
 }
 
 /// A Turso database token lives 4 s (renewed at 3 s): the reader's replica
