@@ -242,10 +242,12 @@ impl Replicas {
         opened
     }
 
-    /// Syncs `replica` under the timeout; whether it worked. After one that
-    /// timed out the replicating handle is reopened on the file: libSQL's
+    /// Syncs `replica` under the timeout; whether it worked. A sync cut off
+    /// while libSQL's replicator works drops the handle it had taken (the
     /// replicator, cut off mid-transaction, keeps the frames and the write
-    /// transaction it had begun, and would build on them at its next sync.
+    /// transaction it had begun, and would build on them at its next sync), so
+    /// the next one opens it again on the file; one cut off while it waited
+    /// for the handle or a token leaves the handle as it was.
     async fn sync(&self, replica: &Arc<Replica>) -> bool {
         let began = Instant::now();
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -260,10 +262,7 @@ impl Replicas {
                 return true;
             }
             Ok(Err(err)) => err.to_string(),
-            Err(_) => {
-                replica.reopen.store(true, Ordering::Release);
-                format!("no answer within {:?}", self.settings.sync_timeout)
-            }
+            Err(_) => format!("no answer within {:?}", self.settings.sync_timeout),
         };
         self.stats.sync_failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("echolia_replica_sync_failures_total").increment(1);
@@ -351,11 +350,10 @@ struct Replica {
     target: ReplicaTarget,
     /// Of each call of the replicating handle's connector.
     timeout: Duration,
-    /// Behind a lock: a sync cut off by its timeout sets `reopen`, and the
-    /// next one closes the handle and opens it again on the file first; so
-    /// does a sync whose token is not the one the handle was opened with.
+    /// Behind a lock: a sync takes the handle out while it runs (cut off, it
+    /// drops it), and one whose token is not the one the handle was opened
+    /// with closes it and opens another on the file first.
     sync: tokio::sync::Mutex<Replicating>,
-    reopen: AtomicBool,
     /// A check of the token is under way ([`Replica::check_token`]).
     checking: Arc<AtomicBool>,
     read: OnceCell<Database>,
@@ -390,15 +388,14 @@ impl Replica {
             target: target.clone(),
             timeout,
             sync: tokio::sync::Mutex::new(sync),
-            reopen: AtomicBool::new(false),
             checking: Arc::default(),
             read: OnceCell::new(),
             freshness: Mutex::default(),
         })
     }
 
-    /// One sync, on the replicating handle (reopened first after a sync
-    /// that was cut off, or with the token current now if it is another);
+    /// One sync, on the replicating handle (opened again after a sync that
+    /// was cut off, or with the token current now if it is another);
     /// the frames it replicated.
     async fn sync_once(&self, stats: &ReplicaStats) -> StoreResult<u64> {
         let mut handle = self.sync.lock().await;
@@ -410,8 +407,8 @@ impl Replica {
             stats.token_reopens.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("echolia_replica_token_reopens_total").increment(1);
         }
-        // Closing it (before opening another on the file) rolls back what a cut-off sync left open.
-        if self.reopen.swap(false, Ordering::AcqRel) || rotated {
+        // Closed before another opens on the file.
+        if rotated {
             handle.db = None;
         }
         let db = match handle.db.take() {
