@@ -47,7 +47,7 @@ pub struct IdIndex {
     /// Keys the open transaction added to `ids` and `aggregates`.
     staged: Vec<Uuid>,
     staged_aggregates: Vec<(u8, Uuid)>,
-    /// The last seq staged.
+    /// The last seq the open transaction staged (0: none).
     staged_through: u64,
     /// The last seq the committed ids cover.
     through: u64,
@@ -106,6 +106,7 @@ impl IdIndex {
         self.aggregates = HashMap::default();
         self.staged = Vec::new();
         self.staged_aggregates = Vec::new();
+        self.staged_through = 0;
         self.through = 0;
         self.count(before);
     }
@@ -131,7 +132,7 @@ impl IdIndex {
     /// The open transaction committed: what it staged is the log's.
     pub(super) fn publish(&mut self) {
         let before = self.len();
-        self.through = self.through.max(self.staged_through);
+        self.through = self.through.max(std::mem::take(&mut self.staged_through));
         // Dropped, not cleared: a batch's keys would otherwise keep their capacity in every idle writer.
         self.staged = Vec::new();
         self.staged_aggregates = Vec::new();
@@ -146,7 +147,7 @@ impl IdIndex {
         for key in std::mem::take(&mut self.staged_aggregates) {
             self.aggregates.remove(&key);
         }
-        self.staged_through = self.through;
+        self.staged_through = 0;
     }
 
     /// Moves the counters by the change of size since `before`.
@@ -207,6 +208,23 @@ mod tests {
         index.stage(b);
         index.publish();
         assert_eq!((index.get(&b.event_id), index.through(), index.len()), (Some(2), 2, 4));
+    }
+
+    #[test]
+    fn a_cleared_index_covers_nothing_until_it_reads_the_log_again() {
+        let mut index = IdIndex::default();
+        index.extend([logged(1, ENTRY, Uuid::new_v4())], 1);
+        index.stage(logged(2, ENTRY, Uuid::new_v4()));
+        index.publish();
+        assert_eq!(index.through(), 2);
+        index.clear();
+        // A transaction that staged nothing (a device action) commits.
+        index.publish();
+        assert_eq!((index.through(), index.len()), (0, 0), "the next lookup must read the whole log");
+        index.stage(logged(3, ENTRY, Uuid::new_v4()));
+        index.discard_staged();
+        index.publish();
+        assert_eq!(index.through(), 0);
     }
 
     #[test]
