@@ -163,8 +163,7 @@ async fn attempt_once(
         .map(|event| event.map(|event| (event.seq, event)))
         .collect::<StoreResult<_>>()?;
     let mut rows: HashMap<(Kind, Uuid), AggregateRow> = HashMap::new();
-    // Each loaded row's aggregate, by its key: a row the index keys an
-    // aggregate at but that belongs to another is never written over.
+    // Each loaded row's aggregate, by its key.
     let mut keyed: HashMap<(Kind, u64), Uuid> = HashMap::new();
     for kind in &kinds {
         for row in decode_view_rows(*kind, &next_rows())? {
@@ -216,18 +215,13 @@ async fn attempt_once(
         writer.ids()?.stage(Logged { event_id: event.event_id, seq, view, aggregate_id: event.aggregate_id });
         tip = LogTip { seq, hash };
 
-        let current = rows.remove(&(event.kind, event.aggregate_id));
-        if let Some(other) = created.and_then(|created| keyed.get(&(event.kind, created))) {
-            if current.is_none() && *other != event.aggregate_id {
-                return Err(StoreError::Corrupt(format!(
-                    "{} {}: the writer's index keys it where the view holds {other}; \
-                     restart the server, then run `echolia replay --check`",
-                    event.kind.as_str(),
-                    event.aggregate_id
-                ))
-                .into());
-            }
-        }
+        // As the local path loads it: this aggregate's row, else the row at
+        // the key the index gives it (another aggregate's, if the index is
+        // wrong, which `fold` refuses).
+        let current = rows.remove(&(event.kind, event.aggregate_id)).or_else(|| {
+            let other = *keyed.get(&(event.kind, created?))?;
+            rows.remove(&(event.kind, other))
+        });
         let status = fold(&mut rows, &mut dirty, current, created, &stored, index)?;
         out.push(BatchResult { event_id: event.event_id, seq, status });
         appended.push(stored);
