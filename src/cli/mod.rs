@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
 use crate::config::{BackendKind, Config, LogFormat};
@@ -92,8 +91,7 @@ impl CliError {
 /// Logs of the operator commands: on stderr (stdout carries results, e.g.
 /// NDJSON), warnings and errors unless `RUST_LOG` says otherwise.
 pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,libsql::replication=error,libsql_replication=error"));
+    let filter = crate::ops::telemetry::filter_or("warn");
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

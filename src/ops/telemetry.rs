@@ -12,15 +12,23 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// What is logged unless `RUST_LOG` says otherwise: `info`, but libSQL's
-/// replication client only on errors. It logs every sync at `info` and any
-/// slower than its average at `warn` (hundreds a second with embedded
-/// replicas); a sync that fails is logged here, with its error.
-pub const DEFAULT_FILTER: &str = "info,libsql::replication=error,libsql_replication=error";
+/// The server's level unless `RUST_LOG` says otherwise.
+pub const DEFAULT_LEVEL: &str = "info";
 
-/// Installs the global subscriber; `RUST_LOG` filters (default [`DEFAULT_FILTER`]).
+/// Always added to the default level: libSQL's replication client only on
+/// errors. It logs every sync at `info` and any slower than its average at
+/// `warn` (hundreds a second with embedded replicas); a sync that fails is
+/// logged by the replicas, with its error.
+const QUIET_LIBRARIES: &str = "libsql::replication=error,libsql_replication=error";
+
+/// `RUST_LOG`'s filter, else `level` with [`QUIET_LIBRARIES`].
+pub fn filter_or(level: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},{QUIET_LIBRARIES}")))
+}
+
+/// Installs the global subscriber; `RUST_LOG` filters (default [`DEFAULT_LEVEL`]).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = filter_or(DEFAULT_LEVEL);
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
@@ -59,8 +67,8 @@ pub fn log_response<B>(res: &Response<B>, latency: Duration, _span: &Span) {
 mod default_filter_tests {
     #[test]
     fn the_default_filter_parses_whole() {
-        let filter =
-            tracing_subscriber::EnvFilter::builder().parse(super::DEFAULT_FILTER).expect("every directive parses");
+        let directives = format!("{},{}", super::DEFAULT_LEVEL, super::QUIET_LIBRARIES);
+        let filter = tracing_subscriber::EnvFilter::builder().parse(directives).expect("every directive parses");
         let shown = filter.to_string();
         assert!(shown.contains("libsql::replication=error") && shown.contains("libsql_replication=error"), "{shown}");
     }
