@@ -443,11 +443,12 @@ async fn made_then_edited(
     };
     let mut made: Vec<(&'static str, Uuid)> =
         vec![("entry", entry), ("memory", Uuid::new_v4()), ("tag", Uuid::new_v4()), ("embedding", entry)];
+    // A put of each aggregate of `made`, at `version`.
+    let puts = |made: &[(&'static str, Uuid)], version: &[(Uuid, u64)], payload: &[u8]| -> Vec<Value> {
+        made.iter().map(|(kind, id)| with_parent(event(kind, *id, "put", version, Some(payload)), kind)).collect()
+    };
     let made_version = vec![(maker.device_id, 1)];
-    let mut batch: Vec<Value> = made
-        .iter()
-        .map(|(kind, id)| with_parent(event(kind, *id, "put", &made_version, Some(b"made")), kind))
-        .collect();
+    let mut batch = puts(&made, &made_version, b"made");
     let twice = Uuid::new_v4();
     batch.push(event("memory", twice, "put", &[(maker.device_id, 1)], Some(b"made")));
     batch.push(event(
@@ -461,10 +462,7 @@ async fn made_then_edited(
 
     let edited_version = vec![(maker.device_id, 2), (editor.device_id, 1)];
     made.push(("memory", twice));
-    let mut edits: Vec<Value> = made
-        .iter()
-        .map(|(kind, id)| with_parent(event(kind, *id, "put", &edited_version, Some(b"edited")), kind))
-        .collect();
+    let mut edits = puts(&made, &edited_version, b"edited");
     let fresh = Uuid::new_v4();
     edits.push(event("entry", fresh, "put", &[(editor.device_id, 1)], Some(b"fresh")));
     assert_eq!(statuses(&to.push_ok_said(editor, &edits).await), ["applied"; 6], "one head each: no conflict");
