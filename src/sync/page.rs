@@ -29,16 +29,18 @@ pub struct Page {
     /// The log head the page was read at; its hash is `head_hash` on the wire.
     #[serde(rename = "head_hash", serialize_with = "head_hash")]
     pub head: LogTip,
+    /// Its changes' [`PageChange::wire_bytes`], summed as the page was read.
+    #[serde(skip)]
+    pub wire_bytes: u64,
 }
 
 impl Page {
     /// The page in `format`, in a buffer sized for it up front
     /// ([`PageChange::wire_bytes`]; JSON writes payloads a third larger).
     pub fn encode(&self, format: Format) -> Result<Vec<u8>, String> {
-        let bytes: u64 = self.changes.iter().map(PageChange::wire_bytes).sum();
         let bytes = match format {
-            Format::Json => bytes + bytes / 2,
-            Format::MsgPack => bytes,
+            Format::Json => self.wire_bytes + self.wire_bytes / 2,
+            Format::MsgPack => self.wire_bytes,
         };
         format.encode_sized(self, usize::try_from(bytes).unwrap_or(usize::MAX).saturating_add(1024))
     }
@@ -295,8 +297,13 @@ mod tests {
         ];
         let (typed, page): (Vec<Change>, Vec<PageChange>) = cases.into_iter().unzip();
         let typed = PullResponse { changes: typed, cursor: 12, has_more: true, head_hash: HexHash([7; 32]) };
-        let page =
-            Page { changes: page, cursor: 12, has_more: true, head: crate::events::LogTip { seq: 12, hash: [7; 32] } };
+        let page = Page {
+            changes: page,
+            cursor: 12,
+            has_more: true,
+            head: crate::events::LogTip { seq: 12, hash: [7; 32] },
+            wire_bytes: 0,
+        };
         assert_eq!(serde_json::to_vec(&page).unwrap(), serde_json::to_vec(&typed).unwrap());
         assert_eq!(rmp_serde::to_vec_named(&page).unwrap(), rmp_serde::to_vec_named(&typed).unwrap());
         // Every byte of a change counts: its payloads and its version vectors too.

@@ -235,7 +235,7 @@ pub async fn read_page(db: &UserDb, query: &PullQuery) -> ApiResult<Page> {
         Some(last) => last.updated_seq(),
         None => query.since,
     };
-    Ok(Page { changes, cursor, has_more, head })
+    Ok(Page { changes, cursor, has_more, head, wire_bytes: bytes })
 }
 
 /// [`read_page`] on a remote database: one round trip (views::remote_read),
@@ -261,7 +261,7 @@ async fn read_remote_page(hrana: &crate::store::remote::hrana::Hrana, query: &Pu
         Some(last) => last.updated_seq(),
         None => query.since,
     };
-    Ok(Page { changes, cursor, has_more, head })
+    Ok(Page { changes, cursor, has_more, head, wire_bytes: bytes })
 }
 
 /// The event of `row`'s head at `seq` ([`STORED_HEAD_COLUMNS`]).
