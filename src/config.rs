@@ -320,7 +320,7 @@ impl Config {
             pairing_claim_rate_limit: parse_or("PAIRING_CLAIM_RATE_LIMIT", get("PAIRING_CLAIM_RATE_LIMIT"), "10")?,
             max_open_databases: parse_or("MAX_OPEN_DATABASES", get("MAX_OPEN_DATABASES"), "1000")?,
             id_index_max_events: parse_or("ID_INDEX_MAX_EVENTS", get("ID_INDEX_MAX_EVENTS"), "2000000")?,
-            sqlite_memory_limit_mb: parse_or("SQLITE_MEMORY_LIMIT_MB", get("SQLITE_MEMORY_LIMIT_MB"), "128")?,
+            sqlite_memory_limit_mb: parse_or("SQLITE_MEMORY_LIMIT_MB", get("SQLITE_MEMORY_LIMIT_MB"), "96")?,
             worker_threads: parse_or("WORKER_THREADS", get("WORKER_THREADS"), &default_worker_threads().to_string())?,
             max_connections: parse_or("MAX_CONNECTIONS", get("MAX_CONNECTIONS"), "4096")?,
             header_read_timeout: seconds("HEADER_READ_TIMEOUT_SECS", get("HEADER_READ_TIMEOUT_SECS"), "10")?,

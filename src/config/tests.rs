@@ -41,7 +41,7 @@ fn defaults_match_the_contract() {
     assert_eq!(config.register_rate_limit.get(), 10);
     assert_eq!(config.pairing_claim_rate_limit.get(), 10);
     assert_eq!(config.max_open_databases.get(), 1000);
-    assert_eq!(config.sqlite_memory_limit_mb, 128);
+    assert_eq!(config.sqlite_memory_limit_mb, 96);
     assert!(config.worker_threads.get() >= 4);
 }
 

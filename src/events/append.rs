@@ -98,7 +98,7 @@ impl LogTx {
         catch_up_ids(&mut self.tx, self.began_at).await?;
         let ids = self.tx.ids()?;
         for event in self.unstaged.drain(..) {
-            ids.stage(event);
+            ids.stage(event)?;
         }
         self.ids_current = true;
         Ok(())
@@ -148,7 +148,7 @@ impl LogTx {
         let logged =
             Logged { event_id: event.event_id, seq, view: event.kind.view_tag(), aggregate_id: event.aggregate_id };
         if self.ids_current {
-            self.tx.ids()?.stage(logged);
+            self.tx.ids()?.stage(logged)?;
         } else {
             self.unstaged.push(logged);
         }
@@ -186,7 +186,7 @@ async fn catch_up_ids(tx: &mut WriteTx, head: u64) -> StoreResult<()> {
         ids.push(logged(row.get(0)?, row.get_str(1)?, row.get_str(2)?, row.get_str(3)?)?);
     }
     drop(rows);
-    tx.ids()?.extend(ids, head);
+    tx.ids()?.extend(ids, head)?;
     Ok(())
 }
 

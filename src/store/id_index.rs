@@ -1,29 +1,39 @@
 //! A log's row ids by key, in memory: the writer's exact answer to "is this
 //! id already in the log, and at which seq?" and "which view row is this
 //! aggregate's?" without a unique index on disk. With random (v4) ids such an
-//! index costs every append a write at a random leaf page; these maps cost
-//! memory instead (about 50 bytes an id, while the user's database is open:
-//! docs/sqlite-memory.md).
+//! index costs every append a write at a random leaf page; this costs memory
+//! instead, while the user's database is open (docs/sqlite-memory.md): each
+//! event's id once, in seq order (16 bytes), each aggregate's id, view and
+//! first seq once (21 bytes), and a hash table of 4-byte positions over each
+//! list, about 30 bytes an id in all (maps of id to seq took about 50).
 //!
 //! An aggregate's view row is keyed by the seq of its first event
-//! ([`crate::projection::aggregate::AggregateRow::created_seq`]), so both maps
-//! come from the log alone, and a replay of the views leaves them true.
+//! ([`crate::projection::aggregate::AggregateRow::created_seq`]), so both
+//! lists come from the log alone, and a replay of the views leaves them true.
 //!
 //! It covers the log up to [`IdIndex::through`]; the writer extends it from
 //! the log at the start of each transaction (whoever appended: this process
 //! or another), inside the write lock, so a lookup is never stale. Ids added
-//! during a transaction are staged and count only once it commits.
+//! during a transaction are staged at the lists' ends and count only once it
+//! commits; a rollback cuts them off again.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use uuid::Uuid;
 
-/// Keyed per map with a random seed, as std's SipHash is, at a fraction of
-/// its cost for 16-byte keys: the ids are the client's, so the seed keeps
+use super::{StoreError, StoreResult};
+
+/// Keyed per index with a random seed, as std's SipHash is, at a fraction
+/// of its cost for 16-byte keys: the ids are the client's, so the seed keeps
 /// anyone from choosing ids that collide.
 type Hasher = foldhash::fast::RandomState;
+
+/// The most events one log may hold: the index's positions are `u32`s
+/// (4,294,967,295 events, terabytes of one user's journal).
+pub const MAX_LOG_EVENTS: u64 = u32::MAX as u64;
 
 /// One event as the index takes it from the log. `view` tags the aggregate
 /// view its kind folds into (the events layer's `Kind::view_tag`), `None`
@@ -36,21 +46,24 @@ pub struct Logged {
     pub aggregate_id: Uuid,
 }
 
-/// Ids the open transaction added go straight into the maps, and their keys
-/// into `staged`: a commit only forgets the keys, a rollback takes them out
-/// again (no second table to merge, no key hashed twice).
 #[derive(Debug, Default)]
 pub struct IdIndex {
-    ids: HashMap<Uuid, u64, Hasher>,
-    /// Each aggregate's first seq (its view row's key), by view tag and id.
-    aggregates: HashMap<(u8, Uuid), u64, Hasher>,
-    /// Keys the open transaction added to `ids` and `aggregates`.
-    staged: Vec<Uuid>,
-    staged_aggregates: Vec<(u8, Uuid)>,
-    /// The last seq the open transaction staged (0: none).
-    staged_through: u64,
-    /// The last seq the committed ids cover.
-    through: u64,
+    /// The log's event ids in seq order: seq `s` at `s - 1`.
+    events: Vec<Uuid>,
+    /// Positions in `events`, by the id there (the first, if the log holds one twice).
+    by_event: HashTable<u32>,
+    /// Each aggregate of a view, in order of its first event: its id, view
+    /// tag and first seq (the key of its view row), in three lists.
+    aggregate_ids: Vec<Uuid>,
+    aggregate_views: Vec<u8>,
+    aggregate_seqs: Vec<u32>,
+    /// Positions in the aggregate lists, by view tag and id.
+    by_aggregate: HashTable<u32>,
+    /// How many of `events` (the last seq covered) and of the aggregates
+    /// are committed; the rest the open transaction staged.
+    committed_events: usize,
+    committed_aggregates: usize,
+    hasher: Hasher,
     /// Committed ids held (events' and aggregates'), this index's and every index's of the process
     /// ([`super::UserDatabases`] keeps their sum under its budget).
     counters: [Arc<AtomicUsize>; 2],
@@ -60,94 +73,148 @@ impl IdIndex {
     /// An empty index counting its ids into `own` and `all`.
     pub fn counted(own: Arc<AtomicUsize>, all: Arc<AtomicUsize>) -> Self {
         Self {
-            ids: HashMap::default(),
-            aggregates: HashMap::default(),
-            staged: Vec::new(),
-            staged_aggregates: Vec::new(),
-            staged_through: 0,
-            through: 0,
+            events: Vec::new(),
+            by_event: HashTable::new(),
+            aggregate_ids: Vec::new(),
+            aggregate_views: Vec::new(),
+            aggregate_seqs: Vec::new(),
+            by_aggregate: HashTable::new(),
+            committed_events: 0,
+            committed_aggregates: 0,
+            hasher: Hasher::default(),
             counters: [own, all],
         }
     }
 
     /// The seq of `id`, committed or staged.
     pub fn get(&self, id: &Uuid) -> Option<u64> {
-        self.ids.get(id).copied()
+        let events = &self.events;
+        let at = *self.by_event.find(self.hasher.hash_one(id), |&at| events[at as usize] == *id)?;
+        Some(u64::from(at) + 1)
     }
 
     /// The seq of the first event of aggregate `id` of the view `view`,
     /// committed or staged: the key of its view row (`None`: no row yet).
     pub fn created(&self, view: u8, id: Uuid) -> Option<u64> {
-        self.aggregates.get(&(view, id)).copied()
+        let at = *self.by_aggregate.find(self.hasher.hash_one((view, id)), |&at| self.is_aggregate(at, view, id))?;
+        Some(u64::from(self.aggregate_seqs[at as usize]))
+    }
+
+    fn is_aggregate(&self, at: u32, view: u8, id: Uuid) -> bool {
+        self.aggregate_ids[at as usize] == id && self.aggregate_views[at as usize] == view
     }
 
     /// The last seq the committed ids cover.
     pub fn through(&self) -> u64 {
-        self.through
+        self.committed_events as u64
     }
 
-    /// Adds events the log already held (read from it in seq order), up to `through`.
-    pub fn extend(&mut self, events: impl IntoIterator<Item = Logged>, through: u64) {
+    /// Adds events the log already held (read from it in seq order), up to
+    /// `through`, on top of what is committed (an open transaction's staged
+    /// ids are dropped first: the log is ahead of them).
+    pub fn extend(&mut self, events: impl IntoIterator<Item = Logged>, through: u64) -> StoreResult<()> {
+        self.discard_staged();
         let before = self.len();
         for event in events {
-            self.ids.insert(event.event_id, event.seq);
-            if let Some(view) = event.view {
-                self.aggregates.entry((view, event.aggregate_id)).or_insert(event.seq);
-            }
+            self.add(event)?;
         }
-        self.through = through;
+        if through != self.events.len() as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "the log's last seq is {through}, its events end at seq {}; run `echolia verify`",
+                self.events.len()
+            )));
+        }
+        self.committed_events = self.events.len();
+        self.committed_aggregates = self.aggregate_ids.len();
         self.count(before);
+        Ok(())
     }
 
     /// Forgets every id: the next transaction reads the whole log again.
     pub fn clear(&mut self) {
         let before = self.len();
-        self.ids = HashMap::default();
-        self.aggregates = HashMap::default();
-        self.staged = Vec::new();
-        self.staged_aggregates = Vec::new();
-        self.staged_through = 0;
-        self.through = 0;
+        // Field by field, not `*self = …`: that would drop (and so clear) the old index again.
+        self.events = Vec::new();
+        self.by_event = HashTable::new();
+        self.aggregate_ids = Vec::new();
+        self.aggregate_views = Vec::new();
+        self.aggregate_seqs = Vec::new();
+        self.by_aggregate = HashTable::new();
+        (self.committed_events, self.committed_aggregates) = (0, 0);
         self.count(before);
     }
 
-    /// Notes an event appended by the open transaction. An id the index
-    /// holds already keeps its seq (the writer appends only ids it did not
-    /// find), and an aggregate its first seq.
-    pub fn stage(&mut self, event: Logged) {
-        if let std::collections::hash_map::Entry::Vacant(vacant) = self.ids.entry(event.event_id) {
-            vacant.insert(event.seq);
-            self.staged.push(event.event_id);
+    /// Notes an event appended by the open transaction, at the end of the
+    /// log. An id the index holds already keeps its seq (the writer appends
+    /// only ids it did not find), and an aggregate its first seq.
+    pub fn stage(&mut self, event: Logged) -> StoreResult<()> {
+        self.add(event)
+    }
+
+    /// Puts `event` at its seq, the next after what the index holds: the
+    /// log is gapless from seq 1, and read or appended in order.
+    fn add(&mut self, event: Logged) -> StoreResult<()> {
+        let next = self.events.len() as u64 + 1;
+        if event.seq != next {
+            return Err(StoreError::Corrupt(format!(
+                "seq {} where the writer's index expects seq {next}: the log has a gap or is out of order; \
+                 run `echolia verify`",
+                event.seq
+            )));
         }
-        if let Some(view) = event.view {
-            let key = (view, event.aggregate_id);
-            if let std::collections::hash_map::Entry::Vacant(vacant) = self.aggregates.entry(key) {
-                vacant.insert(event.seq);
-                self.staged_aggregates.push(key);
-            }
+        if event.seq > MAX_LOG_EVENTS {
+            return Err(StoreError::Unavailable(format!("a log holds at most {MAX_LOG_EVENTS} events")));
         }
-        self.staged_through = self.staged_through.max(event.seq);
+        let at = self.events.len() as u32;
+        self.events.push(event.event_id);
+        let Self { events, by_event, hasher, .. } = self;
+        let hashed = hasher.hash_one(event.event_id);
+        if by_event.find(hashed, |&other| events[other as usize] == event.event_id).is_none() {
+            by_event.insert_unique(hashed, at, |&other| hasher.hash_one(events[other as usize]));
+        }
+        let Some(view) = event.view else { return Ok(()) };
+        let hashed = self.hasher.hash_one((view, event.aggregate_id));
+        if self.by_aggregate.find(hashed, |&other| self.is_aggregate(other, view, event.aggregate_id)).is_some() {
+            return Ok(());
+        }
+        let at = self.aggregate_ids.len() as u32;
+        self.aggregate_ids.push(event.aggregate_id);
+        self.aggregate_views.push(view);
+        self.aggregate_seqs.push(event.seq as u32); // at most MAX_LOG_EVENTS, checked above
+        let Self { aggregate_ids, aggregate_views, by_aggregate, hasher, .. } = self;
+        by_aggregate.insert_unique(hashed, at, |&other| {
+            hasher.hash_one((aggregate_views[other as usize], aggregate_ids[other as usize]))
+        });
+        Ok(())
     }
 
     /// The open transaction committed: what it staged is the log's.
     pub(super) fn publish(&mut self) {
         let before = self.len();
-        self.through = self.through.max(std::mem::take(&mut self.staged_through));
-        // Dropped, not cleared: a batch's keys would otherwise keep their capacity in every idle writer.
-        self.staged = Vec::new();
-        self.staged_aggregates = Vec::new();
+        self.committed_events = self.events.len();
+        self.committed_aggregates = self.aggregate_ids.len();
         self.count(before);
     }
 
     /// The open transaction rolled back: what it staged was never the log's.
     pub(super) fn discard_staged(&mut self) {
-        for id in std::mem::take(&mut self.staged) {
-            self.ids.remove(&id);
+        let Self { events, by_event, hasher, .. } = self;
+        for (at, id) in events.iter().enumerate().skip(self.committed_events) {
+            if let Ok(entry) = by_event.find_entry(hasher.hash_one(id), |&other| other as usize == at) {
+                entry.remove();
+            }
         }
-        for key in std::mem::take(&mut self.staged_aggregates) {
-            self.aggregates.remove(&key);
+        events.truncate(self.committed_events);
+        let Self { aggregate_ids, aggregate_views, aggregate_seqs, by_aggregate, hasher, .. } = self;
+        for at in self.committed_aggregates..aggregate_ids.len() {
+            let hashed = hasher.hash_one((aggregate_views[at], aggregate_ids[at]));
+            if let Ok(entry) = by_aggregate.find_entry(hashed, |&other| other as usize == at) {
+                entry.remove();
+            }
         }
-        self.staged_through = 0;
+        aggregate_ids.truncate(self.committed_aggregates);
+        aggregate_views.truncate(self.committed_aggregates);
+        aggregate_seqs.truncate(self.committed_aggregates);
     }
 
     /// Moves the counters by the change of size since `before`.
@@ -164,7 +231,7 @@ impl IdIndex {
 
     /// Committed ids held: events' and aggregates' (not the open transaction's).
     pub fn len(&self) -> usize {
-        self.ids.len() + self.aggregates.len() - self.staged.len() - self.staged_aggregates.len()
+        self.committed_events + self.committed_aggregates
     }
 
     pub fn is_empty(&self) -> bool {
@@ -194,18 +261,18 @@ mod tests {
         let (entry, other) = (Uuid::new_v4(), Uuid::new_v4());
         let (a, b) = (logged(1, ENTRY, entry), logged(2, ENTRY, other));
         let mut index = IdIndex::default();
-        index.extend([a], 1);
-        index.stage(b);
+        index.extend([a], 1).unwrap();
+        index.stage(b).unwrap();
         assert_eq!((index.get(&a.event_id), index.get(&b.event_id)), (Some(1), Some(2)));
         assert_eq!((index.created(0, entry), index.created(0, other)), (Some(1), Some(2)));
         let edit = logged(3, ENTRY, entry);
-        index.stage(edit);
+        index.stage(edit).unwrap();
         assert_eq!(index.len(), 2, "staged ids do not count");
         index.discard_staged();
         assert_eq!((index.get(&b.event_id), index.created(0, other), index.get(&edit.event_id)), (None, None, None));
         assert_eq!((index.get(&a.event_id), index.created(0, entry)), (Some(1), Some(1)), "what was committed stays");
         assert_eq!((index.through(), index.len()), (1, 2));
-        index.stage(b);
+        index.stage(b).unwrap();
         index.publish();
         assert_eq!((index.get(&b.event_id), index.through(), index.len()), (Some(2), 2, 4));
     }
@@ -213,27 +280,68 @@ mod tests {
     #[test]
     fn a_cleared_index_covers_nothing_until_it_reads_the_log_again() {
         let mut index = IdIndex::default();
-        index.extend([logged(1, ENTRY, Uuid::new_v4())], 1);
-        index.stage(logged(2, ENTRY, Uuid::new_v4()));
+        index.extend([logged(1, ENTRY, Uuid::new_v4())], 1).unwrap();
+        index.stage(logged(2, ENTRY, Uuid::new_v4())).unwrap();
         index.publish();
         assert_eq!(index.through(), 2);
         index.clear();
         // A transaction that staged nothing (a device action) commits.
         index.publish();
         assert_eq!((index.through(), index.len()), (0, 0), "the next lookup must read the whole log");
-        index.stage(logged(3, ENTRY, Uuid::new_v4()));
+        assert!(index.stage(logged(3, ENTRY, Uuid::new_v4())).is_err(), "only the log's next seq is staged");
         index.discard_staged();
         index.publish();
         assert_eq!(index.through(), 0);
     }
 
     #[test]
+    fn a_log_with_a_gap_is_refused_and_nothing_of_it_counts() {
+        let mut index = IdIndex::default();
+        let (a, c) = (logged(1, ENTRY, Uuid::new_v4()), logged(3, ENTRY, Uuid::new_v4()));
+        assert!(matches!(index.extend([a, c], 3), Err(StoreError::Corrupt(_))));
+        assert!(matches!(index.extend([a], 2), Err(StoreError::Corrupt(_))), "events end before the log's last seq");
+        assert_eq!((index.through(), index.len()), (0, 0));
+        index.discard_staged();
+        assert_eq!((index.get(&a.event_id), index.get(&c.event_id)), (None, None));
+        index.extend([a], 1).unwrap();
+        assert_eq!((index.get(&a.event_id), index.through(), index.len()), (Some(1), 1, 2));
+    }
+
+    #[test]
+    fn a_rollback_leaves_the_committed_seq_of_an_id_the_log_holds_twice() {
+        // Only a damaged log holds an id twice (`verify` reports it); the first seq answers.
+        let id = Uuid::new_v4();
+        let mut index = IdIndex::default();
+        index.extend([Logged { event_id: id, seq: 1, view: None, aggregate_id: id }], 1).unwrap();
+        index.stage(Logged { event_id: id, seq: 2, view: None, aggregate_id: id }).unwrap();
+        assert_eq!(index.get(&id), Some(1));
+        index.discard_staged();
+        assert_eq!((index.get(&id), index.through()), (Some(1), 1));
+    }
+
+    #[test]
+    fn many_ids_survive_the_tables_growing_and_a_rollback_of_half() {
+        let mut index = IdIndex::default();
+        let events: Vec<Logged> = (1..=5_000).map(|seq| logged(seq, ENTRY, Uuid::new_v4())).collect();
+        index.extend(events[..2_500].iter().copied(), 2_500).unwrap();
+        for event in &events[2_500..] {
+            index.stage(*event).unwrap();
+        }
+        index.discard_staged();
+        for (i, event) in events.iter().enumerate() {
+            let held = (i < 2_500).then_some(event.seq);
+            assert_eq!((index.get(&event.event_id), index.created(0, event.aggregate_id)), (held, held));
+        }
+        assert_eq!((index.through(), index.len()), (2_500, 5_000));
+    }
+
+    #[test]
     fn an_aggregate_keeps_the_seq_of_its_first_event() {
         let (entry, device) = (Uuid::new_v4(), Uuid::new_v4());
         let mut index = IdIndex::default();
-        index.extend([logged(1, ENTRY, entry), logged(2, None, device), logged(3, ENTRY, entry)], 3);
-        index.stage(logged(4, ENTRY, entry));
-        index.stage(logged(5, TAG, entry));
+        index.extend([logged(1, ENTRY, entry), logged(2, None, device), logged(3, ENTRY, entry)], 3).unwrap();
+        index.stage(logged(4, ENTRY, entry)).unwrap();
+        index.stage(logged(5, TAG, entry)).unwrap();
         assert_eq!(index.created(0, entry), Some(1));
         assert_eq!(index.created(2, entry), Some(5), "an id is its kind's");
         assert_eq!(index.created(4, device), None, "devices have a view of their own");
@@ -246,8 +354,8 @@ mod tests {
         let (own, all) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(5)));
         let mut index = IdIndex::counted(own.clone(), all.clone());
         let entry = Uuid::new_v4();
-        index.extend((1..=3).map(|seq| logged(seq, ENTRY, entry)), 3);
-        index.stage(logged(4, ENTRY, entry));
+        index.extend((1..=3).map(|seq| logged(seq, ENTRY, entry)), 3).unwrap();
+        index.stage(logged(4, ENTRY, entry)).unwrap();
         assert_eq!((own.load(Ordering::Relaxed), all.load(Ordering::Relaxed)), (4, 9), "staged ids do not count");
         index.publish();
         assert_eq!(own.load(Ordering::Relaxed), 5);

@@ -207,7 +207,7 @@ mod tests {
             view: None,
             aggregate_id: Uuid::new_v4(),
         };
-        tx.ids().unwrap().extend((1..=n as u64).map(logged), through + n as u64);
+        tx.ids().unwrap().extend((1..=n as u64).map(logged), through + n as u64).unwrap();
         tx.commit().await.unwrap();
     }
 

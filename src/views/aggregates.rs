@@ -306,7 +306,10 @@ mod tests {
         let mut tx = LogTx::begin(&db).await.unwrap();
         let ids = tx.ids().unwrap();
         ids.clear();
-        ids.extend([Logged { event_id: Uuid::new_v4(), seq: 2, view: Kind::Entry.view_tag(), aggregate_id: x }], 2);
+        // The index keys x at seq 2, y's row.
+        let other = Logged { event_id: Uuid::new_v4(), seq: 1, view: None, aggregate_id: device };
+        let x_at_2 = Logged { event_id: Uuid::new_v4(), seq: 2, view: Kind::Entry.view_tag(), aggregate_id: x };
+        ids.extend([other, x_at_2], 2).unwrap();
         let err = apply_batch(&mut tx, device, Utc::now(), vec![put(x, 2)]).await.unwrap_err();
         assert!(matches!(&err, BatchError::Store(StoreError::Corrupt(_))), "{err}");
         drop(tx);

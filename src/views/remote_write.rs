@@ -184,7 +184,7 @@ async fn attempt_once(
             caught_up.push(logged(seq, row.text(1)?, row.text(2)?, row.text(3)?)?);
         }
     }
-    writer.ids()?.extend(caught_up, head.seq);
+    writer.ids()?.extend(caught_up, head.seq)?;
     if state != DeviceState::Active {
         return Err(BatchError::DeviceInactive { tokens_only: state == DeviceState::TokensRevoked });
     }
@@ -212,7 +212,7 @@ async fn attempt_once(
             Some(view) => writer.ids()?.created(view, event.aggregate_id),
             None => None,
         };
-        writer.ids()?.stage(Logged { event_id: event.event_id, seq, view, aggregate_id: event.aggregate_id });
+        writer.ids()?.stage(Logged { event_id: event.event_id, seq, view, aggregate_id: event.aggregate_id })?;
         tip = LogTip { seq, hash };
 
         // As the local path loads it: this aggregate's row, else the row at
