@@ -185,6 +185,7 @@ impl UserDb {
     pub async fn begin_write(&self) -> StoreResult<WriteTx> {
         self.check_live()?;
         let mut guard = self.writer.clone().lock_owned().await;
+        let locked_at = std::time::Instant::now();
         // A remote database's connection is not kept from one transaction to
         // the next ([`Db::keeps_connections`]); nor the token it was made
         // with, which a Turso database renews.
@@ -220,7 +221,7 @@ impl UserDb {
         *guard = Some(writer);
         let cache = self.db.keeps_connections();
         let replica = self.replica_to_mark();
-        Ok(WriteTx { tx: tx?, appended: 0, counter: self.appended.clone(), cache, replica, guard })
+        Ok(WriteTx { tx: tx?, appended: 0, counter: self.appended.clone(), cache, replica, guard, locked_at })
     }
 
     /// A connection of this database outside libSQL's API ([`RawConn`]), for
@@ -362,6 +363,9 @@ pub struct WriteTx {
     /// that prepared it.
     cache: bool,
     guard: OwnedMutexGuard<Option<Writer>>,
+    /// When the lock was taken: a user's writes queue behind it, so the time
+    /// it is held bounds that user's throughput (`echolia_write_lock_held_seconds`).
+    locked_at: std::time::Instant,
 }
 
 impl WriteTx {
@@ -402,6 +406,7 @@ impl WriteTx {
 
     pub async fn commit(mut self) -> StoreResult<()> {
         self.tx.commit().await?;
+        metrics::histogram!("echolia_write_lock_held_seconds").record(self.locked_at.elapsed());
         mark_behind(&self.replica);
         self.counter.fetch_add(self.appended, Ordering::Relaxed);
         if let Some(writer) = self.guard.as_mut() {

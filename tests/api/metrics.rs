@@ -123,6 +123,8 @@ async fn a_scrape_counts_what_happened_by_route_template_and_never_names_an_id()
     let moved = |series: &str| after.or_zero(series) - before.or_zero(series);
     assert_eq!(moved("echolia_events_appended_total"), 4.0);
     assert_eq!(after.get("echolia_events_appended_total"), app.event_count(alice.user_id).await as f64);
+    assert!(moved("echolia_write_lock_held_seconds_count") >= 1.0, "the push's transaction held the lock");
+    assert!(moved("echolia_write_lock_held_seconds_sum") > 0.0);
     assert_eq!(moved("echolia_conflicts_created_total"), 1.0);
     assert_eq!(moved("echolia_pulls_total"), 1.0);
     assert_eq!(after.requests("/sync/push", "POST", 200), 1.0);
@@ -186,6 +188,8 @@ async fn a_rolled_back_batch_appends_and_counts_nothing() {
     let after = Scrape::of(&app).await;
     assert_eq!(after.get("echolia_events_appended_total"), before.get("echolia_events_appended_total"));
     assert_eq!(after.get("echolia_events_appended_total"), app.event_count(alice.user_id).await as f64);
+    let held = "echolia_write_lock_held_seconds_count";
+    assert_eq!(after.or_zero(held), before.or_zero(held), "a transaction rolled back is not counted");
     assert_eq!(after.requests("/sync/push", "POST", 409), 1.0);
 }
 
