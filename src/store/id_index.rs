@@ -115,6 +115,12 @@ impl IdIndex {
     pub fn extend(&mut self, events: impl IntoIterator<Item = Logged>, through: u64) -> StoreResult<()> {
         self.discard_staged();
         let before = self.len();
+        let events = events.into_iter();
+        // Room for the ids at once: growing the table rehashes every id it holds.
+        let (more, _) = events.size_hint();
+        self.events.reserve(more);
+        let Self { events: ids, by_event, hasher, .. } = self;
+        by_event.reserve(more, |&at| hasher.hash_one(ids[at as usize]));
         for event in events {
             self.add(event)?;
         }
@@ -157,8 +163,8 @@ impl IdIndex {
         let next = self.events.len() as u64 + 1;
         if event.seq != next {
             return Err(StoreError::Corrupt(format!(
-                "seq {} where the writer's index expects seq {next}: the log has a gap or is out of order; \
-                 run `echolia verify`",
+                "seq {} where the writer's index expects seq {next}: the log has a gap or is out of order \
+                 (`echolia verify` shows where); restore the user's database from a backup",
                 event.seq
             )));
         }
