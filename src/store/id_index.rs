@@ -5,7 +5,7 @@
 //! instead, while the user's database is open (docs/sqlite-memory.md): each
 //! event's id once, in seq order (16 bytes), each aggregate's id, view and
 //! first seq once (21 bytes), and a hash table of 4-byte positions over each
-//! list, about 30 bytes an id in all (maps of id to seq took about 50).
+//! list, about 30 bytes an id in all, with the lists' and tables' room to grow.
 //!
 //! An aggregate's view row is keyed by the seq of its first event
 //! ([`crate::projection::aggregate::AggregateRow::created_seq`]), so both
@@ -126,7 +126,8 @@ impl IdIndex {
         }
         if through != self.events.len() as u64 {
             return Err(StoreError::Corrupt(format!(
-                "the log's last seq is {through}, its events end at seq {}; run `echolia verify`",
+                "the log's last seq is {through}, its events end at seq {} (`echolia verify` shows where); \
+                 restore the user's database from a backup",
                 self.events.len()
             )));
         }
