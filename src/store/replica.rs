@@ -401,14 +401,11 @@ impl Replica {
         let mut handle = self.sync.lock().await;
         // Cached: a mint only when the token is due for renewal or was refused.
         let token = self.target.auth().token().await?;
-        let rotated = !same_token(&handle.token, &token);
-        if rotated {
+        if !same_token(&handle.token, &token) {
             tracing::debug!(user = %self.user, "an embedded replica reopens with its database's new token");
             stats.token_reopens.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("echolia_replica_token_reopens_total").increment(1);
-        }
-        // Closed before another opens on the file.
-        if rotated {
+            // Closed before another opens on the file.
             handle.db = None;
         }
         let db = match handle.db.take() {
