@@ -46,18 +46,37 @@ pub struct Logged {
     pub aggregate_id: Uuid,
 }
 
+/// An aggregate of a view as the index keeps it, in 21 bytes (no padding):
+/// its id, view tag and first seq (the key of its view row).
+#[derive(Debug, Clone, Copy)]
+struct Aggregate {
+    id: Uuid,
+    view: u8,
+    /// A `u32`, little-endian: [`MAX_LOG_EVENTS`] bounds every seq.
+    first_seq: [u8; 4],
+}
+
+const _: () = assert!(std::mem::size_of::<Aggregate>() == 21);
+
+impl Aggregate {
+    fn key(&self) -> (u8, Uuid) {
+        (self.view, self.id)
+    }
+
+    fn first_seq(&self) -> u64 {
+        u64::from(u32::from_le_bytes(self.first_seq))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct IdIndex {
     /// The log's event ids in seq order: seq `s` at `s - 1`.
     events: Vec<Uuid>,
     /// Positions in `events`, by the id there (the first, if the log holds one twice).
     by_event: HashTable<u32>,
-    /// Each aggregate of a view, in order of its first event: its id, view
-    /// tag and first seq (the key of its view row), in three lists.
-    aggregate_ids: Vec<Uuid>,
-    aggregate_views: Vec<u8>,
-    aggregate_seqs: Vec<u32>,
-    /// Positions in the aggregate lists, by view tag and id.
+    /// Each aggregate of a view, in order of its first event.
+    aggregates: Vec<Aggregate>,
+    /// Positions in `aggregates`, by view tag and id.
     by_aggregate: HashTable<u32>,
     /// How many of `events` (the last seq covered) and of the aggregates
     /// are committed; the rest the open transaction staged.
@@ -75,9 +94,7 @@ impl IdIndex {
         Self {
             events: Vec::new(),
             by_event: HashTable::new(),
-            aggregate_ids: Vec::new(),
-            aggregate_views: Vec::new(),
-            aggregate_seqs: Vec::new(),
+            aggregates: Vec::new(),
             by_aggregate: HashTable::new(),
             committed_events: 0,
             committed_aggregates: 0,
@@ -96,12 +113,10 @@ impl IdIndex {
     /// The seq of the first event of aggregate `id` of the view `view`,
     /// committed or staged: the key of its view row (`None`: no row yet).
     pub fn created(&self, view: u8, id: Uuid) -> Option<u64> {
-        let at = *self.by_aggregate.find(self.hasher.hash_one((view, id)), |&at| self.is_aggregate(at, view, id))?;
-        Some(u64::from(self.aggregate_seqs[at as usize]))
-    }
-
-    fn is_aggregate(&self, at: u32, view: u8, id: Uuid) -> bool {
-        self.aggregate_ids[at as usize] == id && self.aggregate_views[at as usize] == view
+        let aggregates = &self.aggregates;
+        let key = (view, id);
+        let at = *self.by_aggregate.find(self.hasher.hash_one(key), |&at| aggregates[at as usize].key() == key)?;
+        Some(aggregates[at as usize].first_seq())
     }
 
     /// The last seq the committed ids cover.
@@ -122,17 +137,16 @@ impl IdIndex {
         let Self { events: ids, by_event, hasher, .. } = self;
         by_event.reserve(more, |&at| hasher.hash_one(ids[at as usize]));
         for event in events {
-            self.add(event)?;
+            self.stage(event)?;
         }
         if through != self.events.len() as u64 {
-            return Err(StoreError::Corrupt(format!(
-                "the log's last seq is {through}, its events end at seq {} (`echolia verify` shows where); \
-                 restore the user's database from a backup",
+            return Err(damaged(format!(
+                "the log's last seq is {through}, its events end at seq {}",
                 self.events.len()
             )));
         }
         self.committed_events = self.events.len();
-        self.committed_aggregates = self.aggregate_ids.len();
+        self.committed_aggregates = self.aggregates.len();
         self.count(before);
         Ok(())
     }
@@ -143,31 +157,21 @@ impl IdIndex {
         // Field by field, not `*self = …`: that would drop (and so clear) the old index again.
         self.events = Vec::new();
         self.by_event = HashTable::new();
-        self.aggregate_ids = Vec::new();
-        self.aggregate_views = Vec::new();
-        self.aggregate_seqs = Vec::new();
+        self.aggregates = Vec::new();
         self.by_aggregate = HashTable::new();
         (self.committed_events, self.committed_aggregates) = (0, 0);
         self.count(before);
     }
 
-    /// Notes an event appended by the open transaction, at the end of the
-    /// log. An id the index holds already keeps its seq (the writer appends
-    /// only ids it did not find), and an aggregate its first seq.
+    /// Notes an event appended by the open transaction (and [`Self::extend`]
+    /// each event it reads), at the next seq after what the index holds: the
+    /// log is gapless from seq 1, and read or appended in order. An id the
+    /// index holds already keeps its seq (the writer appends only ids it did
+    /// not find), and an aggregate its first seq.
     pub fn stage(&mut self, event: Logged) -> StoreResult<()> {
-        self.add(event)
-    }
-
-    /// Puts `event` at its seq, the next after what the index holds: the
-    /// log is gapless from seq 1, and read or appended in order.
-    fn add(&mut self, event: Logged) -> StoreResult<()> {
         let next = self.events.len() as u64 + 1;
         if event.seq != next {
-            return Err(StoreError::Corrupt(format!(
-                "seq {} where the writer's index expects seq {next}: the log has a gap or is out of order \
-                 (`echolia verify` shows where); restore the user's database from a backup",
-                event.seq
-            )));
+            return Err(damaged(format!("seq {} where the writer's index expects seq {next}", event.seq)));
         }
         if event.seq > MAX_LOG_EVENTS {
             return Err(StoreError::Unavailable(format!("a log holds at most {MAX_LOG_EVENTS} events")));
@@ -180,18 +184,15 @@ impl IdIndex {
             by_event.insert_unique(hashed, at, |&other| hasher.hash_one(events[other as usize]));
         }
         let Some(view) = event.view else { return Ok(()) };
-        let hashed = self.hasher.hash_one((view, event.aggregate_id));
-        if self.by_aggregate.find(hashed, |&other| self.is_aggregate(other, view, event.aggregate_id)).is_some() {
-            return Ok(());
+        let key = (view, event.aggregate_id);
+        let Self { aggregates, by_aggregate, hasher, .. } = self;
+        let hashed = hasher.hash_one(key);
+        if by_aggregate.find(hashed, |&other| aggregates[other as usize].key() == key).is_none() {
+            let at = aggregates.len() as u32;
+            // At most MAX_LOG_EVENTS, checked above.
+            aggregates.push(Aggregate { id: event.aggregate_id, view, first_seq: (event.seq as u32).to_le_bytes() });
+            by_aggregate.insert_unique(hashed, at, |&other| hasher.hash_one(aggregates[other as usize].key()));
         }
-        let at = self.aggregate_ids.len() as u32;
-        self.aggregate_ids.push(event.aggregate_id);
-        self.aggregate_views.push(view);
-        self.aggregate_seqs.push(event.seq as u32); // at most MAX_LOG_EVENTS, checked above
-        let Self { aggregate_ids, aggregate_views, by_aggregate, hasher, .. } = self;
-        by_aggregate.insert_unique(hashed, at, |&other| {
-            hasher.hash_one((aggregate_views[other as usize], aggregate_ids[other as usize]))
-        });
         Ok(())
     }
 
@@ -199,7 +200,7 @@ impl IdIndex {
     pub(super) fn publish(&mut self) {
         let before = self.len();
         self.committed_events = self.events.len();
-        self.committed_aggregates = self.aggregate_ids.len();
+        self.committed_aggregates = self.aggregates.len();
         self.count(before);
     }
 
@@ -212,16 +213,14 @@ impl IdIndex {
             }
         }
         events.truncate(self.committed_events);
-        let Self { aggregate_ids, aggregate_views, aggregate_seqs, by_aggregate, hasher, .. } = self;
-        for at in self.committed_aggregates..aggregate_ids.len() {
-            let hashed = hasher.hash_one((aggregate_views[at], aggregate_ids[at]));
-            if let Ok(entry) = by_aggregate.find_entry(hashed, |&other| other as usize == at) {
+        let Self { aggregates, by_aggregate, hasher, .. } = self;
+        for (at, aggregate) in aggregates.iter().enumerate().skip(self.committed_aggregates) {
+            if let Ok(entry) = by_aggregate.find_entry(hasher.hash_one(aggregate.key()), |&other| other as usize == at)
+            {
                 entry.remove();
             }
         }
-        aggregate_ids.truncate(self.committed_aggregates);
-        aggregate_views.truncate(self.committed_aggregates);
-        aggregate_seqs.truncate(self.committed_aggregates);
+        aggregates.truncate(self.committed_aggregates);
     }
 
     /// Moves the counters by the change of size since `before`.
@@ -244,6 +243,14 @@ impl IdIndex {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A log the index cannot hold in seq order: a damaged database.
+fn damaged(what: String) -> StoreError {
+    StoreError::Corrupt(format!(
+        "{what}: the log has a gap or is out of order (`echolia verify` shows where); \
+         restore the user's database from a backup"
+    ))
 }
 
 impl Drop for IdIndex {
